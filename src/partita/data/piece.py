@@ -1,0 +1,26 @@
+"""The unit every corpus source yields."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One MIDI file of a corpus.
+
+    ``id`` is unique within the corpus and stable across runs (the path relative to the corpus
+    root, with '/' separators). ``label`` is what models learn to name: composer, artist or
+    collection; ``None`` when the source has none. ``split`` is the source's own split
+    ("train"/"valid"/"test") when it has one, else ``None`` and partita assigns one.
+    """
+
+    id: str
+    path: str
+    label: str | None = None
+    title: str | None = None
+    source: str = "folder"
+    split: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)

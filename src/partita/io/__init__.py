@@ -1,0 +1,29 @@
+"""MIDI in and out: loading with one-line errors, note arrays, and preprocessing options."""
+
+from partita.io.midi import (
+    DEFAULT_MAX_BYTES,
+    NOTE_DTYPE,
+    MidiError,
+    drop_drums,
+    duration_seconds,
+    load,
+    merge_tracks,
+    note_array,
+    preprocess,
+    save,
+    sustain_pedal,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "NOTE_DTYPE",
+    "MidiError",
+    "drop_drums",
+    "duration_seconds",
+    "load",
+    "merge_tracks",
+    "note_array",
+    "preprocess",
+    "save",
+    "sustain_pedal",
+]
