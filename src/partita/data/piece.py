@@ -13,6 +13,8 @@ class Piece:
     root, with '/' separators). ``label`` is what models learn to name: composer, artist or
     collection; ``None`` when the source has none. ``split`` is the source's own split
     ("train"/"valid"/"test") when it has one, else ``None`` and partita assigns one.
+    ``group`` ties together versions of one work (performances, arrangements) so that a split
+    never puts them on both sides; ``None`` means "derive it from label and title".
     """
 
     id: str
@@ -21,6 +23,7 @@ class Piece:
     title: str | None = None
     source: str = "folder"
     split: str | None = None
+    group: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,6 +16,8 @@ import numpy as np
 import symusic
 from symusic import Note, Pedal, Score, Track
 
+from partita.errors import PartitaError
+
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 #: One row per note. ``onset`` and ``duration`` are in the unit asked for (seconds, beats or ticks);
@@ -38,7 +40,7 @@ _UNITS = {"second": "second", "beat": "quarter", "tick": "tick"}
 MidiSource = Union[str, os.PathLike, bytes, bytearray]
 
 
-class MidiError(ValueError):
+class MidiError(PartitaError, ValueError):
     """A MIDI input that cannot be used. ``reason`` is a short code; ``str(err)`` is one line."""
 
     def __init__(self, reason: str, message: str, source: str | None = None):

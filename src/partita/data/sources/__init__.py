@@ -1,0 +1,73 @@
+"""Where pieces come from: user folders in known layouts, and the bundled music21 corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from partita.data.piece import Piece
+from partita.data.sources.folders import (
+    FORMATS,
+    detect,
+    midi_files,
+    parse_giantmidi_name,
+    scan_folder,
+    scan_giantmidi,
+    scan_lakh,
+    scan_maestro,
+)
+from partita.errors import PartitaError
+
+
+def scan(
+    source: str | Path,
+    format: str | None = None,
+    *,
+    labels_csv: str | Path | None = None,
+    composite: str = "keep",
+    max_per_label: int | None = None,
+    full: bool = False,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[str, list[Piece]]:
+    """List the pieces of ``source``: a folder (layout detected unless ``format`` is given) or the
+    word ``"bundled"``. Returns the format used and the pieces, sorted by id."""
+    if str(source) == "bundled" or format == "bundled":
+        from partita.data.sources.bundled import DEFAULT_MAX_PER_LABEL, export_bundled
+
+        export = export_bundled(
+            max_per_label=max_per_label or DEFAULT_MAX_PER_LABEL, full=full, workers=workers, progress=progress
+        )
+        return "bundled", sorted(export.pieces, key=lambda p: p.id)
+    root = Path(source).expanduser()
+    if format is not None and format not in FORMATS:
+        raise PartitaError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    fmt = format or detect(root)
+    if fmt == "folder":
+        pieces = scan_folder(root, Path(labels_csv) if labels_csv else None)
+    elif fmt == "giantmidi":
+        pieces = scan_giantmidi(root)
+    elif fmt == "maestro":
+        pieces = scan_maestro(root, composite=composite)
+    else:
+        pieces = scan_lakh(root)
+    if not pieces:
+        raise PartitaError(f"{root}: no MIDI files found (looked for .mid/.midi/.kar/.rmi at any depth)")
+    ids = [p.id for p in pieces]
+    if len(set(ids)) != len(ids):
+        raise PartitaError(f"{root}: the same file is listed twice (check the labels CSV)")
+    return fmt, sorted(pieces, key=lambda p: p.id)
+
+
+__all__ = [
+    "FORMATS",
+    "Piece",
+    "detect",
+    "midi_files",
+    "parse_giantmidi_name",
+    "scan",
+    "scan_folder",
+    "scan_giantmidi",
+    "scan_lakh",
+    "scan_maestro",
+]

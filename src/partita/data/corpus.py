@@ -1,0 +1,248 @@
+"""A prepared corpus: a Parquet table of pieces plus a compact note store.
+
+Folder layout::
+
+    corpus.json      what was prepared, from where, with which options (written last)
+    pieces.parquet   one row per file: id, path, label, title, source, group, split, status,
+                     reason, message, tpq, duration (s), n_notes, n_tempos, n_timesigs, n_tracks
+    notes.npy        every note of every good piece, piece after piece (STORE_NOTE_DTYPE, 14 B)
+    tempos.npy       tempo changes, piece after piece (tick, microseconds per quarter)
+    timesigs.npy     time signatures, piece after piece
+
+The arrays are memory-mapped, so opening a corpus of millions of notes is instant, and every
+representation (pianoroll, tokens, melodies, features) is computed from them without reading
+MIDI again: ``notes(i)`` gives a note array in seconds, beats or ticks, ``score(i)`` a
+symusic ``Score``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from symusic import Note, Score, Tempo, TimeSignature, Track
+
+from partita.data.splits import assign_splits
+from partita.errors import PartitaError
+from partita.io.midi import NOTE_DTYPE, preprocess
+
+CORPUS_VERSION = 1
+
+STORE_NOTE_DTYPE = np.dtype(
+    [
+        ("tick", "<i4"),
+        ("ticks", "<i4"),  # duration in ticks
+        ("pitch", "u1"),
+        ("velocity", "u1"),
+        ("program", "u1"),
+        ("is_drum", "?"),
+        ("track", "<u2"),
+    ]
+)
+TEMPO_DTYPE = np.dtype([("tick", "<i4"), ("mspq", "<i4")])
+TIMESIG_DTYPE = np.dtype([("tick", "<i4"), ("numerator", "u1"), ("denominator", "u1")])
+
+
+def _i32(a) -> np.ndarray:
+    # symusic wants writable, C-contiguous int32 buffers; memory-mapped slices are neither.
+    return np.array(a, dtype=np.int32)
+
+
+def _offsets(counts) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))]).astype(np.int64)
+
+
+def ticks_to_seconds(ticks: np.ndarray, tempos: np.ndarray, tpq: int) -> np.ndarray:
+    """Seconds at each tick under a tempo map (120 qpm before the first change), vectorised."""
+    ticks = np.asarray(ticks, dtype=np.float64)
+    if len(tempos) == 0 or tempos["tick"][0] > 0:
+        tempos = np.concatenate([np.array([(0, 500000)], TEMPO_DTYPE), tempos])
+    t = tempos["tick"].astype(np.float64)
+    sec_per_tick = tempos["mspq"].astype(np.float64) / 1e6 / tpq
+    start_sec = np.concatenate([[0.0], np.cumsum(np.diff(t) * sec_per_tick[:-1])])
+    k = np.searchsorted(t, ticks, side="right") - 1
+    k = np.maximum(k, 0)
+    return start_sec[k] + (ticks - t[k]) * sec_per_tick[k]
+
+
+class Corpus:
+    """A prepared corpus folder. Indexing is over its good pieces (``status == "ok"``)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser()
+        meta = self.path / "corpus.json"
+        if not meta.exists():
+            raise PartitaError(f"{self.path}: not a prepared corpus (no corpus.json); run 'partita data prepare' first")
+        self.config = json.loads(meta.read_text())
+        if self.config.get("version") != CORPUS_VERSION:
+            raise PartitaError(f"{self.path}: corpus format {self.config.get('version')} is not {CORPUS_VERSION}; prepare it again")
+        self.table = pq.read_table(self.path / "pieces.parquet")
+        self.rows: list[dict] = self.table.to_pylist()
+        self.note_store = np.load(self.path / "notes.npy", mmap_mode="r", allow_pickle=False)
+        self.tempo_store = np.load(self.path / "tempos.npy", mmap_mode="r", allow_pickle=False)
+        self.timesig_store = np.load(self.path / "timesigs.npy", mmap_mode="r", allow_pickle=False)
+        self._note_off = _offsets([r["n_notes"] for r in self.rows])
+        self._tempo_off = _offsets([r["n_tempos"] for r in self.rows])
+        self._ts_off = _offsets([r["n_timesigs"] for r in self.rows])
+        self._good = [j for j, r in enumerate(self.rows) if r["status"] == "ok"]
+        self.pieces: list[dict] = [self.rows[j] for j in self._good]
+
+    def __len__(self) -> int:
+        return len(self._good)
+
+    def __repr__(self) -> str:
+        return f"Corpus({str(self.path)!r}, pieces={len(self)})"
+
+    def indices(self, split: str | None = None, label: str | None = None) -> list[int]:
+        """Positions of the good pieces in ``split`` and/or with ``label``."""
+        return [
+            i
+            for i, r in enumerate(self.pieces)
+            if (split is None or r["split"] == split) and (label is None or r["label"] == label)
+        ]
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({r["label"] for r in self.pieces if r["label"] is not None})
+
+    def _slices(self, i: int):
+        j = self._good[i]
+        return (
+            self.note_store[self._note_off[j] : self._note_off[j + 1]],
+            self.tempo_store[self._tempo_off[j] : self._tempo_off[j + 1]],
+            self.timesig_store[self._ts_off[j] : self._ts_off[j + 1]],
+            self.rows[j]["tpq"],
+        )
+
+    def notes(self, i: int, unit: str = "second", *, drums: bool = True) -> np.ndarray:
+        """Piece ``i``'s notes as a ``NOTE_DTYPE`` array (seconds, beats or ticks), onset order."""
+        stored, tempos, _, tpq = self._slices(i)
+        if not drums:
+            stored = stored[~stored["is_drum"]]
+        out = np.empty(len(stored), NOTE_DTYPE)
+        if unit == "second":
+            start = ticks_to_seconds(stored["tick"], tempos, tpq)
+            out["onset"] = start
+            out["duration"] = ticks_to_seconds(stored["tick"].astype(np.int64) + stored["ticks"], tempos, tpq) - start
+        elif unit == "beat":
+            out["onset"] = stored["tick"] / tpq
+            out["duration"] = stored["ticks"] / tpq
+        elif unit == "tick":
+            out["onset"] = stored["tick"]
+            out["duration"] = stored["ticks"]
+        else:
+            raise ValueError(f"unit must be 'second', 'beat' or 'tick', not {unit!r}")
+        for name in ("pitch", "velocity", "program", "is_drum", "track"):
+            out[name] = stored[name]
+        return out
+
+    def score(self, i: int, *, drums: bool = True, merge: bool = False) -> Score:
+        """Piece ``i`` as a symusic ``Score`` in ticks: one track per source track with notes
+        (empty tracks, track names, key signatures and controllers are not kept)."""
+        stored, tempos, timesigs, tpq = self._slices(i)
+        score = Score(int(tpq))
+        for k in np.unique(stored["track"]):
+            sel = stored[stored["track"] == k]
+            track = Track("", int(sel["program"][0]), bool(sel["is_drum"][0]))
+            track.notes = Note.from_numpy(
+                time=_i32(sel["tick"]),
+                duration=_i32(sel["ticks"]),
+                pitch=sel["pitch"].astype(np.int8),
+                velocity=sel["velocity"].astype(np.int8),
+            )
+            score.tracks.append(track)
+        if len(tempos):
+            score.tempos = Tempo.from_numpy(time=_i32(tempos["tick"]), mspq=_i32(tempos["mspq"]))
+        if len(timesigs):
+            score.time_signatures = TimeSignature.from_numpy(
+                time=_i32(timesigs["tick"]),
+                numerator=np.array(timesigs["numerator"], dtype=np.uint8),
+                denominator=np.array(timesigs["denominator"], dtype=np.uint8),
+            )
+        return preprocess(score, drums=drums, merge=merge)
+
+    def summary(self) -> dict:
+        """Counts a person wants after prepare: good/bad by reason, hours, notes, labels, splits."""
+        good = self.pieces
+        return {
+            "path": str(self.path),
+            "source": self.config.get("source"),
+            "format": self.config.get("format"),
+            "pieces": len(self.rows),
+            "ok": len(good),
+            "bad": len(self.rows) - len(good),
+            "bad_by_reason": dict(sorted(Counter(r["reason"] for r in self.rows if r["status"] != "ok").items())),
+            "hours": sum(r["duration"] for r in good) / 3600,
+            "notes": int(sum(r["n_notes"] for r in good)),
+            "per_label": dict(sorted(Counter(r["label"] or "(none)" for r in good).items())),
+            "per_split": dict(sorted(Counter(r["split"] for r in good).items())),
+            "bad_files": [{"id": r["id"], "reason": r["reason"], "message": r["message"]} for r in self.rows if r["status"] != "ok"],
+        }
+
+
+def write_corpus(out: Path, rows: list, notes: list, tempos: list, timesigs: list, *, config: dict) -> None:
+    """Write a corpus folder from rows (sorted by id) and their arrays; splits assigned here."""
+    split_cfg = config["split"]
+    # Rows from a finished corpus (resume, merge) carry the source's split in "source_split" and
+    # an assigned one in "split"; rows fresh from a source carry the source's split in "split".
+    rows = [{**r, "split": r["source_split"]} if "source_split" in r else {**r, "source_split": r.get("split")} for r in rows]
+    good = [r for r in rows if r["status"] == "ok"]
+    splits = assign_splits(
+        good,
+        seed=split_cfg["seed"],
+        valid=split_cfg["valid"],
+        test=split_cfg["test"],
+        mode=split_cfg["mode"],
+        unseen=split_cfg["unseen"],
+    )
+    by_id = {r["id"]: s for r, s in zip(good, splits)}
+    fixed = []
+    for r in rows:
+        fixed.append({**r, "split": by_id.get(r["id"])})
+
+    def tmp(name: str) -> Path:
+        return out / f".{name}.tmp"
+
+    for name, arrays, dtype in (
+        ("notes.npy", notes, STORE_NOTE_DTYPE),
+        ("tempos.npy", tempos, TEMPO_DTYPE),
+        ("timesigs.npy", timesigs, TIMESIG_DTYPE),
+    ):
+        with open(tmp(name), "wb") as f:
+            np.save(f, np.concatenate(arrays) if arrays else np.zeros(0, dtype))
+    pq.write_table(pa.Table.from_pylist(fixed, schema=_schema()), tmp("pieces.parquet"))
+    (out / "corpus.json").unlink(missing_ok=True)  # the corpus is incomplete from here ...
+    for name in ("notes.npy", "tempos.npy", "timesigs.npy", "pieces.parquet"):
+        os.replace(tmp(name), out / name)
+    tmp_json = tmp("corpus.json")
+    tmp_json.write_text(json.dumps(config, indent=2))
+    os.replace(tmp_json, out / "corpus.json")  # ... to here
+
+
+def _schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("title", pa.string()),
+            ("source", pa.string()),
+            ("split", pa.string()),
+            ("group", pa.string()),
+            ("status", pa.string()),
+            ("reason", pa.string()),
+            ("message", pa.string()),
+            ("tpq", pa.int32()),
+            ("duration", pa.float64()),
+            ("n_notes", pa.int64()),
+            ("n_tempos", pa.int64()),
+            ("n_timesigs", pa.int64()),
+            ("n_tracks", pa.int32()),
+            ("source_split", pa.string()),
+        ]
+    )

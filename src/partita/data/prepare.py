@@ -1,0 +1,413 @@
+"""``partita data prepare``: read a corpus of MIDI files once, in parallel, into a prepared corpus.
+
+The work is organised so that nothing is ever lost or done twice:
+
+- Worker processes each read one file; an exception marks that file bad with its reason, and a
+  worker that dies (a crash in a C library, the OOM killer) marks the file it held bad too: the
+  files that were in flight are retried one at a time in a fresh process to find the culprit.
+- Results are flushed every ``flush_every`` pieces as a *part*: a folder written under a
+  temporary name and renamed into place, so a part exists whole or not at all. A killed run
+  leaves only whole parts; running the same command again skips the pieces they hold.
+- When every piece is read, the parts are consolidated into the corpus files (``corpus.json``
+  last, as the proof that the corpus is complete) and removed.
+- ``shard=(i, n)`` reads a deterministic 1/n of the files (by a hash of the piece id), so n
+  machines can work at once; ``merge`` joins their corpora into one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from partita.data.corpus import (
+    CORPUS_VERSION,
+    STORE_NOTE_DTYPE,
+    TEMPO_DTYPE,
+    TIMESIG_DTYPE,
+    Corpus,
+    write_corpus,
+)
+from partita.data.piece import Piece
+from partita.data.sources import scan
+from partita.errors import PartitaError
+from partita.io.midi import DEFAULT_MAX_BYTES, MidiError, load, sustain_pedal
+
+DEFAULT_MAX_SECONDS = 3 * 3600.0
+PARTS = "parts"
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How each file is read; recorded in the corpus so a resumed run reads the same way."""
+
+    sustain: bool = True
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_seconds: float = DEFAULT_MAX_SECONDS
+
+
+def read_piece(path: str, options: ReadOptions) -> dict:
+    """Read one MIDI file into the arrays of the note store (runs in a worker process)."""
+    score = load(path, max_bytes=options.max_bytes)
+    if options.sustain:
+        score = sustain_pedal(score)
+    tpq = int(score.ticks_per_quarter)
+    parts = []
+    for i, track in enumerate(score.tracks):
+        n = track.notes.numpy()
+        if len(n["time"]) == 0:
+            continue
+        a = np.empty(len(n["time"]), STORE_NOTE_DTYPE)
+        a["tick"] = n["time"]
+        a["ticks"] = n["duration"]
+        a["pitch"] = n["pitch"]
+        a["velocity"] = n["velocity"]
+        a["program"] = track.program
+        a["is_drum"] = track.is_drum
+        a["track"] = i
+        parts.append(a)
+    notes = np.concatenate(parts)
+    notes = notes[np.lexsort((notes["pitch"], notes["tick"]))]
+    t = score.tempos.numpy()
+    tempos = np.empty(len(t["time"]), TEMPO_DTYPE)
+    tempos["tick"], tempos["mspq"] = t["time"], t["mspq"]
+    s = score.time_signatures.numpy()
+    timesigs = np.empty(len(s["time"]), TIMESIG_DTYPE)
+    timesigs["tick"], timesigs["numerator"], timesigs["denominator"] = s["time"], s["numerator"], s["denominator"]
+    seconds = float(score.to("second").end())
+    if seconds > options.max_seconds:
+        raise MidiError(
+            "too_long", f"{seconds / 3600:.1f} hours long, over the {options.max_seconds / 3600:.1f} hour limit", path
+        )
+    return {
+        "tpq": tpq,
+        "notes": notes,
+        "tempos": tempos,
+        "timesigs": timesigs,
+        "duration": seconds,
+        "n_tracks": len(parts),
+    }
+
+
+def _task(reader: Callable, piece: Piece, options: ReadOptions) -> tuple[str, dict | None, str | None, str | None]:
+    """Run ``reader`` on one piece; every failure becomes (reason, message), never an exception."""
+    try:
+        return piece.id, reader(piece.path, options), None, None
+    except MidiError as e:
+        return piece.id, None, e.reason, str(e).split(": ", 1)[-1] if e.source else str(e)
+    except MemoryError:
+        return piece.id, None, "memory", "ran out of memory reading this file"
+    except Exception as e:  # a bug or a library failure on one file must not stop the corpus
+        return piece.id, None, "error", f"{type(e).__name__}: {e}".splitlines()[0][:300]
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C goes to the main process, which saves what is done; workers just stop with the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _context():
+    # fork starts workers in milliseconds with numpy/symusic already imported; elsewhere spawn.
+    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def shard_of(piece_id: str, n: int) -> int:
+    """Which of ``n`` shards a piece belongs to: stable, independent of order and of other files."""
+    return int.from_bytes(hashlib.sha1(piece_id.encode()).digest()[:8], "big") % n
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/8' -> (1, 8): shards are numbered from 1 on the command line, from 0 inside."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise PartitaError(f"--shard must look like I/N (e.g. 1/4), not {text!r}") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise PartitaError(f"--shard {text}: I must be between 1 and N")
+    return i - 1, n
+
+
+# --- parts -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Buffer:
+    rows: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    tempos: list = field(default_factory=list)
+    timesigs: list = field(default_factory=list)
+
+    def add(self, piece: Piece, data: dict | None, reason: str | None, message: str | None) -> None:
+        row = {**piece.to_dict(), "status": "ok" if data else "bad", "reason": reason, "message": message}
+        if data:
+            row.update(
+                tpq=data["tpq"],
+                duration=data["duration"],
+                n_notes=len(data["notes"]),
+                n_tempos=len(data["tempos"]),
+                n_timesigs=len(data["timesigs"]),
+                n_tracks=data["n_tracks"],
+            )
+            self.notes.append(data["notes"])
+            self.tempos.append(data["tempos"])
+            self.timesigs.append(data["timesigs"])
+        else:
+            row.update(tpq=0, duration=0.0, n_notes=0, n_tempos=0, n_timesigs=0, n_tracks=0)
+        self.rows.append(row)
+
+    def flush(self, parts_dir: Path) -> None:
+        if not self.rows:
+            return
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        seq = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in parts_dir.glob("part-*")), default=0)
+        tmp = parts_dir / f".tmp-{os.getpid()}-{seq:06d}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        write_segment(tmp, self.rows, self.notes, self.tempos, self.timesigs)
+        os.replace(tmp, parts_dir / f"part-{seq:06d}")
+        self.__init__()
+
+
+def write_segment(folder: Path, rows: list, notes: list, tempos: list, timesigs: list) -> None:
+    pq.write_table(pa.Table.from_pylist(rows), folder / "rows.parquet")
+    np.save(folder / "notes.npy", np.concatenate(notes) if notes else np.zeros(0, STORE_NOTE_DTYPE))
+    np.save(folder / "tempos.npy", np.concatenate(tempos) if tempos else np.zeros(0, TEMPO_DTYPE))
+    np.save(folder / "timesigs.npy", np.concatenate(timesigs) if timesigs else np.zeros(0, TIMESIG_DTYPE))
+
+
+@dataclass
+class Segment:
+    """Rows plus the arrays they index, in row order (a part, or a whole corpus)."""
+
+    rows: list
+    notes: np.ndarray
+    tempos: np.ndarray
+    timesigs: np.ndarray
+
+
+def read_part(folder: Path) -> Segment:
+    rows = pq.read_table(folder / "rows.parquet").to_pylist()
+    return Segment(
+        rows,
+        np.load(folder / "notes.npy", allow_pickle=False),
+        np.load(folder / "tempos.npy", allow_pickle=False),
+        np.load(folder / "timesigs.npy", allow_pickle=False),
+    )
+
+
+def read_corpus_segment(corpus: Corpus) -> Segment:
+    return Segment(corpus.rows, np.asarray(corpus.note_store), np.asarray(corpus.tempo_store), np.asarray(corpus.timesig_store))
+
+
+def consolidate(segments: list[Segment]) -> tuple[list, list, list, list]:
+    """Rows sorted by id with their arrays, each piece once (the first occurrence wins)."""
+    entries = {}
+    for seg in segments:
+        offs = {k: np.concatenate([[0], np.cumsum([r[f"n_{k}"] for r in seg.rows])]).astype(np.int64) for k in ("notes", "tempos", "timesigs")}
+        for j, r in enumerate(seg.rows):
+            if r["id"] in entries:
+                continue
+            entries[r["id"]] = (
+                r,
+                seg.notes[offs["notes"][j] : offs["notes"][j + 1]],
+                seg.tempos[offs["tempos"][j] : offs["tempos"][j + 1]],
+                seg.timesigs[offs["timesigs"][j] : offs["timesigs"][j + 1]],
+            )
+    ordered = [entries[k] for k in sorted(entries)]
+    return [e[0] for e in ordered], [e[1] for e in ordered], [e[2] for e in ordered], [e[3] for e in ordered]
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PrepareResult:
+    corpus: Corpus
+    read_now: int  # pieces read by this call (the rest came from an earlier, interrupted run)
+
+
+def _run_config(source: str, fmt: str, options: ReadOptions, shard: tuple[int, int], split: dict) -> dict:
+    return {
+        "source": source,
+        "format": fmt,
+        "read": {"sustain": options.sustain, "max_bytes": options.max_bytes, "max_seconds": options.max_seconds},
+        "shard": list(shard),
+        "split": split,
+    }
+
+
+def prepare(
+    source: str | Path,
+    out: str | Path,
+    *,
+    format: str | None = None,
+    workers: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+    options: ReadOptions = ReadOptions(),
+    seed: int = 0,
+    valid: float = 0.1,
+    test: float = 0.1,
+    split_mode: str = "pieces",
+    unseen: float = 0.2,
+    flush_every: int = 256,
+    source_options: dict | None = None,
+    reader: Callable = read_piece,
+    progress: Callable[[int, int], None] | None = None,
+    on_listed: Callable[[int, int], None] | None = None,
+) -> PrepareResult:
+    """Prepare ``source`` (a folder or ``"bundled"``) into the corpus folder ``out``.
+
+    Safe to interrupt and to run again: the second run finishes the work of the first.
+    ``on_listed(total, already_done)`` is called once the files are listed.
+    """
+    out = Path(out).expanduser()
+    source_options = dict(source_options or {})
+    fmt, pieces = scan(source, format, **source_options)
+    src = "bundled" if fmt == "bundled" else str(Path(source).expanduser().resolve())
+    i, n = shard
+    if n > 1:
+        pieces = [p for p in pieces if shard_of(p.id, n) == i]
+    split = {"seed": seed, "valid": valid, "test": test, "mode": split_mode, "unseen": unseen}
+    config = _run_config(src, fmt, options, shard, split)
+
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        before = json.loads(run_file.read_text())
+        if {k: before.get(k) for k in ("source", "format", "read", "shard")} != {
+            k: config[k] for k in ("source", "format", "read", "shard")
+        }:
+            raise PartitaError(
+                f"{out} holds a corpus prepared from other data or with other options; use a new --out or delete it"
+            )
+    elif any(out.iterdir()):
+        raise PartitaError(f"{out} is not empty and is not a partita corpus; choose an empty or new --out folder")
+    run_file.write_text(json.dumps(config, indent=2))
+
+    parts_dir = out / PARTS
+    for stale in parts_dir.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    segments = [read_part(p) for p in sorted(parts_dir.glob("part-*"))]
+    existing = Corpus(out) if (out / "corpus.json").exists() else None
+    if existing is not None:
+        segments.insert(0, read_corpus_segment(existing))
+    done = {r["id"] for seg in segments for r in seg.rows}
+    todo = [p for p in pieces if p.id not in done]
+    if on_listed:
+        on_listed(len(pieces), len(pieces) - len(todo))
+
+    buffer = _Buffer()
+    completed = len(pieces) - len(todo)
+    if progress:
+        progress(completed, len(pieces))
+    try:
+        for piece, data, reason, message in _read_all(todo, options, workers, reader):
+            buffer.add(piece, data, reason, message)
+            completed += 1
+            if progress:
+                progress(completed, len(pieces))
+            if len(buffer.rows) >= flush_every:
+                buffer.flush(parts_dir)
+    finally:
+        # Whatever happened (Ctrl-C included), the pieces read so far are kept.
+        buffer.flush(parts_dir)
+
+    segments = [read_part(p) for p in sorted(parts_dir.glob("part-*"))]
+    if existing is not None:
+        segments.insert(0, read_corpus_segment(existing))
+    rows, notes, tempos, timesigs = consolidate(segments)
+    listed = {p.id for p in pieces}
+    keep = [k for k, r in enumerate(rows) if r["id"] in listed]
+    write_corpus(
+        out,
+        [rows[k] for k in keep],
+        [notes[k] for k in keep],
+        [tempos[k] for k in keep],
+        [timesigs[k] for k in keep],
+        config={**config, "version": CORPUS_VERSION},
+    )
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return PrepareResult(Corpus(out), read_now=len(todo))
+
+
+def _read_all(todo: list[Piece], options: ReadOptions, workers: int | None, reader: Callable):
+    """Yield (piece, data, reason, message) for every piece, in completion order."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    if workers == 1 and reader is read_piece:
+        for piece in todo:
+            yield (piece, *_task(reader, piece, options)[1:])
+        return
+    pending = list(reversed(todo))
+    while pending:
+        in_flight: dict = {}
+        pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_ignore_sigint)
+        try:
+            while pending or in_flight:
+                while pending and len(in_flight) < 4 * workers:
+                    piece = pending.pop()
+                    in_flight[pool.submit(_task, reader, piece, options)] = piece
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    result = fut.result()  # raises BrokenProcessPool if the worker died
+                    yield (in_flight.pop(fut), *result[1:])
+        except BrokenProcessPool:
+            # A worker died. Its file is among those in flight: read each of them alone.
+            suspects = list(in_flight.values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for piece in suspects:
+                yield (piece, *_read_isolated(reader, piece, options))
+            continue
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_isolated(reader: Callable, piece: Piece, options: ReadOptions):
+    with ProcessPoolExecutor(1, mp_context=_context(), initializer=_ignore_sigint) as solo:
+        try:
+            return solo.submit(_task, reader, piece, options).result()[1:]
+        except BrokenProcessPool:
+            return None, "crashed", "the reader process crashed on this file"
+
+
+def merge(shard_dirs: list[str | Path], out: str | Path) -> Corpus:
+    """Join the corpora of ``prepare --shard i/n`` runs into one, splitting the union anew."""
+    corpora = []
+    for d in shard_dirs:
+        d = Path(d)
+        if not (d / "corpus.json").exists():
+            raise PartitaError(f"{d}: not a finished prepared corpus (run or resume its prepare first)")
+        corpora.append(Corpus(d))
+    configs = [c.config for c in corpora]
+    first = configs[0]
+    for c, cfg in zip(corpora, configs):
+        if (cfg["source"], cfg["format"], cfg["read"]) != (first["source"], first["format"], first["read"]):
+            raise PartitaError(f"{c.path}: prepared from other data or with other options than {corpora[0].path}")
+    shards = sorted(tuple(cfg["shard"]) for cfg in configs)
+    n = first["shard"][1]
+    missing = sorted(set(range(n)) - {s[0] for s in shards if s[1] == n})
+    if missing:
+        raise PartitaError(f"shard(s) {', '.join(f'{m + 1}/{n}' for m in missing)} missing from the merge")
+    out = Path(out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise PartitaError(f"{out} is not empty; merge into a new folder")
+    rows, notes, tempos, timesigs = consolidate([read_corpus_segment(c) for c in corpora])
+    config = {**first, "shard": [0, 1], "version": CORPUS_VERSION}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).write_text(json.dumps({k: v for k, v in config.items() if k != "version"}, indent=2))
+    write_corpus(out, rows, notes, tempos, timesigs, config=config)
+    return Corpus(out)

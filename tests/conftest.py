@@ -1,0 +1,44 @@
+"""Shared test helpers: where the real MIDI fixtures live, and small scores the tests write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from symusic import Note, Score, Tempo, TimeSignature, Track
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = (ROOT / ".." / "shared" / "fixtures" / "midi").resolve()
+
+
+def make_score(
+    notes: list[tuple[int, int, int, int]],
+    *,
+    tpq: int = 480,
+    qpm: float = 120.0,
+    time_signature: tuple[int, int] = (4, 4),
+    program: int = 0,
+    is_drum: bool = False,
+) -> Score:
+    """A one-track score from (onset_tick, duration_tick, pitch, velocity) tuples."""
+    score = Score(tpq)
+    arr = np.array(notes, dtype=np.int64).reshape(-1, 4)
+    track = Track("part", program, is_drum)
+    track.notes = Note.from_numpy(
+        time=arr[:, 0].astype(np.int32),
+        duration=arr[:, 1].astype(np.int32),
+        pitch=arr[:, 2].astype(np.int8),
+        velocity=arr[:, 3].astype(np.int8),
+    )
+    score.tracks.append(track)
+    score.tempos.append(Tempo(0, qpm))
+    score.time_signatures.append(TimeSignature(0, *time_signature))
+    return score
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"the MIDI fixtures are missing: expected them at {FIXTURES}")
+    return FIXTURES
