@@ -1,0 +1,221 @@
+"""Hand-made features of a piece: the inputs of the feature baselines and of the musical metrics.
+
+Each function takes a ``NOTE_DTYPE`` note array in seconds (``partita.io.midi.note_array``) and
+returns numpy values; :func:`feature_vector` concatenates them into one fixed-length float32
+vector whose dimensions ``FEATURE_NAMES`` describes. Drum notes have no pitch, so every feature
+ignores them. Empty input gives zeros everywhere (never NaN), so a vector can always be built.
+
+The features are simple on purpose: they are the "what a statistician would try first" baseline
+that the learned embeddings have to beat, and they must be cheap enough to compute on a whole
+corpus. Everything is vectorised numpy.
+
+Onsets closer than ``chord_tolerance`` seconds (30 ms by default) are treated as one onset (a
+chord) where the features need onsets: performed MIDI never strikes a chord's notes at exactly the
+same time. Groups are chained: a new group starts where the gap to the previous onset exceeds the
+tolerance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Interval histogram bins: -12..+12 semitones, larger leaps clipped to the end bins.
+MAX_INTERVAL = 12
+N_INTERVAL_BINS = 2 * MAX_INTERVAL + 1
+
+#: Edges (seconds) of the duration and inter-onset-interval histograms: powers of two from 1/32 s
+#: to 4 s. Bin 0 holds values below 1/32 s, bin k values in [edge[k-1], edge[k]), the last bin
+#: values of 4 s and more, so there are ``len(TIME_EDGES) + 1`` = 9 bins. Log spacing because
+#: durations are perceived (and written) in ratios: a 32nd at 120 qpm is 1/16 s, a whole note 2 s.
+TIME_EDGES = 2.0 ** np.arange(-5, 3)
+N_TIME_BINS = len(TIME_EDGES) + 1
+
+DEFAULT_CHORD_TOLERANCE = 0.03
+
+PITCH_CLASS_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def _pitched(notes: np.ndarray) -> np.ndarray:
+    """The non-drum notes, sorted by onset then pitch (``is_drum`` is optional)."""
+    notes = np.asarray(notes)
+    if notes.dtype.names is None or not {"onset", "duration", "pitch"} <= set(notes.dtype.names):
+        raise TypeError("expected a NOTE_DTYPE note array (see partita.io.midi.note_array)")
+    if "is_drum" in notes.dtype.names:
+        notes = notes[~notes["is_drum"]]
+    return notes[np.lexsort((notes["pitch"], notes["onset"]))]
+
+
+def _normalise(counts: np.ndarray) -> np.ndarray:
+    total = counts.sum()
+    return counts / total if total > 0 else np.zeros_like(counts, dtype=np.float64)
+
+
+def _onset_groups(onset: np.ndarray, tolerance: float) -> np.ndarray:
+    """Group number of each onset (sorted): a new group where the gap exceeds ``tolerance``."""
+    if len(onset) == 0:
+        return np.zeros(0, np.int64)
+    new = np.empty(len(onset), bool)
+    new[0] = True
+    new[1:] = np.diff(onset) > tolerance
+    return np.cumsum(new) - 1
+
+
+def pitch_class_histogram(notes: np.ndarray, *, by_duration: bool = False) -> np.ndarray:
+    """Share of each pitch class, C..B (``pitch % 12``; index 0 is C), summing to 1.
+
+    Counts notes, or with ``by_duration`` weighs each note by its duration in seconds (what the
+    ear hears held, rather than how many times a key is struck). Note that the pianoroll's
+    pitch-class axis starts at F; this one follows the usual C convention.
+    """
+    notes = _pitched(notes)
+    weights = notes["duration"].astype(np.float64) if by_duration else None
+    counts = np.bincount(notes["pitch"].astype(np.int64) % 12, weights=weights, minlength=12)
+    return _normalise(counts.astype(np.float64))
+
+
+def melodic_line(
+    notes: np.ndarray, *, line: str = "top", chord_tolerance: float = DEFAULT_CHORD_TOLERANCE
+) -> np.ndarray:
+    """The pitch sequence the interval features read.
+
+    ``"top"``: the highest pitch of each onset group (the melody of most textures: a chord
+    contributes its top note, so chord tones do not count as leaps). ``"all"``: every note in order
+    of onset, then pitch (a chord then reads as a rising arpeggio).
+    """
+    notes = _pitched(notes)
+    pitch = notes["pitch"].astype(np.int64)
+    if line == "all":
+        return pitch
+    if line != "top":
+        raise ValueError(f"line must be 'top' or 'all', not {line!r}")
+    if len(pitch) == 0:
+        return pitch
+    groups = _onset_groups(notes["onset"].astype(np.float64), chord_tolerance)
+    top = np.full(groups[-1] + 1, np.iinfo(np.int64).min)
+    np.maximum.at(top, groups, pitch)
+    return top
+
+
+def interval_histogram(
+    notes: np.ndarray, *, line: str = "top", chord_tolerance: float = DEFAULT_CHORD_TOLERANCE
+) -> np.ndarray:
+    """Share of each melodic interval -12..+12 semitones (25 bins; index 12 is the unison).
+
+    Intervals are differences between consecutive pitches of :func:`melodic_line` (``"top"`` by
+    default); leaps beyond an octave are clipped into the +-12 bins. Sums to 1 (zeros if fewer than
+    two onsets).
+    """
+    steps = np.diff(melodic_line(notes, line=line, chord_tolerance=chord_tolerance))
+    bins = np.clip(steps, -MAX_INTERVAL, MAX_INTERVAL) + MAX_INTERVAL
+    counts = np.bincount(bins, minlength=N_INTERVAL_BINS)
+    return _normalise(counts.astype(np.float64))
+
+
+def pitch_range(notes: np.ndarray) -> np.ndarray:
+    """``[lowest, highest, highest - lowest]`` MIDI pitch (zeros for no notes)."""
+    pitch = _pitched(notes)["pitch"].astype(np.float64)
+    if len(pitch) == 0:
+        return np.zeros(3)
+    lo, hi = pitch.min(), pitch.max()
+    return np.array([lo, hi, hi - lo])
+
+
+def note_density(notes: np.ndarray) -> float:
+    """Notes per second between the first onset and the last note-off (0 for no notes).
+
+    Leading silence is not counted, so an offset in a file does not change the density; a piece
+    of zero length (only zero-duration notes at one time) has density 0.
+    """
+    notes = _pitched(notes)
+    if len(notes) == 0:
+        return 0.0
+    span = float((notes["onset"] + notes["duration"]).max() - notes["onset"].min())
+    return len(notes) / span if span > 0 else 0.0
+
+
+def _time_histogram(values: np.ndarray) -> np.ndarray:
+    counts = np.bincount(np.searchsorted(TIME_EDGES, values, side="right"), minlength=N_TIME_BINS)
+    return _normalise(counts.astype(np.float64))
+
+
+def duration_histogram(notes: np.ndarray) -> np.ndarray:
+    """Share of note durations in each of the log-spaced ``TIME_EDGES`` bins (9 bins, seconds)."""
+    return _time_histogram(_pitched(notes)["duration"].astype(np.float64))
+
+
+def ioi_histogram(notes: np.ndarray, *, chord_tolerance: float = DEFAULT_CHORD_TOLERANCE) -> np.ndarray:
+    """Share of inter-onset intervals in each ``TIME_EDGES`` bin (9 bins, seconds).
+
+    An IOI is the time between consecutive onset groups (a group's time is its first onset), so
+    the zero gaps inside chords do not swamp the histogram.
+    """
+    onset = _pitched(notes)["onset"].astype(np.float64)
+    groups = _onset_groups(onset, chord_tolerance)
+    starts = onset[np.r_[True, groups[1:] != groups[:-1]]] if len(onset) else onset
+    return _time_histogram(np.diff(starts))
+
+
+def polyphony(notes: np.ndarray) -> np.ndarray:
+    """``[mean, max]`` number of notes sounding at once.
+
+    Computed by an event sweep: +1 at each onset, -1 at each note-off, ends sorted before starts at
+    the same time (a note released as the next one starts is not an overlap). The mean is weighted
+    by time and taken over the time when at least one note sounds, so rests do not pull it down: a
+    held chord of n notes gives ``[n, n]``, a melody with rests ``[1, 1]``. Zero-length notes sound
+    for no time and are left out. Zeros for no notes.
+    """
+    notes = _pitched(notes)
+    notes = notes[notes["duration"] > 0]
+    if len(notes) == 0:
+        return np.zeros(2)
+    onset = notes["onset"].astype(np.float64)
+    end = onset + notes["duration"]
+    times = np.concatenate([onset, end])
+    delta = np.concatenate([np.ones(len(onset), np.int64), -np.ones(len(end), np.int64)])
+    order = np.lexsort((delta, times))  # at equal times, -1 (ends) before +1 (starts)
+    times, delta = times[order], delta[order]
+    count = np.cumsum(delta)  # notes sounding from times[k] until times[k + 1]
+    span = np.diff(times)
+    sounding = count[:-1] > 0
+    covered = span[sounding].sum()
+    mean = float((count[:-1] * span)[sounding].sum() / covered) if covered > 0 else 0.0
+    return np.array([mean, float(count.max())])
+
+
+def _time_bin_names(prefix: str) -> list[str]:
+    edges = [f"{e:g}" for e in TIME_EDGES]
+    return (
+        [f"{prefix}_<{edges[0]}s"]
+        + [f"{prefix}_{a}-{b}s" for a, b in zip(edges[:-1], edges[1:])]
+        + [f"{prefix}_>={edges[-1]}s"]
+    )
+
+
+#: One name per dimension of :func:`feature_vector`, in order.
+FEATURE_NAMES: tuple[str, ...] = tuple(
+    [f"pc_{n}" for n in PITCH_CLASS_NAMES]
+    + [f"interval_{k:+d}" for k in range(-MAX_INTERVAL, MAX_INTERVAL + 1)]
+    + ["pitch_min", "pitch_max", "pitch_span", "note_density"]
+    + _time_bin_names("duration")
+    + _time_bin_names("ioi")
+    + ["polyphony_mean", "polyphony_max"]
+)
+
+
+def feature_vector(notes: np.ndarray, *, chord_tolerance: float = DEFAULT_CHORD_TOLERANCE) -> np.ndarray:
+    """All features as one float32 vector of ``len(FEATURE_NAMES)`` (= 61) dimensions.
+
+    Histograms are normalised, the rest are raw (MIDI pitch numbers, notes per second, note
+    counts): models using the vector should standardise it (e.g. sklearn's ``StandardScaler``).
+    The pitch-class histogram is the count-based one and intervals follow the top line.
+    """
+    parts = [
+        pitch_class_histogram(notes),
+        interval_histogram(notes, line="top", chord_tolerance=chord_tolerance),
+        pitch_range(notes),
+        [note_density(notes)],
+        duration_histogram(notes),
+        ioi_histogram(notes, chord_tolerance=chord_tolerance),
+        polyphony(notes),
+    ]
+    return np.concatenate([np.asarray(p, np.float64) for p in parts]).astype(np.float32)
