@@ -1,0 +1,72 @@
+"""What every command shares: consoles, progress bars, summary tables, JSON output."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+# soft_wrap: a long message stays one line (errors must be one line, whatever the terminal width).
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+@contextmanager
+def progress_bar(description: str):
+    """Yields a ``callback(done, total)`` that drives a Rich progress bar.
+
+    The bar appears at the first call, so an error found before any work starts (a missing
+    folder, say) is printed alone.
+    """
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+            )
+            bar.start()
+            state["bar"], state["task"] = bar, bar.add_task(description, total=total)
+        state["bar"].update(state["task"], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if "bar" in state:
+            state["bar"].stop()
+
+
+def print_corpus_summary(summary: dict) -> None:
+    head = Table(title=f"Corpus {summary['path']}", show_header=False, title_justify="left")
+    head.add_column(style="bold")
+    head.add_column(justify="right")
+    head.add_row("source", f"{summary['source']} ({summary['format']})")
+    head.add_row("pieces ok", f"{summary['ok']:,}")
+    head.add_row("pieces bad", f"{summary['bad']:,}")
+    for reason, n in summary["bad_by_reason"].items():
+        head.add_row(f"  bad: {reason}", f"{n:,}")
+    head.add_row("hours of music", f"{summary['hours']:.2f}")
+    head.add_row("notes", f"{summary['notes']:,}")
+    head.add_row("splits", ", ".join(f"{k} {v:,}" for k, v in summary["per_split"].items()))
+    console.print(head)
+    labels = Table(title="Pieces per label", title_justify="left")
+    labels.add_column("label")
+    labels.add_column("pieces", justify="right")
+    for label, n in summary["per_label"].items():
+        labels.add_row(label, f"{n:,}")
+    console.print(labels)
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        Path(path).write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+        console.print(f"wrote {path}")

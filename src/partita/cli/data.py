@@ -1,0 +1,118 @@
+"""``partita data``: prepare, merge and inspect corpora; train tokenizers; write token streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from partita.cli.common import console, print_corpus_summary, progress_bar, write_json
+from partita.errors import PartitaError
+
+app = typer.Typer(help="Prepare corpora of MIDI files and their token streams.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Train tokenizers on a prepared corpus.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@app.command("prepare")
+def prepare_cmd(
+    source: str = typer.Argument(..., help="A folder of MIDI files, or the word 'bundled' for the music21 corpus."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the prepared corpus."),
+    format: Optional[str] = typer.Option(None, "--format", help="folder, giantmidi, maestro, lakh or bundled (default: detected)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (default: all cores)."),
+    shard: str = typer.Option("1/1", "--shard", help="Prepare only shard I of N (1-based), e.g. 3/8 on the 3rd of 8 machines."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/valid/test split."),
+    valid: float = typer.Option(0.1, "--valid", help="Fraction of works for validation."),
+    test: float = typer.Option(0.1, "--test", help="Fraction of works for test."),
+    split_mode: str = typer.Option("pieces", "--split-mode", help="'pieces', or 'labels' to hold out whole labels as 'unseen'."),
+    unseen: float = typer.Option(0.2, "--unseen", help="With --split-mode labels: fraction of labels held out."),
+    labels_csv: Optional[Path] = typer.Option(None, "--labels-csv", help="A path,label[,title] CSV for a plain folder."),
+    composite: str = typer.Option("keep", "--composite", help="MAESTRO 'A / B' composers: keep as one label or drop."),
+    max_per_label: Optional[int] = typer.Option(None, "--max-per-label", help="Bundled corpus: pieces per label."),
+    full: bool = typer.Option(False, "--full", help="Bundled corpus: export every piece music21 has."),
+    sustain: bool = typer.Option(True, "--sustain/--no-sustain", help="Lengthen notes held by the sustain pedal."),
+    max_size_mb: float = typer.Option(64, "--max-size-mb", help="Refuse MIDI files larger than this."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON here."),
+) -> None:
+    """Read every MIDI file of SOURCE once into a prepared corpus (resumable, shardable)."""
+    from partita.data.prepare import ReadOptions, parse_shard, prepare
+
+    options = ReadOptions(sustain=sustain, max_bytes=int(max_size_mb * 2**20))
+    source_options = {"labels_csv": labels_csv, "composite": composite}
+    if source == "bundled" or format == "bundled":
+        source_options = {"max_per_label": max_per_label, "full": full, "workers": workers}
+        with progress_bar("exporting music21 corpus") as update:
+            source_options["progress"] = update
+            from partita.data.sources.bundled import DEFAULT_MAX_PER_LABEL, export_bundled
+
+            export_bundled(max_per_label=max_per_label or DEFAULT_MAX_PER_LABEL, full=full, workers=workers, progress=update)
+        source_options.pop("progress")
+    _check_fraction("--valid", valid)
+    _check_fraction("--test", test)
+    _check_fraction("--unseen", unseen)
+    if split_mode not in ("pieces", "labels"):
+        raise PartitaError(f"--split-mode must be 'pieces' or 'labels', not {split_mode!r}")
+    with progress_bar("reading MIDI") as update:
+        result = prepare(
+            source,
+            out,
+            format=format,
+            workers=workers,
+            shard=parse_shard(shard),
+            options=options,
+            seed=seed,
+            valid=valid,
+            test=test,
+            split_mode=split_mode,
+            unseen=unseen,
+            source_options=source_options,
+            progress=update,
+        )
+    summary = result.corpus.summary()
+    print_corpus_summary(summary)
+    _print_bad_files(summary)
+    write_json(json_out, summary)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise PartitaError(f"{name} must be a fraction between 0 and 1, not {value}")
+
+
+def _print_bad_files(summary: dict, limit: int = 10) -> None:
+    bad = summary["bad_files"]
+    for row in bad[:limit]:
+        console.print(f"  skipped {row['id']}: {row['message']}", markup=False, highlight=False)
+    if len(bad) > limit:
+        console.print(f"  ... and {len(bad) - limit} more (see 'partita data info --json')")
+
+
+@app.command("merge")
+def merge_cmd(
+    shards: list[Path] = typer.Argument(..., help="The corpus folders written by 'prepare --shard I/N'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged corpus."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON here."),
+) -> None:
+    """Join the corpora of sharded prepare runs into one corpus."""
+    from partita.data.prepare import merge
+
+    corpus = merge(shards, out)
+    summary = corpus.summary()
+    print_corpus_summary(summary)
+    write_json(json_out, summary)
+
+
+@app.command("info")
+def info_cmd(
+    corpus: Path = typer.Argument(..., help="A prepared corpus folder."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON here."),
+    bad: bool = typer.Option(False, "--bad", help="List every skipped file with its reason."),
+) -> None:
+    """Print a prepared corpus's summary: pieces ok/bad, hours, notes, labels, splits."""
+    from partita.data.corpus import Corpus
+
+    summary = Corpus(corpus).summary()
+    print_corpus_summary(summary)
+    _print_bad_files(summary, limit=len(summary["bad_files"]) if bad else 10)
+    write_json(json_out, summary)
