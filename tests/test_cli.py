@@ -38,6 +38,17 @@ def test_prepare_info_and_json(fixtures, tmp_path):
     assert info.returncode == 0 and "Pop" in info.stdout
     assert json.loads((tmp_path / "i.json").read_text())["notes"] == summary["notes"]
 
+    trained = run("data", "tokenizer", "train", out, "--vocab", "700", "--split", "all")
+    assert trained.returncode == 0, trained.stderr
+    assert (out / "tokenizer.json").exists()
+    tokenized = run("data", "tokenize", out)
+    assert tokenized.returncode == 0, tokenized.stderr
+    from partita.represent.tokens import TokenStreams
+
+    streams = TokenStreams(out / "tokens")
+    assert len(streams) == 4 and streams.vocab_size == 700
+    assert "already exists" in _one_line_error(run("data", "tokenize", out))
+
 
 @pytest.mark.parametrize(
     "args, expected",

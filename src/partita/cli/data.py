@@ -116,3 +116,64 @@ def info_cmd(
     print_corpus_summary(summary)
     _print_bad_files(summary, limit=len(summary["bad_files"]) if bad else 10)
     write_json(json_out, summary)
+
+
+def _tracked(items, update, total):
+    """Pass ``items`` through, reporting progress as they are consumed."""
+    for n, item in enumerate(items, 1):
+        yield item
+        update(n, total)
+
+
+@tokenizer_app.command("train")
+def tokenizer_train_cmd(
+    corpus: Path = typer.Argument(..., help="A prepared corpus folder."),
+    vocab: int = typer.Option(10000, "--vocab", help="Vocabulary size: base tokens plus learned merges."),
+    model: str = typer.Option("BPE", "--model", help="BPE or Unigram."),
+    tokenizer: str = typer.Option("REMI", "--tokenizer", help="miditok tokenizer: REMI, TSD, MIDILike or Structured."),
+    split: str = typer.Option("train", "--split", help="Which split to learn from ('all' for every piece)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Tokenizer JSON file (default: CORPUS/tokenizer.json)."),
+) -> None:
+    """Learn BPE (or Unigram) merges on a prepared corpus and save the tokenizer as one JSON file."""
+    from partita.data.corpus import Corpus
+    from partita.represent.tokens import make_tokenizer, save_tokenizer, train_tokenizer
+
+    if model not in ("BPE", "Unigram"):
+        raise PartitaError(f"--model must be BPE or Unigram, not {model!r}")
+    c = Corpus(corpus)
+    chosen = c.indices(split=None if split == "all" else split)
+    if not chosen:
+        raise PartitaError(f"{corpus}: no pieces in split {split!r}")
+    base = make_tokenizer(tokenizer)
+    with progress_bar(f"learning {model} on {len(chosen)} pieces") as update:
+        trained = train_tokenizer(_tracked((c.score(i) for i in chosen), update, len(chosen)), vocab_size=vocab, model=model, base=base)
+    path = save_tokenizer(trained, out or c.path / "tokenizer.json")
+    console.print(f"tokenizer: {tokenizer} + {model}, {len(trained)} tokens, learned on {len(chosen)} {split} pieces -> {path}")
+
+
+@app.command("tokenize")
+def tokenize_cmd(
+    corpus: Path = typer.Argument(..., help="A prepared corpus folder."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer JSON (default: CORPUS/tokenizer.json, else plain REMI)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the token streams (default: CORPUS/tokens)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing token streams."),
+) -> None:
+    """Encode every piece of a corpus into memory-mapped token streams (with bar and position per token)."""
+    from partita.data.corpus import Corpus
+    from partita.represent.tokens import load_tokenizer, make_tokenizer, write_token_streams
+
+    c = Corpus(corpus)
+    if tokenizer is None and (c.path / "tokenizer.json").exists():
+        tokenizer = c.path / "tokenizer.json"
+    tok = load_tokenizer(tokenizer) if tokenizer else make_tokenizer()
+
+    out = out or c.path / "tokens"
+    if out.exists() and not overwrite:
+        raise PartitaError(f"{out} already exists; pass --overwrite to replace it")
+    with progress_bar("tokenizing") as update:
+        items = ((r["id"], c.score(i)) for i, r in enumerate(c.pieces))
+        streams = write_token_streams(_tracked(items, update, len(c)), tok, out, overwrite=overwrite)
+    total = int(streams.lengths.sum()) if len(streams) else 0
+    console.print(f"{len(streams)} pieces, {total:,} tokens ({total / max(len(streams), 1):,.0f} per piece) -> {out}")
+    for piece_id, reason in streams.skipped[:10]:
+        console.print(f"  skipped {piece_id}: {reason}", markup=False, highlight=False)

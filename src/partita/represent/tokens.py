@@ -1,0 +1,813 @@
+"""Token sequences for language models, through miditok.
+
+miditok does the tokenization (REMI by default) and the BPE/Unigram training (Hugging Face
+``tokenizers`` underneath); this module is the thin layer partita needs on top of it:
+
+* ``make_tokenizer`` builds a tokenizer with partita's defaults (below), ``save_tokenizer`` and
+  ``load_tokenizer`` keep its whole state in ONE local JSON file (never the Hub);
+* ``encode``/``decode`` turn a ``symusic.Score`` into one int array per piece and back, such that
+  tokens -> MIDI file -> tokens is exact (see "Canonical form");
+* ``train_tokenizer`` learns BPE or Unigram merges from in-memory scores;
+* ``token_timing`` gives, for every (possibly merged) token, the bar index and the position in
+  the bar, for a model's bar/beat embeddings;
+* ``write_token_streams``/``TokenStreams`` store a whole corpus as memory-mapped arrays.
+
+Defaults (``PARTITA_DEFAULTS``) and why:
+
+* ``use_programs=True`` and ``one_token_stream_for_programs=True``: every instrument goes into ONE
+  stream with ``Program`` tokens before each note (REMI+), so a piece is one sequence for a GPT;
+* ``use_tempos=True``, ``use_time_signatures=True``: tempo and metre are part of the music; REMI
+  then writes ``Bar TimeSig Position ...``, which is what ``token_timing`` reads;
+* ``beat_res={(0, 4): 8, (4, 12): 4}``: onsets on a 1/8-beat grid; durations to 1/8 beat up to 4
+  beats, then 1/4 beat up to 12 beats (miditok's default);
+* ``num_velocities=32``; ``special_tokens=["PAD", "BOS", "EOS"]`` (PAD is id 0);
+* no chords, rests, pedals, pitch bends or control changes: they cost sequence length, Rest tokens
+  move time without Bar tokens (``token_timing`` refuses them) and pedals are better applied to
+  note durations first (``partita.io.preprocess(score, sustain=True)``);
+* ``encode_ids_split="bar"``: BPE merges never cross a bar line, so a merged token always lies
+  inside one bar.
+
+Canonical form. miditok quantizes (time grid, duration and velocity bins, tempo bins) and then
+orders simultaneous events by track order and note order. Some scores would not come back
+identical from a MIDI file, so ``encode`` fixes an order and removes what MIDI cannot carry
+(after sorting in-memory events by time, which miditok assumes, and after miditok's own
+preprocessing):
+
+1. tracks are ordered by program (drums first): a decoded score lists its tracks in order of
+   appearance, so simultaneous notes of different instruments must always come in one order;
+2. within a track, notes are ordered by (onset, duration, pitch), the order they come back in;
+3. within a track, a note re-struck while it still sounds is cut to end by the new onset (its
+   duration floored to a duration bin), and of two notes with the same onset and pitch only the longest is kept:
+   MIDI pairs note-offs with note-ons first-in-first-out, so nested notes of one pitch cannot
+   survive a MIDI file.
+
+With these, ``encode(load(decode(ids).dumps_midi())) == ids`` for any ``ids = encode(score)``
+(tested for REMI, TSD, MIDILike and Structured, base and BPE-trained).
+
+miditok limitations worth knowing: notes outside ``pitch_range`` (21-108 by default) and time
+signatures outside ``time_signature_range`` are dropped; time signature changes are delayed to the
+next bar; Structured has no time signatures (4/4) and clips pauses to its longest TimeShift;
+Hugging Face's Unigram training is not deterministic (BPE is).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Union
+
+import miditok
+import numpy as np
+import symusic
+from miditok import MusicTokenizer, TokenizerConfig, TokSequence
+from miditok.utils import get_score_ticks_per_beat
+from symusic import Note, Score
+
+from partita.errors import PartitaError
+from partita.io.midi import MidiSource, load
+
+__all__ = [
+    "PARTITA_DEFAULTS",
+    "TOKENIZERS",
+    "TokenizerError",
+    "TokenStreams",
+    "decode",
+    "encode",
+    "load_tokenizer",
+    "make_tokenizer",
+    "save_tokenizer",
+    "special_id",
+    "token_timing",
+    "train_tokenizer",
+    "write_token_streams",
+]
+
+#: The tokenizations partita accepts: those that give one stream of single ids per piece.
+#: (CPWord, Octuple and MuMIDI stack several ids per step; MMM needs per-track sequences.)
+TOKENIZERS: dict[str, type[MusicTokenizer]] = {
+    "REMI": miditok.REMI,
+    "TSD": miditok.TSD,
+    "MIDILike": miditok.MIDILike,
+    "Structured": miditok.Structured,
+}
+
+#: partita's TokenizerConfig defaults; any of them can be overridden in ``make_tokenizer``.
+PARTITA_DEFAULTS: dict[str, Any] = {
+    "use_programs": True,
+    "one_token_stream_for_programs": True,
+    "use_tempos": True,
+    "use_time_signatures": True,
+    "beat_res": {(0, 4): 8, (4, 12): 4},
+    "num_velocities": 32,
+    "special_tokens": ["PAD", "BOS", "EOS"],
+    "use_chords": False,
+    "use_rests": False,
+    "use_sustain_pedals": False,
+    "use_pitch_bends": False,
+    "use_control_changes": False,
+    "encode_ids_split": "bar",
+}
+
+# Tokenizer-specific options miditok reads from ``config.additional_params``.
+_EXTRA_PARAMS = {
+    "REMI": {"max_bar_embedding", "use_bar_end_tokens", "add_trailing_bars"},
+    "MIDILike": {"max_duration"},
+}
+_CONFIG_PARAMS = {
+    name
+    for name, p in inspect.signature(TokenizerConfig.__init__).parameters.items()
+    if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+}
+
+_STREAMS_FORMAT = "partita.token_streams"
+_STREAMS_VERSION = 1
+_BARS_DTYPE = np.dtype("<i4")
+_POSITIONS_DTYPE = np.dtype("<i2")
+
+PathLike = Union[str, os.PathLike]
+_SCORE_TYPES = (symusic.core.ScoreTick, symusic.core.ScoreQuarter, symusic.core.ScoreSecond)
+
+
+class TokenizerError(PartitaError, ValueError):
+    """A tokenizer that cannot be made, read or used; ``str(err)`` is one line."""
+
+
+# --------------------------------------------------------------------------- tokenizer objects
+
+
+def _resolve_name(name: str) -> str:
+    for key in TOKENIZERS:
+        if key.lower() == str(name).lower().replace("-", "").replace("_", ""):
+            return key
+    raise TokenizerError(
+        f"unsupported tokenizer {name!r}: partita uses one token stream per piece, "
+        f"choose one of {', '.join(TOKENIZERS)}"
+    )
+
+
+def make_tokenizer(name: str = "REMI", **params: Any) -> MusicTokenizer:
+    """A miditok tokenizer ``name`` (REMI, TSD, MIDILike, Structured) with partita's defaults.
+
+    ``params`` are ``miditok.TokenizerConfig`` fields (``num_velocities=16``,
+    ``beat_res={(0, 4): 4}``, ``pitch_range=(0, 127)``...) or options of that tokenization
+    (REMI: ``max_bar_embedding``, ``use_bar_end_tokens``, ``add_trailing_bars``); they override
+    ``PARTITA_DEFAULTS``. Settings that would give one stream per track are refused.
+    """
+    key = _resolve_name(name)
+    allowed = _CONFIG_PARAMS | _EXTRA_PARAMS.get(key, set())
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise TokenizerError(
+            f"unknown {key} tokenizer parameter(s) {', '.join(unknown)}; "
+            "see miditok.TokenizerConfig for the valid ones"
+        )
+    cfg = {**PARTITA_DEFAULTS, **params}
+    if not (cfg["use_programs"] and cfg["one_token_stream_for_programs"]):
+        raise TokenizerError(
+            "use_programs and one_token_stream_for_programs must stay True: "
+            "partita encodes every piece as one token stream"
+        )
+    cfg["special_tokens"] = list(cfg["special_tokens"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # miditok warns about options it switches off itself
+        tokenizer = TOKENIZERS[key](TokenizerConfig(**cfg))
+    return tokenizer
+
+
+def _check_tokenizer(tokenizer: Any) -> MusicTokenizer:
+    if not isinstance(tokenizer, MusicTokenizer):
+        raise TokenizerError(f"expected a miditok tokenizer, got {type(tokenizer).__name__}")
+    if type(tokenizer).__name__ not in TOKENIZERS or not tokenizer.one_token_stream:
+        raise TokenizerError(
+            f"{type(tokenizer).__name__} tokenizer without one token stream per piece is not "
+            f"supported; make one with make_tokenizer({', '.join(map(repr, TOKENIZERS))})"
+        )
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: MusicTokenizer, path: PathLike) -> Path:
+    """Write the tokenizer's whole state (config, vocabulary, learned merges) to one JSON file.
+
+    ``path`` is a file name (``tokenizer.json`` is added if it is a folder). The file appears
+    whole or not at all.
+    """
+    _check_tokenizer(tokenizer)
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.json")
+    try:
+        tokenizer.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_tokenizer(path: PathLike) -> MusicTokenizer:
+    """Read a tokenizer JSON file written by ``save_tokenizer`` (or miditok's ``save``).
+
+    Only the local file is read: nothing is ever fetched from the network. A missing, unreadable
+    or malformed file raises ``TokenizerError`` (a ``ValueError``) with a one-line message.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise TokenizerError(f"{path}: no such tokenizer file (write one with save_tokenizer)")
+    try:
+        params = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{path}: cannot read the tokenizer file ({e})") from None
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path}: not a tokenizer JSON file ({e.msg} at line {e.lineno})") from None
+    if not isinstance(params, dict) or "tokenization" not in params or "config" not in params:
+        raise TokenizerError(f"{path}: not a miditok tokenizer file (no 'tokenization'/'config' entry)")
+    name = params["tokenization"]
+    if name not in TOKENIZERS:
+        raise TokenizerError(
+            f"{path}: {name!r} tokenizers are not supported; use one of {', '.join(TOKENIZERS)}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # ``params=`` reads the local JSON file directly (from_pretrained could reach the Hub).
+            tokenizer = TOKENIZERS[name](params=path)
+    except Exception as e:  # miditok raises KeyError/TypeError/... on a damaged file
+        raise TokenizerError(f"{path}: corrupt tokenizer file ({type(e).__name__}: {e})") from None
+    return _check_tokenizer(tokenizer)
+
+
+# --------------------------------------------------------------------------- canonical encoding
+
+
+def _track_key(track: symusic.core.TrackTick) -> int:
+    return -1 if track.is_drum else track.program
+
+
+def _canonical_notes(tokenizer: MusicTokenizer, score: Score) -> None:
+    """Per track: no overlapping notes of one pitch, notes sorted by (onset, duration, pitch).
+
+    In place, on a score miditok has preprocessed (see the module doc for why).
+    """
+    use_bins = not tokenizer._note_on_off  # duration tokens: durations must stay on their bins
+    sections = None
+    for track in score.tracks:
+        if track.note_num() == 0:
+            continue
+        program = -1 if track.is_drum else track.program
+        n = track.notes.numpy()
+        t = n["time"].astype(np.int64)
+        d = n["duration"].astype(np.int64)
+        p = n["pitch"]
+        v = n["velocity"]
+        changed = False
+        if track.note_num() > 1 and program in tokenizer.config.use_note_duration_programs:
+            order = np.lexsort((-d, t, p))  # by pitch, onset, longest first
+            ts, ds, ps = t[order], d[order], p[order]
+            same_pitch = ps[1:] == ps[:-1]
+            dup = same_pitch & (ts[1:] == ts[:-1])  # same onset and pitch: keep the longest
+            if dup.any():
+                keep = np.ones(len(ts), bool)
+                keep[1:][dup] = False
+                order, ts, ds, ps = order[keep], ts[keep], ds[keep], ps[keep]
+                same_pitch = ps[1:] == ps[:-1]
+                changed = True
+            i = np.flatnonzero(same_pitch & (ts[:-1] + ds[:-1] > ts[1:]))
+            if len(i):
+                gap = ts[i + 1] - ts[i]
+                if use_bins:  # floor the new duration to a duration bin of its metre section
+                    if sections is None:
+                        if tokenizer.config.use_time_signatures and len(score.time_signatures) > 0:
+                            sections = get_score_ticks_per_beat(score)
+                        else:
+                            sections = np.array([[score.end() + 1, tokenizer.time_division]])
+                    sec = np.minimum(np.searchsorted(sections[:, 0], ts[i], side="right"), len(sections) - 1)
+                    for s in np.unique(sec):
+                        bins = np.sort(tokenizer._tpb_to_time_array[int(sections[s, 1])])
+                        m = sec == s
+                        gap[m] = bins[np.maximum(np.searchsorted(bins, gap[m], side="right") - 1, 0)]
+                ds[i] = np.minimum(ds[i], gap)
+                changed = True
+            if changed:
+                t, d, p, v = ts, ds, ps, v[order]
+        order = np.lexsort((p, d, t))
+        if changed or np.any(order != np.arange(len(order))):
+            track.notes = Note.from_numpy(
+                time=t[order].astype(np.int32),
+                duration=d[order].astype(np.int32),
+                pitch=p[order],
+                velocity=v[order],
+            )
+
+
+def _is_sorted(events: Any) -> bool:
+    if len(events) < 2:
+        return True
+    times = events.numpy()["time"]
+    return bool(np.all(times[1:] >= times[:-1]))
+
+
+def _time_sorted(score: Score) -> Score:
+    """``score``, or a copy with its events sorted by time (miditok assumes they are).
+
+    ``symusic`` sorts what it reads from a file, but a score built in memory may not be.
+    """
+    lists = [score.tempos, score.time_signatures, score.key_signatures]
+    if all(_is_sorted(x) for x in lists) and all(_is_sorted(t.notes) for t in score.tracks):
+        return score
+    score = score.copy()
+    for events in (score.tempos, score.time_signatures, score.key_signatures):
+        events.sort(inplace=True)
+    for track in score.tracks:
+        track.notes.sort(inplace=True)  # by (time, duration, pitch)
+    return score
+
+
+def _prepare(tokenizer: MusicTokenizer, score: Score) -> Score:
+    """miditok's preprocessing followed by partita's canonical form (module doc)."""
+    if not isinstance(score, symusic.core.ScoreTick):
+        score = score.to("tick")
+    pre = tokenizer.preprocess_score(_time_sorted(score))
+    if tokenizer.config.use_time_signatures and len(pre.time_signatures) > 0:
+        # miditok picks the new resolution from the time signatures before it delays them to
+        # bar lines and drops the redundant ones; when an x/8 signature vanishes that way, the
+        # onsets sit on a grid twice too fine for the metre left. A second pass requantizes them.
+        expected = tokenizer.config.max_num_pos_per_beat * max(ts.denominator for ts in pre.time_signatures) // 4
+        if pre.ticks_per_quarter != expected:
+            pre = tokenizer.preprocess_score(pre)
+    pre.tracks.sort(key=_track_key, inplace=True)
+    _canonical_notes(tokenizer, pre)
+    return pre
+
+
+def _tokseq(tokenizer: MusicTokenizer, score: Score | MidiSource, encode_ids: bool) -> TokSequence:
+    if not isinstance(score, _SCORE_TYPES):
+        score = load(score)
+    return tokenizer.encode(_prepare(tokenizer, score), encode_ids=encode_ids, no_preprocess_score=True)
+
+
+def encode(
+    tokenizer: MusicTokenizer,
+    score: Score | MidiSource,
+    *,
+    bos_eos: bool = False,
+    dtype: Any = np.int64,
+) -> np.ndarray:
+    """Token ids of ``score`` (a Score, or a MIDI path/bytes), merged by BPE/Unigram if trained.
+
+    ``bos_eos=True`` frames them with the BOS and EOS tokens (the base ids, which a trained
+    tokenizer keeps). The sequence is in partita's canonical form (module doc), which makes
+    tokens -> MIDI -> tokens exact.
+    """
+    _check_tokenizer(tokenizer)
+    ids = np.asarray(_tokseq(tokenizer, score, encode_ids=True).ids, dtype=dtype)
+    if bos_eos:
+        ids = np.concatenate([[special_id(tokenizer, "BOS")], ids, [special_id(tokenizer, "EOS")]]).astype(dtype)
+    return ids
+
+
+def special_id(tokenizer: MusicTokenizer, name: str) -> int:
+    """The id ``encode`` and models use for the special token ``name`` ("PAD", "BOS", "EOS")."""
+    _check_tokenizer(tokenizer)
+    token = name if "_" in name else f"{name}_None"
+    if token not in tokenizer.vocab:
+        raise TokenizerError(f"the tokenizer has no {name} token (special tokens: {tokenizer.special_tokens})")
+    base_id = tokenizer.vocab[token]
+    if not tokenizer.is_trained:
+        return base_id
+    table = _expansion(tokenizer)
+    single = np.flatnonzero((table.lengths == 1) & (table.flat[np.minimum(table.starts, len(table.flat) - 1)] == base_id))
+    if len(single) == 0:
+        raise TokenizerError(f"the trained tokenizer has no id for {name}")
+    return int(single[0])
+
+
+def decode(tokenizer: MusicTokenizer, ids: Iterable[int] | np.ndarray) -> Score:
+    """The ``symusic.Score`` (in ticks, at ``tokenizer.time_division`` per quarter) of ``ids``.
+
+    PAD, BOS and EOS tokens are dropped first. Ids come from ``encode`` or a model; a trained
+    tokenizer reads them as merged (BPE/Unigram) ids.
+    """
+    _check_tokenizer(tokenizer)
+    ids = np.asarray(ids if not hasattr(ids, "numpy") else ids.numpy()).astype(np.int64).ravel()
+    table = _expansion(tokenizer)
+    if ids.size and (ids.min() < 0 or ids.max() >= len(table.lengths)):
+        raise TokenizerError(f"token ids must be in [0, {len(table.lengths)}), got {ids.min()}..{ids.max()}")
+    ids = ids[~table.special[ids]]
+    seq = TokSequence(ids=ids.tolist(), are_ids_encoded=tokenizer.is_trained)
+    return tokenizer.decode(seq)
+
+
+# --------------------------------------------------------------------------- training
+
+
+class _TrainingIterator:
+    """Yields, per score, the byte strings miditok's trainer reads (one per bar or beat chunk).
+
+    It mirrors ``miditok.TokTrainingIterator.load_file`` but takes in-memory scores and uses
+    partita's canonical form, so the merges learned are those ``encode`` will apply.
+    """
+
+    def __init__(self, tokenizer: MusicTokenizer, scores: Iterable[Score]):
+        self.tokenizer = tokenizer
+        self.scores = scores
+        self.used = 0
+        self.failed: list[str] = []
+
+    def __len__(self) -> int:
+        try:
+            return len(self.scores)  # type: ignore[arg-type]
+        except TypeError:
+            return 0  # only used for the progress bar
+
+    def __iter__(self) -> Iterator[list[str]]:
+        tok = self.tokenizer
+        split = tok.config.encode_ids_split
+        for score in self.scores:
+            try:
+                seq = _tokseq(tok, score, encode_ids=False)
+            except Exception as e:
+                self.failed.append(f"{type(e).__name__}: {e}")
+                continue
+            chunks = seq.split_per_bars() if split == "bar" else seq.split_per_beats() if split == "beat" else [seq]
+            out = [tok._ids_to_bytes(c.ids, as_one_str=True) for c in chunks if len(c) > 0]
+            if out:
+                self.used += 1
+                yield out
+
+
+def train_tokenizer(
+    scores: Iterable[Score],
+    vocab_size: int = 10000,
+    model: str = "BPE",
+    base: MusicTokenizer | None = None,
+    **trainer_kwargs: Any,
+) -> MusicTokenizer:
+    """A copy of ``base`` (default: ``make_tokenizer()``) with BPE or Unigram merges learned.
+
+    ``scores`` may be any iterable (a generator is read once, encoding each score on the fly).
+    ``vocab_size`` counts base tokens plus merges and must exceed the base vocabulary.
+    BPE training is deterministic (same scores, same vocabulary and ids); Hugging Face's
+    Unigram training is not guaranteed to be, so train a Unigram tokenizer once and save it.
+    Scores that cannot be tokenized are skipped with a warning.
+    """
+    if model not in ("BPE", "Unigram"):
+        raise TokenizerError(f"model must be 'BPE' or 'Unigram', not {model!r}")
+    tok = make_tokenizer() if base is None else copy.deepcopy(_check_tokenizer(base))
+    n_base = len(tok.vocab)
+    if vocab_size <= n_base:
+        raise TokenizerError(
+            f"vocab_size ({vocab_size}) must be larger than the {n_base} base tokens of this tokenizer"
+        )
+    iterator = _TrainingIterator(tok, scores)
+    tok.train(vocab_size=vocab_size, model=model, iterator=iterator, **trainer_kwargs)
+    if iterator.failed:
+        warnings.warn(
+            f"train_tokenizer: skipped {len(iterator.failed)} score(s) that could not be tokenized "
+            f"(first: {iterator.failed[0]})",
+            stacklevel=2,
+        )
+    if iterator.used == 0:
+        raise TokenizerError("train_tokenizer: no score gave any token to train on")
+    if hasattr(tok, "_partita_expansion"):
+        del tok._partita_expansion
+    return tok
+
+
+# --------------------------------------------------------------------------- per-token timing
+
+
+class _Expansion:
+    """For every id of the tokenizer: the base ids it stands for (CSR layout) and base token facts."""
+
+    def __init__(self, tokenizer: MusicTokenizer):
+        base_vocab = tokenizer.vocab
+        self.key = (len(tokenizer), tokenizer.is_trained, id(tokenizer._model))
+        n_base = len(base_vocab)
+        if tokenizer.is_trained:
+            model = tokenizer._model
+            learned = tokenizer._vocab_learned_bytes_to_tokens
+            seqs = []
+            for i in range(len(tokenizer)):
+                toks = learned.get(model.id_to_token(i), [])
+                seqs.append([base_vocab[t] for t in toks if t in base_vocab])
+        else:
+            seqs = [[i] for i in range(n_base)]
+        self.lengths = np.array([len(s) for s in seqs], np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.flat = np.array([b for s in seqs for b in s], np.int64)
+        # Facts about base tokens.
+        types = [""] * n_base
+        values = [""] * n_base
+        for tok, i in base_vocab.items():
+            types[i], _, values[i] = tok.partition("_")
+        special = {t.split("_")[0] for t in tokenizer.special_tokens}
+        self.base_special = np.array([t in special for t in types], bool)
+        self.special = np.array(
+            [len(s) > 0 and bool(self.base_special[s].all()) for s in seqs], bool
+        ) | (self.lengths == 0)
+        self.is_bar = np.array([t == "Bar" and v != "End" for t, v in zip(types, values)], bool)
+        self.position = np.array([int(v) if t == "Position" else -1 for t, v in zip(types, values)], np.int64)
+        self.ts = np.zeros((n_base, 2), np.int64)  # numerator, denominator of TimeSig tokens
+        for i, (t, v) in enumerate(zip(types, values)):
+            if t == "TimeSig":
+                self.ts[i] = [int(x) for x in v.split("/")]
+        # Ticks each base token moves time by, per ticks-per-beat value (time-shift tokenizers).
+        self.shift: dict[int, np.ndarray] = {}
+        for tpb, table in tokenizer._tpb_tokens_to_ticks.items():
+            arr = np.zeros(n_base, np.int64)
+            for i, (t, v) in enumerate(zip(types, values)):
+                if t == "TimeShift" and v in table:
+                    arr[i] = table[v]
+            self.shift[tpb] = arr
+        self.has_shift = any(t == "TimeShift" for t in types)
+        self.has_position = any(t == "Position" for t in types)
+
+    def expand(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Base ids of ``ids`` and, for each id, the index of its first base token."""
+        lengths = self.lengths[ids]
+        first = np.cumsum(lengths) - lengths
+        total = int(lengths.sum())
+        idx = np.repeat(self.starts[ids] - first, lengths) + np.arange(total)
+        return self.flat[idx], first
+
+
+def _expansion(tokenizer: MusicTokenizer) -> _Expansion:
+    cached = getattr(tokenizer, "_partita_expansion", None)
+    if cached is None or cached.key != (len(tokenizer), tokenizer.is_trained, id(tokenizer._model)):
+        cached = _Expansion(tokenizer)
+        tokenizer._partita_expansion = cached
+    return cached
+
+
+def _timing_positions(table: _Expansion, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bar/Position tokenizers (REMI): count Bar tokens, carry the last Position value."""
+    n = len(base)
+    is_bar = table.is_bar[base]
+    bar = np.maximum(np.cumsum(is_bar) - 1, 0)
+    pos_val = table.position[base]
+    mark = is_bar | (pos_val >= 0)
+    last = np.maximum.accumulate(np.where(mark, np.arange(n), -1))
+    pos = np.where(last >= 0, np.where(is_bar, 0, pos_val)[np.maximum(last, 0)], 0)
+    return bar, pos
+
+
+def _timing_shifts(tokenizer: MusicTokenizer, table: _Expansion, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Time-shift tokenizers (TSD, MIDILike, Structured): accumulate ticks, count bars per metre."""
+    n = len(base)
+    bar = np.zeros(n, np.int64)
+    pos = np.zeros(n, np.int64)
+    tpq = tokenizer.time_division
+    res = tokenizer.config.max_num_pos_per_beat
+    ts = table.ts[base]
+    cuts = np.flatnonzero(ts[:, 1] > 0)
+    bounds = [0, *cuts.tolist(), n]
+    tick = ts_tick = bar_at_ts = 0
+    num, den = 4, 4
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if a == b:
+            continue
+        if ts[a, 1] > 0:  # a TimeSig token starts this segment: a new metre from here
+            ticks_per_bar = num * tpq * 4 // den
+            bar_at_ts += -(-(tick - ts_tick) // ticks_per_bar)  # a change starts a new bar
+            ts_tick = tick
+            num, den = int(ts[a, 0]), int(ts[a, 1])
+        tpb = tokenizer._tpb_per_ts.get(den, tpq)
+        ticks_per_bar = max(num * tpq * 4 // den, 1)
+        ticks_per_pos = max(tpb // res, 1)
+        shifts = table.shift.get(tpb, table.shift[next(iter(table.shift))])[base[a:b]]
+        start = tick + np.cumsum(shifts) - shifts
+        rel = start - ts_tick
+        bar[a:b] = bar_at_ts + rel // ticks_per_bar
+        pos[a:b] = (rel % ticks_per_bar) // ticks_per_pos
+        tick += int(shifts.sum())
+    return bar, pos
+
+
+def token_timing(tokenizer: MusicTokenizer, ids: Iterable[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(bar_index, position_in_bar)``, two int32 arrays as long as ``ids``.
+
+    For each token, the bar it falls in (0 for the first bar) and its position in that bar in
+    the tokenizer's position units (REMI: the value of the Position token in force, i.e. steps of
+    1/``max(beat_res)`` of a beat; time-shift tokenizers: the same units computed from the time
+    shifts). A Bar token starts its bar at position 0; tokens before the first Bar (BOS) are in
+    bar 0 at position 0. A merged (BPE/Unigram) token gets the values of its first base token.
+    Tokenizers with Rest tokens are refused (rests move time without Bar tokens).
+    """
+    _check_tokenizer(tokenizer)
+    if tokenizer.config.use_rests:
+        raise TokenizerError("token_timing does not support Rest tokens: make the tokenizer with use_rests=False")
+    table = _expansion(tokenizer)
+    ids = np.asarray(ids if not hasattr(ids, "numpy") else ids.numpy()).astype(np.int64).ravel()
+    if ids.size == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    if ids.min() < 0 or ids.max() >= len(table.lengths):
+        raise TokenizerError(f"token ids must be in [0, {len(table.lengths)}), got {ids.min()}..{ids.max()}")
+    base, first = table.expand(ids)
+    if table.has_position:
+        bar, pos = _timing_positions(table, base)
+    elif table.has_shift:
+        bar, pos = _timing_shifts(tokenizer, table, base)
+    else:
+        raise TokenizerError(f"{type(tokenizer).__name__} has neither Position nor TimeShift tokens")
+    # A token made of no base token (never the case for music) takes the previous value.
+    first = np.minimum(first, max(len(base) - 1, 0))
+    return bar[first].astype(np.int32), pos[first].astype(np.int32)
+
+
+# --------------------------------------------------------------------------- corpus streams
+
+
+def _auto_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def write_token_streams(
+    items: Iterable[tuple[str, Score | MidiSource]],
+    tokenizer: MusicTokenizer,
+    out_dir: PathLike,
+    dtype: Any = None,
+    *,
+    bos_eos: bool = True,
+    overwrite: bool = False,
+) -> TokenStreams:
+    """Encode ``(piece_id, score)`` pairs into memory-mappable arrays under ``out_dir``.
+
+    Writes ``tokens.bin`` (all ids, concatenated), ``bars.bin`` and ``positions.bin`` (same
+    length, from ``token_timing``), ``offsets.npy`` (``n_pieces + 1`` int64; piece ``i`` is
+    ``tokens[offsets[i]:offsets[i+1]]``), ``piece_ids.json``, ``tokenizer.json`` and
+    ``streams.json`` (dtypes, vocab size, tokenizer hash, skipped pieces). ``dtype`` defaults to
+    uint16 when the vocabulary fits, else uint32. ``bos_eos`` frames every piece with BOS ... EOS
+    (what a language model trained on the concatenation wants).
+
+    Everything is written to a temporary folder beside ``out_dir`` and renamed into place at
+    the end, so an interrupted run leaves no half-written streams. A piece that fails to encode
+    (or gives no token) is skipped; the ``(piece_id, reason)`` pairs are in ``.skipped``.
+    """
+    _check_tokenizer(tokenizer)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True to replace it)")
+    vocab_size = len(tokenizer)
+    dtype = _auto_dtype(vocab_size) if dtype is None else np.dtype(dtype).newbyteorder("<")
+    if dtype.kind not in "ui" or np.iinfo(dtype).max < vocab_size - 1:
+        raise TokenizerError(f"dtype {dtype} cannot hold token ids up to {vocab_size - 1}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        offsets, piece_ids, skipped = [0], [], []
+        seen: set[str] = set()
+        with open(tmp / "tokens.bin", "wb") as ft, open(tmp / "bars.bin", "wb") as fb, open(
+            tmp / "positions.bin", "wb"
+        ) as fp:
+            for piece_id, score in items:
+                piece_id = str(piece_id)
+                if piece_id in seen:
+                    skipped.append((piece_id, "duplicate piece id"))
+                    continue
+                try:
+                    if not isinstance(score, _SCORE_TYPES):
+                        score = load(score)
+                    if score.note_num() == 0:
+                        raise TokenizerError("the score has no notes")
+                    ids = encode(tokenizer, score, bos_eos=bos_eos)
+                    n_music = len(ids) - (2 if bos_eos else 0)
+                    if n_music <= 0:
+                        raise TokenizerError("no token (no note the tokenizer can represent)")
+                    bars, positions = token_timing(tokenizer, ids)
+                except Exception as e:
+                    skipped.append((piece_id, f"{type(e).__name__}: {e}".splitlines()[0]))
+                    continue
+                seen.add(piece_id)
+                ft.write(ids.astype(dtype).tobytes())
+                fb.write(bars.astype(_BARS_DTYPE).tobytes())
+                fp.write(np.clip(positions, 0, np.iinfo(_POSITIONS_DTYPE).max).astype(_POSITIONS_DTYPE).tobytes())
+                piece_ids.append(piece_id)
+                offsets.append(offsets[-1] + len(ids))
+        np.save(tmp / "offsets.npy", np.asarray(offsets, np.int64))
+        (tmp / "piece_ids.json").write_text(json.dumps(piece_ids, ensure_ascii=False))
+        save_tokenizer(tokenizer, tmp / "tokenizer.json")
+        meta = {
+            "format": _STREAMS_FORMAT,
+            "version": _STREAMS_VERSION,
+            "dtype": dtype.str,
+            "bars_dtype": _BARS_DTYPE.str,
+            "positions_dtype": _POSITIONS_DTYPE.str,
+            "n_pieces": len(piece_ids),
+            "n_tokens": offsets[-1],
+            "vocab_size": vocab_size,
+            "tokenization": type(tokenizer).__name__,
+            "trained": tokenizer.is_trained,
+            "bos_eos": bos_eos,
+            "tokenizer": "tokenizer.json",
+            "tokenizer_sha256": hashlib.sha256((tmp / "tokenizer.json").read_bytes()).hexdigest(),
+            "skipped": [list(s) for s in skipped],
+        }
+        (tmp / "streams.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+        if out_dir.exists():  # overwrite: swap the old folder out, then delete it
+            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return TokenStreams(out_dir)
+
+
+class TokenStreams:
+    """Read-only view of a folder written by ``write_token_streams`` (numpy memmaps).
+
+    ``len(streams)`` pieces; ``piece(i)``, ``bars(i)``, ``positions(i)`` are array views;
+    ``ids`` the piece ids; ``tokens``/``all_bars``/``all_positions`` the whole concatenated
+    arrays; ``offsets``; ``skipped`` the ``(piece_id, reason)`` pairs left out when writing.
+    """
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        meta_path = self.path / "streams.json"
+        if not meta_path.is_file():
+            raise TokenizerError(f"{self.path}: not a token streams folder (no streams.json)")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TokenizerError(f"{meta_path}: unreadable ({e})") from None
+        if self.meta.get("format") != _STREAMS_FORMAT:
+            raise TokenizerError(f"{meta_path}: not a partita token streams file")
+        try:
+            self.offsets = np.load(self.path / "offsets.npy")
+            self.ids: list[str] = json.loads((self.path / "piece_ids.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TokenizerError(f"{self.path}: damaged token streams folder ({e})") from None
+        n = int(self.meta["n_tokens"])
+        if len(self.offsets) != len(self.ids) + 1 or int(self.offsets[-1]) != n:
+            raise TokenizerError(f"{self.path}: damaged token streams folder (offsets do not match)")
+        self.tokens = self._open("tokens.bin", self.meta["dtype"], n)
+        self.all_bars = self._open("bars.bin", self.meta["bars_dtype"], n)
+        self.all_positions = self._open("positions.bin", self.meta["positions_dtype"], n)
+        self.skipped = [tuple(s) for s in self.meta.get("skipped", [])]
+        self._index = {pid: i for i, pid in enumerate(self.ids)}
+
+    def _open(self, name: str, dtype: str, n: int) -> np.ndarray:
+        path = self.path / name
+        dtype = np.dtype(dtype)
+        size = path.stat().st_size if path.is_file() else -1
+        if size != n * dtype.itemsize:
+            raise TokenizerError(f"{path}: expected {n * dtype.itemsize} bytes, found {max(size, 0)}")
+        if n == 0:
+            return np.zeros(0, dtype)
+        return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _slice(self, i: int) -> slice:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"piece {i} out of range ({len(self)} pieces)")
+        i %= len(self)
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def piece(self, i: int) -> np.ndarray:
+        return self.tokens[self._slice(i)]
+
+    def bars(self, i: int) -> np.ndarray:
+        return self.all_bars[self._slice(i)]
+
+    def positions(self, i: int) -> np.ndarray:
+        return self.all_positions[self._slice(i)]
+
+    def index(self, piece_id: str) -> int:
+        """The position of ``piece_id`` in the streams."""
+        try:
+            return self._index[str(piece_id)]
+        except KeyError:
+            raise KeyError(f"no piece {piece_id!r} in {self.path}") from None
+
+    def tokenizer(self) -> MusicTokenizer:
+        """The tokenizer these streams were written with (its saved copy)."""
+        return load_tokenizer(self.path / self.meta.get("tokenizer", "tokenizer.json"))
+
+    def __repr__(self) -> str:
+        return f"TokenStreams({str(self.path)!r}: {len(self)} pieces, {int(self.meta['n_tokens'])} tokens)"
