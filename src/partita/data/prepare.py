@@ -39,12 +39,13 @@ from partita.data.corpus import (
     TEMPO_DTYPE,
     TIMESIG_DTYPE,
     Corpus,
+    ticks_to_seconds,
     write_corpus,
 )
 from partita.data.piece import Piece
 from partita.data.sources import scan
 from partita.errors import PartitaError
-from partita.io.midi import DEFAULT_MAX_BYTES, MidiError, load, sustain_pedal
+from partita.io.midi import DEFAULT_MAX_BYTES, MidiError, load, sustained_durations
 
 DEFAULT_MAX_SECONDS = 3 * 3600.0
 PARTS = "parts"
@@ -63,8 +64,6 @@ class ReadOptions:
 def read_piece(path: str, options: ReadOptions) -> dict:
     """Read one MIDI file into the arrays of the note store (runs in a worker process)."""
     score = load(path, max_bytes=options.max_bytes)
-    if options.sustain:
-        score = sustain_pedal(score)
     tpq = int(score.ticks_per_quarter)
     parts = []
     for i, track in enumerate(score.tracks):
@@ -73,7 +72,7 @@ def read_piece(path: str, options: ReadOptions) -> dict:
             continue
         a = np.empty(len(n["time"]), STORE_NOTE_DTYPE)
         a["tick"] = n["time"]
-        a["ticks"] = n["duration"]
+        a["ticks"] = sustained_durations(n, track.pedals.numpy()) if options.sustain else n["duration"]
         a["pitch"] = n["pitch"]
         a["velocity"] = n["velocity"]
         a["program"] = track.program
@@ -81,14 +80,17 @@ def read_piece(path: str, options: ReadOptions) -> dict:
         a["track"] = i
         parts.append(a)
     notes = np.concatenate(parts)
-    notes = notes[np.lexsort((notes["pitch"], notes["tick"]))]
+    # Onset order, then pitch (one int64 key); one-track files usually come sorted already.
+    key = (notes["tick"].astype(np.int64) << 8) | notes["pitch"]
+    if len(key) > 1 and not np.all(key[1:] >= key[:-1]):
+        notes = notes[np.argsort(key, kind="stable")]
     t = score.tempos.numpy()
     tempos = np.empty(len(t["time"]), TEMPO_DTYPE)
     tempos["tick"], tempos["mspq"] = t["time"], t["mspq"]
     s = score.time_signatures.numpy()
     timesigs = np.empty(len(s["time"]), TIMESIG_DTYPE)
     timesigs["tick"], timesigs["numerator"], timesigs["denominator"] = s["time"], s["numerator"], s["denominator"]
-    seconds = float(score.to("second").end())
+    seconds = float(ticks_to_seconds(np.array([(notes["tick"].astype(np.int64) + notes["ticks"]).max()]), tempos, tpq)[0])
     if seconds > options.max_seconds:
         raise MidiError(
             "too_long", f"{seconds / 3600:.1f} hours long, over the {options.max_seconds / 3600:.1f} hour limit", path

@@ -181,38 +181,46 @@ def _empty_notes() -> dict:
     }
 
 
-def sustain_pedal(score: Score) -> Score:
-    """Lengthen notes held by the sustain pedal, as a pianist hears them (returns a copy).
+def sustained_durations(notes: dict, pedals: dict) -> np.ndarray:
+    """Note durations (ticks) lengthened by sustain-pedal intervals, as a pianist hears them.
 
-    A note released while the pedal is down lasts until the pedal is lifted, but no longer than
-    the next onset of the same pitch on the same track (a re-struck key cuts the old sound).
-    The pedal events themselves are removed so that no later step applies them twice.
+    ``notes`` and ``pedals`` are symusic's ``.numpy()`` dicts of one track. A note released while
+    the pedal is down lasts until the pedal is lifted, but no longer than the next onset of the
+    same pitch (a re-struck key cuts the old sound), and never shorter than written.
     """
+    onset = notes["time"].astype(np.int64)
+    end = onset + notes["duration"].astype(np.int64)
+    if len(pedals["time"]) == 0 or len(onset) == 0:
+        return notes["duration"].astype(np.int32)
+    order = np.argsort(pedals["time"], kind="stable")
+    p_start = pedals["time"][order].astype(np.int64)
+    p_end = p_start + pedals["duration"][order].astype(np.int64)
+    k = np.maximum(np.searchsorted(p_start, end, side="right") - 1, 0)
+    held = (p_start[k] <= end) & (end < p_end[k])
+    new_end = np.where(held, p_end[k], end)
+    # Cap at the next onset of the same pitch.
+    pitch = notes["pitch"]
+    by_pitch = np.argsort((pitch.astype(np.int64) << 40) | onset, kind="stable")
+    nxt = np.full(len(onset), np.iinfo(np.int64).max)
+    same = pitch[by_pitch][1:] == pitch[by_pitch][:-1]
+    nxt[by_pitch[:-1][same]] = onset[by_pitch[1:][same]]
+    new_end = np.maximum(end, np.minimum(new_end, nxt))
+    return (new_end - onset).astype(np.int32)
+
+
+def sustain_pedal(score: Score) -> Score:
+    """A copy of ``score`` (in ticks) with notes lengthened by the sustain pedal
+    (:func:`sustained_durations`); the pedal events are removed so nothing applies them twice."""
     score = score.copy()
     if score.ttype != symusic.TimeUnit.tick:
         raise ValueError("sustain_pedal works on scores in ticks")
     for track in score.tracks:
-        pedals = track.pedals.numpy()
-        if len(pedals["time"]) == 0 or track.note_num() == 0:
+        if len(track.pedals) == 0 or track.note_num() == 0:
             continue
-        order = np.argsort(pedals["time"], kind="stable")
-        p_start = pedals["time"][order].astype(np.int64)
-        p_end = p_start + pedals["duration"][order].astype(np.int64)
         n = track.notes.numpy()
-        onset = n["time"].astype(np.int64)
-        end = onset + n["duration"].astype(np.int64)
-        k = np.searchsorted(p_start, end, side="right") - 1
-        held = (k >= 0) & (end < p_end[np.maximum(k, 0)])
-        new_end = np.where(held, p_end[np.maximum(k, 0)], end)
-        # Cap at the next onset of the same pitch.
-        by_pitch = np.lexsort((onset, n["pitch"]))
-        nxt = np.full(len(onset), np.iinfo(np.int64).max)
-        same = n["pitch"][by_pitch][1:] == n["pitch"][by_pitch][:-1]
-        nxt[by_pitch[:-1][same]] = onset[by_pitch[1:][same]]
-        new_end = np.maximum(end, np.minimum(new_end, nxt))
         track.notes = Note.from_numpy(
             time=n["time"],
-            duration=(new_end - onset).astype(np.int32),
+            duration=sustained_durations(n, track.pedals.numpy()),
             pitch=n["pitch"],
             velocity=n["velocity"],
         )
