@@ -81,16 +81,21 @@ class Corpus:
         self.config = json.loads(meta.read_text())
         if self.config.get("version") != CORPUS_VERSION:
             raise PartitaError(f"{self.path}: corpus format {self.config.get('version')} is not {CORPUS_VERSION}; prepare it again")
-        self.table = pq.read_table(self.path / "pieces.parquet")
+        # ParquetFile.read, unlike pq.read_table, does not import pyarrow.dataset (~0.1 s).
+        self.table = pq.ParquetFile(self.path / "pieces.parquet").read()
         self.rows: list[dict] = self.table.to_pylist()
-        self.note_store = np.load(self.path / "notes.npy", mmap_mode="r", allow_pickle=False)
-        self.tempo_store = np.load(self.path / "tempos.npy", mmap_mode="r", allow_pickle=False)
-        self.timesig_store = np.load(self.path / "timesigs.npy", mmap_mode="r", allow_pickle=False)
+        # Memory-mapped, viewed as plain arrays: slicing an np.memmap costs ~10x a plain slice.
+        self.note_store = self._open("notes.npy")
+        self.tempo_store = self._open("tempos.npy")
+        self.timesig_store = self._open("timesigs.npy")
         self._note_off = _offsets([r["n_notes"] for r in self.rows])
         self._tempo_off = _offsets([r["n_tempos"] for r in self.rows])
         self._ts_off = _offsets([r["n_timesigs"] for r in self.rows])
         self._good = [j for j, r in enumerate(self.rows) if r["status"] == "ok"]
         self.pieces: list[dict] = [self.rows[j] for j in self._good]
+
+    def _open(self, name: str) -> np.ndarray:
+        return np.load(self.path / name, mmap_mode="r", allow_pickle=False).view(np.ndarray)
 
     def __len__(self) -> int:
         return len(self._good)
@@ -126,9 +131,10 @@ class Corpus:
             stored = stored[~stored["is_drum"]]
         out = np.empty(len(stored), NOTE_DTYPE)
         if unit == "second":
-            start = ticks_to_seconds(stored["tick"], tempos, tpq)
-            out["onset"] = start
-            out["duration"] = ticks_to_seconds(stored["tick"].astype(np.int64) + stored["ticks"], tempos, tpq) - start
+            start = stored["tick"].astype(np.int64)
+            both = ticks_to_seconds(np.concatenate([start, start + stored["ticks"]]), tempos, tpq)
+            out["onset"] = both[: len(start)]
+            out["duration"] = both[len(start) :] - out["onset"]
         elif unit == "beat":
             out["onset"] = stored["tick"] / tpq
             out["duration"] = stored["ticks"] / tpq

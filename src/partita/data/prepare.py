@@ -171,25 +171,28 @@ class _Buffer:
             row.update(tpq=0, duration=0.0, n_notes=0, n_tempos=0, n_timesigs=0, n_tracks=0)
         self.rows.append(row)
 
-    def flush(self, parts_dir: Path) -> None:
+    def flush(self, parts_dir: Path, written: list) -> None:
+        """Write the buffer as a part, append it to ``written`` as a Segment, and empty it."""
         if not self.rows:
             return
+        segment = Segment(
+            self.rows,
+            np.concatenate(self.notes) if self.notes else np.zeros(0, STORE_NOTE_DTYPE),
+            np.concatenate(self.tempos) if self.tempos else np.zeros(0, TEMPO_DTYPE),
+            np.concatenate(self.timesigs) if self.timesigs else np.zeros(0, TIMESIG_DTYPE),
+        )
         parts_dir.mkdir(parents=True, exist_ok=True)
         seq = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in parts_dir.glob("part-*")), default=0)
         tmp = parts_dir / f".tmp-{os.getpid()}-{seq:06d}"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        write_segment(tmp, self.rows, self.notes, self.tempos, self.timesigs)
-        os.replace(tmp, parts_dir / f"part-{seq:06d}")
+        pq.write_table(pa.Table.from_pylist(segment.rows), tmp / "rows.parquet")
+        for name in ("notes", "tempos", "timesigs"):
+            np.save(tmp / f"{name}.npy", getattr(segment, name))
+        os.replace(tmp, parts_dir / f"part-{seq:06d}")  # the part exists whole or not at all
+        written.append(segment)
         self.__init__()
-
-
-def write_segment(folder: Path, rows: list, notes: list, tempos: list, timesigs: list) -> None:
-    pq.write_table(pa.Table.from_pylist(rows), folder / "rows.parquet")
-    np.save(folder / "notes.npy", np.concatenate(notes) if notes else np.zeros(0, STORE_NOTE_DTYPE))
-    np.save(folder / "tempos.npy", np.concatenate(tempos) if tempos else np.zeros(0, TEMPO_DTYPE))
-    np.save(folder / "timesigs.npy", np.concatenate(timesigs) if timesigs else np.zeros(0, TIMESIG_DTYPE))
 
 
 @dataclass
@@ -203,7 +206,7 @@ class Segment:
 
 
 def read_part(folder: Path) -> Segment:
-    rows = pq.read_table(folder / "rows.parquet").to_pylist()
+    rows = pq.ParquetFile(folder / "rows.parquet").read().to_pylist()
     return Segment(
         rows,
         np.load(folder / "notes.npy", allow_pickle=False),
@@ -324,14 +327,11 @@ def prepare(
             if progress:
                 progress(completed, len(pieces))
             if len(buffer.rows) >= flush_every:
-                buffer.flush(parts_dir)
+                buffer.flush(parts_dir, segments)
     finally:
         # Whatever happened (Ctrl-C included), the pieces read so far are kept.
-        buffer.flush(parts_dir)
+        buffer.flush(parts_dir, segments)
 
-    segments = [read_part(p) for p in sorted(parts_dir.glob("part-*"))]
-    if existing is not None:
-        segments.insert(0, read_corpus_segment(existing))
     rows, notes, tempos, timesigs = consolidate(segments)
     listed = {p.id for p in pieces}
     keep = [k for k, r in enumerate(rows) if r["id"] in listed]
@@ -347,29 +347,36 @@ def prepare(
     return PrepareResult(Corpus(out), read_now=len(todo))
 
 
+def _task_batch(reader: Callable, pieces: list[Piece], options: ReadOptions) -> list:
+    return [_task(reader, piece, options) for piece in pieces]
+
+
 def _read_all(todo: list[Piece], options: ReadOptions, workers: int | None, reader: Callable):
-    """Yield (piece, data, reason, message) for every piece, in completion order."""
+    """Yield (piece, data, reason, message) for every piece, in completion order.
+
+    Files are read in worker processes even with one worker, so that a file that crashes the
+    reader (a segfault in a C library) cannot take the run down with it. Pieces travel in small
+    batches: one task per file costs more in inter-process traffic than reading a small file.
+    """
     workers = max(1, workers or os.cpu_count() or 1)
-    if workers == 1 and reader is read_piece:
-        for piece in todo:
-            yield (piece, *_task(reader, piece, options)[1:])
-        return
-    pending = list(reversed(todo))
+    batch = max(1, min(32, len(todo) // (workers * 16)))
+    pending = [todo[k : k + batch] for k in range(0, len(todo), batch)][::-1]
     while pending:
         in_flight: dict = {}
         pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_ignore_sigint)
         try:
             while pending or in_flight:
-                while pending and len(in_flight) < 4 * workers:
-                    piece = pending.pop()
-                    in_flight[pool.submit(_task, reader, piece, options)] = piece
+                while pending and len(in_flight) < 2 * workers:
+                    pieces = pending.pop()
+                    in_flight[pool.submit(_task_batch, reader, pieces, options)] = pieces
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    result = fut.result()  # raises BrokenProcessPool if the worker died
-                    yield (in_flight.pop(fut), *result[1:])
+                    results = fut.result()  # raises BrokenProcessPool if a worker died
+                    for piece, result in zip(in_flight.pop(fut), results):
+                        yield (piece, *result[1:])
         except BrokenProcessPool:
             # A worker died. Its file is among those in flight: read each of them alone.
-            suspects = list(in_flight.values())
+            suspects = [piece for pieces in in_flight.values() for piece in pieces]
             pool.shutdown(wait=False, cancel_futures=True)
             for piece in suspects:
                 yield (piece, *_read_isolated(reader, piece, options))
