@@ -166,3 +166,14 @@ def test_split_modes(corpus_dir, tmp_path):
     unseen = {r["label"] for r in corpus.pieces if r["split"] == "unseen"}
     assert len(unseen) == 1
     assert all(r["split"] == "unseen" for r in corpus.pieces if r["label"] in unseen)
+
+
+def test_too_long_pieces_are_refused_with_their_reason(corpus_dir, tmp_path):
+    from partita.data.prepare import ReadOptions
+
+    corpus = prepare(corpus_dir, tmp_path / "out", workers=1, options=ReadOptions(max_seconds=250.0)).corpus
+    too_long = {r["id"] for r in corpus.rows if r["reason"] == "too_long"}
+    assert "Piano/Maestro_2.mid" in too_long  # 15 minutes
+    assert all(r["duration"] <= 250.0 for r in corpus.pieces)
+    message = next(r["message"] for r in corpus.rows if r["reason"] == "too_long")
+    assert "minute limit" in message and "\n" not in message

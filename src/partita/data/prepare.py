@@ -93,7 +93,7 @@ def read_piece(path: str, options: ReadOptions) -> dict:
     seconds = float(ticks_to_seconds(np.array([(notes["tick"].astype(np.int64) + notes["ticks"]).max()]), tempos, tpq)[0])
     if seconds > options.max_seconds:
         raise MidiError(
-            "too_long", f"{seconds / 3600:.1f} hours long, over the {options.max_seconds / 3600:.1f} hour limit", path
+            "too_long", f"{seconds / 60:.0f} minutes long, over the {options.max_seconds / 60:.0f}-minute limit", path
         )
     return {
         "tpq": tpq,
