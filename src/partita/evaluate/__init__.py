@@ -1,0 +1,1 @@
+"""Evaluation: baselines a model must beat (``partita.evaluate.baselines``), metrics and reports."""
