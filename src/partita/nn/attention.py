@@ -1,0 +1,511 @@
+"""Causal self-attention with rotary positions, a KV cache, XL memory and kNN memory.
+
+Everything goes through ``torch.nn.functional.scaled_dot_product_attention`` (SDPA): the plain
+causal case uses ``is_causal=True`` (flash/memory-efficient kernels where available); cached
+decoding, sliding windows and memories pass an explicit boolean mask (True = may attend).
+
+Positions. Every token has an *absolute* position in its song (0, 1, 2, ...). With rotary
+embeddings (RoPE, the default) queries and keys are rotated by their absolute position once, when
+they are computed, and cached keys keep that rotation. A RoPE score ``q_i . k_j`` depends only on
+``i - j``, so nothing ever has to be re-rotated: when the window slides past the model's context
+(``KVCache.crop``), new queries simply get positions beyond the context and still see the cached
+keys at the right relative distances. Angles are computed in float64 and then cast, so a
+position of 10^6 is as exact as a position of 10.
+
+What "equal" means after a crop. Cropping the cache to the last W positions and continuing gives
+exactly *sliding-window attention* (every token of every layer sees the last W keys of that
+layer), i.e. the same as a full forward pass with ``window=W``. It does NOT give the same as
+recomputing the W tokens from scratch: the cached keys of layers above the first were computed
+when older tokens were still visible, so they still carry that older context (which is usually
+what one wants, and it is free). For a one-layer model both coincide (up to float rounding) because
+RoPE is translation invariant. ``tests/test_gpt.py`` checks both statements.
+
+State objects (all plain Python objects, mutated in place, never saved with a model):
+
+* ``KVCache``: per-layer rotated keys and values ``[B, H, T, Dh]`` of the current window and the
+  absolute position ``offset`` of its first entry.
+* ``XLMemory`` (Transformer-XL, MIDIGen): per-layer *detached* keys/values of the positions just
+  before the current segment (at most ``length`` of them), a ``valid`` mask ``[B, M]`` so that one
+  batch row can be cleared when its song ends (``reset(mask)``), and ``next_position``, the
+  absolute position that follows the memory.
+* ``KNNMemory`` (Memorizing Transformers): for one layer, every past key/value of the current song
+  of each batch row (detached, un-rotated, at most ``max_memory`` per row, oldest dropped first),
+  searched exactly for the top-k keys of each query (torch for small memories, FAISS
+  ``IndexFlatIP`` for large ones).
+
+Who writes the memories: a forward pass *without* a cache treats its input as one segment: it
+reads the memories (which hold what came before) and then appends the segment's keys/values to
+them (``stage`` during the pass, ``commit`` at the end, both called by the model). A forward pass
+*with* a cache only reads them; entries enter the memories when they leave the cache
+(``GPT.crop_cache``). Either way the memories hold exactly the positions before the local window.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "CausalSelfAttention",
+    "KNNMemory",
+    "KVCache",
+    "Rotary",
+    "XLMemory",
+    "apply_rotary",
+    "causal_mask",
+]
+
+
+# --------------------------------------------------------------------------- rotary positions
+
+
+class Rotary(nn.Module):
+    """cos/sin tables of rotary position embeddings (RoPE, Su et al. 2021) for given positions.
+
+    ``Rotary(head_dim)(positions)`` gives ``(cos, sin)``, each ``[T, head_dim]``, for a 1-D tensor
+    of absolute positions; any position works (no table to outgrow). The rotation pairs dimension
+    ``i`` with ``i + head_dim/2`` (GPT-NeoX / Llama layout).
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
+        self.head_dim = head_dim
+        self.base = float(base)
+
+    def forward(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        # float64 angles: position * frequency loses precision in float32 for long songs.
+        exact = torch.float32 if positions.device.type == "mps" else torch.float64
+        half = self.head_dim // 2
+        inv_freq = self.base ** (-torch.arange(half, device=positions.device, dtype=exact) / half)
+        angles = positions.to(exact)[:, None] * inv_freq[None, :]
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x [..., T, Dh]`` by the angles of ``cos``/``sin [T, Dh]``.
+
+    ``apply_rotary(apply_rotary(x, cos, sin), cos, -sin)`` undoes the rotation.
+    """
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def causal_mask(q_start: int, n_q: int, k_start: int, n_k: int, window: Optional[int] = None,
+                device: torch.device | str | None = None) -> Tensor:
+    """Boolean ``[n_q, n_k]`` mask (True = may attend) for queries at absolute positions
+    ``q_start..`` and keys at ``k_start..``: a key is visible when it is not in the future and,
+    with ``window``, when it is one of the last ``window`` positions (the query's own included).
+    """
+    qp = torch.arange(q_start, q_start + n_q, device=device)[:, None]
+    kp = torch.arange(k_start, k_start + n_k, device=device)[None, :]
+    mask = kp <= qp
+    if window is not None:
+        mask &= kp > qp - window
+    return mask
+
+
+# --------------------------------------------------------------------------- KV cache
+
+
+class KVCache:
+    """Keys and values of the current window, per layer, for incremental decoding.
+
+    ``k[layer]``/``v[layer]`` are ``[B, H, T, Dh]`` (keys already rotated by their absolute
+    positions) or None before the first pass. ``offset`` is the absolute position of entry 0, so
+    the next token goes to ``next_position = offset + len(cache)``. All batch rows share the
+    positions (generation advances them together).
+
+    ``crop(keep)`` drops all but the last ``keep`` positions (a sliding window; see the module doc
+    for what that computes) and returns what it dropped, so that the caller can move it into an
+    ``XLMemory`` or ``KNNMemory`` (``GPT.crop_cache`` does).
+    """
+
+    def __init__(self, n_layer: int, offset: int = 0):
+        self.n_layer = n_layer
+        self.offset = int(offset)
+        self.k: list[Optional[Tensor]] = [None] * n_layer
+        self.v: list[Optional[Tensor]] = [None] * n_layer
+
+    def __len__(self) -> int:
+        return 0 if self.k[0] is None else int(self.k[0].shape[2])
+
+    @property
+    def next_position(self) -> int:
+        """Absolute position of the next token."""
+        return self.offset + len(self)
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the new keys/values of ``layer``; returns all of that layer's keys and values."""
+        if self.k[layer] is None:
+            self.k[layer], self.v[layer] = k, v
+        else:
+            self.k[layer] = torch.cat([self.k[layer], k], dim=2)
+            self.v[layer] = torch.cat([self.v[layer], v], dim=2)
+        return self.k[layer], self.v[layer]
+
+    def crop(self, keep: int) -> list[tuple[Tensor, Tensor]]:
+        """Keep the last ``keep`` positions; returns the dropped ``(k, v)`` of every layer.
+
+        The dropped entries cover absolute positions ``[old offset, new offset)``.
+        """
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0, got {keep}")
+        n = len(self)
+        drop = max(n - keep, 0)
+        dropped = []
+        for i in range(self.n_layer):
+            k, v = self.k[i], self.v[i]
+            if k is None:
+                continue
+            dropped.append((k[:, :, :drop], v[:, :, :drop]))
+            # clone: a view would keep the whole old tensor alive
+            self.k[i], self.v[i] = k[:, :, drop:].clone(), v[:, :, drop:].clone()
+        self.offset += drop
+        return dropped
+
+    def reset(self, offset: int = 0) -> None:
+        """Empty the cache; the next token will be at ``offset``."""
+        self.k = [None] * self.n_layer
+        self.v = [None] * self.n_layer
+        self.offset = int(offset)
+
+    def __repr__(self) -> str:
+        return f"KVCache({self.n_layer} layers, positions {self.offset}..{self.next_position})"
+
+
+# --------------------------------------------------------------------------- XL memory
+
+
+class XLMemory:
+    """Transformer-XL segment memory: detached keys/values of the positions before the window.
+
+    Per layer ``k[layer]``/``v[layer]`` are ``[B, H, M, Dh]`` (rotated keys, ``M <= length``),
+    ``valid`` is a bool ``[B, M]`` (False where a row was reset), and ``next_position`` is the
+    absolute position right after the memory (where the next segment starts). Memory entries are
+    all in the past of every query, so no causal mask applies to them, only ``valid``.
+
+    Training loop::
+
+        xl = model.new_xl_memory(batch_size)
+        for x, y, song_starts in segments:   # song_starts: bool [B], a new song begins in row b
+            xl.reset(song_starts)            # row b forgets the previous song
+            logits, loss = model(x, y, xl=xl)    # reads the memory, then appends this segment
+
+    Gradients never flow into the memory (it is detached, as in Transformer-XL).
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, length: int):
+        if length < 1:
+            raise ValueError(f"XL memory length must be >= 1, got {length}")
+        self.n_layer = n_layer
+        self.batch_size = batch_size
+        self.length = int(length)
+        self.k: list[Optional[Tensor]] = [None] * n_layer
+        self.v: list[Optional[Tensor]] = [None] * n_layer
+        self.valid: Optional[Tensor] = None
+        self.next_position = 0
+        self._staged: list[Optional[tuple[Tensor, Tensor]]] = [None] * n_layer
+
+    def __len__(self) -> int:
+        return 0 if self.valid is None else int(self.valid.shape[1])
+
+    def get(self, layer: int) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+        """``(k, v, valid)`` of ``layer``, or None while the memory is empty.
+
+        Entries of reset rows stay until pushed out, masked by ``valid`` (they get exactly zero
+        attention weight, so a reset row computes what a fresh run computes).
+        """
+        if self.k[layer] is None:
+            return None
+        return self.k[layer], self.v[layer], self.valid
+
+    def stage(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """Hold ``layer``'s new keys/values ``[B, H, T, Dh]`` until ``commit`` (called by the model)."""
+        if k.shape[0] != self.batch_size:
+            raise ValueError(f"XL memory was made for batch size {self.batch_size}, got {k.shape[0]}")
+        self._staged[layer] = (k.detach(), v.detach())
+
+    def commit(self) -> None:
+        """Append the staged keys/values of every layer, keep the last ``length``."""
+        if any(s is None for s in self._staged):
+            raise RuntimeError("XLMemory.commit: not every layer staged its keys/values")
+        n_new = self._staged[0][0].shape[2]
+        for i, (k, v) in enumerate(self._staged):
+            if self.k[i] is not None:
+                k = torch.cat([self.k[i], k], dim=2)
+                v = torch.cat([self.v[i], v], dim=2)
+            self.k[i], self.v[i] = k[:, :, -self.length:], v[:, :, -self.length:]
+        device = self._staged[0][0].device
+        new_valid = torch.ones(self.batch_size, n_new, dtype=torch.bool, device=device)
+        valid = new_valid if self.valid is None else torch.cat([self.valid, new_valid], dim=1)
+        self.valid = valid[:, -self.length:]
+        self.next_position += n_new
+        self._staged = [None] * self.n_layer
+
+    def reset(self, mask: Optional[Tensor] = None) -> None:
+        """Forget everything in the rows where ``mask [B]`` is True (all rows when None)."""
+        if mask is None:
+            self.k = [None] * self.n_layer
+            self.v = [None] * self.n_layer
+            self.valid = None
+            self._staged = [None] * self.n_layer
+            return
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.shape != (self.batch_size,):
+            raise ValueError(f"reset mask must have shape ({self.batch_size},), got {tuple(mask.shape)}")
+        if self.valid is None:
+            return
+        mask = mask.to(self.valid.device)
+        self.valid = self.valid & ~mask[:, None]
+        for i in range(self.n_layer):  # zero them too: nothing of the old song stays around
+            self.k[i] = self.k[i].masked_fill(mask[:, None, None, None], 0)
+            self.v[i] = self.v[i].masked_fill(mask[:, None, None, None], 0)
+
+    def __repr__(self) -> str:
+        return f"XLMemory({self.n_layer} layers, batch {self.batch_size}, {len(self)}/{self.length} positions)"
+
+
+# --------------------------------------------------------------------------- kNN memory
+
+
+class KNNMemory:
+    """Memorizing-Transformers memory of one layer: all past keys/values of each row's song.
+
+    For each batch row ``b``, ``keys[b]``/``values[b]`` are ``[H, N_b, Dh]`` (or None when empty):
+    detached, *un-rotated* keys (retrieval is by content, the distance in the song does not enter
+    it) and their values, oldest first; at most ``max_memory`` per row (the oldest are dropped).
+
+    ``search(q)`` finds, for every query ``q [B, H, T, Dh]`` of head h, the ``topk`` stored keys
+    of the same row and head with the largest inner product ``q . k`` (exact search: a torch
+    matmul + top-k while a row holds fewer than ``faiss_min`` keys, else a FAISS ``IndexFlatIP``
+    per row and head, kept up to date as keys are added). ``backend`` forces "torch" or "faiss".
+    """
+
+    def __init__(self, batch_size: int, n_head: int, head_dim: int, *, topk: int = 32,
+                 max_memory: int = 16384, faiss_min: int = 4096, backend: str = "auto"):
+        if backend not in ("auto", "torch", "faiss"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
+        if topk < 1 or max_memory < 1:
+            raise ValueError("topk and max_memory must be >= 1")
+        self.batch_size, self.n_head, self.head_dim = batch_size, n_head, head_dim
+        self.topk, self.max_memory, self.faiss_min, self.backend = topk, max_memory, faiss_min, backend
+        self.keys: list[Optional[Tensor]] = [None] * batch_size
+        self.values: list[Optional[Tensor]] = [None] * batch_size
+        self._faiss: list[Optional[list]] = [None] * batch_size  # per row: H indexes, or None = stale
+        self._staged: Optional[tuple[Tensor, Tensor]] = None
+
+    def sizes(self) -> list[int]:
+        """How many keys each row holds."""
+        return [0 if k is None else int(k.shape[1]) for k in self.keys]
+
+    def add(self, k: Tensor, v: Tensor) -> None:
+        """Append keys/values ``[B, H, T, Dh]`` (un-rotated) to every row, dropping the oldest."""
+        if k.shape[0] != self.batch_size or k.shape[1] != self.n_head:
+            raise ValueError(f"kNN memory expects [{self.batch_size}, {self.n_head}, T, Dh], got {list(k.shape)}")
+        k, v = k.detach(), v.detach()
+        for b in range(self.batch_size):
+            kb, vb = k[b], v[b]
+            if self.keys[b] is not None:
+                kb = torch.cat([self.keys[b], kb], dim=1)
+                vb = torch.cat([self.values[b], vb], dim=1)
+            trimmed = kb.shape[1] > self.max_memory
+            self.keys[b], self.values[b] = kb[:, -self.max_memory:], vb[:, -self.max_memory:]
+            if trimmed:
+                self._faiss[b] = None  # rebuilt at the next search
+            elif self._faiss[b] is not None:
+                new = k[b].float().cpu().numpy()
+                for h, index in enumerate(self._faiss[b]):
+                    index.add(np.ascontiguousarray(new[h]))
+
+    def stage(self, k: Tensor, v: Tensor) -> None:
+        """Hold a segment's keys/values until ``commit`` (the model calls both)."""
+        self._staged = (k.detach(), v.detach())
+
+    def commit(self) -> None:
+        if self._staged is not None:
+            self.add(*self._staged)
+        self._staged = None
+
+    def reset(self, mask: Optional[Tensor] = None) -> None:
+        """Forget the rows where ``mask [B]`` is True (all rows when None)."""
+        rows = range(self.batch_size) if mask is None else torch.as_tensor(mask).nonzero().flatten().tolist()
+        for b in rows:
+            self.keys[b] = self.values[b] = self._faiss[b] = None
+        self._staged = None
+
+    def _use_faiss(self, n: int) -> bool:
+        return self.backend == "faiss" or (self.backend == "auto" and n >= self.faiss_min)
+
+    def _faiss_indexes(self, b: int) -> list:
+        if self._faiss[b] is None:
+            import faiss
+
+            keys = self.keys[b].float().cpu().numpy()
+            indexes = []
+            for h in range(self.n_head):
+                index = faiss.IndexFlatIP(self.head_dim)
+                index.add(np.ascontiguousarray(keys[h]))
+                indexes.append(index)
+            self._faiss[b] = indexes
+        return self._faiss[b]
+
+    @torch.no_grad()
+    def topk_indices(self, q: Tensor) -> tuple[Tensor, Tensor]:
+        """``(scores, idx)``, both ``[B, H, T, topk]``: the best keys of each query, best first.
+
+        ``idx`` indexes ``keys[b][h]``; where a row holds fewer than ``topk`` keys the rest of
+        ``idx`` is -1 and ``scores`` is -inf.
+        """
+        B, H, T, _ = q.shape
+        K = self.topk
+        scores = torch.full((B, H, T, K), float("-inf"), device=q.device)
+        idx = torch.full((B, H, T, K), -1, dtype=torch.long, device=q.device)
+        for b in range(B):
+            keys = self.keys[b]
+            if keys is None:
+                continue
+            n = keys.shape[1]
+            k = min(K, n)
+            if self._use_faiss(n):
+                qb = q[b].float().cpu().numpy()
+                for h, index in enumerate(self._faiss_indexes(b)):
+                    d, i = index.search(np.ascontiguousarray(qb[h]), k)
+                    scores[b, h, :, :k] = torch.from_numpy(d).to(q.device)
+                    idx[b, h, :, :k] = torch.from_numpy(i).to(q.device)
+            else:
+                s = torch.matmul(q[b].float(), keys.float().transpose(1, 2))  # [H, T, N]
+                top = s.topk(k, dim=-1)
+                scores[b, :, :, :k] = top.values
+                idx[b, :, :, :k] = top.indices
+        return scores, idx
+
+    def search(self, q: Tensor) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+        """Retrieved ``(k, v, valid)``: ``[B, H, T, topk, Dh]`` twice and bool ``[B, H, T, topk]``.
+
+        None when the memory is empty in every row. Retrieved keys/values carry no gradient;
+        ``q`` only chooses them here (the attention over them is where ``q`` gets gradients).
+        """
+        if all(k is None for k in self.keys):
+            return None
+        B, H, T, Dh = q.shape
+        _, idx = self.topk_indices(q)
+        valid = idx >= 0
+        safe = idx.clamp(min=0)
+        k_out = q.new_zeros(B, H, T, self.topk, Dh)
+        v_out = q.new_zeros(B, H, T, self.topk, Dh)
+        heads = torch.arange(H, device=q.device)[:, None, None]
+        for b in range(B):
+            if self.keys[b] is None:
+                continue
+            k_out[b] = self.keys[b][heads, safe[b]].to(q.dtype)  # [H, T, K, Dh]
+            v_out[b] = self.values[b][heads, safe[b]].to(q.dtype)
+        return k_out, v_out, valid
+
+    def __repr__(self) -> str:
+        return f"KNNMemory(batch {self.batch_size}, sizes {self.sizes()}, top-{self.topk}, max {self.max_memory})"
+
+
+# --------------------------------------------------------------------------- attention
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention through SDPA, with optional cache and memories.
+
+    ``knn=True`` makes this the kNN layer: besides local attention it attends over the top-k
+    keys retrieved from a ``KNNMemory`` and mixes both outputs with a learned per-head gate
+    ``g = sigmoid(knn_gate)``: ``y = g * y_knn + (1 - g) * y_local`` (Memorizing Transformers).
+    Queries with nothing to retrieve (an empty row) use local attention alone.
+    """
+
+    def __init__(self, d_model: int, n_head: int, *, dropout: float = 0.0, bias: bool = False, knn: bool = False):
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of n_head ({n_head})")
+        self.n_head = n_head
+        self.head_dim = d_model // n_head
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        self.knn_gate = nn.Parameter(torch.zeros(n_head)) if knn else None
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        rope: Optional[tuple[Tensor, Tensor]] = None,
+        start: int = 0,
+        layer: int = 0,
+        cache: Optional[KVCache] = None,
+        xl: Optional[XLMemory] = None,
+        knn: Optional[KNNMemory] = None,
+        window: Optional[int] = None,
+    ) -> Tensor:
+        """``x [B, T, C]`` at absolute positions ``start..start+T-1`` -> ``[B, T, C]``.
+
+        ``rope`` is ``(cos, sin)`` for those positions (None: no rotation, e.g. learned
+        positions added at the embedding). ``layer`` says which entries of ``cache``/``xl`` are
+        this layer's. ``window`` limits the local keys (cache and current tokens) to the last
+        ``window`` positions.
+        """
+        B, T, C = x.shape
+        H, Dh = self.n_head, self.head_dim
+        q, k, v = self.qkv(x).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, Dh]
+        q_raw, k_raw = q, k
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+
+        if cache is not None:
+            k_start = cache.offset
+            keys, values = cache.append(layer, k, v)
+        else:
+            k_start = start
+            keys, values = k, v
+        n_k = keys.shape[2]
+        mem = xl.get(layer) if xl is not None else None
+        p = self.dropout if self.training else 0.0
+
+        if mem is None and window is None and n_k == T:
+            y = F.scaled_dot_product_attention(q, keys, values, dropout_p=p, is_causal=True)
+        elif mem is None and window is None and T == 1:
+            y = F.scaled_dot_product_attention(q, keys, values, dropout_p=p)  # one query sees all the past
+        else:
+            mask = causal_mask(start, T, k_start, n_k, window, device=x.device)[None, None]  # [1, 1, T, Tk]
+            if mem is not None:
+                mk, mv, mvalid = mem
+                keys = torch.cat([mk.to(keys.dtype), keys], dim=2)
+                values = torch.cat([mv.to(values.dtype), values], dim=2)
+                mask = torch.cat([mvalid[:, None, None, :].expand(B, 1, T, -1), mask.expand(B, 1, T, n_k)], dim=-1)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
+
+        if self.knn_gate is not None and knn is not None:
+            y = self._mix_knn(q_raw, y, knn, p)
+            if cache is None:
+                knn.stage(k_raw, v)
+        if xl is not None and cache is None:
+            xl.stage(layer, k, v)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+    def _mix_knn(self, q: Tensor, y_local: Tensor, knn: KNNMemory, p: float) -> Tensor:
+        found = knn.search(q)
+        if found is None:
+            return y_local
+        k_ret, v_ret, valid = found  # [B, H, T, K, Dh], [B, H, T, K]
+        has = valid.any(dim=-1, keepdim=True)  # [B, H, T, 1]
+        # A query with nothing retrieved gets one dummy key so SDPA stays finite; the gate below
+        # then ignores its result.
+        mask = (valid | ~has).unsqueeze(-2)  # [B, H, T, 1, K]
+        y_mem = F.scaled_dot_product_attention(q.unsqueeze(-2), k_ret, v_ret, attn_mask=mask, dropout_p=p)
+        y_mem = y_mem.squeeze(-2)
+        gate = torch.sigmoid(self.knn_gate).view(1, -1, 1, 1).to(y_local.dtype) * has.to(y_local.dtype)
+        return y_local + gate * (y_mem - y_local)

@@ -1,0 +1,293 @@
+"""partita.nn: rotary positions, SDPA attention, KV cache, XL and kNN memory, blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from partita.nn import (
+    CausalSelfAttention,
+    KNNMemory,
+    KVCache,
+    ParallelBlock,
+    Rotary,
+    SequentialBlock,
+    XLMemory,
+    apply_rotary,
+    causal_mask,
+    make_block,
+)
+
+D, H = 32, 4
+DH = D // H
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- rotary
+
+
+def test_rotary_is_a_rotation_and_relative():
+    rot = Rotary(DH)
+    q = torch.randn(2, H, 1, DH, generator=gen())
+    k = torch.randn(2, H, 1, DH, generator=gen(1))
+
+    def score(i: int, j: int) -> torch.Tensor:
+        ci, si = rot(torch.tensor([i]))
+        cj, sj = rot(torch.tensor([j]))
+        return (apply_rotary(q, ci, si) * apply_rotary(k, cj, sj)).sum(-1)
+
+    cos, sin = rot(torch.arange(5))
+    x = torch.randn(3, 5, DH, generator=gen(2))
+    y = apply_rotary(x, cos, sin)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps norms
+    torch.testing.assert_close(apply_rotary(y, cos, -sin), x)  # and -sin undoes it
+    # the score depends on i - j only, also far into a song (float64 angles)
+    torch.testing.assert_close(score(3, 1), score(100_003, 100_001), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(score(3, 1), score(3, 2))
+    with pytest.raises(ValueError):
+        Rotary(7)
+
+
+def test_causal_mask_with_offsets_and_window():
+    m = causal_mask(2, 2, 0, 4)  # queries at 2, 3; keys at 0..3
+    assert m.tolist() == [[True, True, True, False], [True, True, True, True]]
+    w = causal_mask(0, 4, 0, 4, window=2)
+    assert w.tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def attn_module(knn: bool = False) -> CausalSelfAttention:
+    torch.manual_seed(0)
+    return CausalSelfAttention(D, H, knn=knn).eval()
+
+
+@pytest.mark.parametrize("use_rope", [True, False])
+def test_attention_is_causal(use_rope):
+    attn = attn_module()
+    x = torch.randn(2, 8, D, generator=gen())
+    rope = Rotary(DH)(torch.arange(8)) if use_rope else None
+    y = attn(x, rope=rope)
+    assert y.shape == x.shape
+    x2 = x.clone()
+    x2[:, 5] += 1.0
+    y2 = attn(x2, rope=rope)
+    torch.testing.assert_close(y[:, :5], y2[:, :5])
+    assert not torch.allclose(y[:, 5:], y2[:, 5:])
+
+
+def test_attention_cache_equals_full():
+    attn = attn_module()
+    rot = Rotary(DH)
+    x = torch.randn(2, 9, D, generator=gen())
+    full = attn(x, rope=rot(torch.arange(9)))
+    cache = KVCache(1)
+    parts = []
+    for a, b in [(0, 4), (4, 5), (5, 9)]:  # a chunk, one token, a chunk after the cache
+        start = cache.next_position
+        parts.append(attn(x[:, a:b], rope=rot(torch.arange(start, start + b - a)), start=start, cache=cache))
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    assert len(cache) == 9 and cache.k[0].shape == (2, H, 9, DH)
+
+
+# --------------------------------------------------------------------------- KV cache
+
+
+def test_kv_cache_append_and_crop():
+    cache = KVCache(2)
+    assert len(cache) == 0 and cache.next_position == 0
+    for layer in range(2):
+        k = torch.arange(5.0).view(1, 1, 5, 1).expand(1, 2, 5, 3)
+        out_k, out_v = cache.append(layer, k, k + 10)
+        assert out_k.shape == (1, 2, 5, 3)
+    assert len(cache) == 5 and cache.next_position == 5
+    dropped = cache.crop(2)
+    assert len(dropped) == 2 and dropped[0][0].shape[2] == 3
+    assert cache.offset == 3 and len(cache) == 2 and cache.next_position == 5
+    assert cache.k[1][0, 0, :, 0].tolist() == [3.0, 4.0] and cache.v[1][0, 0, :, 0].tolist() == [13.0, 14.0]
+    nothing = cache.crop(10)  # keeping more than there is drops nothing
+    assert all(k.shape[2] == 0 for k, _ in nothing) and cache.offset == 3 and len(cache) == 2
+    cache.reset(offset=7)
+    assert len(cache) == 0 and cache.next_position == 7
+
+
+# --------------------------------------------------------------------------- XL memory
+
+
+def run_segments(attn, segments, xl, rot):
+    outs = []
+    for seg in segments:
+        start = xl.next_position
+        outs.append(attn(seg, rope=rot(torch.arange(start, start + seg.shape[1])), start=start, xl=xl))
+        xl.commit()
+    return outs
+
+
+def test_xl_memory_changes_output_and_resets_per_row():
+    attn = attn_module()
+    rot = Rotary(DH)
+    seg1 = torch.randn(3, 6, D, generator=gen(1))
+    seg2 = torch.randn(3, 6, D, generator=gen(2))
+    fresh = attn(seg2, rope=rot(torch.arange(6)))
+
+    xl = XLMemory(1, 3, length=4)
+    out1, out2 = run_segments(attn, [seg1, seg2], xl, rot)
+    torch.testing.assert_close(out1, attn(seg1, rope=rot(torch.arange(6))))  # empty memory: as fresh
+    assert not torch.allclose(out2, fresh)  # memory of seg1 changes seg2
+    assert len(xl) == 4 and xl.k[0].shape == (3, H, 4, DH) and xl.next_position == 12
+
+    xl2 = XLMemory(1, 3, length=4)
+    run_segments(attn, [seg1], xl2, rot)
+    xl2.reset(torch.tensor([False, True, False]))
+    assert xl2.valid[1].sum() == 0 and xl2.valid[0].all()
+    (out2b,) = run_segments(attn, [seg2], xl2, rot)
+    torch.testing.assert_close(out2b[1], fresh[1], atol=1e-5, rtol=1e-5)  # row 1 forgot seg1
+    torch.testing.assert_close(out2b[[0, 2]], out2[[0, 2]])  # the others kept it
+    with pytest.raises(ValueError):
+        xl2.reset(torch.tensor([True]))
+
+
+def test_xl_memory_attends_to_the_previous_segment_exactly():
+    """Memory = keys/values of the previous segment: same as attending over both at once."""
+    attn = attn_module()
+    rot = Rotary(DH)
+    x = torch.randn(2, 10, D, generator=gen(3))
+    xl = XLMemory(1, 2, length=5)
+    _, out2 = run_segments(attn, [x[:, :5], x[:, 5:]], xl, rot)
+    full = attn(x, rope=rot(torch.arange(10)))
+    # the second segment sees the first through memory exactly as in one causal pass (one layer)
+    torch.testing.assert_close(out2, full[:, 5:], atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- kNN memory
+
+
+def brute_topk(q, keys, k):
+    s = torch.einsum("htd,hnd->htn", q, keys)
+    return s.topk(min(k, keys.shape[1]), dim=-1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_knn_retrieval_is_the_true_topk(backend):
+    mem = KNNMemory(2, H, DH, topk=5, max_memory=50, backend=backend)
+    k1 = torch.randn(2, H, 30, DH, generator=gen(1))
+    v1 = torch.randn(2, H, 30, DH, generator=gen(2))
+    mem.add(k1, v1)
+    mem.add(k1[:, :, :10] * 2, v1[:, :, :10])  # a second add (the faiss index grows)
+    assert mem.sizes() == [40, 40]
+    q = torch.randn(2, H, 7, DH, generator=gen(3))
+    scores, idx = mem.topk_indices(q)
+    assert scores.shape == idx.shape == (2, H, 7, 5)
+    for b in range(2):
+        ref = brute_topk(q[b], mem.keys[b], 5)
+        torch.testing.assert_close(scores[b], ref.values, atol=1e-4, rtol=1e-4)
+        assert torch.equal(idx[b], ref.indices)
+    k_ret, v_ret, valid = mem.search(q)
+    assert k_ret.shape == v_ret.shape == (2, H, 7, 5, DH) and valid.all()
+    b, h, t, j = 1, 2, 3, 0
+    torch.testing.assert_close(k_ret[b, h, t, j], mem.keys[b][h, idx[b, h, t, j]])
+    torch.testing.assert_close(v_ret[b, h, t, j], mem.values[b][h, idx[b, h, t, j]])
+
+    # the cap drops the oldest keys (and the faiss index is rebuilt)
+    mem.add(k1[:, :, :20] * 3, v1[:, :, :20])
+    assert mem.sizes() == [50, 50]
+    torch.testing.assert_close(mem.keys[0][:, -20:], k1[0, :, :20] * 3)
+    torch.testing.assert_close(mem.keys[0][:, :30], torch.cat([k1[0, :, 10:], k1[0, :, :10] * 2], 1))
+    scores, idx = mem.topk_indices(q)
+    assert torch.equal(idx[0], brute_topk(q[0], mem.keys[0], 5).indices)
+
+
+def test_knn_faiss_and_torch_agree_and_auto_switches():
+    keys = torch.randn(1, 2, 300, DH, generator=gen(4))
+    q = torch.randn(1, 2, 6, DH, generator=gen(5))
+    results = []
+    for backend in ("torch", "faiss", "auto"):
+        mem = KNNMemory(1, 2, DH, topk=8, backend=backend, faiss_min=100)
+        mem.add(keys, keys)
+        results.append(mem.topk_indices(q)[1])
+        if backend == "auto":
+            assert mem._faiss[0] is not None  # 300 >= faiss_min: FAISS did the search
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+def test_knn_fewer_keys_than_topk_and_reset_per_row():
+    mem = KNNMemory(3, H, DH, topk=4)
+    q = torch.randn(3, H, 2, DH, generator=gen(6))
+    assert mem.search(q) is None  # empty everywhere
+    mem.add(torch.randn(3, H, 2, DH, generator=gen(7)), torch.randn(3, H, 2, DH, generator=gen(8)))
+    _, idx = mem.topk_indices(q)
+    assert (idx[..., :2] >= 0).all() and (idx[..., 2:] == -1).all()
+    mem.reset(torch.tensor([False, True, False]))
+    assert mem.sizes() == [2, 0, 2]
+    _, _, valid = mem.search(q)
+    assert not valid[1].any() and valid[0, ..., :2].all()
+    mem.reset()
+    assert mem.sizes() == [0, 0, 0]
+
+
+def test_knn_attention_gate_and_reset():
+    attn = attn_module(knn=True)
+    assert attn.knn_gate.shape == (H,)
+    rot = Rotary(DH)
+    seg1 = torch.randn(2, 5, D, generator=gen(1))
+    seg2 = torch.randn(2, 5, D, generator=gen(2))
+    local = attn(seg2, rope=rot(torch.arange(5)))
+
+    mem = KNNMemory(2, H, DH, topk=3)
+    out1 = attn(seg1, rope=rot(torch.arange(5)), knn=mem)
+    torch.testing.assert_close(out1, attn(seg1, rope=rot(torch.arange(5))))  # nothing to retrieve yet
+    assert mem.sizes() == [0, 0]  # staged, not yet committed: a segment never retrieves itself
+    mem.commit()
+    assert mem.sizes() == [5, 5]
+    out2 = attn(seg2, rope=rot(torch.arange(5, 10)), start=5, knn=mem)
+    mem.commit()
+    assert not torch.allclose(out2, local, atol=1e-4)
+    # the gate decides: closed (sigmoid -> 0) gives local attention back
+    with torch.no_grad():
+        attn.knn_gate.fill_(-1e4)
+    torch.testing.assert_close(attn(seg2, rope=rot(torch.arange(5)), knn=mem), local, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        attn.knn_gate.zero_()
+    mem.reset(torch.tensor([True, False]))
+    out3 = attn(seg2, rope=rot(torch.arange(5)), knn=mem)
+    torch.testing.assert_close(out3[0], local[0], atol=1e-5, rtol=1e-5)  # row 0 forgot
+    assert not torch.allclose(out3[1], local[1], atol=1e-4)
+
+
+def test_knn_gate_gets_gradients():
+    attn = CausalSelfAttention(D, H, knn=True)
+    mem = KNNMemory(1, H, DH, topk=2)
+    mem.add(torch.randn(1, H, 4, DH, generator=gen(1)), torch.randn(1, H, 4, DH, generator=gen(2)))
+    attn(torch.randn(1, 3, D, generator=gen(3)), knn=mem).sum().backward()
+    assert attn.knn_gate.grad is not None and attn.knn_gate.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@pytest.mark.parametrize("kind", ["sequential", "parallel"])
+def test_blocks_shapes_and_causality(kind):
+    torch.manual_seed(0)
+    block = make_block(kind, D, H, dropout=0.1).eval()
+    assert isinstance(block, SequentialBlock if kind == "sequential" else ParallelBlock)
+    x = torch.randn(2, 7, D, generator=gen())
+    rope = Rotary(DH)(torch.arange(7))
+    y = block(x, rope=rope)
+    assert y.shape == x.shape
+    x2 = x.clone()
+    x2[:, -1] = 0
+    torch.testing.assert_close(block(x2, rope=rope)[:, :-1], y[:, :-1])
+    with pytest.raises(ValueError):
+        make_block("diagonal", D, H)
+
+
+def test_parallel_block_is_x_plus_attn_plus_mlp():
+    torch.manual_seed(0)
+    block = ParallelBlock(D, H).eval()
+    x = torch.randn(1, 4, D, generator=gen())
+    h = block.ln(x)
+    torch.testing.assert_close(block(x), x + block.attn(h) + block.mlp(h))
