@@ -22,6 +22,7 @@ _USAGE = tuple({click.ClickException, _TyperClickException})
 
 from partita.cli import data as data_cmds
 from partita.cli import demo as demo_cmds
+from partita.cli import train as train_cmds
 from partita.cli.common import err_console
 from partita.errors import PartitaError
 
@@ -33,6 +34,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cmds.app, name="data")
+app.add_typer(train_cmds.app, name="train")
 app.command("demo")(demo_cmds.demo)
 
 

@@ -1,0 +1,129 @@
+"""What every training run shares: the schedule, config overrides, and a Lightning Trainer set up
+with partita's logging, checkpoint and interrupt conventions.
+
+Run folder layout (``--out RUN``)::
+
+    RUN/checkpoints/   step-N.ckpt every --checkpoint-every steps, last.ckpt (also written on Ctrl-C)
+    RUN/logs/          tensorboard/ (tensorboard --logdir RUN/logs) and csv-N/metrics.csv per (resumed) run
+    RUN/bundle/        the exported model (config.json, model.safetensors, tokenizer.json, card.json)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from partita.errors import PartitaError
+
+
+def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warmup to 1 over ``warmup`` steps, then cosine decay to
+    ``min_ratio`` at ``total`` steps (and flat after)."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as YAML reads it: 3 -> int, 0.1 -> float, true -> bool, else a string."""
+    return yaml.safe_load(text)
+
+
+def apply_overrides(config_cls, base: dict, config_file: Path | None, sets: list[str]) -> dict:
+    """``base`` updated by a YAML file and then by ``key=value`` pairs; unknown keys are errors."""
+    out = dict(base)
+    names = {f.name for f in fields(config_cls)}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise PartitaError(f"{config_file}: cannot read the config ({type(e).__name__})") from None
+        if not isinstance(loaded, dict):
+            raise PartitaError(f"{config_file}: a config file must be a mapping of field: value")
+        out.update(loaded)
+    for item in sets:
+        if "=" not in item:
+            raise PartitaError(f"--set takes key=value, not {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    unknown = sorted(set(out) - names)
+    if unknown:
+        raise PartitaError(f"unknown config field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return out
+
+
+def make_trainer(
+    out: Path,
+    *,
+    max_steps: int,
+    val_every: int,
+    checkpoint_every: int,
+    patience: int | None,
+    accumulate: int = 1,
+    grad_clip: float = 1.0,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+    progress: bool = True,
+    log_every: int = 10,
+):
+    """A Lightning Trainer with TensorBoard + CSV logs, periodic and last checkpoints, a checkpoint
+    on Ctrl-C, optional early stopping on ``val/loss``, and bf16 autocast on a GPU."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    class SaveOnInterrupt(Callback):
+        """Ctrl-C (or any exception) mid-training: write last.ckpt so --resume can go on."""
+
+        def on_exception(self, trainer, pl_module, exception):
+            if isinstance(exception, KeyboardInterrupt) and trainer.global_step > 0:
+                trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+
+    if precision is None:
+        precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=out / "checkpoints",
+            filename="step-{step}",
+            every_n_train_steps=checkpoint_every,
+            save_top_k=-1,
+            save_last=True,
+            auto_insert_metric_name=False,
+        ),
+        SaveOnInterrupt(),
+    ]
+    if patience:
+        callbacks.append(EarlyStopping(monitor="val/loss", patience=patience, mode="min"))
+    return L.Trainer(
+        default_root_dir=out,
+        max_steps=max_steps,
+        accelerator="auto",
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        gradient_clip_val=grad_clip,
+        accumulate_grad_batches=accumulate,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None,
+        limit_val_batches=None,
+        num_sanity_val_steps=0,
+        # A resumed run writes a new CSV file next to the earlier ones (CSVLogger would erase them).
+        logger=[
+            TensorBoardLogger(out, name="logs", version="tensorboard"),
+            CSVLogger(out, name="logs", version=f"csv-{len(list((out / 'logs').glob('csv-*')))}"),
+        ],
+        callbacks=callbacks,
+        log_every_n_steps=log_every,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # the song streams shard themselves by rank
+    )

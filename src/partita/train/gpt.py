@@ -1,0 +1,395 @@
+"""Training the music transformer (``partita train gpt``) with Lightning.
+
+Data: the corpus's token streams (``partita data tokenize``; made on the fly when missing),
+played as contiguous batches (``partita.train.stream``): each row carries one song from segment
+to segment, so XL and kNN memories see the song's past; a row's memories are cleared when its
+song ends. Validation plays every validation piece once, from fresh memories, and reports
+bits per token and bits per note (notes counted in the decoded validation pieces).
+
+Optimisation: AdamW (weight decay on matrices only), linear warmup then cosine decay, gradient
+clipping and accumulation; bf16 autocast on a GPU. Any number of GPUs or machines through
+Lightning's DDP (each process streams its own rows). A resumed run restores weights, optimizer,
+schedule, random state, the position of every row in its song and the memories, so it ends
+exactly where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from partita.bundle import save_bundle
+from partita.data.corpus import Corpus
+from partita.errors import PartitaError
+from partita.models.gpt import GPT, GPTConfig
+from partita.train.common import make_trainer, warmup_cosine
+from partita.train.stream import IGNORE, SongStream
+
+LN2 = float(np.log(2.0))
+
+
+# --- corpus -> token streams + labels ----------------------------------------------------------
+
+
+def token_streams(corpus: Corpus, *, progress=None):
+    """The corpus's token streams, made with its tokenizer (or plain REMI) when missing."""
+    from partita.represent.tokens import TokenStreams, load_tokenizer, make_tokenizer, write_token_streams
+
+    path = corpus.path / "tokens"
+    if not (path / "streams.json").exists():
+        tok_file = corpus.path / "tokenizer.json"
+        tok = load_tokenizer(tok_file) if tok_file.exists() else make_tokenizer()
+        items = ((r["id"], corpus.score(i)) for i, r in enumerate(corpus.pieces))
+        if progress:
+            items = _counted(items, progress, len(corpus))
+        write_token_streams(items, tok, path)
+    return TokenStreams(path)
+
+
+def _counted(items, progress, total):
+    for n, item in enumerate(items, 1):
+        yield item
+        progress(n, total)
+
+
+class SongData:
+    """Which stream pieces are in which split, and each piece's label index (None: unlabelled)."""
+
+    def __init__(self, corpus: Corpus, streams):
+        rows = {r["id"]: r for r in corpus.pieces}
+        self.labels: list[str] = corpus.labels
+        index = {name: k for k, name in enumerate(self.labels)}
+        self.split: dict[str, list[int]] = {}
+        self.label_of: list[int | None] = []
+        for i, piece_id in enumerate(streams.ids):
+            row = rows.get(piece_id)
+            self.label_of.append(index.get(row["label"]) if row else None)
+            if row is not None and row["split"]:
+                self.split.setdefault(row["split"], []).append(i)
+
+
+# --- the Lightning module ----------------------------------------------------------------------
+
+
+def _memory_state(xl, knn) -> dict:
+    """Memories as plain tensors and lists (safe for ``torch.load(weights_only=True)``)."""
+    state: dict = {}
+    if xl is not None:
+        state["xl"] = {"k": list(xl.k), "v": list(xl.v), "valid": xl.valid, "next_position": xl.next_position}
+    if knn is not None:
+        state["knn"] = {"keys": list(knn.keys), "values": list(knn.values)}
+    return state
+
+
+class GPTModule(L.LightningModule):
+    def __init__(
+        self,
+        config: dict,
+        *,
+        lr: float = 3e-4,
+        weight_decay: float = 0.1,
+        warmup: int = 100,
+        max_steps: int = 1000,
+        min_lr_ratio: float = 0.1,
+        batch_size: int = 16,
+        seq_len: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = GPT(GPTConfig.from_dict(config))
+        self.seq_len = seq_len or self.model.config.context
+        self.data: SongData | None = None
+        self.streams = None
+        self.val_notes = 0
+        self.batches_seen = 0
+        self._xl = self._knn = None
+        self._val_xl = self._val_knn = None
+        self._val_sum = self._val_count = None
+        self._restored_memory: dict | None = None
+
+    # data ----------------------------------------------------------------------------------
+
+    def attach(self, streams, data: SongData, val_notes: int) -> None:
+        self.streams, self.data, self.val_notes = streams, data, val_notes
+
+    def _stream(self, split: str, *, loop: bool) -> SongStream:
+        pieces = self.data.split.get(split, [])
+        if not pieces:
+            raise PartitaError(f"the corpus has no {split} pieces with tokens")
+        return SongStream(
+            self.streams,
+            pieces,
+            [self.model.label_token(self.data.label_of[p]) for p in pieces],
+            batch_size=self.hparams.batch_size,
+            seq_len=self.seq_len,
+            pad_id=self.model.label_token(None),
+            seed=self.hparams.seed,
+            loop=loop,
+            shuffle=loop,
+            rank=self.global_rank,
+            world_size=self.trainer.world_size if self._trainer is not None else 1,
+        )
+
+    def train_dataloader(self):
+        module = self
+
+        class Train(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                stream = module._stream("train", loop=True)
+                stream.skip(module.batches_seen)  # a resumed run continues mid-song
+                return stream
+
+        # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
+        # run's dropout would differ from an uninterrupted one.
+        return torch.utils.data.DataLoader(Train(), batch_size=None, generator=torch.Generator())
+
+    def val_dataloader(self):
+        module = self
+
+        class Valid(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                return module._stream("valid", loop=False)
+
+        return torch.utils.data.DataLoader(Valid(), batch_size=None, generator=torch.Generator())
+
+    # memories ------------------------------------------------------------------------------
+
+    def _memories(self, batch_size: int, val: bool):
+        c = self.model.config
+        xl, knn = (self._val_xl, self._val_knn) if val else (self._xl, self._knn)
+        if c.xl_memory and xl is None:
+            xl = self.model.new_xl_memory(batch_size)
+        if c.knn_memory and knn is None:
+            knn = self.model.new_knn_memory(batch_size)
+        if val:
+            self._val_xl, self._val_knn = xl, knn
+        else:
+            self._xl, self._knn = xl, knn
+            if self._restored_memory:
+                self._load_memory(self._restored_memory)
+                self._restored_memory = None
+        return xl, knn
+
+    def _load_memory(self, state: dict) -> None:
+        device = self.device
+        if "xl" in state and self._xl is not None:
+            s = state["xl"]
+            self._xl.k = [None if t is None else t.to(device) for t in s["k"]]
+            self._xl.v = [None if t is None else t.to(device) for t in s["v"]]
+            self._xl.valid = None if s["valid"] is None else s["valid"].to(device)
+            self._xl.next_position = int(s["next_position"])
+        if "knn" in state and self._knn is not None:
+            s = state["knn"]
+            self._knn.keys = [None if t is None else t.to(device) for t in s["keys"]]
+            self._knn.values = [None if t is None else t.to(device) for t in s["values"]]
+            self._knn._faiss = [None] * self._knn.batch_size  # rebuilt at the next search
+
+    def _step(self, batch: dict, val: bool):
+        xl, knn = self._memories(batch["ids"].shape[0], val)
+        if xl is not None:
+            xl.reset(batch["reset"])
+        if knn is not None:
+            knn.reset(batch["reset"])
+        kwargs = {}
+        if self.model.config.bar_embeddings:
+            kwargs = {"bars": batch["bars"], "positions": batch["positions"]}
+        return self.model(batch["ids"], batch["targets"], xl=xl, knn=knn, **kwargs)
+
+    # steps ---------------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        _, loss = self._step(batch, val=False)
+        self.batches_seen += 1
+        n_tokens = int((batch["targets"] != IGNORE).sum())
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/bits_per_token", loss / LN2)
+        self.log("train/tokens", float(self.batches_seen * batch["ids"].numel()), reduce_fx="max")
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
+        if n_tokens == 0:  # only padding in this batch: nothing to learn, keep graph valid
+            return loss * 0.0
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._val_xl = self._val_knn = None
+        self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        _, loss = self._step(batch, val=True)
+        n = (batch["targets"] != IGNORE).sum()
+        if n > 0:
+            self._val_sum += loss.double() * n
+            self._val_count += n
+
+    def on_validation_epoch_end(self):
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        loss = float(total / count.clamp(min=1))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)  # already summed over ranks: averaging equal values
+        self.log("val/bits_per_token", loss / LN2, sync_dist=True)  # already summed over ranks: averaging equal values
+        if self.val_notes:
+            self.log("val/bits_per_note", float(total) / LN2 / self.val_notes, sync_dist=True)  # already summed over ranks: averaging equal values
+
+    # optimisation --------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.95), fused=fused)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, warmup=hp.warmup, total=hp.max_steps, min_ratio=hp.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # checkpoints ---------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint):
+        state = {"batches": self.batches_seen, "rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        state["memory"] = _memory_state(self._xl, self._knn)
+        checkpoint["partita"] = state
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("partita", {})
+        self.batches_seen = int(state.get("batches", 0))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._restored_memory = state.get("memory") or None
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def train_gpt(
+    corpus_dir: str | Path,
+    out: str | Path,
+    *,
+    preset: str = "small",
+    overrides: dict | None = None,
+    batch_size: int = 16,
+    seq_len: int | None = None,
+    max_steps: int = 2000,
+    lr: float = 3e-4,
+    weight_decay: float = 0.1,
+    warmup: int = 100,
+    min_lr_ratio: float = 0.1,
+    accumulate: int = 1,
+    grad_clip: float = 1.0,
+    val_every: int = 200,
+    checkpoint_every: int = 500,
+    patience: int | None = None,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: list | None = None,
+    command: str | None = None,
+    fp16_bundle: bool = False,
+) -> dict:
+    """Train a GPT on a prepared corpus; returns the card written with the bundle."""
+    out = Path(out).expanduser()
+    corpus = Corpus(corpus_dir)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.exists():
+        raise PartitaError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    if not resume and (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
+        raise PartitaError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
+    streams = token_streams(corpus)
+    data = SongData(corpus, streams)
+    tokenizer = streams.tokenizer()
+    config = GPTConfig.preset(preset, **{"vocab_size": len(tokenizer), "n_labels": len(data.labels), **(overrides or {})})
+    if config.vocab_size != len(tokenizer):
+        raise PartitaError(f"vocab_size {config.vocab_size} does not match the tokenizer's {len(tokenizer)} tokens")
+    val_notes = _count_notes(tokenizer, streams, data.split.get("valid", []))
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = GPTModule(
+        config.to_dict(),
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        max_steps=max_steps,
+        min_lr_ratio=min_lr_ratio,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        seed=seed,
+    )
+    module.attach(streams, data, val_notes)
+    trainer = make_trainer(
+        out,
+        max_steps=max_steps,
+        val_every=val_every * accumulate,
+        checkpoint_every=checkpoint_every,
+        patience=patience,
+        accumulate=accumulate,
+        grad_clip=grad_clip,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        progress=progress,
+    )
+    for cb in callbacks or []:
+        trainer.callbacks.append(cb)
+    started = time.time()
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, ckpt_path=last if resume else None, weights_only=True)
+    except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after saving last.ckpt
+        raise KeyboardInterrupt from e
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    card = {
+        "family": "gpt",
+        "corpus": str(corpus.path),
+        "source": corpus.config.get("source"),
+        "labels": data.labels,
+        "command": command or "partita.train.gpt.train_gpt(...)",
+        "preset": preset,
+        "parameters": module.model.num_parameters(),
+        "steps": int(trainer.global_step),
+        "tokens_seen": int(module.batches_seen * batch_size * module.seq_len * max(1, trainer.world_size)),
+        "train_seconds": round(time.time() - started, 1),
+        "metrics": {"valid": metrics},
+        "notes": "metrics are on the corpus's validation split; see 'partita eval gpt' for test-split numbers",
+    }
+    if trainer.is_global_zero:
+        save_bundle(module.model.cpu().float(), out / "bundle", tokenizer=tokenizer, card=card, fp16=fp16_bundle)
+        (out / "card.json").write_text(json.dumps(card, indent=2))
+    return card
+
+
+def _count_notes(tokenizer, streams, pieces: list[int]) -> int:
+    """Notes in the decoded pieces: the denominator of bits per note."""
+    from partita.evaluate.baselines import count_notes
+
+    if not pieces:
+        return 0
+    return int(np.sum(count_notes(tokenizer, [streams.piece(i) for i in pieces])))
+
+
+def command_line() -> str:
+    return "partita " + " ".join(shlex.quote(a) for a in sys.argv[1:])

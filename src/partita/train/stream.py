@@ -1,0 +1,170 @@
+"""Contiguous batches (MIDIGen): every batch row streams whole songs, segment after segment.
+
+Row ``b`` of batch ``s + 1`` continues the song of row ``b`` of batch ``s``, so a model can carry
+XL and kNN memories from one step to the next; ``reset[b]`` says that a new song starts in row
+``b`` (its memories must be cleared first).
+
+A segment of ``T`` inputs is the song's label token followed by ``T - 1`` song tokens::
+
+    ids     = [label, t[o], t[o+1], ..., t[o+T-2]]
+    targets = [ignore, t[o+1], ...,   t[o+T-1]]
+
+so every token of a song except its first (BOS) is predicted exactly once, from everything
+before it in the song (within the window and the memories), and the label is always in view.
+The tail of a song's last segment is padding with ``ignore`` targets.
+
+The order is deterministic: in epoch ``e`` the pieces are shuffled with ``seed + e`` and dealt to
+the ``world_size * batch_size`` rows of all processes round robin (process ``rank`` owns rows
+``rank*B .. rank*B+B-1``). ``skip(n)`` fast-forwards over ``n`` batches using piece lengths only,
+which is how a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class _Row:
+    epoch: int = 0
+    k: int = 0  # which piece of this row's list
+    offset: int = 0  # first song token of the next segment
+    done: bool = False  # finite streams: the row has played all its pieces
+
+
+class SongStream:
+    """An iterator of batches (dicts of tensors) over songs of a token stream.
+
+    ``tokens(i)``, ``bars(i)``, ``positions(i)`` give piece ``i``'s arrays (``TokenStreams``
+    methods); ``pieces`` are the piece numbers to play, ``label_tokens[j]`` the label token id
+    of ``pieces[j]``. ``loop=False`` plays every piece once (validation), ``loop=True`` forever.
+    """
+
+    def __init__(
+        self,
+        streams,
+        pieces: list[int],
+        label_tokens: list[int],
+        *,
+        batch_size: int,
+        seq_len: int,
+        pad_id: int = 0,
+        seed: int = 0,
+        loop: bool = True,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if seq_len < 2:
+            raise ValueError("seq_len must be at least 2 (a label token and one song token)")
+        if not pieces:
+            raise ValueError("no pieces to stream")
+        self.streams = streams
+        self.pieces = np.asarray(pieces)
+        self.label_tokens = np.asarray(label_tokens)
+        self.lengths = np.asarray([len(streams.piece(int(p))) for p in self.pieces])
+        self.B, self.T, self.pad_id = batch_size, seq_len, pad_id
+        self.seed, self.loop, self.shuffle = seed, loop, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.rows = [_Row() for _ in range(batch_size)]
+        self._lists: dict[tuple[int, int], np.ndarray] = {}
+        self.batches = 0
+
+    # --- which pieces a row plays -------------------------------------------------------------
+
+    def _row_list(self, b: int, epoch: int) -> np.ndarray:
+        """Positions (into ``self.pieces``) that row ``b`` of this process plays in ``epoch``."""
+        key = (b, epoch)
+        if key not in self._lists:
+            n_rows = self.B * self.world_size
+            order = np.arange(len(self.pieces))
+            if self.shuffle:
+                order = np.random.default_rng(self.seed + epoch).permutation(order)
+            if len(order) < n_rows:  # fewer pieces than rows: repeat them so every row plays
+                order = np.resize(order, n_rows)
+            self._lists = {k: v for k, v in self._lists.items() if k[1] >= epoch - 1}
+            self._lists[key] = order[self.rank * self.B + b :: n_rows]
+        return self._lists[key]
+
+    def _advance(self, row: _Row, b: int) -> None:
+        """Move ``row`` past one segment of its current piece."""
+        j = self._row_list(b, row.epoch)[row.k]
+        row.offset += self.T - 1
+        if row.offset + 1 >= self.lengths[j]:  # every target of the piece has been seen
+            row.offset = 0
+            row.k += 1
+            if row.k >= len(self._row_list(b, row.epoch)):
+                if self.loop:
+                    row.epoch, row.k = row.epoch + 1, 0
+                else:
+                    row.done = True
+
+    def skip(self, n: int) -> None:
+        """Fast-forward over ``n`` batches without reading any tokens."""
+        for _ in range(n):
+            for b, row in enumerate(self.rows):
+                if not row.done:
+                    self._advance(row, b)
+            self.batches += 1
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = [_Row() for _ in range(self.B)]
+        self.batches = 0
+        self.skip(int(state["batches"]))
+
+    # --- batches ----------------------------------------------------------------------------
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if all(row.done for row in self.rows):
+            raise StopIteration
+        B, T = self.B, self.T
+        ids = np.full((B, T), self.pad_id, np.int64)
+        targets = np.full((B, T), IGNORE, np.int64)
+        bars = np.zeros((B, T), np.int64)
+        positions = np.zeros((B, T), np.int64)
+        reset = np.zeros(B, bool)
+        label = np.full(B, -1, np.int64)
+        for b, row in enumerate(self.rows):
+            if row.done:
+                reset[b] = True  # an idle row holds no memory
+                continue
+            j = self._row_list(b, row.epoch)[row.k]
+            p = int(self.pieces[j])
+            o = row.offset
+            reset[b] = o == 0
+            tok = self.streams.piece(p)[o : o + T]
+            n = len(tok)
+            ids[b, 0] = self.label_tokens[j]
+            ids[b, 1:n] = tok[: T - 1][: n - 1] if n > 1 else []
+            targets[b, 1:n] = tok[1:n]
+            bar = self.streams.bars(p)[o : o + T]
+            pos = self.streams.positions(p)[o : o + T]
+            bars[b, 0], bars[b, 1:n] = bar[0], bar[: n - 1]
+            positions[b, 1:n] = pos[: n - 1]
+            label[b] = j
+            self._advance(row, b)
+        self.batches += 1
+        return {
+            "ids": torch.from_numpy(ids),
+            "targets": torch.from_numpy(targets),
+            "bars": torch.from_numpy(bars),
+            "positions": torch.from_numpy(positions),
+            "reset": torch.from_numpy(reset),
+            "piece": torch.from_numpy(label),  # position in ``pieces`` of each row's song, -1 idle
+        }
+
+    def batches_per_epoch(self) -> int:
+        """About how many batches one pass over every piece takes (for schedules and logs)."""
+        segments = np.ceil((self.lengths - 1) / (self.T - 1)).sum()
+        return max(1, int(np.ceil(segments / (self.B * self.world_size))))

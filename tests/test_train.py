@@ -1,0 +1,147 @@
+"""Training the GPT: streams, schedule, interrupt + resume equal to an uninterrupted run, DDP."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from safetensors.torch import load_file
+
+from partita.data.prepare import prepare
+from partita.train.common import warmup_cosine
+from partita.train.gpt import train_gpt
+from partita.train.stream import IGNORE, SongStream
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, request):
+    fixtures = request.config.rootpath.parent / "shared" / "fixtures" / "midi"
+    root = tmp_path_factory.mktemp("train") / "midi"
+    for label, files in {
+        "Pop": sorted((fixtures / "multitrack").glob("POP909_*.mid"))[:3],
+        "Piano": sorted((fixtures / "performance").glob("Maestro_[134].mid")),
+    }.items():
+        (root / label).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, root / label / f.name)
+    out = root.parent / "corpus"
+    prepare(root, out, workers=1, valid=0.34, test=0.34)
+    return out
+
+
+class FakeStreams:
+    def __init__(self, lengths):
+        self.data = [np.arange(n) + 1000 * i for i, n in enumerate(lengths)]
+
+    def piece(self, i):
+        return self.data[i]
+
+    def bars(self, i):
+        return np.arange(len(self.data[i])) // 4
+
+    def positions(self, i):
+        return np.arange(len(self.data[i])) % 4
+
+
+def test_stream_predicts_every_token_once_and_flags_song_starts():
+    streams = FakeStreams([10, 3, 7])
+    s = SongStream(streams, [0, 1, 2], [900, 901, 902], batch_size=1, seq_len=4, loop=False, shuffle=False)
+    batches = list(s)
+    targets = [t for b in batches for t in b["targets"][0].tolist() if t != IGNORE]
+    expected = [t for d in streams.data for t in d[1:].tolist()]
+    assert targets == expected
+    starts = [bool(b["reset"][0]) for b in batches]
+    assert starts == [True, False, False, True, True, False]  # 10 tokens: 3 segments, 3: 1, 7: 2
+    assert all(int(b["ids"][0, 0]) in (900, 901, 902) for b in batches)
+    # input t is followed by target t+1 within a segment
+    b = batches[0]
+    assert b["ids"][0, 1:].tolist() == [0, 1, 2] and b["targets"][0, 1:].tolist() == [1, 2, 3]
+
+
+def test_stream_skip_equals_playing():
+    streams = FakeStreams([10, 3, 7, 12, 5])
+    make = lambda: SongStream(streams, [0, 1, 2, 3, 4], [1, 2, 3, 4, 5], batch_size=2, seq_len=3, seed=4)
+    a = make()
+    played = [next(a) for _ in range(9)]
+    b = make()
+    b.skip(6)
+    for x, y in zip(played[6:], [next(b) for _ in range(3)]):
+        assert torch.equal(x["ids"], y["ids"]) and torch.equal(x["reset"], y["reset"])
+
+
+def test_stream_shards_rows_across_ranks():
+    streams = FakeStreams([5] * 8)
+    seen = []
+    for rank in range(2):
+        s = SongStream(streams, list(range(8)), [0] * 8, batch_size=2, seq_len=8, loop=False, rank=rank, world_size=2)
+        seen += [int(b["ids"][r, 1]) for b in s for r in range(2) if b["piece"][r] >= 0]
+    assert sorted(seen) == sorted(1000 * i for i in range(8))
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, warmup=10, total=100) == pytest.approx(0.1)
+    assert warmup_cosine(9, warmup=10, total=100) == pytest.approx(1.0)
+    assert warmup_cosine(100, warmup=10, total=100, min_ratio=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(55, warmup=10, total=100, min_ratio=0.0) == pytest.approx(0.5)
+
+
+class StopAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+ARGS = dict(preset="tiny", overrides={"xl_memory": True, "dropout": 0.1}, batch_size=2, seq_len=32, max_steps=8,
+            val_every=4, checkpoint_every=100, warmup=2, progress=False)
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(corpus, tmp_path):
+    card = train_gpt(corpus, tmp_path / "a", **ARGS)
+    assert card["steps"] == 8 and np.isfinite(card["metrics"]["valid"]["val/bits_per_note"])
+    with pytest.raises(KeyboardInterrupt):
+        train_gpt(corpus, tmp_path / "b", callbacks=[StopAt(5)], **ARGS)
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").exists()
+    train_gpt(corpus, tmp_path / "b", resume=True, **ARGS)
+    a = load_file(tmp_path / "a" / "bundle" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "bundle" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_loss_falls(corpus, tmp_path):
+    args = {**ARGS, "max_steps": 40, "overrides": {}, "val_every": 40}
+    card = train_gpt(corpus, tmp_path / "run", lr=3e-3, **args)
+    import csv
+
+    rows = list(csv.DictReader(open(next((tmp_path / "run" / "logs").glob("csv-*/metrics.csv")))))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses[-1] < losses[0] - 1.0
+    assert card["labels"] == ["Piano", "Pop"]
+
+
+def test_refuses_to_overwrite_or_resume_nothing(corpus, tmp_path):
+    from partita.errors import PartitaError
+
+    with pytest.raises(PartitaError, match="nothing to resume"):
+        train_gpt(corpus, tmp_path / "x", resume=True, **ARGS)
+
+
+def test_ddp_with_two_cpu_processes(corpus, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "partita", "train", "gpt", "--data", str(corpus), "--out", str(tmp_path / "ddp"),
+         "--preset", "tiny", "--max-steps", "4", "--val-every", "4", "-b", "1", "--seq-len", "32",
+         "--devices", "2", "--strategy", "ddp", "--warmup", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "bundle" / "model.safetensors").exists()
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
