@@ -171,16 +171,19 @@ class _Buffer:
             row.update(tpq=0, duration=0.0, n_notes=0, n_tempos=0, n_timesigs=0, n_tracks=0)
         self.rows.append(row)
 
-    def flush(self, parts_dir: Path, written: list) -> None:
-        """Write the buffer as a part, append it to ``written`` as a Segment, and empty it."""
-        if not self.rows:
-            return
-        segment = Segment(
+    def segment(self) -> Segment:
+        return Segment(
             self.rows,
             np.concatenate(self.notes) if self.notes else np.zeros(0, STORE_NOTE_DTYPE),
             np.concatenate(self.tempos) if self.tempos else np.zeros(0, TEMPO_DTYPE),
             np.concatenate(self.timesigs) if self.timesigs else np.zeros(0, TIMESIG_DTYPE),
         )
+
+    def flush(self, parts_dir: Path, written: list) -> None:
+        """Write the buffer as a part, append it to ``written`` as a Segment, and empty it."""
+        if not self.rows:
+            return
+        segment = self.segment()
         parts_dir.mkdir(parents=True, exist_ok=True)
         seq = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in parts_dir.glob("part-*")), default=0)
         tmp = parts_dir / f".tmp-{os.getpid()}-{seq:06d}"
@@ -320,6 +323,7 @@ def prepare(
     completed = len(pieces) - len(todo)
     if progress:
         progress(completed, len(pieces))
+    finished = False
     try:
         for piece, data, reason, message in _read_all(todo, options, workers, reader):
             buffer.add(piece, data, reason, message)
@@ -328,9 +332,12 @@ def prepare(
                 progress(completed, len(pieces))
             if len(buffer.rows) >= flush_every:
                 buffer.flush(parts_dir, segments)
+        finished = True
     finally:
-        # Whatever happened (Ctrl-C included), the pieces read so far are kept.
-        buffer.flush(parts_dir, segments)
+        if not finished:  # Ctrl-C or an error: the pieces read so far are kept on disk
+            buffer.flush(parts_dir, segments)
+    if buffer.rows:  # the last pieces go straight into the corpus, no part needed
+        segments.append(buffer.segment())
 
     rows, notes, tempos, timesigs = consolidate(segments)
     listed = {p.id for p in pieces}
