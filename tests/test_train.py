@@ -145,3 +145,23 @@ def test_ddp_with_two_cpu_processes(corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "bundle" / "model.safetensors").exists()
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
+
+
+def test_finite_stream_with_fewer_pieces_than_rows_plays_each_once():
+    streams = FakeStreams([5, 9])
+    s = SongStream(streams, [0, 1], [7, 8], batch_size=4, seq_len=4, loop=False, shuffle=False)
+    targets = sorted(t for b in s for t in b["targets"].flatten().tolist() if t != IGNORE)
+    assert targets == sorted(t for d in streams.data for t in d[1:].tolist())
+
+
+def test_eval_gpt_reports_transformer_with_and_without_memory_and_ngram(corpus, tmp_path):
+    from partita.evaluate.gpt import evaluate_gpt
+
+    train_gpt(corpus, tmp_path / "run", **{**ARGS, "max_steps": 4})
+    results = evaluate_gpt(tmp_path / "run" / "bundle", corpus, split="test", orders=(1, 2))
+    names = [k for k, v in results.items() if isinstance(v, dict)]
+    assert names[:2] == ["transformer, no memory", "transformer, with memory"]
+    assert any("gram" in n for n in names)
+    for n in names:
+        assert np.isfinite(results[n]["bits_per_token"]) and results[n]["bits_per_note"] > 0
+    assert results["transformer, no memory"]["bits_per_token"] != results["transformer, with memory"]["bits_per_token"]

@@ -22,6 +22,7 @@ _USAGE = tuple({click.ClickException, _TyperClickException})
 
 from partita.cli import data as data_cmds
 from partita.cli import demo as demo_cmds
+from partita.cli import evaluate as eval_cmds
 from partita.cli import train as train_cmds
 from partita.cli.common import err_console
 from partita.errors import PartitaError
@@ -35,6 +36,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(train_cmds.app, name="train")
+app.add_typer(eval_cmds.app, name="eval")
 app.command("demo")(demo_cmds.demo)
 
 

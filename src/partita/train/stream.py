@@ -74,6 +74,8 @@ class SongStream:
         self.rows = [_Row() for _ in range(batch_size)]
         self._lists: dict[tuple[int, int], np.ndarray] = {}
         self.batches = 0
+        for b, row in enumerate(self.rows):  # a finite stream with fewer pieces than rows
+            row.done = len(self._row_list(b, 0)) == 0
 
     # --- which pieces a row plays -------------------------------------------------------------
 
@@ -85,7 +87,7 @@ class SongStream:
             order = np.arange(len(self.pieces))
             if self.shuffle:
                 order = np.random.default_rng(self.seed + epoch).permutation(order)
-            if len(order) < n_rows:  # fewer pieces than rows: repeat them so every row plays
+            if len(order) < n_rows and self.loop:  # training: repeat pieces so every row plays
                 order = np.resize(order, n_rows)
             self._lists = {k: v for k, v in self._lists.items() if k[1] >= epoch - 1}
             self._lists[key] = order[self.rank * self.B + b :: n_rows]
@@ -116,7 +118,7 @@ class SongStream:
         return {"batches": self.batches}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rows = [_Row() for _ in range(self.B)]
+        self.rows = [_Row(done=len(self._row_list(b, 0)) == 0) for b in range(self.B)]
         self.batches = 0
         self.skip(int(state["batches"]))
 

@@ -1,0 +1,116 @@
+"""``partita eval gpt``: the transformer against the n-gram baseline on held-out pieces.
+
+Both models predict the same tokens of the same split (every token of a piece after its BOS);
+bits per note divide by the notes of the decoded pieces. The transformer plays each piece as
+contiguous segments of its context length, as in training; "with memory" carries its XL/kNN
+memories from segment to segment, "without" starts every segment from nothing, so the two differ
+only in what the memories add. Tokens at least one context length into a piece ("far") are where
+memory can matter, so they are reported separately.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from partita.data.corpus import Corpus
+from partita.errors import PartitaError
+from partita.train.gpt import SongData, token_streams
+from partita.train.stream import IGNORE, SongStream
+
+LN2 = float(np.log(2.0))
+
+
+@torch.no_grad()
+def transformer_nll(model, streams, pieces: list[int], label_tokens: list[int], *, memory: bool, batch_size: int = 8):
+    """Per-token NLL (nats) and each token's distance into its piece, over ``pieces``."""
+    model.eval()
+    c = model.config
+    stream = SongStream(streams, pieces, label_tokens, batch_size=batch_size, seq_len=c.context,
+                        pad_id=model.label_token(None), loop=False, shuffle=False)
+    xl = model.new_xl_memory(batch_size) if memory and c.xl_memory else None
+    knn = model.new_knn_memory(batch_size) if memory and c.knn_memory else None
+    offsets = np.zeros(batch_size, np.int64)  # tokens of the current song each row has played
+    nll, depth = [], []
+    for batch in stream:
+        reset = batch["reset"].numpy()
+        offsets[reset] = 0
+        if xl is not None:
+            xl.reset(batch["reset"])
+        if knn is not None:
+            knn.reset(batch["reset"])
+        kw = {"bars": batch["bars"], "positions": batch["positions"]} if c.bar_embeddings else {}
+        logits, _ = model(batch["ids"], xl=xl, knn=knn, **kw)
+        targets = batch["targets"]
+        mask = targets != IGNORE
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        token_nll = -lp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        pos = offsets[:, None] + np.arange(targets.shape[1])[None, :]
+        m = mask.numpy()
+        nll.append(token_nll.numpy()[m])
+        depth.append(pos[m])
+        offsets += c.context - 1
+    return np.concatenate(nll), np.concatenate(depth)
+
+
+def evaluate_gpt(model_path: str | Path, corpus_dir: str | Path, *, split: str = "test", orders=(1, 2, 3, 4, 5),
+                 batch_size: int = 8) -> dict:
+    """Bits per token and per note on ``split`` for the transformer (with and without memory)
+    and for the n-gram baseline (order chosen on the validation split), trained on train."""
+    from partita.bundle import load_bundle
+    from partita.evaluate.baselines import NGramLM, count_notes
+
+    bundle = load_bundle(model_path)
+    model, tokenizer = bundle.model, bundle.tokenizer
+    corpus = Corpus(corpus_dir)
+    streams = token_streams(corpus)
+    if tokenizer is not None and len(tokenizer) != streams.vocab_size:
+        raise PartitaError(
+            f"the corpus's token streams ({streams.vocab_size} tokens) were not made with this model's tokenizer "
+            f"({len(tokenizer)}); tokenize the corpus with {Path(model_path) / 'tokenizer.json'}"
+        )
+    data = SongData(corpus, streams)
+    model_labels = bundle.card.get("labels", [])
+    pieces = data.split.get(split, [])
+    if not pieces:
+        raise PartitaError(f"{corpus_dir}: no {split} pieces")
+
+    def label_token(p):
+        k = data.label_of[p]
+        name = data.labels[k] if k is not None else None
+        return model.label_token(model_labels.index(name) if name in model_labels else None)
+
+    seqs = [np.asarray(streams.piece(p)) for p in pieces]
+    notes = int(count_notes(tokenizer or streams.tokenizer(), seqs).sum())
+    labels = [label_token(p) for p in pieces]
+    results: dict = {"split": split, "pieces": len(pieces), "tokens": int(sum(len(s) - 1 for s in seqs)), "notes": notes}
+    runs = {"transformer": False}
+    if model.config.xl_memory or model.config.knn_memory:
+        runs = {"transformer, no memory": False, "transformer, with memory": True}
+    for name, memory in runs.items():
+        nll, depth = transformer_nll(model, streams, pieces, labels, memory=memory, batch_size=batch_size)
+        far = depth >= model.config.context
+        results[name] = {
+            "bits_per_token": float(nll.mean() / LN2),
+            "bits_per_note": float(nll.sum() / LN2 / max(notes, 1)),
+            "far_bits_per_token": float(nll[far].mean() / LN2) if far.any() else None,
+            "far_tokens": int(far.sum()),
+        }
+
+    train = [np.asarray(streams.piece(p)) for p in data.split.get("train", [])]
+    valid = [np.asarray(streams.piece(p)) for p in data.split.get("valid", [])]
+    best = None
+    for order in orders:
+        lm = NGramLM(order=order, vocab_size=streams.vocab_size).fit(train)
+        score = lm.bits_per_token(valid) if valid else 0.0
+        if best is None or score < best[0]:
+            best = (score, order, lm)
+    _, order, lm = best
+    results[f"{order}-gram (Kneser-Ney)"] = {
+        "bits_per_token": float(lm.bits_per_token(seqs)),
+        "bits_per_note": float(lm.bits_per_note(seqs, count_notes(tokenizer or streams.tokenizer(), seqs))),
+        "order_chosen_on_valid": order,
+    }
+    return results
