@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "generate", "load"]
 
 
 def load(path, **kwargs):
@@ -16,3 +16,17 @@ def load(path, **kwargs):
     from partita.bundle import load_bundle
 
     return load_bundle(path, **kwargs)
+
+
+def generate(model, prompt=None, **kwargs):
+    """Generate pieces with a GPT bundle: ``partita.generate.generate`` (same arguments).
+
+    ``model``: a bundle folder (or a loaded ``Bundle``); ``prompt``: None, a MIDI file, a
+    ``symusic.Score`` or token ids; ``kwargs``: ``n``, ``composer``, ``chords``/``scale``/``motif``,
+    ``prompt_bars``/``prompt_seconds``/``prompt_tokens``, ``temperature``, ``top_k``, ``top_p``,
+    ``min_p``, ``max_new_tokens``/``bars``/``seconds``, ``seed``... Returns a list of
+    ``symusic.Score``. torch is imported only when this is called.
+    """
+    from partita.generate import generate as _generate
+
+    return _generate(model, prompt, **kwargs)

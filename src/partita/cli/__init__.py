@@ -22,6 +22,7 @@ _USAGE = tuple({click.ClickException, _TyperClickException})
 
 from partita.cli import data as data_cmds
 from partita.cli import demo as demo_cmds
+from partita.cli import generate as generate_cmds
 from partita.cli import evaluate as eval_cmds
 from partita.cli import train as train_cmds
 from partita.cli.common import err_console
@@ -38,6 +39,7 @@ app.add_typer(data_cmds.app, name="data")
 app.add_typer(train_cmds.app, name="train")
 app.add_typer(eval_cmds.app, name="eval")
 app.command("demo")(demo_cmds.demo)
+app.command("generate")(generate_cmds.generate)
 
 
 @app.callback()

@@ -1,0 +1,146 @@
+"""``partita generate``: sample MIDI files from a trained GPT bundle (thin over ``partita.generate``)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from partita.cli.common import console, err_console, write_json
+from partita.errors import PartitaError
+
+_TOKEN_FORMATS = ("npy", "txt")
+
+
+@contextmanager
+def _token_progress(description: str):
+    """A ``callback(done, total)`` driving a Rich bar with tokens per second; it appears at the
+    first call, so errors found before sampling starts print alone."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=err_console,
+            )
+            bar.start()
+            state.update(bar=bar, task=bar.add_task(description, total=total, rate=""), t0=time.perf_counter())
+        elapsed = max(time.perf_counter() - state["t0"], 1e-9)
+        state["bar"].update(state["task"], completed=done, total=max(total, 1), rate=f"{done / elapsed:,.0f} tok/s")
+
+    try:
+        yield update
+    finally:
+        if "bar" in state:
+            state["bar"].stop()
+
+
+def generate(
+    model: Path = typer.Option(..., "--model", "-m", help="Bundle folder of a trained GPT (config.json, model.safetensors, tokenizer.json, card.json)."),
+    n: int = typer.Option(4, "-n", "--num-samples", help="How many pieces to sample."),
+    out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for sample-000.mid, sample-001.mid, ..."),
+    prompt: Optional[Path] = typer.Option(None, "--prompt", "-p", help="A MIDI file to continue."),
+    prompt_bars: Optional[int] = typer.Option(None, "--prompt-bars", help="Keep the first N bars of the prompt."),
+    prompt_seconds: Optional[float] = typer.Option(None, "--prompt-seconds", help="Keep the first S seconds of the prompt."),
+    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="Keep the first N tokens of the prompt."),
+    composer: Optional[str] = typer.Option(None, "--composer", "-c", help="Sample in the style of this label of the model's card (any letter case)."),
+    chords: Optional[str] = typer.Option(None, "--chords", help='Start from a chord progression, e.g. "C G Am F".'),
+    scale: Optional[str] = typer.Option(None, "--scale", help='Start from a scale, e.g. "D dorian".'),
+    motif: Optional[str] = typer.Option(None, "--motif", help='Start from a motif, e.g. "C4:1 E4:0.5 G4:0.5".'),
+    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Sampling temperature (0 = greedy)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K most likely tokens."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this probability."),
+    min_p: Optional[float] = typer.Option(None, "--min-p", help="Keep tokens at least this fraction as likely as the best one."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="New tokens per sample (default 512; a cap with --bars/--seconds)."),
+    bars: Optional[int] = typer.Option(None, "--bars", help="Stop after N new bars."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop once the piece is S seconds longer than its prompt."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same pieces."),
+    tokens: bool = typer.Option(False, "--tokens", "--tokens-out", help="Also write each sample's token ids (sample-000.npy...)."),
+    tokens_format: str = typer.Option("npy", "--tokens-format", help="Format of --tokens files: npy or txt (ids separated by spaces)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:1, mps..."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples decoded at once (default: all)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+) -> None:
+    """Sample pieces from a trained GPT: unconditionally, continuing a MIDI prompt, from chords, a
+    scale or a motif, or in the style of a composer. Writes MIDI files and prints a table."""
+    from partita.generate import generate_samples
+
+    fmt = tokens_format.lower().lstrip(".")
+    if fmt not in _TOKEN_FORMATS:
+        raise PartitaError(f"--tokens-format takes npy or txt, not {tokens_format!r}")
+    if out.exists() and not out.is_dir():
+        raise PartitaError(f"{out}: exists and is not a folder (choose another --out)")
+    with _token_progress("sampling") as update:
+        samples = generate_samples(
+            str(model), None if prompt is None else str(prompt), n=n, composer=composer, chords=chords,
+            scale=scale, motif=motif, prompt_bars=prompt_bars, prompt_seconds=prompt_seconds,
+            prompt_tokens=prompt_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            max_new_tokens=max_tokens, bars=bars, seconds=seconds, seed=seed, device=device,
+            batch_size=batch_size, progress=update,
+        )
+
+    from rich.table import Table
+
+    from partita.io.midi import save
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in samples:
+        stem = f"sample-{s.index:03d}"
+        midi = None
+        if s.ok:  # a sample without notes is reported, not written as an empty file
+            midi = save(s.score, out / f"{stem}.mid")
+        tok_file = None
+        if tokens:
+            import numpy as np
+
+            tok_file = out / f"{stem}.{fmt}"
+            if fmt == "npy":
+                np.save(tok_file, s.ids.astype(np.int64))
+            else:
+                tok_file.write_text(" ".join(str(int(i)) for i in s.ids) + "\n")
+        rows.append({
+            "file": None if midi is None else str(midi),
+            "tokens": s.new_tokens,
+            "prompt_tokens": s.prompt_length,
+            "bars": s.bars,
+            "seconds": round(s.seconds, 3),
+            "notes": s.notes,
+            "stop": s.stop,
+            "repaired_tokens": s.dropped,
+            "token_file": None if tok_file is None else str(tok_file),
+            "error": None if s.ok else "no notes: the model wrote no note, nothing saved",
+        })
+
+    table = Table(title=f"Samples in {out}", title_justify="left")
+    for col, justify in (("file", "left"), ("tokens", "right"), ("bars", "right"), ("seconds", "right"),
+                         ("notes", "right"), ("stop", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        name = Path(r["file"]).name if r["file"] else "(no notes, not written)"
+        table.add_row(name, f"{r['tokens']:,}", f"{r['bars']:,}", f"{r['seconds']:.1f}", f"{r['notes']:,}", r["stop"])
+    console.print(table)
+    written = sum(1 for r in rows if r["file"])
+    console.print(f"wrote {written} MIDI file(s) to {out}" + (f"; {len(rows) - written} sample(s) had no notes" if written < len(rows) else ""))
+    write_json(json_path, {
+        "model": str(model),
+        "out": str(out),
+        "settings": {
+            "n": n, "prompt": None if prompt is None else str(prompt), "prompt_bars": prompt_bars,
+            "prompt_seconds": prompt_seconds, "prompt_tokens": prompt_tokens, "composer": composer,
+            "chords": chords, "scale": scale, "motif": motif, "temperature": temperature, "top_k": top_k,
+            "top_p": top_p, "min_p": min_p, "max_tokens": max_tokens, "bars": bars, "seconds": seconds,
+            "seed": seed,
+        },
+        "samples": rows,
+    })

@@ -1,0 +1,399 @@
+"""Generate music with a trained GPT: from nothing, a MIDI prompt, a structure or a composer label.
+
+::
+
+    import partita
+    scores = partita.generate("my-model", prompt="song.mid", prompt_bars=4, n=4, bars=16, seed=0)
+    scores = partita.generate("my-model", chords="C G Am F", composer="bach", temperature=0.9)
+
+``generate`` returns ``symusic.Score`` objects (in ticks); ``generate_samples`` returns ``Sample``
+records with the ids, the stop reason and counts as well (what ``partita generate`` prints).
+
+Prompts (at most one source of music, optionally a composer):
+
+* nothing: the model starts a piece (``[label, BOS]``);
+* ``prompt=``: a MIDI file (path or bytes), a ``symusic.Score``, or token ids of the model's
+  tokenizer (used as they are; normally starting with BOS);
+* ``chords=`` / ``scale=`` / ``motif=``: text read by ``partita.io.prompts.parse_prompt``;
+* ``prompt_bars`` / ``prompt_seconds`` / ``prompt_tokens``: keep only the first bars (counted
+  with ``token_timing`` on the encoded prompt), seconds (the score clipped at that time: notes that
+  start before it keep their whole duration) or tokens of the prompt;
+* ``composer=``: a label name of the bundle's card (``card["labels"]``), matched ignoring case
+  (or a label index).
+
+A prompt score is encoded with the bundle's tokenizer, framed with BOS and without its EOS, so the
+model continues it. Every output is the prompt followed by the continuation.
+
+Outputs are decoded with ``decode_safe`` (``partita.generate.sampling``): whatever the model
+sampled, the result is a score that writes to a MIDI file partita reads back. A sample in which
+the model wrote no note at all gives a score without notes: ``Sample.ok`` is False, and
+``partita generate`` reports it in its table instead of writing an empty file.
+
+``partita.generate`` is both this package and its ``generate`` function: calling the module calls
+the function.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import symusic
+from symusic import Score
+
+from partita.errors import PartitaError
+from partita.generate.sampling import (
+    DEFAULT_MAX_NEW_TOKENS,
+    IncrementalTiming,
+    SampledIds,
+    choose,
+    decode_safe,
+    filter_logits,
+    repair_tokens,
+    row_generator,
+    sample,
+)
+
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
+    "IncrementalTiming",
+    "Sample",
+    "SampledIds",
+    "build_prompt",
+    "choose",
+    "decode_safe",
+    "filter_logits",
+    "generate",
+    "generate_samples",
+    "repair_tokens",
+    "resolve_label",
+    "resolve_model",
+    "row_generator",
+    "sample",
+]
+
+_SCORE_TYPES = (symusic.core.ScoreTick, symusic.core.ScoreQuarter, symusic.core.ScoreSecond)
+
+
+@dataclass
+class Sample:
+    """One generated piece: the ``score`` and how it came about."""
+
+    score: Score
+    ids: np.ndarray  # song tokens as sampled: prompt, then the new ones (EOS last if the model ended it)
+    prompt_length: int  # how many of ``ids`` are the prompt
+    stop: str  # "eos" | "tokens" | "bars" | "seconds"
+    notes: int
+    seconds: float  # length of the score to its last note-off
+    bars: int  # bars of the whole piece (token_timing), 0 when it has no token
+    dropped: int  # base tokens the repair removed before decoding
+    index: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def new_tokens(self) -> int:
+        return int(len(self.ids) - self.prompt_length)
+
+    @property
+    def ok(self) -> bool:
+        """True when the sample has notes (it then loads with ``partita.io.load``)."""
+        return self.notes > 0
+
+
+# --------------------------------------------------------------------------- model, labels
+
+
+def _auto_device(device: Any) -> Any:
+    if device is not None and str(device) != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_model(
+    model: Any, *, tokenizer: Any = None, labels: Optional[Sequence[str]] = None, device: Any = None
+) -> tuple[Any, Any, list[str]]:
+    """``(model, tokenizer, labels)`` from a bundle folder, a ``Bundle`` or a model.
+
+    A folder is loaded with ``load_bundle`` on ``device`` (default: CUDA when available); the
+    labels come from its card (``card["labels"]``). A bare model needs ``tokenizer=`` (and
+    ``labels=`` for ``composer`` names); with an explicit ``device`` it is moved there.
+    """
+    from partita.bundle import Bundle, load_bundle
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_bundle(model, device=_auto_device(device))
+        device = None
+    if isinstance(model, Bundle):
+        bundle = model
+        model = bundle.model
+        tokenizer = tokenizer if tokenizer is not None else bundle.tokenizer
+        if labels is None:
+            labels = bundle.card.get("labels") if isinstance(bundle.card, dict) else None
+        where = f"{bundle.path}: " if bundle.path is not None else ""
+        if tokenizer is None:
+            raise PartitaError(f"{where}the bundle has no tokenizer.json: generation needs the model's tokenizer")
+    if getattr(model, "family", None) != "gpt" and not hasattr(model, "new_cache"):
+        raise PartitaError(f"generation needs a GPT model (family 'gpt'), got {type(model).__name__}")
+    if tokenizer is None:
+        raise PartitaError("pass tokenizer= with a bare model (a bundle brings its own)")
+    if device is not None and str(device) != "auto":
+        model = model.to(device)
+    labels = [str(x) for x in (labels or [])]
+    return model, tokenizer, labels
+
+
+def resolve_label(composer: Any, labels: Sequence[str], n_labels: int) -> Optional[int]:
+    """The label index of ``composer``: a name of ``labels`` (case and surrounding spaces ignored)
+    or an index; None for no composer. Unknown names raise a one-line ``PartitaError``."""
+    if composer is None:
+        return None
+    if n_labels <= 0:
+        raise PartitaError(f"this model is not conditioned on composers or labels: drop --composer {composer}")
+    if isinstance(composer, (int, np.integer)) and not isinstance(composer, bool):
+        if not 0 <= int(composer) < n_labels:
+            raise PartitaError(f"label {composer} out of range: this model knows {n_labels} labels")
+        return int(composer)
+    if not labels:
+        raise PartitaError(
+            f"the model's card lists no label names, so {composer!r} cannot be matched: pass a label index instead"
+        )
+    if len(labels) != n_labels:
+        raise PartitaError(f"the card lists {len(labels)} labels but the model has {n_labels}: the bundle is inconsistent")
+    key = str(composer).strip().casefold()
+    for i, name in enumerate(labels):
+        if name.strip().casefold() == key:
+            return i
+    raise PartitaError(f"unknown composer {str(composer)!r}: this model knows {', '.join(labels)}")
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def _tick_at_seconds(score: Score, seconds: float) -> int:
+    """The tick at ``seconds`` from the start, following the tempo map (120 qpm before any tempo)."""
+    tpq = score.ticks_per_quarter
+    tick, elapsed, qpm = 0, 0.0, 120.0
+    for t in sorted(score.tempos, key=lambda t: t.time):
+        if t.time > tick:
+            span = (t.time - tick) * 60.0 / (qpm * tpq)
+            if elapsed + span >= seconds:
+                break
+            elapsed += span
+            tick = t.time
+        qpm = float(t.qpm)
+    return int(round(tick + (seconds - elapsed) * qpm * tpq / 60.0))
+
+
+def _is_ids(prompt: Any) -> bool:
+    if hasattr(prompt, "detach") and hasattr(prompt, "dim"):  # a torch tensor
+        return True
+    if isinstance(prompt, np.ndarray):
+        return True
+    return isinstance(prompt, (list, tuple)) and all(isinstance(x, (int, np.integer)) for x in prompt)
+
+
+def build_prompt(
+    tokenizer: Any,
+    prompt: Any = None,
+    *,
+    chords: Optional[str] = None,
+    scale: Optional[str] = None,
+    motif: Optional[str] = None,
+    prompt_bars: Optional[int] = None,
+    prompt_seconds: Optional[float] = None,
+    prompt_tokens: Optional[int] = None,
+) -> np.ndarray:
+    """The prompt's song token ids (``[BOS, ...]`` without EOS) for ``sample`` (module doc)."""
+    from partita.io.midi import load
+    from partita.io.prompts import parse_prompt
+    from partita.represent.tokens import encode, special_id, token_timing
+
+    given = [name for name, v in (("prompt", prompt), ("chords", chords), ("scale", scale), ("motif", motif))
+             if v is not None]
+    if len(given) > 1:
+        raise PartitaError(f"give one prompt at most, not {' and '.join(given)}")
+    crops = [name for name, v in (("prompt_bars", prompt_bars), ("prompt_seconds", prompt_seconds),
+                                  ("prompt_tokens", prompt_tokens)) if v is not None]
+    if len(crops) > 1:
+        raise PartitaError(f"crop the prompt one way only, not {' and '.join(crops)}")
+    bos = special_id(tokenizer, "BOS")
+    if not given:
+        if crops:
+            raise PartitaError(f"{crops[0]} crops a prompt, but no prompt was given")
+        return np.array([bos], np.int64)
+    for name, value in (("prompt_bars", prompt_bars), ("prompt_tokens", prompt_tokens)):
+        if value is not None and (int(value) != value or int(value) < 1):
+            raise PartitaError(f"{name} must be a whole number >= 1, got {value}")
+    if prompt_seconds is not None and not float(prompt_seconds) > 0:
+        raise PartitaError(f"prompt_seconds must be > 0, got {prompt_seconds}")
+
+    what = "the prompt"
+    if chords is not None:
+        score = parse_prompt("chords", chords)
+    elif scale is not None:
+        score = parse_prompt("scale", scale)
+    elif motif is not None:
+        score = parse_prompt("motif", motif)
+    elif _is_ids(prompt):
+        ids = np.asarray(prompt.detach().cpu().numpy() if hasattr(prompt, "detach") else prompt).astype(np.int64).ravel()
+        if ids.size and (ids.min() < 0 or ids.max() >= len(tokenizer)):
+            raise PartitaError(f"prompt ids must be in [0, {len(tokenizer)}), got {ids.min()}..{ids.max()}")
+        if prompt_seconds is not None:
+            raise PartitaError("prompt_seconds needs a MIDI or Score prompt; crop token prompts with prompt_tokens or prompt_bars")
+        if prompt_bars is not None and ids.size:
+            ids = ids[token_timing(tokenizer, ids)[0] < int(prompt_bars)]
+        if prompt_tokens is not None:
+            start = 1 if ids.size and ids[0] == bos else 0
+            ids = ids[: start + int(prompt_tokens)]
+        return ids
+    elif isinstance(prompt, _SCORE_TYPES):
+        score = prompt if isinstance(prompt, symusic.core.ScoreTick) else prompt.to("tick")
+    elif isinstance(prompt, (str, os.PathLike, bytes, bytearray)):
+        if isinstance(prompt, (str, os.PathLike)):
+            what = str(prompt)
+        score = load(prompt)
+    else:
+        raise PartitaError(f"a prompt is a MIDI file, a symusic Score or token ids, not {type(prompt).__name__}")
+
+    if prompt_seconds is not None:
+        score = score.clip(0, max(_tick_at_seconds(score, float(prompt_seconds)), 1), clip_end=False)
+    if score.note_num() == 0:
+        raise PartitaError(f"{what}: no notes to continue" + (" in that many seconds" if prompt_seconds else ""))
+    ids = encode(tokenizer, score, bos_eos=True)[:-1]  # drop EOS: the model continues the piece
+    if prompt_bars is not None:
+        ids = ids[token_timing(tokenizer, ids)[0] < int(prompt_bars)]
+    if prompt_tokens is not None:
+        ids = ids[: 1 + int(prompt_tokens)]
+    special = _special_mask(tokenizer)
+    if not (~special[ids]).any():
+        raise PartitaError(f"{what}: nothing in it that the model's tokenizer can represent (notes out of range?)")
+    return ids
+
+
+def _special_mask(tokenizer: Any) -> np.ndarray:
+    from partita.represent.tokens import _expansion
+
+    return _expansion(tokenizer).special
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _bars_of(tokenizer: Any, ids: np.ndarray) -> int:
+    from partita.represent.tokens import token_timing
+
+    music = ids[~_special_mask(tokenizer)[ids]] if len(ids) else ids
+    if len(music) == 0:
+        return 0
+    try:
+        return int(token_timing(tokenizer, music)[0].max()) + 1
+    except PartitaError:
+        return 0
+
+
+def generate_samples(
+    model: Any,
+    prompt: Any = None,
+    *,
+    n: int = 1,
+    tokenizer: Any = None,
+    labels: Optional[Sequence[str]] = None,
+    composer: Any = None,
+    chords: Optional[str] = None,
+    scale: Optional[str] = None,
+    motif: Optional[str] = None,
+    prompt_bars: Optional[int] = None,
+    prompt_seconds: Optional[float] = None,
+    prompt_tokens: Optional[int] = None,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    min_p: Optional[float] = None,
+    max_new_tokens: Optional[int] = None,
+    bars: Optional[int] = None,
+    seconds: Optional[float] = None,
+    seed: int = 0,
+    keep_label: bool = True,
+    device: Any = None,
+    batch_size: Optional[int] = None,
+    progress: Any = None,
+) -> list[Sample]:
+    """Like ``generate`` but returns ``Sample`` records (score, ids, stop reason, counts)."""
+    from partita.io.midi import duration_seconds
+
+    model, tokenizer, labels = resolve_model(model, tokenizer=tokenizer, labels=labels, device=device)
+    label = resolve_label(composer, labels, int(getattr(model.config, "n_labels", 0)))
+    ids = build_prompt(tokenizer, prompt, chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars,
+                       prompt_seconds=prompt_seconds, prompt_tokens=prompt_tokens)
+    raw = sample(model, tokenizer, prompts=[ids], n=n, temperature=temperature, top_k=top_k, top_p=top_p,
+                 min_p=min_p, seed=seed, max_new_tokens=max_new_tokens, bars=bars, seconds=seconds, label=label,
+                 keep_label=keep_label, batch_size=batch_size, progress=progress, return_details=True)
+    out = []
+    for i, r in enumerate(raw):
+        score, dropped = decode_safe(tokenizer, r.ids)
+        out.append(Sample(
+            score=score, ids=r.ids, prompt_length=r.prompt_length, stop=r.stop, notes=int(score.note_num()),
+            seconds=duration_seconds(score), bars=_bars_of(tokenizer, r.ids), dropped=dropped, index=i,
+            meta={"label": None if label is None else (labels[label] if label < len(labels) else label)},
+        ))
+    return out
+
+
+def generate(
+    model: Any,
+    prompt: Any = None,
+    *,
+    n: int = 1,
+    composer: Any = None,
+    chords: Optional[str] = None,
+    scale: Optional[str] = None,
+    motif: Optional[str] = None,
+    prompt_bars: Optional[int] = None,
+    prompt_seconds: Optional[float] = None,
+    prompt_tokens: Optional[int] = None,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    min_p: Optional[float] = None,
+    max_new_tokens: Optional[int] = None,
+    bars: Optional[int] = None,
+    seconds: Optional[float] = None,
+    seed: int = 0,
+    **kwargs: Any,
+) -> list[Score]:
+    """``n`` pieces from ``model`` (a bundle folder, a ``Bundle``, or a GPT with ``tokenizer=``).
+
+    ``prompt``: None, a MIDI path or bytes, a ``symusic.Score`` or token ids; or ``chords=``,
+    ``scale=``, ``motif=`` text; cropped with ``prompt_bars``/``prompt_seconds``/``prompt_tokens``.
+    ``composer``: a label name from the bundle's card (any letter case) or index. Sampling:
+    ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``min_p``; length: ``max_new_tokens``,
+    ``bars`` (new bars), ``seconds`` (beyond the prompt), whichever comes first (default 512 new
+    tokens); ``seed``: same seed, same pieces. More options (``tokenizer``, ``labels``, ``device``,
+    ``batch_size``, ``keep_label``, ``progress``): ``generate_samples``.
+
+    Returns one ``symusic.Score`` per sample (prompt + continuation); a sample without any note is
+    a score with ``note_num() == 0`` (``generate_samples`` says which).
+    """
+    samples = generate_samples(
+        model, prompt, n=n, composer=composer, chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars,
+        prompt_seconds=prompt_seconds, prompt_tokens=prompt_tokens, temperature=temperature, top_k=top_k,
+        top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens, bars=bars, seconds=seconds, seed=seed, **kwargs,
+    )
+    return [s.score for s in samples]
+
+
+class _CallableModule(types.ModuleType):
+    """``partita.generate(...)`` works whether ``partita.generate`` is the lazy function of
+    ``partita/__init__.py`` or, once imported, this package (Python's import replaces the attribute)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[Score]:
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

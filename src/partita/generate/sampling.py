@@ -1,0 +1,953 @@
+"""Sampling token ids from a ``partita.models.GPT``: KV cache, sliding window, filters, stops.
+
+How this beats TchAIkovsky's sampler
+------------------------------------
+TchAIkovsky (and many music-transformer scripts) sample by running the *whole* window through the
+model for every new token: a token costs a full forward pass over up to ``context`` positions,
+``O(context)`` layers-times-tokens of work, and a piece of ``N`` tokens costs ``O(N * context)``
+token-forwards. Here:
+
+* the prompt goes through the model once, filling a ``KVCache``; every later step feeds ONE token
+  and attends to the cached keys/values: ``O(1)`` token-forwards per token (plus an ``O(context)``
+  attention read, which the full recompute pays too), so within the context window generation is
+  ``context`` times less work per token, with the same logits (``tests/test_generate.py`` checks
+  cached decoding against full recomputation token for token);
+* past the context, RoPE models slide the window by cropping the cache (keys keep their absolute
+  rotation, so nothing is recomputed: ``partita.nn.attention``); the cost per token stays that of
+  one token, however long the piece;
+* N samples (and several prompts) are decoded as one batch; a row that finished (EOS, length) is
+  removed from the batch, so the rest do not pay for it;
+* bar and position-in-bar inputs of the bar embeddings are tracked incrementally
+  (``IncrementalTiming``, equal to ``token_timing`` on the whole sequence) instead of re-reading the
+  sequence at every step.
+
+Sampling a token
+----------------
+``choose`` turns the logits of the last position into one id per row, in this order (each filter
+works on the distribution the previous one left, renormalized, and always keeps the most likely
+token):
+
+1. ids that must never be generated are removed (PAD, BOS and any other special token but EOS);
+2. ``temperature``: logits are divided by it; ``temperature=0`` means greedy (argmax) and the
+   filters below do not matter;
+3. ``top_k``: keep the ``k`` most likely ids (ties with the k-th are kept);
+4. ``top_p`` (nucleus): keep the smallest set of most likely ids whose probability reaches
+   ``top_p`` (the id that crosses it is kept);
+5. ``min_p``: keep the ids whose probability is at least ``min_p`` times the top one's;
+6. draw from what is left with the row's own ``torch.Generator``.
+
+Every row (prompt ``i``, sample ``j``) has its own generator seeded from ``(seed, i, j)``
+(``row_generator``): the same seed gives the same samples, and sample ``j`` of a prompt does not
+depend on ``n``, on the batch size or on which other rows finished early.
+
+Windows and label tokens
+------------------------
+Every training window starts with the label token (``[label, t_o, t_o+1, ...]``), so the model has
+only ever seen windows that begin with one. What happens once a piece outgrows the context ``C``:
+
+* ``"sink"`` (RoPE, no memory; the default): the window is ``[label, last C-1 tokens]`` exactly
+  as in training (a model that always saw a label first may lean on it as an attention sink, and
+  it keeps the composer conditioning alive in long pieces). The label's keys/values are re-placed
+  just before the window at every slide: a label is the first token of its window, so its states
+  depend only on the label and on its bar input (the bar of the window's first token, as in
+  training); they are computed once, for every bar value in one batched forward, and rotated to
+  their new position. The oldest token leaves the cache, nothing else is recomputed.
+* ``"window"`` (RoPE, ``keep_label=False``): plain sliding window, ``crop_cache(cache, C - 1)``
+  before each token: the label leaves with the first tokens. This is exactly
+  ``model(ids, window=C)`` over the whole sequence.
+* ``"memory"`` (RoPE with XL and/or kNN memory): ``crop_cache(cache, C - 1, xl=..., knn=...)``
+  before each token, so every token leaving the window goes into the memories, which then hold
+  exactly the positions before the window. A prompt longer than the context is fed one token at a
+  time past its first window, so the memories hold what they would have held had it been
+  generated.
+* ``"learned"`` (learned absolute positions): positions are not translation invariant, so the
+  cache cannot slide. When the window is full the model recomputes ``[label, last K-1 tokens]``
+  from scratch (``K = C - C//4``: one forward of ``K`` tokens every ``C//4`` tokens, instead of
+  one per token) and continues incrementally; with memories, the tokens leaving the window go
+  into them first.
+
+A prompt longer than the window (modes without memory) is cut to its last ``C - 1`` tokens for the
+first forward pass (the earlier tokens could not be seen anyway), except in ``"window"`` mode,
+which runs the whole prompt through windowed attention so as to stay equal to ``forward(window=C)``.
+
+Length and stops
+----------------
+A row stops at EOS (kept at the end of its ids), after ``max_new_tokens`` sampled tokens, and,
+when asked:
+
+* ``bars=N``: before the first token of the (N+1)-th new bar (that token is not kept). New bars are
+  counted with ``token_timing``'s bar index: a prompt with music ends in bar ``b``, whose rest may
+  still be filled, and bars ``b+1 .. b+N`` are the new ones; without a prompt bars ``0 .. N-1``.
+* ``seconds=S``: the sample is decoded every ``SECONDS_CHECK_EVERY`` tokens (``decode_safe``,
+  tempo changes included); once the piece lasts ``S`` seconds longer than its prompt (both measured
+  to their last note-off) the ids are cut at the shortest prefix that does (a binary search over
+  the last few tokens).
+
+Without ``max_new_tokens`` a sample gets at most ``DEFAULT_MAX_NEW_TOKENS`` new tokens, or, with
+``bars``/``seconds``, ``max(512, 256 * bars)`` / ``max(512, 256 * seconds)`` as a safety cap.
+
+Readable output whatever the model says
+---------------------------------------
+``repair_tokens`` walks the base tokens (BPE merges expanded) with miditok's own table of which
+token type may follow which (``tokenizer.tokens_types_graph``): a token that cannot follow is
+dropped; a time or note-start token that cannot follow an unfinished note (``Pitch`` without its
+``Velocity``/``Duration``) drops that unfinished note instead, so the timeline survives; a
+``Position`` (``Tempo``, ``TimeSig``) right after another replaces it; a note left unfinished at the
+end is dropped. Time order is not repaired: a ``Position`` that goes back in its bar decodes to a
+note earlier in that bar. A valid encoding comes out unchanged. ``decode_safe`` decodes
+the repaired tokens, and if miditok or the MIDI round trip still fails, keeps the longest prefix
+that works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from miditok import TokSequence
+from symusic import Score, Tempo, TimeSignature
+
+from partita.errors import PartitaError
+from partita.nn.attention import apply_rotary
+from partita.represent.tokens import TokenizerError, _expansion, special_id, token_timing
+
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
+    "SECONDS_CHECK_EVERY",
+    "IncrementalTiming",
+    "SampledIds",
+    "choose",
+    "decode_safe",
+    "filter_logits",
+    "repair_tokens",
+    "row_generator",
+    "sample",
+]
+
+#: New tokens per sample when no length is asked for.
+DEFAULT_MAX_NEW_TOKENS = 512
+#: Safety caps on new tokens when the length is asked in bars or seconds.
+TOKENS_PER_BAR_CAP = 256
+TOKENS_PER_SECOND_CAP = 256
+#: With ``seconds=``, the samples are decoded and measured every this many tokens.
+SECONDS_CHECK_EVERY = 16
+
+ProgressFn = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------- filters and draws
+
+
+def _check_filters(temperature: float, top_k: Optional[int], top_p: Optional[float], min_p: Optional[float]) -> None:
+    if temperature is None or not math.isfinite(float(temperature)) or temperature < 0:
+        raise PartitaError(f"temperature must be a number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and int(top_k) < 1:
+        raise PartitaError(f"top-k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        raise PartitaError(f"top-p must be in (0, 1], got {top_p}")
+    if min_p is not None and not 0.0 <= float(min_p) <= 1.0:
+        raise PartitaError(f"min-p must be in [0, 1], got {min_p}")
+
+
+def filter_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    min_p: Optional[float] = None,
+) -> torch.Tensor:
+    """``logits [..., V] / temperature`` (float32) with the ids the filters remove set to ``-inf``.
+
+    Order: temperature, top-k, top-p, min-p (module doc); each keeps at least the most likely id.
+    ``temperature`` must be > 0 here (greedy is ``choose``'s business).
+    """
+    _check_filters(temperature, top_k, top_p, min_p)
+    if temperature == 0:
+        raise PartitaError("filter_logits needs temperature > 0 (temperature 0 is greedy decoding)")
+    x = logits.float()
+    if temperature != 1.0:
+        x = x / float(temperature)
+    neg = float("-inf")
+    if top_k is not None and int(top_k) < x.shape[-1]:
+        kth = torch.topk(x, int(top_k), dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, neg)
+    if top_p is not None and float(top_p) < 1.0:
+        probs = torch.softmax(x, dim=-1)
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of the ids more likely than this one
+        drop_sorted = before >= float(top_p)
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, neg)
+    if min_p is not None and float(min_p) > 0.0:
+        probs = torch.softmax(x, dim=-1)
+        x = x.masked_fill(probs < float(min_p) * probs.amax(dim=-1, keepdim=True), neg)
+    return x
+
+
+def row_generator(seed: int, prompt_index: int = 0, sample_index: int = 0, device: Any = "cpu") -> torch.Generator:
+    """The random generator of sample ``sample_index`` of prompt ``prompt_index`` under ``seed``."""
+    entropy = [int(seed) & 0xFFFF_FFFF_FFFF_FFFF, int(prompt_index), int(sample_index)]
+    state = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+    return torch.Generator(device=torch.device(device)).manual_seed(state)
+
+
+def choose(
+    logits: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    *,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    min_p: Optional[float] = None,
+    banned: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """One id per row of ``logits [B, V]``: filter (module doc) and draw with row ``b``'s generator.
+
+    ``banned``: bool ``[V]``, ids never chosen. ``temperature=0``: argmax, no generator used.
+    """
+    _check_filters(temperature, top_k, top_p, min_p)
+    x = logits.float()
+    x = torch.nan_to_num(x, nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+    if banned is not None:
+        x = x.masked_fill(banned.to(x.device), float("-inf"))
+    dead = ~torch.isfinite(x).any(dim=-1)  # a broken model (NaN everywhere): draw uniformly
+    if bool(dead.any()):
+        fill = torch.zeros_like(x[0]) if banned is None else torch.zeros_like(x[0]).masked_fill(banned.to(x.device), float("-inf"))
+        x[dead] = fill
+    if temperature == 0:
+        return x.argmax(dim=-1)
+    probs = torch.softmax(filter_logits(x, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p), dim=-1)
+    if len(generators) != probs.shape[0]:
+        raise ValueError(f"{len(generators)} generators for {probs.shape[0]} rows")
+    return torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(generators)])
+
+
+# --------------------------------------------------------------------------- incremental timing
+
+
+class _PositionTable:
+    """Per id of a Bar/Position tokenizer: what its base tokens do to (bars seen, position)."""
+
+    def __init__(self, table: Any):
+        n = len(table.lengths)
+        self.first_bar = np.zeros(n, bool)  # the first base token is a Bar
+        self.first_pos = np.full(n, -1, np.int64)  # ... a Position (its value)
+        self.n_bars = np.zeros(n, np.int64)  # Bar base tokens in the id
+        self.last = np.full(n, -1, np.int64)  # value after the id: 0 (Bar), Position value, -1 (none)
+        for i in range(n):
+            base = table.flat[table.starts[i] : table.starts[i] + table.lengths[i]]
+            if len(base) == 0:
+                continue
+            self.first_bar[i] = table.is_bar[base[0]]
+            self.first_pos[i] = table.position[base[0]]
+            self.n_bars[i] = int(table.is_bar[base].sum())
+            for b in base[::-1]:
+                if table.is_bar[b]:
+                    self.last[i] = 0
+                    break
+                if table.position[b] >= 0:
+                    self.last[i] = table.position[b]
+                    break
+
+
+class IncrementalTiming:
+    """``token_timing`` one token at a time for a batch of rows: ``push(ids)`` gives the bar index
+    and position in bar of each row's next token, equal to ``token_timing`` on the whole sequence.
+
+    ``start(prompts)`` reads the prompts (one per row) and returns their ``token_timing``. The
+    state is O(1) per row: (bars seen, last position) for Bar/Position tokenizers (REMI),
+    (tick, metre) for time-shift ones (TSD, MIDILike, Structured). A token made of no base token
+    (never sampled: such ids count as special) takes the running values.
+    """
+
+    def __init__(self, tokenizer: Any):
+        token_timing(tokenizer, np.zeros(0, np.int64))  # validates the tokenizer (no Rest tokens...)
+        self.tokenizer = tokenizer
+        self.table = table = _expansion(tokenizer)
+        if table.has_position:
+            self.kind = "position"
+            pos = getattr(table, "_partita_incremental", None)
+            if pos is None:
+                pos = table._partita_incremental = _PositionTable(table)
+            self.pos_table = pos
+        elif table.has_shift:
+            self.kind = "shift"
+            self.tpq = int(tokenizer.time_division)
+            self.res = int(tokenizer.config.max_num_pos_per_beat)
+            self.tpb_per_ts = dict(tokenizer._tpb_per_ts)
+            self.default_shift = table.shift[next(iter(table.shift))]
+        else:
+            raise TokenizerError(f"{type(tokenizer).__name__} has neither Position nor TimeShift tokens")
+        self.state: Any = None
+
+    def _base(self, i: int) -> np.ndarray:
+        t = self.table
+        return t.flat[t.starts[i] : t.starts[i] + t.lengths[i]]
+
+    def start(self, prompts: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        timings = [token_timing(self.tokenizer, p) for p in prompts]
+        if self.kind == "position":
+            t = self.table
+            nb = np.zeros(len(prompts), np.int64)
+            cp = np.zeros(len(prompts), np.int64)
+            for r, p in enumerate(prompts):
+                if len(p) == 0:
+                    continue
+                base, _ = t.expand(np.asarray(p, np.int64))
+                is_bar = t.is_bar[base]
+                nb[r] = int(is_bar.sum())
+                marks = np.flatnonzero(is_bar | (t.position[base] >= 0))
+                if len(marks):
+                    m = marks[-1]
+                    cp[r] = 0 if is_bar[m] else t.position[base[m]]
+            self.state = [nb, cp]
+        else:
+            self.state = []
+            for p in prompts:
+                st = [0, 0, 0, 4, 4]  # tick, tick of the last metre change, bars before it, num, den
+                for i in np.asarray(p, np.int64):
+                    for b in self._base(int(i)):
+                        self._shift_base(st, int(b))
+                self.state.append(st)
+        return timings
+
+    def _shift_base(self, st: list, b: int) -> tuple[int, int]:
+        """Bar and position of base token ``b`` (time-shift tokenizers); advances ``st``."""
+        tick, ts_tick, bar_at_ts, num, den = st
+        tpq = self.tpq
+        ts = self.table.ts[b]
+        if ts[1] > 0:  # a TimeSig token: a new metre from here (token_timing's segments)
+            bar_at_ts += -(-(tick - ts_tick) // (num * tpq * 4 // den))
+            ts_tick = tick
+            num, den = int(ts[0]), int(ts[1])
+        tpb = self.tpb_per_ts.get(den, tpq)
+        ticks_per_bar = max(num * tpq * 4 // den, 1)
+        ticks_per_pos = max(tpb // self.res, 1)
+        rel = tick - ts_tick
+        bar, pos = bar_at_ts + rel // ticks_per_bar, (rel % ticks_per_bar) // ticks_per_pos
+        tick += int(self.table.shift.get(tpb, self.default_shift)[b])
+        st[:] = [tick, ts_tick, bar_at_ts, num, den]
+        return bar, pos
+
+    def push(self, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Bar and position of each row's next token ``ids [B]``; advances every row."""
+        ids = np.asarray(ids, np.int64).ravel()
+        if self.kind == "position":
+            nb, cp = self.state
+            t = self.pos_table
+            fb = t.first_bar[ids]
+            bars = np.maximum(nb + fb - 1, 0)
+            pos = np.where(fb, 0, np.where(t.first_pos[ids] >= 0, t.first_pos[ids], cp))
+            last = t.last[ids]
+            self.state = [nb + t.n_bars[ids], np.where(last >= 0, last, cp)]
+            return bars, pos
+        bars = np.zeros(len(ids), np.int64)
+        pos = np.zeros(len(ids), np.int64)
+        for r, i in enumerate(ids):
+            st = self.state[r]
+            base = self._base(int(i))
+            if len(base) == 0:
+                bars[r], pos[r] = self._shift_peek(st)
+                continue
+            for k, b in enumerate(base):
+                bp = self._shift_base(st, int(b))
+                if k == 0:
+                    bars[r], pos[r] = bp
+        return bars, pos
+
+    def _shift_peek(self, st: list) -> tuple[int, int]:
+        tick, ts_tick, bar_at_ts, num, den = st
+        tpb = self.tpb_per_ts.get(den, self.tpq)
+        ticks_per_bar = max(num * self.tpq * 4 // den, 1)
+        rel = tick - ts_tick
+        return bar_at_ts + rel // ticks_per_bar, (rel % ticks_per_bar) // max(tpb // self.res, 1)
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep only ``rows`` (in that order)."""
+        rows = list(rows)
+        if self.kind == "position":
+            self.state = [s[rows] for s in self.state]
+        else:
+            self.state = [self.state[r] for r in rows]
+
+
+# --------------------------------------------------------------------------- repair and decoding
+
+
+class _Grammar:
+    """Which base token types may follow which (miditok's ``tokens_types_graph``), and which types
+    leave a note unfinished."""
+
+    _NOTE_PARTS = {"Program", "Pitch", "PitchDrum", "NoteOn", "DrumOn", "Velocity", "PitchIntervalTime",
+                   "PitchIntervalChord"}
+    _HEADS = {"Program", "Pitch", "PitchDrum", "NoteOn", "DrumOn", "PitchIntervalTime", "PitchIntervalChord"}
+    _TIME = {"Bar", "Position", "TimeShift", "Rest", "TimeSig", "Tempo"}
+    REPLACE = {"Position", "Tempo", "TimeSig"}  # a second one in a row replaces the first
+
+    def __init__(self, tokenizer: Any, table: Any):
+        special = {t.split("_")[0] for t in tokenizer.special_tokens}
+        graph = {k: {t.split("_")[0] for t in v} - special
+                 for k, v in tokenizer.tokens_types_graph.items() if k not in special}
+        self.graph = graph
+        # a note part after which only note parts may come: the note is not finished
+        self.dangling = {t for t, nxt in graph.items() if t in self._NOTE_PARTS and not (nxt & self._TIME)}
+        preds: dict[str, set] = {}
+        for t, nxt in graph.items():
+            for u in nxt:
+                preds.setdefault(u, set()).add(t)
+        # types that only continue an unfinished note (Velocity, Duration): never first
+        self.continuation = {t for t, p in preds.items() if p and p <= self.dangling and t not in self._HEADS}
+        inv = {i: s for s, i in tokenizer.vocab.items()}
+        self.strings = [inv.get(i, "") for i in range(len(table.base_special))]
+        self.types = [s.split("_")[0] for s in self.strings]
+
+    def fits(self, prev: Optional[str], typ: str) -> bool:
+        if prev is None:
+            return typ not in self.continuation
+        return typ in self.graph.get(prev, ())
+
+
+def _grammar(tokenizer: Any) -> tuple[Any, _Grammar]:
+    table = _expansion(tokenizer)
+    g = getattr(table, "_partita_grammar", None)
+    if g is None:
+        g = table._partita_grammar = _Grammar(tokenizer, table)
+    return table, g
+
+
+def _ids_array(ids: Any) -> np.ndarray:
+    if hasattr(ids, "detach"):
+        ids = ids.detach().cpu().numpy()
+    return np.asarray(ids).astype(np.int64).ravel()
+
+
+def repair_tokens(tokenizer: Any, ids: Any) -> list[str]:
+    """The base tokens of ``ids`` (merges expanded, special tokens removed) with what cannot follow
+    dropped (module doc): a sequence miditok decodes as intended. A valid encoding is unchanged."""
+    ids = _ids_array(ids)
+    table, g = _grammar(tokenizer)
+    if ids.size and (ids.min() < 0 or ids.max() >= len(table.lengths)):
+        raise TokenizerError(f"token ids must be in [0, {len(table.lengths)}), got {ids.min()}..{ids.max()}")
+    base, _ = table.expand(ids)
+    kept: list[int] = []
+    types: list[str] = []
+    for b in base.tolist():
+        if table.base_special[b]:
+            continue
+        typ = g.types[b]
+        if typ not in g.graph:
+            continue
+        if g.fits(types[-1] if types else None, typ):
+            kept.append(b)
+            types.append(typ)
+            continue
+        if typ in g.continuation:  # a stray Velocity/Duration: drop it
+            continue
+        # A note start or a time token after an unfinished note: drop the unfinished note. A
+        # Position (Tempo, TimeSig) right after another one replaces it: the first was empty.
+        j = len(types)
+        while True:
+            prev = types[j - 1] if j > 0 else None
+            if g.fits(prev, typ) or (prev == typ and typ in g.REPLACE):
+                j -= 0 if g.fits(prev, typ) else 1
+                del kept[j:], types[j:]
+                kept.append(b)
+                types.append(typ)
+                break
+            if prev is None or prev not in g.dangling:
+                break  # cannot follow anything kept: drop it
+            j -= 1
+    while types and types[-1] in g.dangling:  # an unfinished note at the end
+        kept.pop()
+        types.pop()
+    return [g.strings[b] for b in kept]
+
+
+def _decode_tokens(tokenizer: Any, tokens: list[str]) -> Score:
+    score = tokenizer.decode(TokSequence(tokens=list(tokens))) if tokens else Score(tokenizer.time_division)
+    if len(score.tempos) == 0:
+        score.tempos.append(Tempo(0, float(tokenizer.default_tempo)))
+    if len(score.time_signatures) == 0:
+        score.time_signatures.append(TimeSignature(0, 4, 4))
+    return score
+
+
+def _readable(tokenizer: Any, tokens: list[str]) -> Optional[Score]:
+    """The decoded score if it decodes and survives a MIDI round trip, else None."""
+    from partita.io.midi import load
+
+    try:
+        score = _decode_tokens(tokenizer, tokens)
+        load(score.dumps_midi(), allow_empty=True)
+        return score
+    except Exception:
+        return None
+
+
+def decode_safe(tokenizer: Any, ids: Any, *, check: bool = True) -> tuple[Score, int]:
+    """``(score, dropped)``: ``ids`` decoded after ``repair_tokens``; ``dropped`` counts the base
+    tokens (not special) the repair removed. Never raises for ids in the vocabulary; a sample with
+    no note decodes to a score with ``note_num() == 0``.
+
+    ``check=True`` also writes and re-reads the score as MIDI; if decoding or that round trip
+    fails the longest prefix that works is kept.
+    """
+    ids = _ids_array(ids)
+    tokens = repair_tokens(tokenizer, ids)
+    table = _expansion(tokenizer)
+    base, _ = table.expand(ids)
+    dropped = int((~table.base_special[base]).sum()) - len(tokens)
+    if not check:
+        try:
+            return _decode_tokens(tokenizer, tokens), dropped
+        except Exception:
+            pass
+    score = _readable(tokenizer, tokens)
+    if score is None:  # should not happen with miditok's tolerant decoders; keep what works
+        lo, hi = 0, len(tokens)  # tokens[:lo] works (empty always does), tokens[:hi] does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _readable(tokenizer, tokens[:mid]) is not None:
+                lo = mid
+            else:
+                hi = mid
+        score = _readable(tokenizer, tokens[:lo]) or _decode_tokens(tokenizer, [])
+        dropped += len(tokens) - lo
+    return score, dropped
+
+
+def _seconds(tokenizer: Any, ids: np.ndarray) -> float:
+    score, _ = decode_safe(tokenizer, ids, check=False)
+    return float(score.to("second").end()) if score.note_num() else 0.0
+
+
+# --------------------------------------------------------------------------- the sampler
+
+
+@dataclass
+class SampledIds:
+    """One sample: ``ids`` = the prompt's song tokens, then the sampled ones (label not included;
+    EOS last when the model ended the piece)."""
+
+    ids: np.ndarray
+    prompt_length: int
+    stop: str  # "eos" | "tokens" | "bars" | "seconds"
+    prompt_index: int = 0
+    sample_index: int = 0
+
+    @property
+    def new_ids(self) -> np.ndarray:
+        return self.ids[self.prompt_length :]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _as_prompt_list(prompts: Any) -> list[Any]:
+    if prompts is None:
+        return [None]
+    if isinstance(prompts, torch.Tensor):
+        return [prompts] if prompts.dim() <= 1 else list(prompts)
+    if isinstance(prompts, np.ndarray):
+        return [prompts] if prompts.ndim <= 1 else list(prompts)
+    prompts = list(prompts)
+    if all(isinstance(p, (int, np.integer)) for p in prompts):
+        return [prompts]  # one prompt given as a list of ids
+    return prompts
+
+
+def _positive_int(value: Any, name: str) -> Optional[int]:
+    if value is None:
+        return None
+    if int(value) != value or int(value) < 1:
+        raise PartitaError(f"{name} must be a whole number >= 1, got {value}")
+    return int(value)
+
+
+def sample(
+    model: Any,
+    tokenizer: Any,
+    *,
+    prompts: Any = None,
+    n: int = 1,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    min_p: Optional[float] = None,
+    seed: int = 0,
+    max_new_tokens: Optional[int] = None,
+    bars: Optional[int] = None,
+    seconds: Optional[float] = None,
+    label: Optional[int] = None,
+    keep_label: bool = True,
+    batch_size: Optional[int] = None,
+    progress: Optional[ProgressFn] = None,
+    return_details: bool = False,
+) -> list:
+    """``n`` samples per prompt from a GPT; returns one int64 id array per sample, prompt-major
+    (all samples of prompt 0, then of prompt 1...), or ``SampledIds`` with ``return_details``.
+
+    ``prompts``: None (start a piece: ``[BOS]``), one id sequence or a list of them (tokenizer ids
+    of the song, normally starting with BOS; a trailing EOS is dropped so the model continues).
+    The model sees ``[label_token(label), *prompt]``. Each output holds the prompt then the new
+    tokens. Prompts of different lengths are decoded in separate batches (one per length, split
+    into ``batch_size`` rows at most). ``progress(done, total)`` is called after every step with
+    the tokens sampled so far and an upper bound of the total (it shrinks as rows stop early).
+
+    Filters, seeds, windows past the context, stops: see the module doc.
+    """
+    from partita.represent.tokens import _check_tokenizer
+
+    _check_tokenizer(tokenizer)
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(model, "new_cache") or not hasattr(cfg, "vocab_size"):
+        raise PartitaError(f"sampling needs a partita GPT, got {type(model).__name__}")
+    V = int(cfg.vocab_size)
+    if len(tokenizer) != V:
+        raise PartitaError(
+            f"the tokenizer has {len(tokenizer)} ids but the model predicts {V}: use the bundle's own tokenizer"
+        )
+    if int(cfg.context) < 2:
+        raise PartitaError(f"a model with a context of {cfg.context} cannot hold a label and a token")
+    _check_filters(temperature, top_k, top_p, min_p)
+    n = _positive_int(n, "n")
+    max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
+    bars = _positive_int(bars, "bars")
+    batch_size = _positive_int(batch_size, "batch_size")
+    if seconds is not None and not (math.isfinite(float(seconds)) and float(seconds) > 0):
+        raise PartitaError(f"seconds must be > 0, got {seconds}")
+    if max_new_tokens is None:
+        caps = [DEFAULT_MAX_NEW_TOKENS] if bars is None and seconds is None else []
+        if bars is not None:
+            caps.append(max(DEFAULT_MAX_NEW_TOKENS, TOKENS_PER_BAR_CAP * bars))
+        if seconds is not None:
+            caps.append(max(DEFAULT_MAX_NEW_TOKENS, int(math.ceil(TOKENS_PER_SECOND_CAP * float(seconds)))))
+        max_new_tokens = max(caps)
+
+    bos, eos = special_id(tokenizer, "BOS"), special_id(tokenizer, "EOS")
+    table = _expansion(tokenizer)
+    strip = set(np.flatnonzero(table.special).tolist()) - {bos}  # EOS, PAD...: not at a prompt's end
+    clean: list[np.ndarray] = []
+    for p in _as_prompt_list(prompts):
+        ids = np.zeros(0, np.int64) if p is None else _ids_array(p)
+        if ids.size and (ids.min() < 0 or ids.max() >= V):
+            raise PartitaError(
+                f"prompt token ids must be tokenizer ids in [0, {V}), got {ids.min()}..{ids.max()} "
+                "(the label token is added by the sampler)"
+            )
+        end = len(ids)
+        while end and int(ids[end - 1]) in strip:
+            end -= 1
+        ids = ids[:end]
+        clean.append(ids if len(ids) else np.array([bos], np.int64))
+
+    label_id = model.label_token(label)
+    banned = torch.from_numpy(table.special.copy())
+    banned[eos] = False
+    runner = _Runner(
+        model, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+        cap=max_new_tokens, bars=bars, seconds=None if seconds is None else float(seconds), label_id=label_id,
+        keep_label=keep_label, banned=banned, eos=eos, progress=progress, n_rows=len(clean) * n,
+    )
+    rows = [(pi, si) for pi in range(len(clean)) for si in range(n)]
+    groups: dict[int, list[int]] = {}
+    for r, (pi, _) in enumerate(rows):
+        groups.setdefault(len(clean[pi]), []).append(r)
+    results: list[Optional[SampledIds]] = [None] * len(rows)
+    with torch.inference_mode(), _eval_mode(model):
+        for members in groups.values():
+            step = batch_size or len(members)
+            for a in range(0, len(members), step):
+                chunk = members[a : a + step]
+                for r, out in zip(chunk, runner.run([rows[r] for r in chunk], clean)):
+                    results[r] = out
+    if return_details:
+        return results
+    return [r.ids for r in results]
+
+
+class _Runner:
+    """Decodes batches of rows that share a prompt length (see ``sample``)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, temperature, top_k, top_p, min_p, seed, cap, bars,
+                 seconds, label_id, keep_label, banned, eos, progress, n_rows):
+        self.model, self.tokenizer = model, tokenizer
+        self.cfg = cfg = model.config
+        self.filters = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        self.seed, self.cap, self.bars, self.seconds = seed, cap, bars, seconds
+        self.label_id, self.eos = label_id, eos
+        self.device = next(model.parameters()).device
+        self.banned = banned.to(self.device)
+        self.progress = progress
+        self.done, self.total = 0, cap * n_rows
+        self.memories = bool(getattr(cfg, "xl_memory", False) or getattr(cfg, "knn_memory", False))
+        if cfg.positions == "learned":
+            self.mode = "learned"
+        elif self.memories:
+            self.mode = "memory"
+        else:
+            self.mode = "sink" if keep_label else "window"
+        self.timed = bool(cfg.bar_embeddings) or bars is not None
+        self.C = int(cfg.context)
+        self._label_kv: Optional[list] = None
+        self._prompt_seconds: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ model calls
+
+    def _forward(self, ids, bars=None, positions=None, window=None):
+        kw = {}
+        if self.cfg.bar_embeddings:
+            kw = {"bars": bars, "positions": positions}
+        logits, _ = self.model(ids, cache=self.cache, xl=self.xl, knn=self.knn, window=window, last_only=True, **kw)
+        return logits[:, -1]
+
+    def _feed(self, a: int, b: int, window=None):
+        """Feed ``seq[:, a:b]`` (cached tokens are ``seq[:, :a]`` or a window of them)."""
+        return self._forward(self.seq[:, a:b], self.bars_seq[:, a:b], self.pos_seq[:, a:b], window)
+
+    def _feed_window(self, first: int, end: int):
+        """Feed ``[label, seq[first:end]]`` into the (empty or reset) cache; the label's bar input
+        is the bar of ``seq[first]`` (training's convention)."""
+        s = self.seq
+        ids = torch.cat([s[:, :1], s[:, first:end]], dim=1)
+        bars = torch.cat([self.bars_seq[:, first : first + 1], self.bars_seq[:, first:end]], dim=1)
+        pos = torch.cat([torch.zeros_like(self.pos_seq[:, :1]), self.pos_seq[:, first:end]], dim=1)
+        return self._forward(ids, bars, pos)
+
+    def _label_states(self) -> list:
+        """Per layer ``(k, v)`` of the label token at position 0, ``[M, H, 1, Dh]``, one row per bar
+        input value (M = max_bars with bar embeddings, else 1). Position 0 leaves keys unrotated."""
+        if self._label_kv is None:
+            M = int(self.cfg.max_bars) if self.cfg.bar_embeddings else 1
+            ids = torch.full((M, 1), self.label_id, dtype=torch.long, device=self.device)
+            tmp = self.model.new_cache()
+            kw = {}
+            if self.cfg.bar_embeddings:
+                kw = {"bars": torch.arange(M, device=self.device)[:, None],
+                      "positions": torch.zeros(M, 1, dtype=torch.long, device=self.device)}
+            self.model(ids, cache=tmp, last_only=True, **kw)
+            self._label_kv = [(tmp.k[i], tmp.v[i]) for i in range(tmp.n_layer)]
+        return self._label_kv
+
+    def _slide_sink(self, length: int) -> None:
+        """Make room for one token: drop the label and the oldest tokens, put the label back
+        right before the window (rotated to its new position, states for its new bar input)."""
+        cache = self.cache
+        drop = len(cache) - (self.C - 1)  # tokens to drop (1 once the window is full)
+        self.ws += drop
+        pos = self.ws - 1
+        rows = torch.zeros(self.seq.shape[0], dtype=torch.long, device=self.device)
+        if self.cfg.bar_embeddings:
+            rows = self.bars_seq[:, self.ws] % int(self.cfg.max_bars)
+        cos = sin = None
+        for i, (lk, lv) in enumerate(self._label_states()):
+            k, v = lk[rows], lv[rows]
+            if cos is None:
+                cos, sin = self.model.rotary(torch.tensor([pos], device=self.device), dtype=k.dtype)
+            k = apply_rotary(k, cos, sin)
+            cache.k[i] = torch.cat([k, cache.k[i][:, :, 1 + drop :]], dim=2)
+            cache.v[i] = torch.cat([v, cache.v[i][:, :, 1 + drop :]], dim=2)
+        cache.offset = pos
+
+    def _learned_keep(self) -> int:
+        return max(2, self.C - max(1, self.C // 4))
+
+    def _recompute(self, length: int):
+        """Learned positions, window full: recompute ``[label, last K-1 tokens]`` (the newest,
+        ``seq[length-1]``, included) from scratch; with memories, what leaves goes into them."""
+        K = self._learned_keep()
+        first = length - (K - 1)
+        if self.memories:
+            self.model.crop_cache(self.cache, max(K - 2, 0), xl=self.xl, knn=self.knn)
+        self.cache.reset(self.cache.offset)
+        self.ws = first
+        return self._feed_window(first, length)
+
+    def _step_feed(self, length: int):
+        """Feed the newest token ``seq[:, length-1]``, sliding the window first if it is full."""
+        C, cache = self.C, self.cache
+        if self.mode == "learned":
+            if len(cache) >= C:
+                return self._recompute(length)
+        elif len(cache) >= C:
+            if self.mode == "sink":
+                self._slide_sink(length)
+            else:
+                self.model.crop_cache(cache, C - 1, xl=self.xl, knn=self.knn)
+        return self._feed(length - 1, length)
+
+    def _feed_prompt(self, L: int):
+        C, model = self.C, self.model
+        if L <= C:
+            self.ws = 1
+            return self._feed(0, L)
+        if self.mode in ("sink", "learned") and not self.memories:
+            self.ws = L - (C - 1)
+            self.cache.offset = self.ws - 1
+            return self._feed_window(self.ws, L)
+        self.ws = 1
+        logits = self._feed(0, C)
+        if self.mode == "window":  # windowed attention over the whole prompt, C tokens at a time
+            for a in range(C, L, C):
+                model.crop_cache(self.cache, C - 1)
+                logits = self._feed(a, min(a + C, L), window=C)
+            return logits
+        for j in range(C + 1, L + 1):  # memories: exactly as if the prompt had been generated
+            logits = self._step_feed(j)
+        return logits
+
+    # ------------------------------------------------------------------ rows
+
+    def _select(self, keep: list[int]) -> None:
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        c = self.cache
+        for i in range(c.n_layer):
+            if c.k[i] is not None:
+                c.k[i], c.v[i] = c.k[i][idx], c.v[i][idx]
+        if self.xl is not None:
+            for i in range(self.xl.n_layer):
+                if self.xl.k[i] is not None:
+                    self.xl.k[i], self.xl.v[i] = self.xl.k[i][idx], self.xl.v[i][idx]
+            if self.xl.valid is not None:
+                self.xl.valid = self.xl.valid[idx]
+            self.xl.batch_size = len(keep)
+        if self.knn is not None:
+            kn = self.knn
+            kn.keys = [kn.keys[j] for j in keep]
+            kn.values = [kn.values[j] for j in keep]
+            kn._faiss = [kn._faiss[j] for j in keep]
+            kn.batch_size = len(keep)
+        self.seq, self.bars_seq, self.pos_seq = self.seq[idx], self.bars_seq[idx], self.pos_seq[idx]
+        if self.tracker is not None:
+            self.tracker.select(keep)
+        for name in ("gens", "meta", "bar_limit", "prompt_sec"):
+            setattr(self, name, [getattr(self, name)[j] for j in keep])
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def _prompt_seconds_of(self, pi: int, prompt: np.ndarray) -> float:
+        if pi not in self._prompt_seconds:
+            self._prompt_seconds[pi] = _seconds(self.tokenizer, prompt)
+        return self._prompt_seconds[pi]
+
+    def _seconds_cut(self, b: int, lo: int, hi: int) -> Optional[int]:
+        """The shortest length ``m`` in ``[lo, hi]`` (of ``seq[b]``, label included) whose piece lasts
+        ``seconds`` more than its prompt, or None when even ``hi`` does not."""
+        row = self.seq[b].cpu().numpy()
+        target = self.prompt_sec[b] + self.seconds
+
+        def long_enough(m: int) -> bool:
+            return _seconds(self.tokenizer, row[1:m]) >= target
+
+        if not long_enough(hi):
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if long_enough(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
+
+    def run(self, rows: list[tuple[int, int]], prompts: list[np.ndarray]) -> list[SampledIds]:
+        model, cfg, dev = self.model, self.cfg, self.device
+        B = len(rows)
+        P = len(prompts[rows[0][0]])
+        L = 1 + P
+        size = L + self.cap
+        self.seq = torch.full((B, size), self.eos, dtype=torch.long, device=dev)
+        self.seq[:, 0] = self.label_id
+        self.seq[:, 1:L] = torch.from_numpy(np.stack([prompts[pi] for pi, _ in rows])).to(dev)
+        self.bars_seq = torch.zeros((B, size), dtype=torch.long, device=dev)
+        self.pos_seq = torch.zeros((B, size), dtype=torch.long, device=dev)
+        self.tracker = None
+        if self.timed:
+            self.tracker = IncrementalTiming(self.tokenizer)
+            timings = self.tracker.start([prompts[pi] for pi, _ in rows])
+            self.bars_seq[:, 1:L] = torch.from_numpy(np.stack([t[0] for t in timings]).astype(np.int64)).to(dev)
+            self.pos_seq[:, 1:L] = torch.from_numpy(np.stack([t[1] for t in timings]).astype(np.int64)).to(dev)
+            self.bars_seq[:, 0] = self.bars_seq[:, 1]  # the label: (bar of the next token, 0)
+        self.gens = [row_generator(self.seed, pi, si, dev) for pi, si in rows]
+        self.meta = list(range(B))
+        self.bar_limit = [None] * B
+        if self.bars is not None:
+            special = _expansion(self.tokenizer).special
+            for b, (pi, _) in enumerate(rows):
+                has_music = bool((~special[prompts[pi]]).any())
+                self.bar_limit[b] = int(self.bars_seq[b, L - 1]) + self.bars + (1 if has_music else 0)
+        self.prompt_sec = [0.0] * B
+        if self.seconds is not None:
+            self.prompt_sec = [self._prompt_seconds_of(pi, prompts[pi]) for pi, _ in rows]
+
+        self.cache = model.new_cache()
+        self.xl = model.new_xl_memory(B) if getattr(cfg, "xl_memory", False) else None
+        self.knn = model.new_knn_memory(B) if getattr(cfg, "knn_memory", False) else None
+        logits = self._feed_prompt(L)
+
+        out: list[Optional[SampledIds]] = [None] * B
+
+        L0 = L
+
+        def finish(b: int, end: int, stop: str) -> None:
+            pi, si = rows[self.meta[b]]
+            ids = self.seq[b, 1:end].cpu().numpy().astype(np.int64)
+            out[self.meta[b]] = SampledIds(ids=ids, prompt_length=P, stop=stop, prompt_index=pi, sample_index=si)
+            self.total -= self.cap - (end - L0)  # the budget it did not use
+            self.done -= L - end  # sampled tokens it did not keep
+
+        n_new = 0
+        last_check = L
+        while True:
+            tok = choose(logits, self.gens, banned=self.banned, **self.filters)
+            tok_np = tok.cpu().numpy()
+            self.seq[:, L] = tok
+            if self.tracker is not None:
+                tb, tp = self.tracker.push(tok_np)
+                self.bars_seq[:, L] = torch.from_numpy(tb).to(dev)
+                self.pos_seq[:, L] = torch.from_numpy(tp).to(dev)
+            L += 1
+            n_new += 1
+            self.done += len(tok_np)
+            keep = []
+            for b in range(len(tok_np)):
+                if tok_np[b] == self.eos:
+                    finish(b, L, "eos")
+                elif self.bar_limit[b] is not None and int(tb[b]) >= self.bar_limit[b]:
+                    finish(b, L - 1, "bars")  # this token starts a bar too many: not kept
+                elif n_new >= self.cap:
+                    finish(b, L, "tokens")
+                else:
+                    keep.append(b)
+            if self.seconds is not None and keep and (n_new % SECONDS_CHECK_EVERY == 0):
+                still = []
+                for b in keep:
+                    cut = self._seconds_cut(b, last_check + 1, L)
+                    if cut is None:
+                        still.append(b)
+                    else:
+                        finish(b, cut, "seconds")
+                keep = still
+                last_check = L
+            self._report()
+            if not keep:
+                break
+            if len(keep) < len(tok_np):
+                self._select(keep)
+            logits = self._step_feed(L)
+        return out
+
