@@ -18,10 +18,10 @@ def load(path, **kwargs):
     return load_bundle(path, **kwargs)
 
 
-def generate(model, prompt=None, **kwargs):
+def generate(model=None, prompt=None, **kwargs):
     """Generate pieces with a GPT bundle: ``partita.generate.generate`` (same arguments).
 
-    ``model``: a bundle folder (or a loaded ``Bundle``); ``prompt``: None, a MIDI file, a
+    ``model``: a bundle folder, a loaded ``Bundle``, or None for the shipped model; ``prompt``: None, a MIDI file, a
     ``symusic.Score`` or token ids; ``kwargs``: ``n``, ``composer``, ``chords``/``scale``/``motif``,
     ``prompt_bars``/``prompt_seconds``/``prompt_tokens``, ``temperature``, ``top_k``, ``top_p``,
     ``min_p``, ``max_new_tokens``/``bars``/``seconds``, ``seed``... Returns a list of

@@ -46,7 +46,7 @@ def _token_progress(description: str):
 
 
 def generate(
-    model: Path = typer.Option(..., "--model", "-m", help="Bundle folder of a trained GPT (config.json, model.safetensors, tokenizer.json, card.json)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Bundle folder of a trained GPT (default: the shipped gpt-small)."),
     n: int = typer.Option(4, "-n", "--num-samples", help="How many pieces to sample."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for sample-000.mid, sample-001.mid, ..."),
     prompt: Optional[Path] = typer.Option(None, "--prompt", "-p", help="A MIDI file to continue."),
@@ -80,6 +80,10 @@ def generate(
         raise PartitaError(f"--tokens-format takes npy or txt, not {tokens_format!r}")
     if out.exists() and not out.is_dir():
         raise PartitaError(f"{out}: exists and is not a folder (choose another --out)")
+    if model is None:
+        from partita.pretrained import bundle_path
+
+        model = bundle_path()
     with _token_progress("sampling") as update:
         samples = generate_samples(
             str(model), None if prompt is None else str(prompt), n=n, composer=composer, chords=chords,

@@ -118,7 +118,8 @@ def _auto_device(device: Any) -> Any:
 def resolve_model(
     model: Any, *, tokenizer: Any = None, labels: Optional[Sequence[str]] = None, device: Any = None
 ) -> tuple[Any, Any, list[str]]:
-    """``(model, tokenizer, labels)`` from a bundle folder, a ``Bundle`` or a model.
+    """``(model, tokenizer, labels)`` from a bundle folder, a ``Bundle``, a model, or None (the
+    shipped ``gpt-small``).
 
     A folder is loaded with ``load_bundle`` on ``device`` (default: CUDA when available); the
     labels come from its card (``card["labels"]``). A bare model needs ``tokenizer=`` (and
@@ -126,6 +127,10 @@ def resolve_model(
     """
     from partita.bundle import Bundle, load_bundle
 
+    if model is None:  # the model that ships with partita
+        from partita.pretrained import bundle_path
+
+        model = bundle_path()
     if isinstance(model, (str, os.PathLike)):
         model = load_bundle(model, device=_auto_device(device))
         device = None
@@ -298,7 +303,7 @@ def _bars_of(tokenizer: Any, ids: np.ndarray) -> int:
 
 
 def generate_samples(
-    model: Any,
+    model: Any = None,
     prompt: Any = None,
     *,
     n: int = 1,
@@ -346,7 +351,7 @@ def generate_samples(
 
 
 def generate(
-    model: Any,
+    model: Any = None,
     prompt: Any = None,
     *,
     n: int = 1,

@@ -1,0 +1,200 @@
+"""Music transformer speed, side by side with what a user would otherwise run, in one run.
+
+1. Training throughput (tokens/s): partita's GPT vs Hugging Face ``GPT2LMHeadModel`` of the same
+   dimensions (layers, heads, width, vocabulary, context), same batch, forward + backward + AdamW.
+2. Generation throughput (new tokens/s) at batch 1 and 16: partita's KV-cache sampler vs HF
+   ``generate`` (with its cache) vs a no-cache sampler that re-runs the whole window for every
+   token (TchAIkovsky's way).
+3. Real-time factor of a bundle (default: the shipped model): seconds of music generated per
+   second of compute.
+4. bf16 MFU when a GPU is present.
+
+    python benchmarks/gpt.py [--model BUNDLE] [--threads N] [--json FILE]
+
+Results go to the "Music transformer" section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTION = "## Music transformer (benchmarks/gpt.py)"
+
+
+def best_of(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def hf_model(cfg):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2Config(
+        vocab_size=cfg.vocab_size + cfg.n_labels + 1,
+        n_positions=cfg.context,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=cfg.d_ff or 4 * cfg.d_model,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        use_cache=True,
+    )
+    return GPT2LMHeadModel(hf)
+
+
+def training_throughput(cfg, batch, steps):
+    from partita.models.gpt import GPT
+
+    torch.manual_seed(0)
+    ours = GPT(cfg)
+    theirs = hf_model(cfg)
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.context))
+
+    def run(model, step):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model.train()
+
+        def go():
+            for _ in range(steps):
+                loss = step(model)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+        go()  # warm-up
+        return batch * cfg.context * steps / best_of(go, 2)
+
+    ours_tps = run(ours, lambda m: m(x, x)[1])
+    theirs_tps = run(theirs, lambda m: m(input_ids=x, labels=x).loss)
+    return ours_tps, theirs_tps
+
+
+@torch.no_grad()
+def generation_throughput(cfg, tokenizer, prompt, batch, new_tokens):
+    """New tokens per second. partita's rows stop at EOS (counted: only tokens made count)."""
+    from partita.generate.sampling import sample
+    from partita.models.gpt import GPT
+
+    torch.manual_seed(0)
+    ours = GPT(cfg).eval()
+    theirs = hf_model(cfg).eval()
+    ids = torch.as_tensor(np.asarray(prompt), dtype=torch.long)[None].repeat(batch, 1)
+    made = {}
+
+    def partita_run():
+        outs = sample(ours, tokenizer, prompts=[np.asarray(prompt)], n=batch, max_new_tokens=new_tokens, seed=0)
+        made["partita (KV cache)"] = sum(len(o) - len(prompt) for o in outs)
+
+    def hf_run():
+        theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                        min_new_tokens=new_tokens, do_sample=True, top_k=0, pad_token_id=0)
+        made["HF generate (cache)"] = batch * new_tokens
+
+    def nocache_run():
+        x = ids
+        g = torch.Generator().manual_seed(0)
+        for _ in range(new_tokens):
+            logits, _ = ours(x[:, -cfg.context:])
+            nxt = torch.multinomial(torch.softmax(logits[:, -1], -1), 1, generator=g)
+            x = torch.cat([x, nxt], 1)
+        made["no cache (TchAIkovsky)"] = batch * new_tokens
+
+    out = {}
+    for name, fn in (("partita (KV cache)", partita_run), ("HF generate (cache)", hf_run), ("no cache (TchAIkovsky)", nocache_run)):
+        fn()
+        out[name] = made[name] / best_of(fn, 2)
+    return out
+
+
+def realtime_factor(bundle_path, n_tokens=512):
+    from partita.bundle import load_bundle
+    from partita.generate.sampling import decode_safe, sample
+
+    bundle = load_bundle(bundle_path)
+    t = time.perf_counter()
+    samples = sample(bundle.model, bundle.tokenizer, n=1, max_new_tokens=n_tokens, seed=0)
+    compute = time.perf_counter() - t
+    seconds = float(decode_safe(bundle.tokenizer, samples[0])[0].to("second").end())
+    return seconds, compute
+
+
+def write_section(text):
+    old = RESULTS.read_text() if RESULTS.exists() else "# partita benchmarks\n"
+    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
+    new = pattern.sub(text.strip() + "\n", old) if SECTION in old else old.rstrip() + "\n\n" + text.strip() + "\n"
+    RESULTS.write_text(new)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="bundle for the real-time factor (default: the shipped model)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from partita.bundle import load_bundle
+    from partita.models.gpt import GPTConfig
+    from partita.represent.tokens import encode, make_tokenizer
+
+    model = args.model or str(ROOT / "src" / "partita" / "pretrained" / "gpt-small")
+    tokenizer = load_bundle(model).tokenizer if Path(model, "config.json").exists() else make_tokenizer()
+    fixture = ROOT.parent / "shared" / "fixtures" / "midi" / "multitrack" / "POP909_008.mid"
+    prompt = encode(tokenizer, fixture)[:16]
+    cfg = GPTConfig.preset("small", vocab_size=len(tokenizer), n_labels=10, dropout=0.0, bar_embeddings=False)
+    gen_cfg = cfg
+    lines = [SECTION, ""]
+    cmd = "python benchmarks/gpt.py" + (f" --threads {args.threads}" if args.threads else "")
+    lines += [f"Command: `{cmd}` (best of 2 after a warm-up). Machine: {os.cpu_count()} cores, "
+              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads. Model dimensions: the `small` preset "
+              f"({cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.d_model}, context {cfg.context}, "
+              f"vocabulary {cfg.vocab_size}), no bar embeddings so both models compute the same thing.", ""]
+    results = {}
+    ours, theirs = training_throughput(cfg, batch=4, steps=3)
+    results["train"] = {"partita": ours, "hf_gpt2": theirs}
+    lines += ["| training (batch 4 x 512, fwd+bwd+AdamW) | tokens/s | x HF GPT2LMHeadModel |", "| --- | ---: | ---: |",
+              f"| partita GPT | {ours:,.0f} | {ours / theirs:.2f} |", f"| HF GPT2LMHeadModel | {theirs:,.0f} | 1.00 |", ""]
+    lines += ["| generation (16-token prompt, 256 new tokens) | batch | new tokens/s | x HF generate | x no cache |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for batch in (1, 16):
+        g = generation_throughput(gen_cfg, tokenizer, prompt, batch, 256)
+        results[f"generate_b{batch}"] = g
+        hf, nc = g["HF generate (cache)"], g["no cache (TchAIkovsky)"]
+        for name, tps in g.items():
+            lines.append(f"| {name} | {batch} | {tps:,.0f} | {tps / hf:.2f} | {tps / nc:.2f} |")
+    lines.append("")
+    if Path(model, "config.json").exists():
+        seconds, compute = realtime_factor(model)
+        results["realtime"] = {"music_seconds": seconds, "compute_seconds": compute}
+        lines += [f"Real-time factor of `{model}`: {seconds:.1f} s of music in {compute:.2f} s of compute "
+                  f"(512 tokens, batch 1) = **{seconds / compute:.1f}x real time**.", ""]
+    if torch.cuda.is_available():
+        lines.append("(A GPU is present; bf16 MFU is not measured by this version of the script.)")
+    text = "\n".join(lines)
+    print(text)
+    write_section(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

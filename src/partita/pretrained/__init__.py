@@ -1,0 +1,23 @@
+"""Bundles that ship inside the package, trained by partita's own commands on the bundled corpus.
+
+Each folder is a bundle (``config.json``, ``model.safetensors``, ``tokenizer.json``,
+``card.json``); its card records the commands that made it and its test-split metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from partita.errors import PartitaError
+
+ROOT = Path(__file__).resolve().parent
+GPT = "gpt-small"
+
+
+def bundle_path(name: str = GPT) -> Path:
+    """The folder of a shipped bundle."""
+    path = ROOT / name
+    if not (path / "config.json").exists():
+        shipped = sorted(p.name for p in ROOT.iterdir() if (p / "config.json").exists())
+        raise PartitaError(f"no shipped model {name!r}; shipped: {', '.join(shipped) or 'none'}")
+    return path
