@@ -221,7 +221,6 @@ def load_bundle(path: PathLike, *, device: Any = "cpu", dtype: Any = None) -> Bu
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise BundleError(f"{path}: the bundle has no {WEIGHTS_FILE}")
-    import torch
     from safetensors import safe_open
 
     try:

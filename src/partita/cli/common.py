@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,8 +17,9 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager
-def progress_bar(description: str):
-    """Yields a ``callback(done, total)`` that drives a Rich progress bar.
+def progress_bar(description: str, unit: str | None = None):
+    """Yields a ``callback(done, total)`` that drives a Rich progress bar (with ``unit``: a count
+    of that unit and its rate per second, e.g. tokens/s).
 
     The bar appears at the first call, so an error found before any work starts (a missing
     folder, say) is printed alone.
@@ -26,17 +28,22 @@ def progress_bar(description: str):
 
     def update(done: int, total: int) -> None:
         if "bar" not in state:
+            if unit:
+                counts = [TextColumn(f"{{task.completed:,.0f}}/{{task.total:,.0f}} {unit}"), TextColumn("{task.fields[rate]}")]
+            else:
+                counts = [MofNCompleteColumn()]
             bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                *counts,
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=err_console,
             )
             bar.start()
-            state["bar"], state["task"] = bar, bar.add_task(description, total=total)
-        state["bar"].update(state["task"], completed=done, total=total)
+            state.update(bar=bar, task=bar.add_task(description, total=total, rate=""), t0=time.perf_counter())
+        rate = f"{done / max(time.perf_counter() - state['t0'], 1e-9):,.0f} {unit}/s" if unit else ""
+        state["bar"].update(state["task"], completed=done, total=max(total, 1), rate=rate)
 
     try:
         yield update

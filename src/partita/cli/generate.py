@@ -2,47 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from partita.cli.common import console, err_console, write_json
+from partita.cli.common import console, progress_bar, write_json
 from partita.errors import PartitaError
 
 _TOKEN_FORMATS = ("npy", "txt")
-
-
-@contextmanager
-def _token_progress(description: str):
-    """A ``callback(done, total)`` driving a Rich bar with tokens per second; it appears at the
-    first call, so errors found before sampling starts print alone."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    state: dict = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                console=err_console,
-            )
-            bar.start()
-            state.update(bar=bar, task=bar.add_task(description, total=total, rate=""), t0=time.perf_counter())
-        elapsed = max(time.perf_counter() - state["t0"], 1e-9)
-        state["bar"].update(state["task"], completed=done, total=max(total, 1), rate=f"{done / elapsed:,.0f} tok/s")
-
-    try:
-        yield update
-    finally:
-        if "bar" in state:
-            state["bar"].stop()
 
 
 def generate(
@@ -84,7 +52,7 @@ def generate(
         from partita.pretrained import bundle_path
 
         model = bundle_path()
-    with _token_progress("sampling") as update:
+    with progress_bar("sampling", unit="tokens") as update:
         samples = generate_samples(
             str(model), None if prompt is None else str(prompt), n=n, composer=composer, chords=chords,
             scale=scale, motif=motif, prompt_bars=prompt_bars, prompt_seconds=prompt_seconds,
