@@ -10,7 +10,7 @@ import sys
 def test_demo_runs_end_to_end(tmp_path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # a cold cache of its own
     proc = subprocess.run(
-        [sys.executable, "-m", "partita", "demo", "--out", str(tmp_path / "demo"), "--max-per-label", "2", "-j", "2"],
+        [sys.executable, "-m", "partita", "demo", "--out", str(tmp_path / "demo"), "--max-per-label", "2", "-j", "2", "--bars", "2"],
         capture_output=True,
         text=True,
         env=env,
@@ -22,3 +22,10 @@ def test_demo_runs_end_to_end(tmp_path):
         assert label in proc.stdout
     assert (tmp_path / "demo" / "corpus" / "corpus.json").exists()
     assert any((tmp_path / "cache" / "partita").iterdir())
+    # the shipped transformer continued a chord progression (and held-out openings when present)
+    from partita.io import load
+
+    made = sorted((tmp_path / "demo" / "generated").glob("*.mid"))
+    assert "chords-continuation.mid" in [p.name for p in made]
+    for path in made:
+        assert load(path).note_num() > 0
