@@ -527,3 +527,12 @@ def test_cli_missing_model_is_one_line(tmp_path):
     proc = cli("--model", tmp_path / "nope", "--out", tmp_path / "o")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode != 0 and len(lines) == 1 and "no such bundle folder" in lines[0], proc.stderr
+
+
+def test_allow_eos_false_runs_every_sample_to_its_length(tok):
+    model = tiny(tok, sharpen=1.0)  # near-uniform at a high temperature: EOS comes up by chance
+    eos = T.special_id(tok, "EOS")
+    stopped = sample(model, tok, n=4, max_new_tokens=300, seed=0, temperature=100.0)
+    assert any(len(s) < 301 and s[-1] == eos for s in stopped)
+    forced = sample(model, tok, n=4, max_new_tokens=300, seed=0, temperature=100.0, allow_eos=False)
+    assert all(len(s) == 301 and eos not in s for s in forced)  # BOS + 300 new tokens

@@ -596,6 +596,7 @@ def sample(
     batch_size: Optional[int] = None,
     progress: Optional[ProgressFn] = None,
     return_details: bool = False,
+    allow_eos: bool = True,
 ) -> list:
     """``n`` samples per prompt from a GPT; returns one int64 id array per sample, prompt-major
     (all samples of prompt 0, then of prompt 1...), or ``SampledIds`` with ``return_details``.
@@ -607,7 +608,8 @@ def sample(
     into ``batch_size`` rows at most). ``progress(done, total)`` is called after every step with
     the tokens sampled so far and an upper bound of the total (it shrinks as rows stop early).
 
-    Filters, seeds, windows past the context, stops: see the module doc.
+    Filters, seeds, windows past the context, stops: see the module doc. ``allow_eos=False``
+    never samples EOS, so every sample runs to its length limit.
     """
     from partita.represent.tokens import _check_tokenizer
 
@@ -656,7 +658,7 @@ def sample(
 
     label_id = model.label_token(label)
     banned = torch.from_numpy(table.special.copy())
-    banned[eos] = False
+    banned[eos] = not allow_eos
     runner = _Runner(
         model, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
         cap=max_new_tokens, bars=bars, seconds=None if seconds is None else float(seconds), label_id=label_id,
