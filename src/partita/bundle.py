@@ -38,6 +38,10 @@ CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, CARD_FILE = "config.json", "model.saf
 #: family name -> "module:ModelClass" (imported on demand) or the class itself.
 FAMILIES: dict[str, Any] = {
     "gpt": "partita.models.gpt:GPT",
+    "siavit": "partita.models.siavit:SiaViT",
+    "musicvae": "partita.models.musicvae:MusicVAE",
+    "tvae": "partita.models.tvae:TVAE",
+    "classifier": "partita.models.classifier:GRUClassifier",
 }
 
 PathLike = Union[str, os.PathLike]
