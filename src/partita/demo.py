@@ -1,0 +1,313 @@
+"""``partita demo``: every job partita does, with the shipped models, written up as a report.
+
+The pieces are the demo set that ships in the package (``partita/data/demo``): the 115
+test-split pieces of the bundled corpus, which every shipped model held out (it was trained on
+the train split and tuned on the valid split of the same prepared corpus; see
+``scripts/make_demo_set.py``). So every number the demo prints is on music the models never saw.
+
+Steps (each one's failure is reported in its section, not fatal to the others):
+
+1. prepare the demo set into ``OUT/corpus``;
+2. attribute the pieces with the shipped embedder and index (accuracy next to chance) and place
+   two of them on the corpus map;
+3. continue a Bach chorale opening, a folk tune and a chord progression with the shipped
+   transformer, and sample in the style of a composer;
+4. interpolate between two folk melodies with the shipped 2-bar MusicVAE;
+5. compare the generated set with the real pieces on the musical metrics;
+6. write ``OUT/index.html``: pianorolls, audio players (when a SoundFont is present), MIDI links,
+   the map and the tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from partita.errors import PartitaError
+
+DEMO_SET = Path(__file__).resolve().parent / "data" / "demo"
+
+#: Features shown in the report's metric table (all are compared in ``metrics.json``).
+SHOWN_FEATURES = (
+    "pitch_range",
+    "pitch_class_entropy",
+    "scale_consistency",
+    "polyphony",
+    "note_density",
+    "avg_ioi",
+    "groove_consistency",
+    "empty_beat_rate",
+)
+
+
+@dataclass
+class Music:
+    """A piece the report shows: its name, a caption and the score."""
+
+    name: str
+    caption: str
+    score: Any
+    group: str
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    report: Optional[Path] = None
+    pieces: int = 0
+    attribution: dict = field(default_factory=dict)
+    music: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    problems: list = field(default_factory=list)  # (step, one-line reason)
+    seconds: float = 0.0
+
+
+def demo_pieces(per_label: Optional[int] = None) -> list[dict]:
+    """The demo set's rows (path, label, title), at most ``per_label`` per label, in file order."""
+    with open(DEMO_SET / "labels.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise PartitaError(f"{DEMO_SET}: the demo set is missing from this install; reinstall partita")
+    taken: dict[str, int] = {}
+    out = []
+    for row in rows:
+        if per_label is not None and taken.get(row["label"], 0) >= per_label:
+            continue
+        taken[row["label"]] = taken.get(row["label"], 0) + 1
+        out.append({**row, "file": DEMO_SET / row["path"]})
+    return out
+
+
+def _attribute(rows: list[dict], out: Path, highlight: int, progress) -> dict:
+    """Attribute every row with the shipped index; place ``highlight`` of them on its map."""
+    from partita.search.attribute import load_attribution
+    from partita.search.index import Index, embed_queries, shipped_index
+    from partita.search.maps import draw_map
+
+    index_path = shipped_index()
+    index = Index.load(index_path)
+    attribution = load_attribution(index_path)
+    vectors, kept, failures = embed_queries(index, [r["file"] for r in rows], progress=progress)
+    by_file = {str(r["file"]): r for r in rows}
+    verdicts = attribution.attribute(vectors, k=3)
+    known = set(attribution.labels)
+    results = []
+    for path, v in zip(kept, verdicts):
+        row = by_file[str(path)]
+        results.append({
+            "piece": row["path"], "label": row["label"], "verdict": v["verdict"],
+            "top3": [t["label"] for t in v["top"]],
+            "probability": v["top"][0]["probability"] if v["known"] else None,
+        })
+    scored = [r for r in results if r["label"] in known]
+    top1 = float(np.mean([r["verdict"] == r["label"] for r in scored])) if scored else float("nan")
+    top3 = float(np.mean([r["label"] in r["top3"] for r in scored])) if scored else float("nan")
+    counts = {}
+    for r in scored:
+        counts[r["label"]] = counts.get(r["label"], 0) + 1
+    summary = {
+        "pieces": len(scored),
+        "labels": len(known),
+        "top1": top1,
+        "top3": top3,
+        "chance": 1.0 / max(1, len(known)),
+        "majority": max(counts.values()) / len(scored) if scored else float("nan"),
+        "unknown": sum(r["verdict"] == "unknown" for r in scored),
+        "failures": [f"{p}: {why}" for p, why in failures],
+        "pieces_table": results,
+    }
+    # Two held-out pieces of different labels on the corpus map.
+    chosen, seen = [], set()
+    for r in rows:
+        if r["label"] not in seen and str(r["file"]) in {str(k) for k in kept}:
+            chosen.append(r["file"])
+            seen.add(r["label"])
+        if len(chosen) == highlight:
+            break
+    info = draw_map(index_path, out / "map.html", highlight=chosen, png=out / "map.png")
+    summary["map"] = {"html": info["html"], "png": info["png"], "highlighted": [Path(c).name for c in chosen],
+                      "fitted": info.get("fitted")}
+    return summary
+
+
+def _generate(rows: list[dict], bars: int) -> list[Music]:
+    """Continuations of held-out openings and of a chord progression, and composer samples."""
+    from partita.bundle import load_bundle
+    from partita.generate import generate_samples
+    from partita.io.midi import load
+    from partita.pretrained import bundle_path
+
+    bundle = load_bundle(bundle_path())
+    made: list[Music] = []
+    jobs = []
+    for label in ("Bach", "Essen"):
+        row = next((r for r in rows if r["label"] == label), None)
+        if row is not None:
+            jobs.append((f"{label.lower()}-continuation", f"{label}: {row['title']}, first 2 bars continued",
+                         dict(prompt=load(row["file"]), prompt_bars=2, composer=label)))
+    jobs.append(("chords-continuation", "chords C G Am F, continued in the style of Bach", dict(chords="C G Am F", composer="Bach")))
+    jobs.append(("mozart-sample", "a sample in the style of Mozart (transformer, composer token)", dict(composer="Mozart")))
+    for name, caption, kwargs in jobs:
+        [s] = generate_samples(bundle, n=1, bars=bars, seed=0, temperature=0.9, top_p=0.95, **kwargs)
+        if s.ok:
+            made.append(Music(name, caption, s.score, "generated"))
+    return made
+
+
+def _tvae_sample(composer: str) -> list[Music]:
+    from partita.bundle import load_bundle
+    from partita.generate.tvae import sample_tvae
+    from partita.pretrained import bundle_path
+
+    bundle = load_bundle(bundle_path("tvae-small"))
+    [score] = sample_tvae(bundle, composer=composer, n=1, seed=0, temperature=1.0)
+    return [Music(f"tvae-{composer.lower()}", f"a sample of the composer-conditioned VAE, composer {composer}", score, "generated")]
+
+
+def _interpolate(rows: list[dict], steps: int) -> list[Music]:
+    from partita.generate.vae import interpolate_files
+
+    folk = [r for r in rows if r["label"] in ("Essen", "O'Neill's", "Ryan's Mammoth")]
+    a = next((r for r in folk if r["label"] == "Essen"), None)
+    b = next((r for r in folk if r["label"] != "Essen"), None)
+    if a is None or b is None:
+        raise PartitaError("the demo set has no two folk tunes to interpolate between")
+    scores = interpolate_files(a["file"], b["file"], steps=steps)
+    out = []
+    for i, score in enumerate(scores):
+        t = i / (len(scores) - 1)
+        where = "A" if i == 0 else "B" if i == len(scores) - 1 else f"{t:.2f} of the way"
+        out.append(Music(f"interpolation-{i}", f"{where}: {a['title']} -> {b['title']}", score, "interpolation"))
+    return out
+
+
+def _metrics(corpus: Path, generated: Path) -> dict:
+    from partita.evaluate.metrics import compare_sets, load_set
+
+    reference = load_set(corpus, split=None)
+    made = load_set(generated)
+    return compare_sets(reference, made)
+
+
+def run_demo(
+    out: Path,
+    *,
+    fast: bool = False,
+    bars: int = 8,
+    workers: Optional[int] = None,
+    progress: Optional[Callable[[str], Callable[[int, int], None]]] = None,
+) -> DemoResult:
+    """Run the demo into ``out``; ``fast`` attributes 2 pieces per label and shortens everything.
+    ``progress(desc)`` returns a progress callback for a step (or None)."""
+    from partita.data.prepare import prepare
+    from partita.io.audio import have_soundfont, save_clip, clip_format
+    from partita.io.midi import save
+    from partita.viz.pianoroll import save_pianoroll_png
+
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = DemoResult(out)
+    step = progress or (lambda desc: None)
+
+    def attempt(name: str, fn, *args):
+        try:
+            return fn(*args)
+        except PartitaError as e:
+            res.problems.append((name, str(e)))
+            return None
+
+    rows = demo_pieces(2 if fast else None)
+    prepared = prepare(DEMO_SET, out / "corpus", workers=workers, progress=step("preparing the demo set"))
+    res.pieces = len(rows)
+
+    res.attribution = attempt("attribution", _attribute, rows, out, 2, step("attributing")) or {}
+    music: list[Music] = []
+    music += attempt("generation", _generate, rows, 2 if fast else bars) or []
+    music += attempt("composer-conditioned VAE", _tvae_sample, "Bach") or []
+    music += attempt("interpolation", _interpolate, rows, 3 if fast else 7) or []
+    res.music = music
+
+    generated = out / "generated"
+    rolls, audio = out / "rolls", out / "audio"
+    sound = have_soundfont()
+    fmt = clip_format() if sound else None
+    files = {}
+    for m in music:
+        midi = save(m.score, generated / f"{m.name}.mid")
+        png = save_pianoroll_png(m.score, rolls / f"{m.name}.png", width_px=720, height_px=220, title=m.name)
+        clip = save_clip(m.score, audio / f"{m.name}{fmt}", seconds=8 if fast else 30) if sound else None
+        files[m.name] = (midi, png, clip)
+    if len(music) >= 2:
+        res.metrics = attempt("metrics", _metrics, prepared.corpus.path, generated) or {}
+        if res.metrics:
+            import json
+
+            (out / "metrics.json").write_text(json.dumps(res.metrics, indent=2, default=float) + "\n")
+
+    res.seconds = time.perf_counter() - started
+    res.report = _write_report(res, files, sound)
+    return res
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.1f}%"
+
+
+def _write_report(res: DemoResult, files: dict, sound: bool) -> Path:
+    from partita.viz.report import Report
+
+    out = res.out
+    report = Report("partita demo", out, subtitle=(
+        f"{res.pieces} held-out pieces of the bundled corpus (never seen by the shipped models), "
+        f"made in {res.seconds:.0f} s."))
+    a = res.attribution
+    s = report.section("Attribution", "Which composer (or folk collection) wrote each held-out piece, by the "
+                       "shipped SiaViT embedder against the label centroids of the shipped index.")
+    if a:
+        s.table(["pieces", "labels", "top-1", "top-3", "chance (1/labels)", "majority label", "said unknown"],
+                [[a["pieces"], a["labels"], _pct(a["top1"]), _pct(a["top3"]), _pct(a["chance"]), _pct(a["majority"]), a["unknown"]]])
+        per: dict[str, list] = {}
+        for r in a["pieces_table"]:
+            per.setdefault(r["label"], []).append(r["verdict"] == r["label"])
+        s.table(["label", "pieces", "top-1"], [[k, len(v), _pct(float(np.mean(v)))] for k, v in sorted(per.items())])
+        m = a.get("map")
+        if m:
+            s.text(f"The corpus map (t-SNE of the shipped index) with two held-out pieces placed on it: "
+                   f"{', '.join(m['highlighted'])}.")
+            s.image(m["png"], "corpus map")
+            s.page(m["html"], "the interactive map (hover for title and composer)")
+    for step, why in res.problems:
+        if step == "attribution":
+            s.text(f"skipped: {why}")
+
+    for group, title, intro in (
+        ("generated", "Generation", "The shipped transformer continues held-out openings and a chord progression, "
+         "and samples in the style of a composer." + ("" if sound else " (No SoundFont on this machine: no audio.)")),
+        ("interpolation", "Interpolation", "The shipped 2-bar MusicVAE walks its latent space from one folk melody to another."),
+    ):
+        sec = report.section(title, intro)
+        for m in res.music:
+            if m.group == group:
+                midi, png, clip = files[m.name]
+                sec.item(m.caption, image=png, audio=clip, midi=midi)
+        for step, why in res.problems:
+            if (group == "generated" and step in ("generation", "composer-conditioned VAE")) or (group == "interpolation" and step == "interpolation"):
+                sec.text(f"{step} skipped: {why}")
+
+    sec = report.section("Musical metrics", "The generated set against the real held-out pieces (MGEval): "
+                         "overlap area near 1 and KL near 0 mean the generated pieces sit among the real ones.")
+    if res.metrics:
+        rows = []
+        for name in SHOWN_FEATURES:
+            f = res.metrics["features"].get(name, {})
+            rows.append([name, f.get("reference_mean"), f.get("generated_mean"), f.get("oa_gen"), f.get("kl_gen")])
+        sec.table(["feature", "real (mean)", "generated (mean)", "overlap area", "KL divergence"],
+                  [[r[0]] + [("-" if v is None else float(v)) for v in r[1:]] for r in rows])
+        sec.link(out / "metrics.json", "every feature, as JSON")
+    return report.write()
