@@ -1,0 +1,132 @@
+"""``partita train embedder`` and ``partita eval embedder``: the SiaViT piece embedder."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from partita.cli.common import console, progress_bar, write_json
+from partita.cli.evaluate import app as eval_app
+from partita.cli.train import app as train_app
+from partita.errors import PartitaError
+
+
+def _labels(text: Optional[str]) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
+@train_app.command("embedder")
+def train_embedder_cmd(
+    data: Path = typer.Option(..., "--data", help="A prepared corpus (partita data prepare)."),
+    out: Path = typer.Option(Path("runs/embedder"), "--out", "-o", help="Run folder: checkpoints, logs, bundle."),
+    preset: str = typer.Option("small", "--preset", help="tiny, small (CPU), base (GPU) or harmonixr (its published set-up)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of SiaViTConfig fields."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config field: --set window_seconds=60 (repeatable)."),
+    loss: str = typer.Option("supcon", "--loss", help="supcon (supervised contrastive) or contrastive (dynamic margin)."),
+    window_seconds: Optional[float] = typer.Option(None, "--window-seconds", help="Crop length in seconds (default: the preset's, 30 s for small)."),
+    labels_per_batch: int = typer.Option(8, "--labels-per-batch", "-P", help="Labels drawn per batch."),
+    per_label: int = typer.Option(4, "--per-label", "-K", help="Pieces (one crop each) per label per batch."),
+    max_steps: int = typer.Option(1000, "--max-steps", help="Optimizer steps."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay"),
+    warmup: int = typer.Option(50, "--warmup", help="Linear warmup steps before the cosine decay."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip"),
+    transpose: int = typer.Option(0, "--transpose", help="Random transposition of each crop by up to N semitones."),
+    noise: float = typer.Option(0.1, "--noise", help="Multiplicative noise on the rolls (0 = off)."),
+    temperature: float = typer.Option(0.1, "--temperature", help="SupCon temperature."),
+    margin_start: float = typer.Option(0.1, "--margin-start", help="Contrastive loss: the first (low) margin."),
+    margin_max: float = typer.Option(1.2, "--margin-max", help="Contrastive loss: the largest margin."),
+    unseen_labels: Optional[str] = typer.Option(None, "--unseen-labels", help="Comma-separated labels never trained on (to test 'unknown' detection)."),
+    val_every: int = typer.Option(200, "--val-every", help="Validate every N steps."),
+    val_windows: int = typer.Option(4, "--val-windows", help="Windows per validation piece."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Checkpoint every N steps."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: validations without improvement."),
+    devices: str = typer.Option("1", "--devices", help="Devices (GPUs or CPU processes), or 'auto'."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Default: bf16-mixed on a GPU, 32-true on a CPU."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    fp16: bool = typer.Option(False, "--fp16-bundle", help="Store the exported weights in float16."),
+) -> None:
+    """Train the SiaViT embedder (siamese ViT on helical pianorolls); writes checkpoints, logs and a bundle."""
+    from partita.models.siavit import SiaViTConfig
+    from partita.train.common import apply_overrides
+    from partita.train.embedder import train_embedder
+    from partita.train.gpt import command_line
+
+    overrides = apply_overrides(SiaViTConfig, {}, config, set_)
+    if window_seconds is not None:
+        if not 0 < window_seconds <= 600:
+            raise PartitaError(f"--window-seconds must be between 0 and 600, not {window_seconds}")
+        overrides["window_seconds"] = window_seconds
+    card = train_embedder(
+        data, out, preset=preset, overrides=overrides, loss=loss, labels_per_batch=labels_per_batch,
+        per_label=per_label, max_steps=max_steps, lr=lr, weight_decay=weight_decay, warmup=warmup,
+        grad_clip=grad_clip, transpose=transpose, noise=noise, temperature=temperature,
+        margin_start=margin_start, margin_max=margin_max, unseen_labels=_labels(unseen_labels),
+        val_every=val_every, val_windows=val_windows, checkpoint_every=checkpoint_every, patience=patience,
+        devices=int(devices) if devices.isdigit() else devices, precision=precision, seed=seed, resume=resume,
+        command=command_line(), fp16_bundle=fp16,
+    )
+    valid = card["metrics"]["valid"]
+    console.print(
+        f"trained {card['parameters']:,} parameters for {card['steps']} steps; "
+        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(valid.items()))
+    )
+    console.print(f"bundle: {out / 'bundle'}  (partita eval embedder --model {out / 'bundle'} --data {data})")
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+@eval_app.command("embedder")
+def eval_embedder_cmd(
+    data: Path = typer.Option(..., "--data", help="The prepared corpus (train = reference, valid = thresholds)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A siavit bundle (default: the shipped model)."),
+    split: str = typer.Option("test", "--split", help="Which split to score."),
+    compare: list[str] = typer.Option([], "--compare", help="Another embedder to put side by side: NAME=BUNDLE (repeatable)."),
+    windows: int = typer.Option(8, "--windows", help="Windows averaged per piece."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b"),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
+) -> None:
+    """Pair accuracy, ROC-AUC, attribution, mAP@10, silhouette and unknown detection vs a feature baseline."""
+    from partita.evaluate.embedder import evaluate_embedder
+
+    others = {}
+    for item in compare:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise PartitaError(f"--compare takes NAME=BUNDLE, not {item!r}")
+        others[name.strip()] = Path(path.strip())
+    with progress_bar("embedding") as update:
+        results = evaluate_embedder(model, data, split=split, compare=others, windows=windows, batch_size=batch_size,
+                                    seed=seed, progress=lambda name: update)
+    p = results["pieces"]
+    console.print(f"{results['split']} split: {p['test']} test pieces of {len(results['known_labels'])} known labels; "
+                  f"reference (train) {p['ref']}, thresholds on valid {p['valid']}, unseen-label pieces {p['unseen']}")
+    cols = ("pair_acc", "pair_auc", "top1", "top3", "map@10", "silhouette")
+    for task, t in results["tasks"].items():
+        counts = ", ".join(f"{l} {n}" for l, n in t["test_per_label"].items())
+        table = Table(title=f"{task} (test pieces: {counts})", title_justify="left")
+        table.add_column("model")
+        for col in cols:
+            table.add_column(col, justify="right")
+        for name, row in t["rows"].items():
+            table.add_row(name, *(_fmt(row.get(c)) for c in cols))
+        console.print(table)
+    if "unknown" in results:
+        table = Table(title=f"unknown detection: {', '.join(results['unseen_labels'])} never trained on "
+                            f"(threshold accepts {95}% of known validation pieces)", title_justify="left")
+        for col in ("model", "unseen called unknown", "known test called unknown", "ROC-AUC"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for name, row in results["unknown"].items():
+            table.add_row(name, _fmt(row["unknown_rate_unseen"]), _fmt(row["unknown_rate_known_test"]), _fmt(row["auc"]))
+        console.print(table)
+    write_json(json_out, results)

@@ -1,0 +1,1 @@
+"""Search: piece embeddings, the vector index, attribution and maps."""
