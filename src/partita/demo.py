@@ -160,12 +160,9 @@ def _generate(rows: list[dict], bars: int) -> list[Music]:
 
 
 def _tvae_sample(composer: str) -> list[Music]:
-    from partita.bundle import load_bundle
     from partita.generate.tvae import sample_tvae
-    from partita.pretrained import bundle_path
 
-    bundle = load_bundle(bundle_path("tvae-small"))
-    [score] = sample_tvae(bundle, composer=composer, n=1, seed=0, temperature=1.0)
+    [score] = sample_tvae(None, composer=composer, n=1, seed=0, temperature=1.0, top_p=0.95)
     return [Music(f"tvae-{composer.lower()}", f"a sample of the composer-conditioned VAE, composer {composer}", score, "generated")]
 
 

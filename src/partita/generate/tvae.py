@@ -32,6 +32,10 @@ __all__ = ["sample_tvae", "sample_tvae_ids"]
 def _bundle(bundle: Any):
     from partita.bundle import Bundle, load_bundle
 
+    if bundle is None:  # the shipped model
+        from partita.pretrained import TVAE, bundle_path
+
+        bundle = bundle_path(TVAE)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     if bundle.family != "tvae":
