@@ -35,7 +35,7 @@ from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.classifier import ClassifierConfig, GRUClassifier, segment_windows
-from partita.train.common import make_trainer, warmup_cosine
+from partita.train.common import check_run, fit, make_trainer, warmup_cosine
 from partita.train.gpt import command_line, token_streams
 
 __all__ = ["LabelledSegments", "choose_labels", "train_classifier"]
@@ -259,30 +259,6 @@ class ClassifierModule(ResumableModule):
         self.log("val/acc", float(sum(int(x[1]) for x in self._val) / n), prog_bar=True)
 
 
-def _check_run(out: Path, resume: bool) -> Path:
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.exists():
-        raise PartitaError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-    if not resume and (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
-        raise PartitaError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
-    return last
-
-
-def fit(module, trainer, last: Path, resume: bool) -> None:
-    """``trainer.fit`` with partita's Ctrl-C convention (last.ckpt written, KeyboardInterrupt raised)."""
-    import signal
-
-    sigint = signal.getsignal(signal.SIGINT)
-    try:
-        trainer.fit(module, ckpt_path=last if resume else None, weights_only=True)
-    except SystemExit as e:
-        raise KeyboardInterrupt from e
-    finally:
-        signal.signal(signal.SIGINT, sigint)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-
-
 def train_classifier(
     corpus_dir: str | Path,
     out: str | Path,
@@ -311,7 +287,7 @@ def train_classifier(
 ) -> dict:
     """Train a GRU composer classifier on a prepared corpus; returns the card written with the bundle."""
     out = Path(out).expanduser()
-    last = _check_run(out, resume)
+    last = check_run(out, resume)
     corpus = Corpus(corpus_dir)
     streams = token_streams(corpus)
     tokenizer = streams.tokenizer()
@@ -361,4 +337,4 @@ def train_classifier(
     return card
 
 
-__all__ += ["ClassifierModule", "ResumableModule", "SeededBatches", "command_line", "fit", "fixed_loader"]
+__all__ += ["ClassifierModule", "ResumableModule", "SeededBatches", "command_line", "fixed_loader"]

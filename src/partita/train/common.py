@@ -57,6 +57,33 @@ def apply_overrides(config_cls, base: dict, config_file: Path | None, sets: list
     return out
 
 
+def check_run(out: Path, resume: bool) -> Path:
+    """The run folder's ``last.ckpt``, after checking that ``--resume`` has something to resume and
+    that a fresh run does not overwrite an earlier one."""
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.exists():
+        raise PartitaError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    if not resume and (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
+        raise PartitaError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
+    return last
+
+
+def fit(module, trainer, last: Path, resume: bool) -> None:
+    """``trainer.fit`` with partita's Ctrl-C convention: last.ckpt is written (``make_trainer``'s
+    callback) and KeyboardInterrupt reaches the caller, which the CLI reports in one line."""
+    import signal
+
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, ckpt_path=last if resume else None, weights_only=True)
+    except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after saving last.ckpt
+        raise KeyboardInterrupt from e
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+
+
 def make_trainer(
     out: Path,
     *,

@@ -38,7 +38,6 @@ either.
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
@@ -51,7 +50,7 @@ from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.siavit import SiaViT, SiaViTConfig
 from partita.represent.pianoroll import random_crop
-from partita.train.common import make_trainer, warmup_cosine
+from partita.train.common import check_run, fit, make_trainer, warmup_cosine
 
 LOSSES = ("contrastive", "supcon")
 STATIC_MARGIN = 1.0
@@ -430,11 +429,7 @@ def train_embedder(
     """Train a SiaViT on a prepared corpus; returns the card written with the bundle."""
     out = Path(out).expanduser()
     corpus = Corpus(corpus_dir)
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.exists():
-        raise PartitaError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-    if not resume and (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
-        raise PartitaError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
+    last = check_run(out, resume)
     if labels_per_batch < 2 or per_label < 1 or (loss == "supcon" and per_label < 2):
         raise PartitaError("batches need >= 2 labels and >= 1 piece per label (>= 2 for --loss supcon)")
     config = SiaViTConfig.preset(preset, **(overrides or {}))
@@ -454,15 +449,7 @@ def train_embedder(
     for cb in callbacks or []:
         trainer.callbacks.append(cb)
     started = time.time()
-    sigint = signal.getsignal(signal.SIGINT)
-    try:
-        trainer.fit(module, ckpt_path=last if resume else None, weights_only=True)
-    except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after saving last.ckpt
-        raise KeyboardInterrupt from e
-    finally:
-        signal.signal(signal.SIGINT, sigint)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
+    fit(module, trainer, last, resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     card = {
         "family": "siavit",

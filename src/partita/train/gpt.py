@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.gpt import GPT, GPTConfig
-from partita.train.common import make_trainer, warmup_cosine
+from partita.train.common import check_run, fit, make_trainer, warmup_cosine
 from partita.train.stream import IGNORE, SongStream
 
 LN2 = float(np.log(2.0))
@@ -309,11 +308,7 @@ def train_gpt(
     """Train a GPT on a prepared corpus; returns the card written with the bundle."""
     out = Path(out).expanduser()
     corpus = Corpus(corpus_dir)
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.exists():
-        raise PartitaError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-    if not resume and (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
-        raise PartitaError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
+    last = check_run(out, resume)
     streams = token_streams(corpus)
     data = SongData(corpus, streams)
     tokenizer = streams.tokenizer()
@@ -352,15 +347,7 @@ def train_gpt(
     for cb in callbacks or []:
         trainer.callbacks.append(cb)
     started = time.time()
-    sigint = signal.getsignal(signal.SIGINT)
-    try:
-        trainer.fit(module, ckpt_path=last if resume else None, weights_only=True)
-    except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after saving last.ckpt
-        raise KeyboardInterrupt from e
-    finally:
-        signal.signal(signal.SIGINT, sigint)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
+    fit(module, trainer, last, resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     card = {
         "family": "gpt",

@@ -39,12 +39,10 @@ from partita.train.classifier import (
     LabelledSegments,
     ResumableModule,
     SeededBatches,
-    _check_run,
     choose_labels,
-    fit,
     fixed_loader,
 )
-from partita.train.common import make_trainer
+from partita.train.common import check_run, fit, make_trainer
 from partita.train.gpt import token_streams
 
 __all__ = ["TVAEModule", "train_tvae", "kl_weight", "component_log_density"]
@@ -155,7 +153,7 @@ def train_tvae(
     from partita.represent.tokens import special_id
 
     out = Path(out).expanduser()
-    last = _check_run(out, resume)
+    last = check_run(out, resume)
     corpus = Corpus(corpus_dir)
     streams = token_streams(corpus)
     tokenizer = streams.tokenizer()

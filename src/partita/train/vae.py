@@ -1,0 +1,325 @@
+"""Training MusicVAE (``partita train vae``) with Lightning.
+
+Data: 2-bar or 16-bar melody windows (``partita.represent.melody.extract_windows``: one line per
+track, skyline for polyphonic parts, windows every bar, rests of a bar or more left out, repeats
+within a piece kept once) from a prepared corpus's pieces, optionally only some labels (the folk
+collections, Essen / O'Neill's / Ryan's Mammoth, are nearly all single-line tunes: ideal).
+Training batches are drawn at random with replacement, each window transposed by a random number
+of semitones in ``[-transpose, transpose]`` (clipped so every pitch stays in 0..127): melodies
+are heard in every key, not only the few keys folk tunes are written in. Batch k is a function
+of (seed, k) alone, so a resumed run draws the same batches as an uninterrupted one.
+
+Optimisation: Adam, warmup then cosine decay, gradient clipping; the KL weight (beta) and the
+scheduled-sampling probability follow the global step (see ``partita.models.musicvae``).
+Validation: teacher-forced loss, KL and per-step accuracy decoding from ``mu``, on up to
+``max_valid`` validation windows. The run folder follows ``partita.train.common``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import lightning as L
+import numpy as np
+import torch
+
+from partita.bundle import save_bundle
+from partita.data.corpus import Corpus
+from partita.errors import PartitaError
+from partita.io.midi import MidiError
+from partita.models.musicvae import MusicVAE, MusicVAEConfig
+from partita.represent.melody import NOTE_OFF, extract_windows
+from partita.train.common import make_trainer, warmup_cosine
+
+FOLK = ("Essen", "O'Neill's", "Ryan's Mammoth")
+
+
+# --- corpus -> melody windows ------------------------------------------------------------------
+
+
+def resolve_labels(corpus: Corpus, labels: Optional[Iterable[str]]) -> Optional[list[str]]:
+    """The corpus's own spelling of each asked label (case ignored); None keeps every label."""
+    if not labels:
+        return None
+    known = {name.lower(): name for name in corpus.labels}
+    out = []
+    for name in labels:
+        hit = known.get(str(name).strip().lower())
+        if hit is None:
+            raise PartitaError(f"label {name!r} is not in {corpus.path} (labels: {', '.join(corpus.labels)})")
+        out.append(hit)
+    return out
+
+
+def corpus_windows(
+    corpus: Corpus,
+    split: str,
+    bars: int,
+    *,
+    labels: Optional[Iterable[str]] = None,
+    hop_bars: int = 1,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> tuple[np.ndarray, dict]:
+    """Melody windows ``[n, bars * 16]`` (int16) of the split's pieces, and counts of what was used.
+
+    Pieces without a usable window (no melody, too short, too sparse) are skipped and counted.
+    """
+    wanted = resolve_labels(corpus, labels)
+    pieces = [i for i in corpus.indices(split=split) if wanted is None or corpus.pieces[i]["label"] in wanted]
+    rows, used, skipped = [], 0, {}
+    for n, i in enumerate(pieces, 1):
+        try:
+            rows.append(extract_windows(corpus.score(i), bars=bars, hop_bars=hop_bars))
+            used += 1
+        except MidiError as e:
+            skipped[e.reason] = skipped.get(e.reason, 0) + 1
+        if progress:
+            progress(n, len(pieces))
+    size = bars * 16
+    windows = np.concatenate(rows) if rows else np.zeros((0, size), np.int16)
+    return windows, {"split": split, "pieces": used, "skipped": skipped, "windows": int(len(windows)),
+                     "labels": wanted}
+
+
+def transpose_windows(windows: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Each window moved by its shift in semitones, the shift clipped so every pitch stays in 0..127."""
+    w = np.asarray(windows).astype(np.int64)
+    is_note = w < NOTE_OFF
+    lo = np.where(is_note, w, 127).min(axis=1)
+    hi = np.where(is_note, w, 0).max(axis=1)
+    shifts = np.clip(shifts, -lo, 127 - hi)  # a window without notes: lo=127, hi=0, any shift is clipped to 0
+    return np.where(is_note, w + shifts[:, None], w)
+
+
+def training_batch(windows: np.ndarray, k: int, *, batch_size: int, seed: int, transpose: int) -> torch.Tensor:
+    """Batch ``k`` of a run: random windows, randomly transposed; a function of (seed, k) only."""
+    rng = np.random.default_rng([seed, k])
+    idx = rng.integers(0, len(windows), batch_size)
+    shifts = rng.integers(-transpose, transpose + 1, batch_size) if transpose > 0 else np.zeros(batch_size, np.int64)
+    return torch.from_numpy(transpose_windows(windows[idx], shifts))
+
+
+# --- the Lightning module ----------------------------------------------------------------------
+
+
+class VAEModule(L.LightningModule):
+    def __init__(
+        self,
+        config: dict,
+        *,
+        lr: float = 1e-3,
+        warmup: int = 100,
+        max_steps: int = 2000,
+        min_lr_ratio: float = 0.05,
+        batch_size: int = 64,
+        transpose: int = 5,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = MusicVAE(MusicVAEConfig.from_dict(config))
+        self.train_windows: np.ndarray | None = None
+        self.valid_windows: np.ndarray | None = None
+        self.batches_seen = 0
+        self._val: dict | None = None
+
+    def attach(self, train_windows: np.ndarray, valid_windows: np.ndarray) -> None:
+        self.train_windows, self.valid_windows = train_windows, valid_windows
+
+    def train_dataloader(self):
+        module = self
+
+        class Train(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                k = module.batches_seen  # a resumed run continues with the next batch
+                while True:
+                    hp = module.hparams
+                    yield training_batch(module.train_windows, k, batch_size=hp.batch_size, seed=hp.seed,
+                                         transpose=hp.transpose)
+                    k += 1
+
+        return torch.utils.data.DataLoader(Train(), batch_size=None, generator=torch.Generator())
+
+    def val_dataloader(self):
+        w = torch.from_numpy(self.valid_windows.astype(np.int64))
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(w), batch_size=256)
+
+    def training_step(self, batch, batch_idx):
+        _, losses = self.model(batch, step=int(self.global_step))
+        self.batches_seen += 1
+        self.log("train/loss", losses["loss"], prog_bar=True)
+        for name in ("recon", "kl", "accuracy", "beta", "p_sample"):
+            self.log(f"train/{name}", losses[name], prog_bar=name == "accuracy")
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        return losses["loss"]
+
+    def on_validation_epoch_start(self):
+        self._val = {"n": 0, "recon": 0.0, "kl": 0.0, "kl_cost": 0.0, "accuracy": 0.0}
+
+    def validation_step(self, batch, batch_idx):
+        (x,) = batch
+        _, losses = self.model(x, step=int(self.global_step), sample_z=False, p_sample=0.0)
+        n = x.shape[0]
+        self._val["n"] += n
+        for key in ("recon", "kl", "kl_cost", "accuracy"):
+            self._val[key] += float(losses[key]) * n
+
+    def on_validation_epoch_end(self):
+        v, c = self._val, self.model.config
+        n = max(v["n"], 1)
+        beta = (1.0 - c.beta_rate ** self.global_step) * c.max_beta if c.beta_rate else c.max_beta
+        self.log("val/loss", (v["recon"] + beta * v["kl_cost"]) / n, prog_bar=True)
+        self.log("val/recon", v["recon"] / n)
+        self.log("val/kl", v["kl"] / n)
+        self.log("val/accuracy", v["accuracy"] / n, prog_bar=True)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.Adam(self.model.parameters(), lr=hp.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, warmup=hp.warmup, total=hp.max_steps, min_ratio=hp.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["partita"] = {"batches": self.batches_seen, "rng": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("partita", {})
+        self.batches_seen = int(state.get("batches", 0))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+
+
+class _TimeLimit(L.Callback):
+    """Stop (and export the bundle) once training has run ``minutes``; the checkpoint stays for --resume."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.started = minutes * 60.0, time.time()
+
+    def on_train_batch_end(self, trainer, *args):
+        if time.time() - self.started > self.seconds:
+            trainer.should_stop = True
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def train_vae(
+    corpus_dir: str | Path,
+    out: str | Path,
+    *,
+    bars: int = 2,
+    decoder: str | None = None,
+    preset: str = "small",
+    overrides: dict | None = None,
+    labels: Optional[Iterable[str]] = None,
+    batch_size: int = 64,
+    max_steps: int = 2000,
+    max_minutes: float | None = None,
+    lr: float = 1e-3,
+    warmup: int = 100,
+    min_lr_ratio: float = 0.05,
+    transpose: int = 5,
+    grad_clip: float = 1.0,
+    val_every: int = 200,
+    checkpoint_every: int = 500,
+    max_valid: int = 1024,
+    patience: int | None = None,
+    precision: str | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    data_progress: Optional[Callable[[int, int], None]] = None,
+    command: str | None = None,
+    fp16_bundle: bool = False,
+) -> dict:
+    """Train a MusicVAE on a prepared corpus's melody windows; returns the card written with the bundle.
+
+    ``decoder`` defaults to flat for windows of up to 4 bars and hierarchical above (MusicVAE's choice).
+    """
+    out = Path(out).expanduser()
+    corpus = Corpus(corpus_dir)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.exists():
+        raise PartitaError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    if not resume and (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
+        raise PartitaError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
+    if bars < 1:
+        raise PartitaError(f"--bars must be at least 1, got {bars}")
+    if transpose < 0:
+        raise PartitaError(f"--transpose must be >= 0 semitones, got {transpose}")
+    if decoder is None:
+        decoder = "flat" if bars <= 4 else "hierarchical"
+    config = MusicVAEConfig.preset(preset, **{"bars": bars, "decoder": decoder, **(overrides or {})})
+    if config.bars != bars:
+        raise PartitaError("set the window length with --bars, not with --set bars=...")
+
+    train, train_info = corpus_windows(corpus, "train", bars, labels=labels, progress=data_progress)
+    valid, valid_info = corpus_windows(corpus, "valid", bars, labels=labels)
+    if len(train) == 0:
+        raise PartitaError(f"{corpus.path}: no {bars}-bar melody windows in the train split (try other --labels or fewer --bars)")
+    if len(valid) == 0:
+        raise PartitaError(f"{corpus.path}: no {bars}-bar melody windows in the valid split to validate on")
+    if len(valid) > max_valid:  # a fixed, seeded subset: validation stays quick and comparable
+        valid = valid[np.sort(np.random.default_rng(seed).choice(len(valid), max_valid, replace=False))]
+
+    # LSTM gradients shrink through hundreds of steps into denormal floats, which a CPU handles
+    # ~10x slower (16-bar windows); flushing them to zero changes nothing that matters.
+    torch.set_flush_denormal(True)
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = VAEModule(config.to_dict(), lr=lr, warmup=warmup, max_steps=max_steps, min_lr_ratio=min_lr_ratio,
+                       batch_size=batch_size, transpose=transpose, seed=seed)
+    module.attach(train, valid)
+    trainer = make_trainer(out, max_steps=max_steps, val_every=val_every, checkpoint_every=checkpoint_every,
+                           patience=patience, grad_clip=grad_clip, devices=1, precision=precision,
+                           progress=progress)
+    if max_minutes:
+        trainer.callbacks.append(_TimeLimit(max_minutes))
+    started = time.time()
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, ckpt_path=last if resume else None, weights_only=True)
+    except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after saving last.ckpt
+        raise KeyboardInterrupt from e
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    if max_minutes and trainer.global_step < max_steps:  # stopped by the clock: keep a checkpoint to resume from
+        trainer.save_checkpoint(last)
+    # The last validation may be older than the last step: validate the final weights once more.
+    if trainer.global_step % val_every:
+        trainer.validate(module, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    card = {
+        "family": "musicvae",
+        "corpus": str(corpus.path),
+        "source": corpus.config.get("source"),
+        "labels": train_info["labels"] or corpus.labels,
+        "bars": bars,
+        "decoder": decoder,
+        "command": command or "partita.train.vae.train_vae(...)",
+        "preset": preset,
+        "parameters": module.model.num_parameters(),
+        "steps": int(trainer.global_step),
+        "batch_size": batch_size,
+        "transpose": transpose,
+        "windows": {"train": train_info["windows"], "valid": valid_info["windows"]},
+        "train_seconds": round(time.time() - started, 1),
+        "metrics": {"valid": metrics},
+        "notes": "metrics are on the corpus's validation split; see 'partita eval vae' for test-split numbers",
+    }
+    save_bundle(module.model.cpu().float(), out / "bundle", card=card, fp16=fp16_bundle)
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    return card
+
+
+def command_line() -> str:
+    return "partita " + " ".join(shlex.quote(a) for a in sys.argv[1:])
