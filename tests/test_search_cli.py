@@ -1,0 +1,160 @@
+"""partita embed / similar / attribute / map: tables and JSON, the shipped index, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import FIXTURES
+from test_search import random_note_piece, write_labelled_folder
+
+
+def cli(capsys, *args):
+    """Run the partita command in this process (no new interpreter: the tests stay quick)."""
+    from partita.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "partita", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny random SiaViT bundle and an index of nine labelled pieces made with it."""
+    from partita.bundle import save_bundle
+    from partita.models.siavit import SiaViT, SiaViTConfig
+    from partita.search.index import embed_into_index
+
+    root = tmp_path_factory.mktemp("searchcli")
+    torch.manual_seed(0)
+    model = save_bundle(SiaViT(SiaViTConfig.tiny()), root / "embedder")
+    src = write_labelled_folder(root / "midi")
+    embed_into_index([src], root / "idx", model=model, windows=3)
+    random_note_piece(seed=1).dump_midi(str(root / "random.mid"))
+    return root
+
+
+def test_embed_command_adds_to_an_index_and_writes_json(built, tmp_path, capsys):
+    code, out, err = cli(capsys, "embed", built / "midi", "--model", built / "embedder", "--index", tmp_path / "idx",
+                         "--windows", "2", "--index-type", "hnsw", "--unknown-quantile", "0.9", "--json", tmp_path / "e.json")
+    assert code == 0, err
+    assert "created" in out and "hnsw" in out and "attribution: 3 labels" in out
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert doc["added"] == 9 and doc["meta"]["kind"] == "hnsw" and doc["meta"]["labels"] == {"High": 3, "Low": 3, "Mid": 3}
+    code, out, err = cli(capsys, "embed", built / "random.mid", FIXTURES / "edge" / "empty.mid", "--index", tmp_path / "idx",
+                         "--label", "Noise", "--json", tmp_path / "e2.json")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "e2.json").read_text())
+    assert doc["added"] == 1 and doc["meta"]["count"] == 10 and doc["meta"]["labels"]["Noise"] == 1
+    assert doc["attribution"]["quantile"] == 0.9 and doc["attribution"]["labels"] == 4  # refit, same quantile
+    assert [f["reason"] for f in doc["failures"]] == ["the file contains no notes"] and "skipped:" in err
+
+
+def test_similar_attribute_and_map_on_a_built_index(built, tmp_path, capsys):
+    query = built / "midi" / "Low" / "low2.mid"
+    code, out, err = cli(capsys, "similar", query, "--index", built / "idx", "-k", "4", "--json", tmp_path / "s.json")
+    assert code == 0, err
+    assert "Most similar to low2.mid" in out
+    (res,) = json.loads((tmp_path / "s.json").read_text())["results"]
+    assert [h["rank"] for h in res["hits"]] == [1, 2, 3, 4]
+    assert res["hits"][0]["title"] == "low2" and res["hits"][0]["distance"] < 1e-4  # itself first
+    assert all(a["distance"] <= b["distance"] for a, b in zip(res["hits"], res["hits"][1:]))
+
+    code, out, err = cli(capsys, "attribute", query, built / "random.mid", "--index", built / "idx", "-k", "2",
+                         "--json", tmp_path / "a.json")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert [len(r["top"]) for r in doc["results"]] == [2, 2]
+    assert doc["fitted"]["calibration"] == "leave-one-out" and "temperature" in out
+    for r in doc["results"]:
+        assert r["verdict"] == ("unknown composer" if r["novelty"] > doc["threshold"] else r["top"][0]["label"])
+
+    html = tmp_path / "map" / "m.html"
+    code, out, err = cli(capsys, "map", built / "idx", "-H", built / "random.mid", "-H", query, "-o", html,
+                         "--method", "pca", "--json", tmp_path / "m.json")
+    assert code == 0, err
+    assert html.is_file() and (tmp_path / "map" / "m.png").is_file() and "2 highlighted" in out
+    page = html.read_text()
+    assert "random.mid" in page and "composer: Mid" in page
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["fitted"] is True and len(doc["highlights"]) == 2
+    assert len(doc["points"]) == 9 and {p["label"] for p in doc["points"]} == {"Low", "High", "Mid"}
+    code, out, err = cli(capsys, "map", built / "idx", "-o", tmp_path / "again.html", "--method", "pca")
+    assert code == 0 and "reused the stored map" in out  # the map fitted above, kept in the index folder
+
+
+def test_search_mistakes_are_one_line_errors(built, tmp_path):
+    idx = built / "idx"
+    line = one_line_error(run("similar", FIXTURES / "edge" / "control168-corrupt.mid", "--index", idx))
+    assert "corrupt MIDI" in line
+    from partita.pretrained import bundle_path
+
+    line = one_line_error(run("embed", built / "random.mid", "--index", tmp_path / "x", "--model", bundle_path("gpt-small")))
+    assert "not an embedder" in line
+    for args, expected in (
+        (("attribute", FIXTURES / "edge" / "empty.mid", "--index", idx), "the file contains no notes"),
+        (("similar", built / "random.mid", "--index", tmp_path / "none"), "no such index folder"),
+        (("map", idx, "-o", tmp_path / "m.pdf"), "ending in .html"),
+        (("map", idx, "-o", tmp_path / "m.html", "--method", "umap"), "unknown map method"),
+        (("embed", built / "random.mid", "--index", idx, "--index-type", "lsh"), "--index-type"),
+        (("similar", built / "random.mid", "--index", idx, "-k", "0"), "-k"),
+    ):
+        code, out, err = cli_proc_free(*args)
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def cli_proc_free(*args):
+    """The in-process CLI without pytest's capture fixture (for a loop of cases)."""
+    import contextlib
+    import io
+
+    from partita.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_shipped_index_attributes_random_notes_to_an_unknown_composer(tmp_path, capsys):
+    from partita.search.index import shipped_index
+
+    index = shipped_index()  # the index that ships next to the shipped embedder
+    query = tmp_path / "random-notes.mid"
+    random_note_piece(seed=0).dump_midi(str(query))
+    code, out, err = cli(capsys, "attribute", query, "--json", tmp_path / "a.json")
+    assert code == 0, err
+    (r,) = json.loads((tmp_path / "a.json").read_text())["results"]
+    assert r["verdict"] == "unknown composer" and r["novelty"] > r["threshold"]
+
+    # A real piece: the shipped index answers with ranked pieces of the bundled corpus.
+    code, out, err = cli(capsys, "similar", FIXTURES / "performance" / "Maestro_1.mid", "-k", "5", "--json", tmp_path / "s.json")
+    assert code == 0, err
+    (res,) = json.loads((tmp_path / "s.json").read_text())["results"]
+    assert len(res["hits"]) == 5 and all(h["split"] in ("train", "valid") for h in res["hits"])
+    assert json.loads((index / "index.json").read_text())["splits"].keys() <= {"train", "valid"}
