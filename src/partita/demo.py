@@ -121,14 +121,12 @@ def _attribute(rows: list[dict], out: Path, highlight: int, progress) -> dict:
         "failures": [f"{p}: {why}" for p, why in failures],
         "pieces_table": results,
     }
-    # Two held-out pieces of different labels on the corpus map.
-    chosen, seen = [], set()
-    for r in rows:
-        if r["label"] not in seen and str(r["file"]) in {str(k) for k in kept}:
-            chosen.append(r["file"])
-            seen.add(r["label"])
-        if len(chosen) == highlight:
-            break
+    # Two held-out pieces on the corpus map: a chorale and a folk tune (else the first two kept).
+    kept_files = {str(k) for k in kept}
+    candidates = [r["file"] for r in rows if str(r["file"]) in kept_files]
+    chosen = [next((r["file"] for r in rows if r["label"] == lab and str(r["file"]) in kept_files), None)
+              for lab in ("Bach", "Essen")]
+    chosen = [c for c in chosen if c is not None] or candidates[:highlight]
     info = draw_map(index_path, out / "map.html", highlight=chosen, png=out / "map.png")
     summary["map"] = {"html": info["html"], "png": info["png"], "highlighted": [Path(c).name for c in chosen],
                       "fitted": info.get("fitted")}
