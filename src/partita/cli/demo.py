@@ -32,9 +32,10 @@ def demo(
     a = res.attribution
     if a:
         table = Table(title=f"Attribution of {a['pieces']} held-out pieces (shipped embedder + index)", title_justify="left")
-        for col in ("top-1", "top-3", "chance", "majority label", "said unknown"):
+        for col in ("top-1", "top-1, forced", "top-3", "chance", "majority label", "said unknown"):
             table.add_column(col, justify="right")
-        table.add_row(f"{a['top1']:.1%}", f"{a['top3']:.1%}", f"{a['chance']:.1%}", f"{a['majority']:.1%}", str(a["unknown"]))
+        table.add_row(f"{a['top1']:.1%}", f"{a['top1_known']:.1%}", f"{a['top3']:.1%}", f"{a['chance']:.1%}",
+                      f"{a['majority']:.1%}", str(a["unknown"]))
         console.print(table)
     if res.music:
         table = Table(title="Music written (MIDI)", title_justify="left")
