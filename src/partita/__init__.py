@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from partita.viz.show import show  # noqa: E402  (display a pianoroll and a player in Jupyter)
+
 __all__ = ["__version__", "generate", "load"]
 
 

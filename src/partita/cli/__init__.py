@@ -25,6 +25,11 @@ from partita.cli import demo as demo_cmds
 from partita.cli import generate as generate_cmds
 from partita.cli import evaluate as eval_cmds
 from partita.cli import train as train_cmds
+from partita.cli import show as show_cmds
+from partita.cli import vae as vae_cmds
+from partita.cli import conditioned as conditioned_cmds
+from partita.cli import search as search_cmds
+from partita.cli import embedder as embedder_cmds  # noqa: F401
 from partita.cli.common import err_console
 from partita.errors import PartitaError
 
@@ -38,8 +43,16 @@ app = typer.Typer(
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(train_cmds.app, name="train")
 app.add_typer(eval_cmds.app, name="eval")
+app.add_typer(vae_cmds.app, name="vae")
 app.command("demo")(demo_cmds.demo)
 app.command("generate")(generate_cmds.generate)
+app.command("render")(show_cmds.render)
+app.command("plot")(show_cmds.plot)
+app.command("classify")(conditioned_cmds.classify)
+app.command("embed")(search_cmds.embed)
+app.command("similar")(search_cmds.similar)
+app.command("attribute")(search_cmds.attribute)
+app.command("map")(search_cmds.map_cmd)
 
 
 @app.callback()

@@ -12,6 +12,12 @@ from partita.errors import PartitaError
 
 ROOT = Path(__file__).resolve().parent
 GPT = "gpt-small"
+CLASSIFIER = "classifier-small"
+TVAE = "tvae-small"
+MUSICVAE_2BAR = "musicvae-2bar"
+MUSICVAE_16BAR = "musicvae-16bar"
+SIAVIT = "siavit-small"
+INDEX = "bundled-index"
 
 
 def bundle_path(name: str = GPT) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -35,9 +34,7 @@ from partita.errors import PartitaError
 from partita.io.midi import MidiError
 from partita.models.musicvae import MusicVAE, MusicVAEConfig
 from partita.represent.melody import NOTE_OFF, extract_windows
-from partita.train.common import make_trainer, warmup_cosine
-
-FOLK = ("Essen", "O'Neill's", "Ryan's Mammoth")
+from partita.train.common import check_run, fit, make_trainer, warmup_cosine
 
 
 # --- corpus -> melody windows ------------------------------------------------------------------
@@ -246,11 +243,7 @@ def train_vae(
     """
     out = Path(out).expanduser()
     corpus = Corpus(corpus_dir)
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.exists():
-        raise PartitaError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-    if not resume and (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
-        raise PartitaError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
+    last = check_run(out, resume)
     if bars < 1:
         raise PartitaError(f"--bars must be at least 1, got {bars}")
     if transpose < 0:
@@ -283,15 +276,7 @@ def train_vae(
     if max_minutes:
         trainer.callbacks.append(_TimeLimit(max_minutes))
     started = time.time()
-    sigint = signal.getsignal(signal.SIGINT)
-    try:
-        trainer.fit(module, ckpt_path=last if resume else None, weights_only=True)
-    except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after saving last.ckpt
-        raise KeyboardInterrupt from e
-    finally:
-        signal.signal(signal.SIGINT, sigint)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
+    fit(module, trainer, last, resume)
     if max_minutes and trainer.global_step < max_steps:  # stopped by the clock: keep a checkpoint to resume from
         trainer.save_checkpoint(last)
     # The last validation may be older than the last step: validate the final weights once more.

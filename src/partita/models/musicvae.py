@@ -1,0 +1,398 @@
+"""MusicVAE (Roberts et al. 2018): a recurrent VAE over melody events, flat or hierarchical decoder.
+
+Inputs are melody windows from ``partita.represent.melody``: ``x [B, T]`` long tensors of events
+in [0, 130) (0..127 note-on, 128 note-off, 129 hold), ``T = bars * 16``.
+
+* **Encoder**: event embedding -> bidirectional LSTM; the last forward and first backward hidden
+  states of the top layer, concatenated, give ``mu`` (a Linear) and ``sigma`` (a Linear then
+  softplus), the posterior ``q(z|x) = N(mu, sigma^2)``; ``z = mu + sigma * eps``.
+* **Flat decoder** (``decoder="flat"``): one LSTM over all T steps; its initial state is
+  ``tanh(Linear(z))`` and each step reads ``[embedding of the previous event, z]``.
+* **Hierarchical decoder** (``decoder="hierarchical"``): a *conductor* LSTM, started from
+  ``tanh(Linear(z))`` and reading z, emits one embedding ``c_k`` per 16-step bar; a *bottom*
+  LSTM decodes each bar's 16 steps from ``c_k`` alone: its state starts from ``tanh(Linear(c_k))``,
+  each step reads ``[previous event of this bar, c_k]``, and every bar starts from the start
+  token. So bar k depends only on ``c_k`` (tested), whatever the other bars hold: the bottom LSTM
+  cannot carry a long melody by itself and has to use the latent code, which is the point of the
+  hierarchy (the paper's fix for "posterior collapse" on 16-bar sequences). All bars of a batch
+  are decoded at once as a batch of ``B * bars`` rows.
+
+Loss (Magenta's ``MusicVAE._compute_model_loss``): reconstruction cross-entropy summed over the
+steps of a window, plus ``beta * max(KL - free_bits, 0)``, both averaged over the batch. Free bits
+(given in bits, as in Magenta) let the first ``free_bits`` of information through for free, so
+the KL term stops squeezing the code once it carries that much; ``beta`` rises towards
+``max_beta`` as ``(1 - beta_rate ** step) * max_beta``.
+
+Teacher forcing or scheduled sampling: with ``sampling_schedule="inverse_sigmoid"`` and rate k,
+at training step s each decoder input is the model's own sample with probability
+``1 - k / (k + exp(s / k))`` (Bengio et al. 2015, Magenta's schedule), else the true event;
+``"constant"`` uses ``sampling_rate`` itself as the probability; ``"none"`` is teacher forcing.
+With probability 0 the decoder runs over the whole sequence at once (fast); otherwise step by step.
+
+Sampling noise is Gumbel noise drawn from a ``torch.Generator`` independently of the logits, so a
+seed fixes the output, and a row's noise does not depend on what other rows computed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from partita.errors import PartitaError
+from partita.represent.melody import NUM_CLASSES, STEPS_PER_BAR
+
+__all__ = [
+    "MusicVAE",
+    "MusicVAEConfig",
+    "PRESETS",
+    "beta_at",
+    "free_bits_kl",
+    "kl_divergence",
+    "sampling_probability",
+    "slerp",
+]
+
+START = NUM_CLASSES  # embedding row of the start token (the input before a window's, or a bar's, first step)
+DECODERS = ("flat", "hierarchical")
+SCHEDULES = ("none", "constant", "inverse_sigmoid")
+
+
+@dataclass
+class MusicVAEConfig:
+    """Everything that defines a MusicVAE; ``MusicVAEConfig.preset("small", bars=16, decoder="hierarchical")``."""
+
+    bars: int = 2  # window length in 16-step bars (2 and 16 in the paper)
+    decoder: str = "flat"  # "flat" | "hierarchical"
+    z_size: int = 512
+    embed_size: int = 64  # event embedding (Magenta feeds one-hot vectors; an embedding is the same map, cheaper)
+    enc_size: int = 2048  # encoder LSTM units per direction
+    enc_layers: int = 1
+    dec_size: int = 2048  # (bottom) decoder LSTM units
+    dec_layers: int = 3
+    conductor_size: int = 1024
+    conductor_layers: int = 2
+    dropout: float = 0.0  # between stacked LSTM layers
+    free_bits: float = 48.0  # KL bits per window let through for free
+    max_beta: float = 0.2
+    beta_rate: float = 0.99999  # beta = (1 - beta_rate ** step) * max_beta; 0 = max_beta from the start
+    sampling_schedule: str = "none"  # "none" (teacher forcing) | "constant" | "inverse_sigmoid"
+    sampling_rate: float = 1000.0  # k of the inverse sigmoid (steps), or the constant probability
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise PartitaError(f"decoder must be 'flat' or 'hierarchical', got {self.decoder!r}")
+        if self.sampling_schedule not in SCHEDULES:
+            raise PartitaError(f"sampling_schedule must be one of {', '.join(SCHEDULES)}, got {self.sampling_schedule!r}")
+        for name in ("bars", "z_size", "embed_size", "enc_size", "enc_layers", "dec_size", "dec_layers",
+                     "conductor_size", "conductor_layers"):
+            if int(getattr(self, name)) < 1:
+                raise PartitaError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.free_bits < 0 or self.max_beta < 0 or not 0 <= self.beta_rate <= 1:
+            raise PartitaError("free_bits and max_beta must be >= 0 and beta_rate in [0, 1]")
+        if self.sampling_schedule == "constant" and not 0 <= self.sampling_rate <= 1:
+            raise PartitaError(f"a constant sampling_rate is a probability in [0, 1], got {self.sampling_rate}")
+        if self.sampling_schedule == "inverse_sigmoid" and self.sampling_rate < 1:
+            raise PartitaError(f"the inverse-sigmoid sampling_rate k must be >= 1, got {self.sampling_rate}")
+
+    @property
+    def steps(self) -> int:
+        return self.bars * STEPS_PER_BAR
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "MusicVAEConfig":
+        """A named configuration (``PRESETS``) with some fields changed."""
+        if name not in PRESETS:
+            raise PartitaError(f"unknown MusicVAE preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MusicVAEConfig":
+        """A config from ``to_dict`` output; unknown fields are an error (a newer partita's file)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PartitaError(f"unknown MusicVAE config field(s) {', '.join(unknown)} (made by a newer partita?)")
+        return cls(**d)
+
+
+#: Named configurations. ``tiny``: tests (~50k parameters). ``small``: trains on one CPU thread in
+#: minutes (~2M parameters, under 5 MB in float16). ``base``: the paper's sizes (2-bar: a 2048-unit
+#: encoder and a 3 x 2048 decoder; hierarchical: 2 x 1024 conductor), a GPU model.
+PRESETS: dict[str, MusicVAEConfig] = {
+    "tiny": MusicVAEConfig(z_size=16, embed_size=16, enc_size=32, dec_size=32, dec_layers=1, conductor_size=32,
+                           conductor_layers=1, free_bits=0.0, max_beta=0.01, beta_rate=0.0),
+    "small": MusicVAEConfig(z_size=128, embed_size=32, enc_size=256, dec_size=256, dec_layers=2, conductor_size=256,
+                            conductor_layers=1, free_bits=48.0, max_beta=0.2, beta_rate=0.999,
+                            sampling_schedule="inverse_sigmoid", sampling_rate=1000.0),
+    "base": MusicVAEConfig(),
+}
+
+
+# --- the arithmetic of the loss and the schedules (module functions: tested on their own) --------
+
+
+def kl_divergence(mu: Tensor, sigma: Tensor) -> Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) in nats, summed over the last axis: one value per example."""
+    return 0.5 * (sigma.pow(2) + mu.pow(2) - 1.0 - 2.0 * torch.log(sigma)).sum(-1)
+
+
+def free_bits_kl(kl: Tensor, free_bits: float) -> Tensor:
+    """The KL cost of each example after ``free_bits`` bits (``free_bits * ln 2`` nats) go free."""
+    return torch.clamp(kl - free_bits * math.log(2.0), min=0.0)
+
+
+def beta_at(step: int, max_beta: float, beta_rate: float) -> float:
+    """The KL weight at a training step: ``(1 - beta_rate ** step) * max_beta`` (rate 0: constant)."""
+    if beta_rate == 0:
+        return float(max_beta)
+    return float((1.0 - beta_rate ** max(step, 0)) * max_beta)
+
+
+def sampling_probability(step: int, schedule: str, rate: float) -> float:
+    """Probability that a decoder input is the model's own sample at a training step.
+
+    ``inverse_sigmoid``: ``1 - k / (k + exp(step / k))`` with ``k = rate``: about ``1 / (k + 1)`` at
+    step 0, one half at ``step = k ln k``, and towards 1 after that.
+    """
+    if schedule == "none":
+        return 0.0
+    if schedule == "constant":
+        return float(rate)
+    if schedule == "inverse_sigmoid":
+        k = float(rate)
+        x = step / k
+        if x > 700:  # exp would overflow; the probability is 1 to double precision long before
+            return 1.0
+        return 1.0 - k / (k + math.exp(x))
+    raise PartitaError(f"unknown sampling schedule {schedule!r}")
+
+
+def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:
+    """Spherical interpolation between latent vectors (last axis), exactly ``z0`` at 0 and ``z1`` at 1.
+
+    In high dimensions a Gaussian's mass lies on a shell; a straight line between two codes cuts
+    inside it (through codes the decoder never saw), a great-circle arc stays near the shell.
+    Nearly parallel vectors fall back to linear interpolation.
+    """
+    if t == 0:
+        return z0.clone()
+    if t == 1:
+        return z1.clone()
+    n0, n1 = z0 / z0.norm(dim=-1, keepdim=True).clamp_min(1e-12), z1 / z1.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    omega = torch.arccos((n0 * n1).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    arc = (torch.sin((1 - t) * omega) / so) * z0 + (torch.sin(t * omega) / so) * z1
+    line = (1 - t) * z0 + t * z1
+    return torch.where(so.abs() < 1e-6, line, arc)
+
+
+def _gumbel(shape, generator: Optional[torch.Generator], device) -> Tensor:
+    u = torch.rand(shape, generator=generator, device=device if generator is None else generator.device)
+    return -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10))).to(device)
+
+
+def pick(logits: Tensor, temperature: float, generator: Optional[torch.Generator]) -> Tensor:
+    """One event per row: argmax at temperature 0, else a sample (Gumbel-max) at that temperature."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    return (logits / temperature + _gumbel(logits.shape, generator, logits.device)).argmax(-1)
+
+
+class _InitState(nn.Module):
+    """``tanh(Linear(v))`` split into the (h, c) initial state of a stacked LSTM."""
+
+    def __init__(self, in_size: int, hidden: int, layers: int):
+        super().__init__()
+        self.hidden, self.layers = hidden, layers
+        self.proj = nn.Linear(in_size, 2 * hidden * layers)
+
+    def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        s = torch.tanh(self.proj(v)).view(v.shape[0], 2, self.layers, self.hidden)
+        return s[:, 0].transpose(0, 1).contiguous(), s[:, 1].transpose(0, 1).contiguous()
+
+
+class _Decoder(nn.Module):
+    """An autoregressive LSTM over events, conditioned on one vector per row (z, or a bar's c_k)."""
+
+    def __init__(self, cond_size: int, embed_size: int, hidden: int, layers: int, dropout: float):
+        super().__init__()
+        self.embed = nn.Embedding(NUM_CLASSES + 1, embed_size)  # + the start token
+        self.init = _InitState(cond_size, hidden, layers)
+        self.lstm = nn.LSTM(embed_size + cond_size, hidden, layers, batch_first=True,
+                            dropout=dropout if layers > 1 else 0.0)
+        self.out = nn.Linear(hidden, NUM_CLASSES)
+
+    def _inputs(self, prev: Tensor, cond: Tensor) -> Tensor:
+        e = self.embed(prev)
+        return torch.cat([e, cond[:, None, :].expand(-1, e.shape[1], -1)], dim=-1)
+
+    def forced(self, cond: Tensor, x: Tensor, p_sample: float = 0.0,
+               generator: Optional[torch.Generator] = None) -> Tensor:
+        """Logits ``[N, L, 130]`` for targets ``x [N, L]``: teacher forcing, or scheduled sampling
+        (each input is the model's own sample, drawn at temperature 1, with probability ``p_sample``)."""
+        start = torch.full_like(x[:, :1], START)
+        state = self.init(cond)
+        self.sampled_share = 0.0
+        if p_sample <= 0:
+            h, _ = self.lstm(self._inputs(torch.cat([start, x[:, :-1]], 1), cond), state)
+            return self.out(h)
+        logits, prev, took = [], start, 0
+        for t in range(x.shape[1]):
+            h, state = self.lstm(self._inputs(prev, cond), state)
+            step = self.out(h)
+            logits.append(step)
+            with torch.no_grad():
+                own = pick(step[:, 0].detach(), 1.0, generator)
+                coin = torch.rand(own.shape, generator=generator,
+                                  device=own.device if generator is None else generator.device).to(own.device)
+                prev = torch.where(coin < p_sample, own, x[:, t])[:, None]
+                if t + 1 < x.shape[1]:
+                    took += int((coin < p_sample).sum())
+        # Share of the inputs after the first that were the model's own samples (tests read it).
+        self.sampled_share = took / max(1, x.shape[0] * (x.shape[1] - 1))
+        return torch.cat(logits, 1)
+
+    def generate(self, cond: Tensor, length: int, temperature: float,
+                 generator: Optional[torch.Generator]) -> Tensor:
+        """Events ``[N, length]`` decoded one step at a time from the decoder's own outputs."""
+        state = self.init(cond)
+        prev = torch.full((cond.shape[0], 1), START, dtype=torch.long, device=cond.device)
+        out = []
+        for _ in range(length):
+            h, state = self.lstm(self._inputs(prev, cond), state)
+            prev = pick(self.out(h)[:, 0], temperature, generator)[:, None]
+            out.append(prev)
+        return torch.cat(out, 1)
+
+
+class MusicVAE(nn.Module):
+    """Recurrent VAE over melody windows (see the module doc)."""
+
+    family = "musicvae"
+    config_class = MusicVAEConfig
+
+    def __init__(self, config: MusicVAEConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(NUM_CLASSES, c.embed_size)
+        self.encoder = nn.LSTM(c.embed_size, c.enc_size, c.enc_layers, batch_first=True, bidirectional=True,
+                               dropout=c.dropout if c.enc_layers > 1 else 0.0)
+        self.to_mu = nn.Linear(2 * c.enc_size, c.z_size)
+        self.to_sigma = nn.Linear(2 * c.enc_size, c.z_size)
+        if c.decoder == "flat":
+            self.decoder = _Decoder(c.z_size, c.embed_size, c.dec_size, c.dec_layers, c.dropout)
+        else:
+            self.conductor_init = _InitState(c.z_size, c.conductor_size, c.conductor_layers)
+            self.conductor = nn.LSTM(c.z_size, c.conductor_size, c.conductor_layers, batch_first=True,
+                                     dropout=c.dropout if c.conductor_layers > 1 else 0.0)
+            self.decoder = _Decoder(c.conductor_size, c.embed_size, c.dec_size, c.dec_layers, c.dropout)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- encoder -----------------------------------------------------------------------------
+
+    def _check(self, x: Tensor) -> Tensor:
+        if x.dim() != 2 or x.shape[1] != self.config.steps:
+            raise PartitaError(
+                f"this MusicVAE reads {self.config.bars}-bar windows ([batch, {self.config.steps}] events), got {tuple(x.shape)}"
+            )
+        return x.long()
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mu, sigma)``, each ``[B, z_size]``, of the posterior of windows ``x [B, T]``."""
+        x = self._check(x)
+        out, _ = self.encoder(self.embed(x))
+        # The top layer's forward state after the last step and backward state after the first one,
+        # read from the output sequence rather than h_n: same values, but on CPU torch's LSTM
+        # backward through h_n alone is ~10x slower than through the outputs.
+        H = self.config.enc_size
+        top = torch.cat([out[:, -1, :H], out[:, 0, H:]], dim=-1)
+        return self.to_mu(top), F.softplus(self.to_sigma(top)) + 1e-6
+
+    # --- decoders ----------------------------------------------------------------------------
+
+    def conduct(self, z: Tensor) -> Tensor:
+        """The conductor's bar embeddings ``[B, bars, conductor_size]`` (hierarchical decoder only)."""
+        if self.config.decoder != "hierarchical":
+            raise PartitaError("conduct() belongs to the hierarchical decoder; this model's decoder is flat")
+        out, _ = self.conductor(z[:, None, :].expand(-1, self.config.bars, -1), self.conductor_init(z))
+        return out
+
+    def decode_bars(self, c: Tensor, x: Optional[Tensor] = None, *, temperature: float = 0.0,
+                    generator: Optional[torch.Generator] = None, p_sample: float = 0.0) -> Tensor:
+        """The bottom decoder on bar embeddings ``c [B, U, H]``, all bars at once as ``B * U`` rows.
+
+        With targets ``x [B, U * 16]``: logits ``[B, U * 16, 130]`` (teacher forcing, or scheduled
+        sampling with ``p_sample``); without: events ``[B, U * 16]`` decoded at ``temperature``.
+        """
+        B, U, H = c.shape
+        rows = c.reshape(B * U, H)
+        if x is None:
+            return self.decoder.generate(rows, STEPS_PER_BAR, temperature, generator).reshape(B, U * STEPS_PER_BAR)
+        logits = self.decoder.forced(rows, x.reshape(B * U, STEPS_PER_BAR), p_sample, generator)
+        return logits.reshape(B, U * STEPS_PER_BAR, NUM_CLASSES)
+
+    def decode_logits(self, z: Tensor, x: Tensor, *, p_sample: float = 0.0,
+                      generator: Optional[torch.Generator] = None) -> Tensor:
+        """Logits ``[B, T, 130]`` of targets ``x`` given codes ``z`` (teacher forcing unless ``p_sample``)."""
+        x = self._check(x)
+        if self.config.decoder == "flat":
+            return self.decoder.forced(z, x, p_sample, generator)
+        return self.decode_bars(self.conduct(z), x, p_sample=p_sample, generator=generator)
+
+    @torch.no_grad()
+    def decode(self, z: Tensor, *, temperature: float = 0.0, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Events ``[B, T]`` from codes ``z [B, z_size]``: greedy at temperature 0, else sampled."""
+        if self.config.decoder == "flat":
+            return self.decoder.generate(z, self.config.steps, temperature, generator)
+        return self.decode_bars(self.conduct(z), temperature=temperature, generator=generator)
+
+    # --- training ----------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, *, step: int = 0, sample_z: bool = True, p_sample: Optional[float] = None,
+                generator: Optional[torch.Generator] = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(logits [B, T, 130], losses)`` for windows ``x [B, T]`` at training step ``step``.
+
+        ``losses``: ``loss`` (what to minimise), ``recon`` (cross-entropy per window, nats),
+        ``kl`` (nats per window), ``kl_cost`` (after free bits), ``beta``, ``p_sample`` and
+        ``accuracy`` (per step, argmax vs target). ``sample_z=False`` decodes from ``mu`` (evaluation);
+        ``p_sample`` overrides the scheduled-sampling probability of the config's schedule.
+        """
+        c = self.config
+        x = self._check(x)
+        mu, sigma = self.encode(x)
+        if sample_z:
+            eps = torch.randn(mu.shape, generator=generator,
+                              device=mu.device if generator is None else generator.device).to(mu.device)
+            z = mu + sigma * eps
+        else:
+            z = mu
+        if p_sample is None:
+            p_sample = sampling_probability(step, c.sampling_schedule, c.sampling_rate) if self.training else 0.0
+        logits = self.decode_logits(z, x, p_sample=p_sample, generator=generator)
+        recon = F.cross_entropy(logits.reshape(-1, NUM_CLASSES), x.reshape(-1), reduction="none")
+        recon = recon.view(x.shape).sum(1).mean()
+        kl = kl_divergence(mu, sigma)
+        kl_cost = free_bits_kl(kl, c.free_bits).mean()
+        beta = beta_at(step, c.max_beta, c.beta_rate)
+        with torch.no_grad():
+            accuracy = (logits.argmax(-1) == x).float().mean()
+        losses = {
+            "loss": recon + beta * kl_cost,
+            "recon": recon,
+            "kl": kl.mean(),
+            "kl_cost": kl_cost,
+            "beta": torch.tensor(beta),
+            "p_sample": torch.tensor(float(p_sample)),
+            "accuracy": accuracy,
+        }
+        return logits, losses

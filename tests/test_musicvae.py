@@ -1,0 +1,248 @@
+"""MusicVAE: shapes, the loss arithmetic, schedules, the hierarchy's independence, learning, and the
+user operations (reconstruct, sample, interpolate) with their one-line errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from partita.bundle import load_bundle, save_bundle
+from partita.errors import PartitaError
+from partita.models.musicvae import (
+    MusicVAE,
+    MusicVAEConfig,
+    beta_at,
+    free_bits_kl,
+    kl_divergence,
+    sampling_probability,
+    slerp,
+)
+from partita.represent.melody import HOLD, NOTE_OFF, NUM_CLASSES, extract_windows, score_to_events
+
+torch.set_num_threads(1)
+
+
+def tiny(**kw) -> MusicVAE:
+    torch.manual_seed(0)
+    return MusicVAE(MusicVAEConfig.preset("tiny", **kw)).eval()
+
+
+@pytest.fixture(scope="module")
+def fur_elise(request):
+    from partita.io.midi import load
+
+    path = request.config.rootpath.parent / "shared" / "fixtures" / "midi" / "edge" / "fur-elise.mid"
+    return load(path)
+
+
+@pytest.fixture(scope="module")
+def trained(fur_elise, tmp_path_factory):
+    """A tiny 2-bar model fitted to four windows of Für Elise until it reproduces them."""
+    windows = extract_windows(fur_elise, bars=2)[:4].astype(np.int64)
+    torch.manual_seed(0)
+    model = MusicVAE(MusicVAEConfig.preset("tiny", z_size=16, enc_size=64, dec_size=64))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.as_tensor(windows)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for step in range(250):
+        _, losses = model(x, step=step, generator=g)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    model.eval()
+    path = save_bundle(model, tmp_path_factory.mktemp("vae") / "bundle", card={"labels": ["Test"]})
+    return path, windows
+
+
+@pytest.mark.parametrize("decoder", ["flat", "hierarchical"])
+def test_shapes(decoder):
+    model = tiny(bars=2, decoder=decoder)
+    x = torch.randint(0, NUM_CLASSES, (3, 32))
+    mu, sigma = model.encode(x)
+    assert mu.shape == sigma.shape == (3, 16) and bool((sigma > 0).all())
+    assert model.decode_logits(mu, x).shape == (3, 32, NUM_CLASSES)
+    events = model.decode(mu, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    assert events.shape == (3, 32) and int(events.min()) >= 0 and int(events.max()) < NUM_CLASSES
+    logits, losses = model(x)
+    assert logits.shape == (3, 32, NUM_CLASSES)
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    if decoder == "hierarchical":
+        assert model.conduct(mu).shape == (3, 2, model.config.conductor_size)
+    with pytest.raises(PartitaError, match="2-bar windows"):
+        model.encode(torch.zeros(3, 30, dtype=torch.long))
+
+
+def test_kl_and_free_bits_arithmetic():
+    zero = kl_divergence(torch.zeros(2, 5), torch.ones(2, 5))
+    assert torch.equal(zero, torch.zeros(2))
+    mu = torch.tensor([[1.0, -2.0, 0.5]])
+    sigma = torch.tensor([[1.0, 0.5, 2.0]])
+    expected = sum(0.5 * (s * s + m * m - 1 - 2 * math.log(s)) for m, s in zip(mu[0].tolist(), sigma[0].tolist()))
+    assert float(kl_divergence(mu, sigma)[0]) == pytest.approx(expected, rel=1e-6)
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu, sigma), torch.distributions.Normal(0.0, 1.0))
+    assert float(kl_divergence(mu, sigma)[0]) == pytest.approx(float(ref.sum()), rel=1e-6)
+    # Free bits are given in bits: 10 / ln 2 bits are 10 nats.
+    cost = free_bits_kl(torch.tensor([5.0, 10.0, 20.0]), 10.0 / math.log(2.0))
+    assert cost.tolist() == pytest.approx([0.0, 0.0, 10.0], abs=1e-5)
+    assert beta_at(0, 0.2, 0.99) == 0.0
+    assert beta_at(100, 0.2, 0.99) == pytest.approx(0.2 * (1 - 0.99 ** 100))
+    assert beta_at(5, 0.3, 0.0) == 0.3
+
+
+@torch.no_grad()
+def test_loss_is_recon_plus_beta_times_free_bits_kl():
+    model = tiny(bars=2, free_bits=1.0, max_beta=0.5, beta_rate=0.9)
+    x = torch.randint(0, NUM_CLASSES, (4, 32))
+    logits, losses = model(x, step=7, sample_z=False)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, NUM_CLASSES), x.reshape(-1), reduction="sum") / 4
+    assert losses["recon"].item() == pytest.approx(ce.item(), rel=1e-5)
+    mu, sigma = model.encode(x)
+    kl_cost = torch.clamp(kl_divergence(mu, sigma) - math.log(2.0), min=0).mean()
+    beta = 0.5 * (1 - 0.9 ** 7)
+    assert float(losses["beta"]) == pytest.approx(beta)
+    assert losses["loss"].item() == pytest.approx((ce + beta * kl_cost).item(), rel=1e-5)
+
+
+def test_scheduled_sampling_probability_follows_its_schedule():
+    k = 100.0
+    assert sampling_probability(0, "inverse_sigmoid", k) == pytest.approx(1 / (k + 1))
+    assert sampling_probability(int(round(k * math.log(k))), "inverse_sigmoid", k) == pytest.approx(0.5, abs=0.01)
+    values = [sampling_probability(s, "inverse_sigmoid", k) for s in range(0, 3000, 100)]
+    assert all(b > a for a, b in zip(values, values[1:])) and values[-1] > 0.99
+    assert sampling_probability(10**9, "inverse_sigmoid", k) == 1.0
+    assert sampling_probability(500, "none", k) == 0.0 and sampling_probability(500, "constant", 0.25) == 0.25
+
+    # In training, the model takes its probability from the schedule at the given step, and about
+    # that share of the decoder's inputs are its own samples.
+    model = tiny(bars=2, sampling_schedule="inverse_sigmoid", sampling_rate=k).train()
+    x = torch.randint(0, NUM_CLASSES, (64, 32))
+    g = torch.Generator().manual_seed(0)
+    for step in (0, 460, 1000):
+        _, losses = model(x, step=step, generator=g)
+        p = sampling_probability(step, "inverse_sigmoid", k)
+        assert float(losses["p_sample"]) == pytest.approx(p)
+        assert model.decoder.sampled_share == pytest.approx(p, abs=0.03)
+    model.eval()
+    _, losses = model(x, step=1000)  # evaluation is teacher-forced
+    assert float(losses["p_sample"]) == 0.0 and model.decoder.sampled_share == 0.0
+    # A probability too small to ever fire gives exactly the teacher-forced logits (step-by-step path).
+    z = model.encode(x)[0]
+    assert torch.allclose(model.decode_logits(z, x, p_sample=1e-12), model.decode_logits(z, x), atol=1e-5)
+
+
+def test_hierarchical_bar_depends_only_on_its_conductor_output():
+    model = tiny(bars=4, decoder="hierarchical")
+    x = torch.randint(0, NUM_CLASSES, (2, 64))
+    with torch.no_grad():
+        c = model.conduct(model.encode(x)[0])
+        base_logits = model.decode_bars(c, x)
+        base_events = model.decode_bars(c, temperature=1.0, generator=torch.Generator().manual_seed(3))
+        changed = c.clone()
+        changed[:, 2] += torch.randn(changed[:, 2].shape)
+        logits = model.decode_bars(changed, x)
+        events = model.decode_bars(changed, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    bar = slice(32, 48)
+    others = torch.ones(64, dtype=torch.bool)
+    others[bar] = False
+    assert torch.equal(logits[:, others], base_logits[:, others])
+    assert torch.equal(events[:, others], base_events[:, others])
+    assert not torch.allclose(logits[:, bar], base_logits[:, bar])
+
+
+def test_slerp_endpoints_and_norms():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 8, generator=g), torch.randn(1, 8, generator=g)
+    assert torch.equal(slerp(a, b, 0.0), a) and torch.equal(slerp(a, b, 1.0), b)
+    a, b = a / a.norm(), b / b.norm()
+    for t in (0.25, 0.5, 0.75):  # on the unit sphere the arc stays on it
+        assert float(slerp(a, b, t).norm()) == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(slerp(a, a, 0.5), a, atol=1e-6)  # parallel: no division by zero
+
+
+def test_config_round_trip_and_mistakes():
+    c = MusicVAEConfig.preset("small", bars=16, decoder="hierarchical")
+    assert MusicVAEConfig.from_dict(c.to_dict()) == c and c.steps == 256
+    with pytest.raises(PartitaError, match="decoder"):
+        MusicVAEConfig(decoder="tree")
+    with pytest.raises(PartitaError, match="preset"):
+        MusicVAEConfig.preset("huge")
+    with pytest.raises(PartitaError, match="unknown"):
+        MusicVAEConfig.from_dict({**c.to_dict(), "wings": 2})
+
+
+def test_training_helpers_transpose_and_batches():
+    from partita.train.vae import training_batch, transpose_windows
+
+    w = np.array([[60, HOLD, NOTE_OFF, 127], [0, 5, HOLD, HOLD], [HOLD] * 4], np.int16)
+    out = transpose_windows(w, np.array([3, -4, 7]))
+    assert out.tolist() == [[60, HOLD, NOTE_OFF, 127], [0, 5, HOLD, HOLD], [HOLD] * 4]  # clipped to stay in 0..127
+    out = transpose_windows(w[:2], np.array([-2, 4]))
+    assert out.tolist() == [[58, HOLD, NOTE_OFF, 125], [4, 9, HOLD, HOLD]]
+    windows = np.tile(np.array([[60, 62, 64, NOTE_OFF]], np.int16), (10, 1))
+    a = training_batch(windows, 5, batch_size=8, seed=1, transpose=3)
+    assert torch.equal(a, training_batch(windows, 5, batch_size=8, seed=1, transpose=3))
+    assert not torch.equal(a, training_batch(windows, 6, batch_size=8, seed=1, transpose=3))
+    assert int(a[:, 0].min()) >= 57 and int(a[:, 0].max()) <= 63 and bool((a[:, 3] == NOTE_OFF).all())
+
+
+def test_tiny_model_overfits_a_few_melodies(trained):
+    path, windows = trained
+    model = load_bundle(path).model
+    x = torch.as_tensor(windows)
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+        forced = (model.decode_logits(mu, x).argmax(-1) == x).float().mean()
+        greedy = (model.decode(mu) == x).float().mean()
+    assert float(forced) > 0.97 and float(greedy) > 0.95
+
+
+def test_reconstruct_interpolate_sample(trained, fur_elise, tmp_path):
+    from partita.generate.vae import interpolate, interpolate_files, reconstruct, sample
+    from partita.io.midi import load, save
+
+    path, windows = trained
+    rec = reconstruct(path, fur_elise, max_windows=3)
+    assert rec.windows == 3 and len(rec.melody) == len(rec.original) == 96
+    assert rec.accuracy > 0.5
+    midi = save(rec.score, tmp_path / "rec.mid")
+    again = score_to_events(load(midi))
+    assert np.array_equal(again, rec.melody.events)  # the written MIDI reads back as the same events
+
+    a, b = windows[0], windows[2]
+    path_ab = interpolate(path, a, b, steps=5)
+    assert len(path_ab) == 7
+    ra, rb = reconstruct(path, a), reconstruct(path, b)
+    assert np.array_equal(path_ab[0].events, ra.melody.events)
+    assert np.array_equal(path_ab[-1].events, rb.melody.events)
+    scores = interpolate_files(a, b, steps=5, bundle=path)
+    assert [s.note_num() for s in scores] == [m.n_notes for m in path_ab]
+
+    s1 = sample(path, n=3, seed=4)
+    s2 = sample(path, n=5, seed=4)
+    assert all(np.array_equal(x.events, y.events) for x, y in zip(s1, s2))  # sample j does not depend on n
+    assert not all(np.array_equal(x.events, y.events) for x, y in zip(s1, sample(path, n=3, seed=5)))
+
+
+def test_bad_inputs_are_one_line_errors(trained, tmp_path, request):
+    from partita.generate.vae import interpolate, reconstruct
+
+    path, windows = trained
+    edge = request.config.rootpath.parent / "shared" / "fixtures" / "midi" / "edge"
+    cases = [
+        (edge / "multitrack.mid", "no melody"),  # a chord spread over four tracks: no line of 4 notes
+        (edge / "single-track-single-channel.mid", "needs at least 2 bar"),  # one bar
+        (edge / "empty.mid", "no notes"),
+        (edge / "type2.mid", "type-2"),
+    ]
+    for midi, expected in cases:
+        with pytest.raises(PartitaError) as err:
+            reconstruct(path, midi)
+        assert expected in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(PartitaError, match="needs at least 2 bar"):
+        interpolate(path, windows[0], edge / "single-track-single-channel.mid")
+    with pytest.raises(PartitaError, match="not melody events"):
+        reconstruct(path, np.array([200, 1, 2]))
