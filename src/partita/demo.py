@@ -171,18 +171,20 @@ def _interpolate(rows: list[dict], steps: int) -> list[Music]:
 
     from partita.generate.vae import melody_of
 
-    def eighth_note_opening(row: dict) -> bool:
-        # 10-16 notes in the first 2 bars: a melody that moves, not sixteenth-note runs (which
-        # the small shipped model reconstructs poorly) and not a held note.
+    def opening_notes(row: dict) -> int:
         try:
-            events = np.asarray(melody_of(row["file"])[0].events[:32])
+            return int((np.asarray(melody_of(row["file"])[0].events[:32]) < 128).sum())
         except PartitaError:
-            return False
-        return 10 <= int((events < 128).sum()) <= 16
+            return -100
+
+    def most_eighth_notes(group: list[dict]) -> Optional[dict]:
+        # The opening nearest 12 notes in 2 bars: a melody that moves, not sixteenth-note runs
+        # (which the small shipped model reconstructs poorly) and not a held note.
+        return min(group, key=lambda r: abs(opening_notes(r) - 12), default=None)
 
     folk = [r for r in rows if r["label"] in ("Essen", "O'Neill's", "Ryan's Mammoth")]
-    a = next((r for r in folk if r["label"] == "Essen" and eighth_note_opening(r)), None)
-    b = next((r for r in folk if r["label"] != "Essen" and eighth_note_opening(r)), None)
+    a = most_eighth_notes([r for r in folk if r["label"] == "Essen"])
+    b = most_eighth_notes([r for r in folk if r["label"] != "Essen"])
     if a is None or b is None:
         raise PartitaError("the demo set has no two folk tunes to interpolate between")
     scores = interpolate_files(a["file"], b["file"], steps=steps)
