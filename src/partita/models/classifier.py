@@ -18,8 +18,8 @@ predicts.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,13 +28,16 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from partita.errors import PartitaError
+from partita.models.config import ModelConfig
 
 __all__ = ["GRUClassifier", "ClassifierConfig", "PRESETS", "segment_windows"]
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(ModelConfig):
     """Everything that defines a classifier; ``ClassifierConfig.preset("small", vocab_size=..., labels=[...])``."""
+
+    kind: ClassVar[str] = "classifier"
 
     vocab_size: int = 1000  # the tokenizer's vocabulary (len(tokenizer))
     labels: list[str] = field(default_factory=list)  # label names, index = class
@@ -67,16 +70,6 @@ class ClassifierConfig:
             raise PartitaError(f"unknown classifier preset {name!r}: choose one of {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClassifierConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise PartitaError(f"unknown classifier config field(s) {', '.join(unknown)} (made by a newer partita?)")
-        return cls(**d)
 
 
 #: ``tiny``: tests. ``small``: trains on one CPU thread in ~15 minutes (~0.2M parameters, < 1 MB;

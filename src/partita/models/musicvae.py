@@ -36,14 +36,15 @@ seed fixes the output, and a row's noise does not depend on what other rows comp
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Optional
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from partita.errors import PartitaError
+from partita.models.config import ModelConfig
 from partita.represent.melody import NUM_CLASSES, STEPS_PER_BAR
 
 __all__ = [
@@ -63,8 +64,10 @@ SCHEDULES = ("none", "constant", "inverse_sigmoid")
 
 
 @dataclass
-class MusicVAEConfig:
+class MusicVAEConfig(ModelConfig):
     """Everything that defines a MusicVAE; ``MusicVAEConfig.preset("small", bars=16, decoder="hierarchical")``."""
+
+    kind: ClassVar[str] = "MusicVAE"
 
     bars: int = 2  # window length in 16-step bars (2 and 16 in the paper)
     decoder: str = "flat"  # "flat" | "hierarchical"
@@ -110,17 +113,6 @@ class MusicVAEConfig:
             raise PartitaError(f"unknown MusicVAE preset {name!r}: choose one of {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MusicVAEConfig":
-        """A config from ``to_dict`` output; unknown fields are an error (a newer partita's file)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise PartitaError(f"unknown MusicVAE config field(s) {', '.join(unknown)} (made by a newer partita?)")
-        return cls(**d)
 
 
 #: Named configurations. ``tiny``: tests (~50k parameters). ``small``: trains on one CPU thread in

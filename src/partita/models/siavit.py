@@ -27,14 +27,15 @@ padded with silence.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from partita.errors import PartitaError
+from partita.models.config import ModelConfig
 from partita.nn.attention import Rotary, apply_rotary
 from partita.nn.blocks import MLP
 from partita.nn.wraparound import WRAP_MODES, WraparoundConv3d
@@ -45,8 +46,10 @@ _MODES = ("binary", "velocity", "decay")
 
 
 @dataclass
-class SiaViTConfig:
+class SiaViTConfig(ModelConfig):
     """Everything that defines a SiaViT, input included; ``SiaViTConfig.preset("small")`` to start."""
+
+    kind: ClassVar[str] = "SiaViT"
 
     # input: how a window of music becomes a roll
     frame_seconds: float = 0.1  # one time frame of the pianoroll
@@ -132,17 +135,6 @@ class SiaViTConfig:
     def base(cls, **overrides: Any) -> "SiaViTConfig":
         return cls.preset("base", **overrides)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SiaViTConfig":
-        """A config from ``to_dict`` output; unknown fields are an error (a newer partita's file)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise PartitaError(f"unknown SiaViT config field(s) {', '.join(unknown)} (made by a newer partita?)")
-        return cls(**d)
 
 
 #: Named configurations. ``tiny``: tests. ``small``: trains on a CPU in ~20 minutes (0.2 s frames,

@@ -31,14 +31,15 @@ The training loss (KL annealing, free bits) is the training module's business
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from partita.errors import PartitaError
+from partita.models.config import ModelConfig
 from partita.nn.attention import CausalSelfAttention, KVCache, Rotary, apply_rotary
 from partita.nn.blocks import MLP
 
@@ -46,8 +47,10 @@ __all__ = ["TVAE", "TVAEConfig", "TVAEOutput", "PRESETS", "Attention", "gaussian
 
 
 @dataclass
-class TVAEConfig:
+class TVAEConfig(ModelConfig):
     """Everything that defines a TVAE; ``TVAEConfig.preset("small", vocab_size=..., labels=[...])``."""
+
+    kind: ClassVar[str] = "TVAE"
 
     vocab_size: int = 1000  # the tokenizer's vocabulary (len(tokenizer))
     labels: list[str] = field(default_factory=list)  # composer names, index = prior component
@@ -97,16 +100,6 @@ class TVAEConfig:
             raise PartitaError(f"unknown TVAE preset {name!r}: choose one of {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TVAEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise PartitaError(f"unknown TVAE config field(s) {', '.join(unknown)} (made by a newer partita?)")
-        return cls(**d)
 
 
 #: ``tiny``: tests. ``small``: ~1.1M parameters, 128-token segments (a few bars), trains on one CPU

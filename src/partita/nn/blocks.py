@@ -39,10 +39,10 @@ class SequentialBlock(nn.Module):
     """Pre-norm block: attention, then MLP, each on its own residual branch."""
 
     def __init__(self, d_model: int, n_head: int, *, d_ff: Optional[int] = None, dropout: float = 0.0,
-                 bias: bool = False, knn: bool = False):
+                 attn_dropout: Optional[float] = None, bias: bool = False, knn: bool = False):
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_model, bias=bias)
-        self.attn = CausalSelfAttention(d_model, n_head, dropout=dropout, bias=bias, knn=knn)
+        self.attn = CausalSelfAttention(d_model, n_head, dropout=dropout, attn_dropout=attn_dropout, bias=bias, knn=knn)
         self.ln_2 = nn.LayerNorm(d_model, bias=bias)
         self.mlp = MLP(d_model, d_ff, dropout=dropout, bias=bias)
 
@@ -55,10 +55,10 @@ class ParallelBlock(nn.Module):
     """GPT-J block: ``x + attn(ln(x)) + mlp(ln(x))`` with one shared LayerNorm."""
 
     def __init__(self, d_model: int, n_head: int, *, d_ff: Optional[int] = None, dropout: float = 0.0,
-                 bias: bool = False, knn: bool = False):
+                 attn_dropout: Optional[float] = None, bias: bool = False, knn: bool = False):
         super().__init__()
         self.ln = nn.LayerNorm(d_model, bias=bias)
-        self.attn = CausalSelfAttention(d_model, n_head, dropout=dropout, bias=bias, knn=knn)
+        self.attn = CausalSelfAttention(d_model, n_head, dropout=dropout, attn_dropout=attn_dropout, bias=bias, knn=knn)
         self.mlp = MLP(d_model, d_ff, dropout=dropout, bias=bias)
 
     def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
@@ -71,7 +71,7 @@ BLOCKS = {"sequential": SequentialBlock, "parallel": ParallelBlock}
 
 
 def make_block(kind: str, d_model: int, n_head: int, **kwargs) -> nn.Module:
-    """A ``"sequential"`` or ``"parallel"`` block (``kwargs``: d_ff, dropout, bias, knn)."""
+    """A ``"sequential"`` or ``"parallel"`` block (``kwargs``: d_ff, dropout, attn_dropout, bias, knn)."""
     if kind not in BLOCKS:
         raise ValueError(f"unknown block kind {kind!r}: choose one of {', '.join(BLOCKS)}")
     return BLOCKS[kind](d_model, n_head, **kwargs)

@@ -35,7 +35,7 @@ from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.classifier import ClassifierConfig, GRUClassifier, segment_windows
-from partita.train.common import check_run, fit, make_trainer, warmup_cosine
+from partita.train.common import ResumableModule, check_run, fit, make_trainer
 from partita.train.gpt import command_line, token_streams
 
 __all__ = ["LabelledSegments", "choose_labels", "train_classifier"]
@@ -177,38 +177,6 @@ def fixed_loader(ids: np.ndarray, labels: np.ndarray, batch_size: int):
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
 
 
-def adamw_warmup_cosine(module, params, hp):
-    """AdamW (weight decay on matrices only) with warmup + cosine, stepped every optimizer step."""
-    params = [p for p in params if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: warmup_cosine(step, warmup=hp.warmup, total=hp.max_steps, min_ratio=hp.min_lr_ratio)
-    )
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-class ResumableModule(L.LightningModule):
-    """What both of these trainings share: the batch counter and random state in checkpoints."""
-
-    batches_seen = 0
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["partita"] = {"batches": self.batches_seen, "rng": torch.get_rng_state()}
-
-    def on_load_checkpoint(self, checkpoint):
-        state = checkpoint.get("partita", {})
-        self.batches_seen = int(state.get("batches", 0))
-        if "rng" in state:
-            torch.set_rng_state(state["rng"])
-
-    def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.model.parameters(), self.hparams)
-
-
 class ClassifierModule(ResumableModule):
     def __init__(self, config: dict, *, lr: float = 2e-3, weight_decay: float = 0.01, warmup: int = 100,
                  max_steps: int = 2000, min_lr_ratio: float = 0.1, batch_size: int = 32, min_len: int = 32,
@@ -309,7 +277,7 @@ def train_classifier(
                               batch_size=batch_size, min_len=min_len, crop_prob=crop_prob, seed=seed)
     module.attach(data)
     trainer = make_trainer(out, max_steps=max_steps, val_every=val_every, checkpoint_every=checkpoint_every,
-                           patience=patience, progress=progress, precision="32-true" if not torch.cuda.is_available() else None)
+                           patience=patience, progress=progress)
     trainer.callbacks.extend(callbacks or [])
     started = time.time()
     fit(module, trainer, last, resume)
@@ -337,4 +305,4 @@ def train_classifier(
     return card
 
 
-__all__ += ["ClassifierModule", "ResumableModule", "SeededBatches", "command_line", "fixed_loader"]
+__all__ += ["ClassifierModule", "SeededBatches", "command_line", "fixed_loader"]

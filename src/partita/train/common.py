@@ -15,6 +15,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import torch
 import yaml
 
 from partita.errors import PartitaError
@@ -27,6 +29,45 @@ def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float = 0.1)
         return (step + 1) / max(1, warmup)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_optimizer(opt, hp) -> dict:
+    """Lightning's optimizer dict: ``opt`` with ``warmup_cosine`` stepped every optimizer step
+    (``hp``: the module's hparams with warmup, max_steps and min_lr_ratio)."""
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: warmup_cosine(step, warmup=hp.warmup, total=hp.max_steps, min_ratio=hp.min_lr_ratio)
+    )
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def adamw_warmup_cosine(params, hp, *, fused: bool = False) -> dict:
+    """AdamW (weight decay ``hp.weight_decay`` on matrices only, betas 0.9/0.95) with warmup + cosine."""
+    params = [p for p in params if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return warmup_cosine_optimizer(torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.95), fused=fused), hp)
+
+
+class ResumableModule(L.LightningModule):
+    """The LightningModule base of every family but the transformer (which keeps more state):
+    checkpoints carry the batch counter and the random state, so --resume goes on with the same
+    batches; AdamW with warmup + cosine unless the family says otherwise."""
+
+    batches_seen = 0
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["partita"] = {"batches": self.batches_seen, "rng": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("partita", {})
+        self.batches_seen = int(state.get("batches", 0))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+
+    def configure_optimizers(self):
+        return adamw_warmup_cosine(self.model.parameters(), self.hparams)
 
 
 def parse_value(text: str) -> Any:
@@ -84,6 +125,23 @@ def fit(module, trainer, last: Path, resume: bool) -> None:
         raise KeyboardInterrupt
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Linux's ``amx_bf16`` flag)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def default_precision(cpu_bf16: bool = False) -> str:
+    """bf16 autocast on a GPU that supports it; on a CPU only where the family asks for it
+    (``cpu_bf16``: measured faster there) and the CPU has AMX; fp32 elsewhere."""
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cpu_bf16 and cpu_has_amx() else "32-true"
+
+
 def make_trainer(
     out: Path,
     *,
@@ -101,9 +159,7 @@ def make_trainer(
     log_every: int = 10,
 ):
     """A Lightning Trainer with TensorBoard + CSV logs, periodic and last checkpoints, a checkpoint
-    on Ctrl-C, optional early stopping on ``val/loss``, and bf16 autocast on a GPU."""
-    import lightning as L
-    import torch
+    on Ctrl-C, optional early stopping on ``val/loss``, and ``default_precision()`` unless told."""
     from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -115,7 +171,7 @@ def make_trainer(
                 trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
 
     if precision is None:
-        precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+        precision = default_precision()
     callbacks = [
         ModelCheckpoint(
             dirpath=out / "checkpoints",

@@ -50,7 +50,7 @@ from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.siavit import SiaViT, SiaViTConfig
 from partita.represent.pianoroll import random_crop
-from partita.train.common import check_run, fit, make_trainer, warmup_cosine
+from partita.train.common import ResumableModule, check_run, fit, make_trainer
 
 LOSSES = ("contrastive", "supcon")
 STATIC_MARGIN = 1.0
@@ -236,7 +236,7 @@ def validation_metrics(vectors: np.ndarray, labels: np.ndarray, seed: int) -> di
 # --- the Lightning module -------------------------------------------------------------------
 
 
-class EmbedderModule(L.LightningModule):
+class EmbedderModule(ResumableModule):
     def __init__(
         self,
         config: dict,
@@ -360,32 +360,6 @@ class EmbedderModule(L.LightningModule):
         for k in ("auc", "acc_same", "acc_diff", "acc_mixed", "threshold"):
             if m[k] is not None and np.isfinite(m[k]):
                 self.log(f"val/{k}", m[k], prog_bar=k == "auc")
-
-    # optimisation --------------------------------------------------------------------------
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.95))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, warmup=hp.warmup, total=hp.max_steps, min_ratio=hp.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    # checkpoints ---------------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["partita"] = {"batches": self.batches_seen, "rng": torch.get_rng_state()}
-
-    def on_load_checkpoint(self, checkpoint):
-        state = checkpoint.get("partita", {})
-        self.batches_seen = int(state.get("batches", 0))
-        if "rng" in state:
-            torch.set_rng_state(state["rng"])
 
 
 # --- the run --------------------------------------------------------------------------------

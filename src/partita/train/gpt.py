@@ -29,7 +29,7 @@ from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.gpt import GPT, GPTConfig
-from partita.train.common import check_run, fit, make_trainer, warmup_cosine
+from partita.train.common import adamw_warmup_cosine, check_run, default_precision, fit, make_trainer
 from partita.train.stream import IGNORE, SongStream
 
 LN2 = float(np.log(2.0))
@@ -241,18 +241,7 @@ class GPTModule(L.LightningModule):
     # optimisation --------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        hp = self.hparams
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        fused = self.device.type == "cuda"
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.95), fused=fused)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, warmup=hp.warmup, total=hp.max_steps, min_ratio=hp.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.model.parameters(), self.hparams, fused=self.device.type == "cuda")
 
     # checkpoints ---------------------------------------------------------------------------
 
@@ -341,7 +330,7 @@ def train_gpt(
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
-        precision=precision,
+        precision=precision or default_precision(cpu_bf16=True),
         progress=progress,
     )
     for cb in callbacks or []:

@@ -37,12 +37,11 @@ from partita.errors import PartitaError
 from partita.models.tvae import TVAE, TVAEConfig
 from partita.train.classifier import (
     LabelledSegments,
-    ResumableModule,
     SeededBatches,
     choose_labels,
     fixed_loader,
 )
-from partita.train.common import check_run, fit, make_trainer
+from partita.train.common import ResumableModule, check_run, fit, make_trainer
 from partita.train.gpt import token_streams
 
 __all__ = ["TVAEModule", "train_tvae", "kl_weight", "component_log_density"]

@@ -34,7 +34,7 @@ from partita.errors import PartitaError
 from partita.io.midi import MidiError
 from partita.models.musicvae import MusicVAE, MusicVAEConfig
 from partita.represent.melody import NOTE_OFF, extract_windows
-from partita.train.common import check_run, fit, make_trainer, warmup_cosine
+from partita.train.common import ResumableModule, check_run, fit, make_trainer, warmup_cosine_optimizer
 
 
 # --- corpus -> melody windows ------------------------------------------------------------------
@@ -105,7 +105,7 @@ def training_batch(windows: np.ndarray, k: int, *, batch_size: int, seed: int, t
 # --- the Lightning module ----------------------------------------------------------------------
 
 
-class VAEModule(L.LightningModule):
+class VAEModule(ResumableModule):
     def __init__(
         self,
         config: dict,
@@ -177,21 +177,7 @@ class VAEModule(L.LightningModule):
         self.log("val/accuracy", v["accuracy"] / n, prog_bar=True)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        opt = torch.optim.Adam(self.model.parameters(), lr=hp.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, warmup=hp.warmup, total=hp.max_steps, min_ratio=hp.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["partita"] = {"batches": self.batches_seen, "rng": torch.get_rng_state()}
-
-    def on_load_checkpoint(self, checkpoint):
-        state = checkpoint.get("partita", {})
-        self.batches_seen = int(state.get("batches", 0))
-        if "rng" in state:
-            torch.set_rng_state(state["rng"])
+        return warmup_cosine_optimizer(torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr), self.hparams)
 
 
 class _TimeLimit(L.Callback):
