@@ -139,6 +139,17 @@ def test_choose_greedy_and_banned():
     assert choose(nan, gens[:1], banned=torch.tensor([True, False, True])).tolist() == [1]
 
 
+def test_choose_draws_in_proportion_and_never_an_impossible_id():
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0])
+    logits = torch.log(probs)[None].repeat(2, 1)  # log 0 = -inf
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    draws = torch.stack([choose(logits, gens) for _ in range(4000)])  # [4000, 2]
+    for row in range(2):
+        freq = torch.bincount(draws[:, row], minlength=5).float() / 4000
+        assert freq[1] == 0 and freq[4] == 0
+        assert torch.allclose(freq, probs, atol=0.03), freq
+
+
 # --------------------------------------------------------------------------- cache vs recomputation
 
 

@@ -70,6 +70,7 @@ class GPTConfig(ModelConfig):
     # on attention probabilities: 0 by default, since any of it sends PyTorch's CPU attention to
     # its unfused path (8x slower; training the small preset took 3x longer with 0.1)
     attn_dropout: float = 0.0
+    gelu: str = "none"  # "none" (exact) | "tanh" (the approximation GPT-2 and TchAIkovsky use; presets)
     bias: bool = False  # biases in Linear and LayerNorm (False: a bit faster, as good)
     positions: str = "rope"  # "rope" | "learned"
     rope_base: float = 10000.0
@@ -90,6 +91,8 @@ class GPTConfig(ModelConfig):
             raise PartitaError(f"positions must be 'rope' or 'learned', got {self.positions!r}")
         if self.block not in BLOCKS:
             raise PartitaError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
+        if self.gelu not in ("none", "tanh"):
+            raise PartitaError(f"gelu must be 'none' or 'tanh', got {self.gelu!r}")
         for name in ("vocab_size", "context", "n_layer", "n_head", "d_model", "max_bars", "positions_per_bar",
                      "knn_topk", "knn_max_memory"):
             if int(getattr(self, name)) < 1:
@@ -133,10 +136,10 @@ class GPTConfig(ModelConfig):
 #: hour on a small corpus (~5M parameters, context 512). ``base``: a GPU model like TchAIkovsky's
 #: released one (~85M parameters without embeddings, ~100M with a 20k BPE vocabulary).
 PRESETS: dict[str, GPTConfig] = {
-    "tiny": GPTConfig(context=64, n_layer=2, n_head=2, d_model=64, max_bars=16, positions_per_bar=64),
-    "small": GPTConfig(context=512, n_layer=6, n_head=4, d_model=256, dropout=0.1),
+    "tiny": GPTConfig(context=64, n_layer=2, n_head=2, d_model=64, max_bars=16, positions_per_bar=64, gelu="tanh"),
+    "small": GPTConfig(context=512, n_layer=6, n_head=4, d_model=256, dropout=0.1, gelu="tanh"),
     "base": GPTConfig(vocab_size=20000, context=1024, n_layer=12, n_head=12, d_model=768, dropout=0.1,
-                      block="parallel"),
+                      block="parallel", gelu="tanh"),
 }
 
 
@@ -161,7 +164,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.knn_layer = c.knn_layer_index if c.knn_memory else -1
         self.blocks = nn.ModuleList(
-            make_block(c.block, c.d_model, c.n_head, d_ff=c.d_ff, dropout=c.dropout, attn_dropout=c.attn_dropout, bias=c.bias,
+            make_block(c.block, c.d_model, c.n_head, d_ff=c.d_ff, dropout=c.dropout, attn_dropout=c.attn_dropout, bias=c.bias, gelu=c.gelu,
                        knn=(i == self.knn_layer))
             for i in range(c.n_layer)
         )
