@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,15 @@ from symusic import Note, Score, Tempo, TimeSignature, Track
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = (ROOT / ".." / "shared" / "fixtures" / "midi").resolve()
+
+
+def labelled_folder(root: Path, files_by_label: dict[str, list[Path]]) -> Path:
+    """Copy real files into ``root/LABEL/`` folders (a plain labelled corpus); returns ``root``."""
+    for label, files in files_by_label.items():
+        (root / label).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, root / label / f.name)
+    return root
 
 
 def make_score(

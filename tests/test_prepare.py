@@ -17,20 +17,18 @@ from partita.data.corpus import Corpus
 from partita.data.prepare import merge, prepare, read_piece, shard_of
 from partita.errors import PartitaError
 from partita.io import load, note_array, preprocess
+from conftest import labelled_folder
 
 
 @pytest.fixture
 def corpus_dir(fixtures, tmp_path):
     """A labelled folder of real files plus two bad ones."""
     root = tmp_path / "midi"
-    for label, files in {
+    labelled_folder(root, {
         "Pop": sorted((fixtures / "multitrack").glob("POP909_*.mid")),
         "Band": sorted((fixtures / "multitrack").glob("[A-M]*.mid")),
         "Piano": sorted((fixtures / "performance").glob("Maestro_[1-4].mid")),
-    }.items():
-        (root / label).mkdir(parents=True)
-        for f in files:
-            shutil.copy(f, root / label / f.name)
+    })
     shutil.copy(fixtures / "edge" / "empty.mid", root / "Pop" / "empty.mid")
     shutil.copy(fixtures / "edge" / "control168-corrupt.mid", root / "Band" / "corrupt.mid")
     return root

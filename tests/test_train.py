@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -16,19 +15,17 @@ from partita.data.prepare import prepare
 from partita.train.common import warmup_cosine
 from partita.train.gpt import train_gpt
 from partita.train.stream import IGNORE, SongStream
+from conftest import labelled_folder
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, request):
     fixtures = request.config.rootpath.parent / "shared" / "fixtures" / "midi"
     root = tmp_path_factory.mktemp("train") / "midi"
-    for label, files in {
+    labelled_folder(root, {
         "Pop": sorted((fixtures / "multitrack").glob("POP909_*.mid"))[:3],
         "Piano": sorted((fixtures / "performance").glob("Maestro_[134].mid")),
-    }.items():
-        (root / label).mkdir(parents=True)
-        for f in files:
-            shutil.copy(f, root / label / f.name)
+    })
     out = root.parent / "corpus"
     prepare(root, out, workers=1, valid=0.34, test=0.34)
     return out

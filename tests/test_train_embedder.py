@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -25,20 +24,18 @@ from partita.train.embedder import (
     train_embedder,
     validation_metrics,
 )
+from conftest import labelled_folder
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, request):
     fixtures = request.config.rootpath.parent / "shared" / "fixtures" / "midi"
     root = tmp_path_factory.mktemp("embedder") / "midi"
-    for label, files in {
+    labelled_folder(root, {
         "Pop": sorted((fixtures / "multitrack").glob("POP909_*.mid")),
         "Piano": sorted((fixtures / "performance").glob("Maestro_[1234].mid")),
         "Band": [fixtures / "multitrack" / f for f in ("Aicha.mid", "Funkytown.mid", "Mr. Blue Sky.mid", "Shut Up.mid")],
-    }.items():
-        (root / label).mkdir(parents=True)
-        for f in files:
-            shutil.copy(f, root / label / f.name)
+    })
     out = root.parent / "corpus"
     prepare(root, out, workers=1, valid=0.25, test=0.25)
     return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 from partita.cli import main
 from partita.io.midi import load
 from partita.represent.melody import score_to_events
+from conftest import labelled_folder
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,11 @@ def corpus(tmp_path_factory, request):
 
     fixtures = request.config.rootpath.parent / "shared" / "fixtures" / "midi"
     root = tmp_path_factory.mktemp("vaecli") / "midi"
-    for label, files in {
+    labelled_folder(root, {
         "Pop": sorted((fixtures / "multitrack").glob("POP909_*.mid")),
         "Edge": [fixtures / "edge" / f"{n}.mid" for n in ("fur-elise", "pitches", "key-signatures", "durations",
                                                           "time-signatures")],
-    }.items():
-        (root / label).mkdir(parents=True)
-        for f in files:
-            shutil.copy(f, root / label / f.name)
+    })
     out = root.parent / "corpus"
     prepare(root, out, workers=1, valid=0.34, test=0.34)
     return out

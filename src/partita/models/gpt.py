@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from partita.errors import PartitaError
 from partita.models.config import ModelConfig
 from partita.nn.attention import KNNMemory, KVCache, Rotary, XLMemory, apply_rotary
-from partita.nn.blocks import BLOCKS, make_block
+from partita.nn.blocks import BLOCKS, init_gpt2, make_block
 
 __all__ = ["GPT", "GPTConfig", "PRESETS"]
 
@@ -171,19 +171,10 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(c.d_model, bias=c.bias)
         # The output head is the token embedding's first vocab_size rows (weight tying); label
         # rows are input-only, so a label is never predicted.
-        self.apply(self._init_weights)
+        self.apply(init_gpt2)
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     # ------------------------------------------------------------------ helpers
 

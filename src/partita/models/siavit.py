@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from partita.errors import PartitaError
 from partita.models.config import ModelConfig
 from partita.nn.attention import Rotary, apply_rotary
-from partita.nn.blocks import MLP
+from partita.nn.blocks import MLP, init_gpt2
 from partita.nn.wraparound import WRAP_MODES, WraparoundConv3d
 
 __all__ = ["PRESETS", "SiaViT", "SiaViTConfig"]
@@ -260,13 +260,8 @@ class SiaViT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.Conv3d):
+        init_gpt2(module)
+        if isinstance(module, nn.Conv3d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def num_parameters(self) -> int:

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from partita.errors import PartitaError
 from partita.models.config import ModelConfig
 from partita.nn.attention import CausalSelfAttention, KVCache, Rotary, apply_rotary
-from partita.nn.blocks import MLP
+from partita.nn.blocks import MLP, init_gpt2
 
 __all__ = ["TVAE", "TVAEConfig", "TVAEOutput", "PRESETS", "Attention", "gaussian_kl"]
 
@@ -215,11 +215,8 @@ class TVAE(nn.Module):
         self.mem_ln = nn.LayerNorm(c.d_model, bias=c.bias)
         self.decoder = nn.ModuleList(DecoderBlock(c) for _ in range(c.n_dec_layer))
         self.ln_f = nn.LayerNorm(c.d_model, bias=c.bias)
-        for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+        for module in self.modules():  # pre-order, as before
+            init_gpt2(module)
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * (c.n_enc_layer + c.n_dec_layer)))

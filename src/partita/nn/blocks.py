@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from partita.nn.attention import CausalSelfAttention
 
-__all__ = ["BLOCKS", "MLP", "ParallelBlock", "SequentialBlock", "make_block"]
+__all__ = ["BLOCKS", "MLP", "ParallelBlock", "SequentialBlock", "init_gpt2", "make_block"]
 
 
 class MLP(nn.Module):
@@ -77,3 +77,14 @@ def make_block(kind: str, d_model: int, n_head: int, **kwargs) -> nn.Module:
     if kind not in BLOCKS:
         raise ValueError(f"unknown block kind {kind!r}: choose one of {', '.join(BLOCKS)}")
     return BLOCKS[kind](d_model, n_head, **kwargs)
+
+
+def init_gpt2(module: nn.Module) -> None:
+    """GPT-2's initialisation of one module: Linear and Embedding weights ~ N(0, 0.02), zero biases.
+    (``model.apply(init_gpt2)``; the depth-scaled residual projections are each family's own.)"""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
