@@ -136,6 +136,21 @@ def test_cache_decoding_equals_full(block, positions):
     assert len(cache) == 24 and cache.next_position == 24
 
 
+def test_decode_layout_gives_the_same_logits():
+    """Inside ``decode_layout`` one-token steps use transposed, core-split weights (the head
+    included); the logits are those of the plain layout, and nothing is left behind."""
+    model = tiny().eval()
+    ids = rand_ids(2, 20)
+    with torch.inference_mode():
+        want, _ = model(ids)
+        with model.decode_layout():
+            assert model.head_t is not None
+            cache = model.new_cache()
+            out = [model(ids[:, :5], cache=cache)[0]] + [model(ids[:, i : i + 1], cache=cache)[0] for i in range(5, 20)]
+    close(torch.cat(out, 1), want)
+    assert model.head_t is None and all(getattr(m, "weight_t", None) is None for m in model.modules())
+
+
 def decode_sliding(model: GPT, ids: torch.Tensor, window: int) -> torch.Tensor:
     """Token-by-token decoding that keeps at most ``window - 1`` cached positions before a step."""
     cache = model.new_cache()

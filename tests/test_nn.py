@@ -51,6 +51,19 @@ def test_rotary_is_a_rotation_and_relative():
         Rotary(7)
 
 
+def test_rotary_span_is_the_table_of_forward():
+    rot = Rotary(DH)
+    with torch.inference_mode():  # a table made while sampling...
+        rot.span(5, 3)
+    for start, n in [(0, 1), (5, 3), (1500, 40), (Rotary.TABLE_POSITIONS - 2, 5), (10**6, 2)]:
+        want = rot(torch.arange(start, start + n))
+        got = rot.span(start, n)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    x = torch.randn(3, DH, requires_grad=True)  # ...serves training too
+    (apply_rotary(x, *rot.span(5, 3)) ** 2).sum().backward()
+    assert x.grad is not None
+
+
 def test_causal_mask_with_offsets_and_window():
     m = causal_mask(2, 2, 0, 4)  # queries at 2, 3; keys at 0..3
     assert m.tolist() == [[True, True, True, False], [True, True, True, True]]
@@ -291,3 +304,31 @@ def test_parallel_block_is_x_plus_attn_plus_mlp():
     x = torch.randn(1, 4, D, generator=gen())
     h = block.ln(x)
     torch.testing.assert_close(block(x), x + block.attn(h) + block.mlp(h))
+
+
+# --------------------------------------------------------------------------- decoding layout
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_decode_layout_linear_equals_nn_linear(bias):
+    from partita.nn.linear import FEW_ROWS, Linear, decode_layout, decode_weight, rows_linear
+
+    torch.manual_seed(0)
+    lin = Linear(24, 30, bias=bias)
+    ref = torch.nn.Linear(24, 30, bias=bias)
+    ref.load_state_dict(lin.state_dict())
+    assert set(lin.state_dict()) == set(ref.state_dict())
+    for blocks in (1, 2, 4, 7):  # 30 columns: 4 and 7 blocks need zero padding
+        wt = decode_weight(lin.weight, blocks)
+        for shape in [(1, 24), (3, 1, 24), (2, 2, 24), (9, 24)]:
+            x = torch.randn(*shape)
+            torch.testing.assert_close(rows_linear(x, wt, 30, lin.bias), ref(x))
+    with torch.inference_mode(), decode_layout(torch.nn.Sequential(lin)) as given:
+        assert given == [lin] and lin.weight_t is not None
+        with decode_layout(lin) as inner:  # re-entrant: the inner block leaves the copy alone
+            assert inner == []
+        assert lin.weight_t is not None
+        for rows in (1, FEW_ROWS, FEW_ROWS + 1, 50):
+            x = torch.randn(rows, 24)
+            torch.testing.assert_close(lin(x), ref(x))
+    assert lin.weight_t is None  # nothing kept outside

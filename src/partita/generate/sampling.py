@@ -675,7 +675,7 @@ def sample(
     for r, (pi, _) in enumerate(rows):
         groups.setdefault(len(clean[pi]), []).append(r)
     results: list[Optional[SampledIds]] = [None] * len(rows)
-    with torch.inference_mode(), _eval_mode(model):
+    with torch.inference_mode(), _eval_mode(model), model.decode_layout():
         for members in groups.values():
             step = batch_size or len(members)
             for a in range(0, len(members), step):
@@ -764,7 +764,7 @@ class _Runner:
         for i, (lk, lv) in enumerate(self._label_states()):
             k, v = lk[rows], lv[rows]
             if cos is None:
-                cos, sin = self.model.rotary(torch.tensor([pos], device=self.device), dtype=k.dtype)
+                cos, sin = self.model.rotary.span(pos, 1, device=self.device, dtype=k.dtype)
             k = apply_rotary(k, cos, sin)
             cache.k[i] = torch.cat([k, cache.k[i][:, :, 1 + drop :]], dim=2)
             cache.v[i] = torch.cat([v, cache.v[i][:, :, 1 + drop :]], dim=2)

@@ -37,9 +37,10 @@ place (``partita.nn.attention`` documents them):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,7 @@ from partita.errors import PartitaError
 from partita.models.config import ModelConfig
 from partita.nn.attention import KNNMemory, KVCache, Rotary, XLMemory, apply_rotary
 from partita.nn.blocks import BLOCKS, init_gpt2, make_block
+from partita.nn.linear import FEW_ROWS, decode_layout, decode_weight, rows_linear
 
 __all__ = ["GPT", "GPTConfig", "PRESETS"]
 
@@ -171,6 +173,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(c.d_model, bias=c.bias)
         # The output head is the token embedding's first vocab_size rows (weight tying); label
         # rows are input-only, so a label is never predicted.
+        self.head_t: Optional[Tensor] = None  # its transpose, inside decode_layout()
         self.apply(init_gpt2)
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
             if name.endswith("proj.weight"):
@@ -202,6 +205,20 @@ class GPT(nn.Module):
             raise PartitaError("this model was not configured with knn_memory=True")
         kwargs = {"topk": c.knn_topk, "max_memory": c.knn_max_memory, **kwargs}
         return KNNMemory(batch_size, c.n_head, c.head_dim, **kwargs)
+
+    @contextlib.contextmanager
+    def decode_layout(self) -> Iterator[None]:
+        """Inside, few-row inputs (one decoding step) multiply transposed copies of the weights,
+        the faster layout for a CPU (``partita.nn.linear``); the sampler decodes inside one."""
+        with decode_layout(self):
+            own = self.head_t is None and self.wte.weight.device.type == "cpu"
+            if own:
+                self.head_t = decode_weight(self.wte.weight[: self.config.vocab_size])
+            try:
+                yield
+            finally:
+                if own:
+                    self.head_t = None
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Number of parameters; ``non_embedding=True`` leaves out the embedding tables
@@ -277,7 +294,7 @@ class GPT(nn.Module):
 
         rope = None
         if self.rotary is not None:
-            rope = self.rotary(torch.arange(start, start + T, device=ids.device), dtype=x.dtype)
+            rope = self.rotary.span(start, T, device=ids.device, dtype=x.dtype)
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, start=start, layer=i, cache=cache, xl=xl,
                       knn=knn if i == self.knn_layer else None, window=window)
@@ -290,7 +307,10 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if last_only and targets is None:
             x = x[:, -1:]
-        logits = F.linear(x, self.wte.weight[: c.vocab_size])
+        if self.head_t is not None and x.numel() <= FEW_ROWS * c.d_model:
+            logits = rows_linear(x, self.head_t, c.vocab_size)
+        else:
+            logits = F.linear(x, self.wte.weight[: c.vocab_size])
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, c.vocab_size).float(), targets.reshape(-1).long(),
@@ -319,7 +339,7 @@ class GPT(nn.Module):
         if knn is not None:
             k, v = dropped[self.knn_layer]
             if self.rotary is not None:  # the kNN memory holds un-rotated keys
-                cos, sin = self.rotary(torch.arange(old, old + n, device=k.device), dtype=k.dtype)
+                cos, sin = self.rotary.span(old, n, device=k.device, dtype=k.dtype)
                 k = apply_rotary(k, cos, -sin)
             knn.add(k, v)
         return n

@@ -305,7 +305,7 @@ class SiaViT(nn.Module):
                 raise PartitaError(f"{n} patches exceed max_patches ({c.max_patches}) of a model with learned positions")
             x = x + self.wpe(torch.arange(n, device=x.device))
         x = self.drop(x)
-        rope = self.rotary(torch.arange(n, device=x.device), dtype=x.dtype) if self.rotary is not None else None
+        rope = self.rotary.span(0, n, device=x.device, dtype=x.dtype) if self.rotary is not None else None
         for block in self.blocks:
             x = block(x, rope)
         x = self.ln_f(x).mean(dim=1)

@@ -252,7 +252,7 @@ class TVAE(nn.Module):
         if bool((n == 0).any()):
             raise PartitaError("a segment has no tokens (only padding): nothing to encode")
         x = self.drop(self.wte(ids))
-        rope = self.rotary(torch.arange(ids.shape[1], device=ids.device), dtype=x.dtype)
+        rope = self.rotary.span(0, ids.shape[1], device=ids.device, dtype=x.dtype)
         for block in self.encoder:
             x = block(x, rope, valid)
         x = self.enc_ln(x)
@@ -292,7 +292,7 @@ class TVAE(nn.Module):
         if start + ids.shape[1] > c.context:
             raise PartitaError(f"{start + ids.shape[1]} positions exceed the TVAE's context ({c.context})")
         x = self.drop(self.wte(ids.long()))
-        rope = self.rotary(torch.arange(start, start + ids.shape[1], device=ids.device), dtype=x.dtype)
+        rope = self.rotary.span(start, ids.shape[1], device=ids.device, dtype=x.dtype)
         for i, block in enumerate(self.decoder):
             x = block(x, memory, rope=rope, start=start, layer=i, cache=cache)
         x = self.ln_f(x)

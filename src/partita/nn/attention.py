@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from partita.nn.linear import Linear
+
 __all__ = [
     "CausalSelfAttention",
     "KNNMemory",
@@ -67,9 +69,14 @@ class Rotary(nn.Module):
     """cos/sin tables of rotary position embeddings (RoPE, Su et al. 2021) for given positions.
 
     ``Rotary(head_dim)(positions)`` gives ``(cos, sin)``, each ``[T, head_dim]``, for a 1-D tensor
-    of absolute positions; any position works (no table to outgrow). The rotation pairs dimension
-    ``i`` with ``i + head_dim/2`` (GPT-NeoX / Llama layout).
+    of absolute positions; any position works (no table to outgrow). ``span(start, n)`` gives the
+    same for positions ``start..start+n-1`` from a table kept per device and dtype (the first
+    ``TABLE_POSITIONS`` positions; beyond them it computes), so that decoding one token does not
+    recompute its angles in every step. The rotation pairs dimension ``i`` with
+    ``i + head_dim/2`` (GPT-NeoX / Llama layout).
     """
+
+    TABLE_POSITIONS = 8192
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
@@ -77,6 +84,7 @@ class Rotary(nn.Module):
             raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
         self.head_dim = head_dim
         self.base = float(base)
+        self._tables: dict[tuple[str, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def forward(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         # float64 angles: position * frequency loses precision in float32 for long songs.
@@ -86,6 +94,21 @@ class Rotary(nn.Module):
         angles = positions.to(exact)[:, None] * inv_freq[None, :]
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def span(self, start: int, n: int, *, device: torch.device | str | None = None,
+             dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """``self(torch.arange(start, start + n))``, the same values, mostly from the table."""
+        device = torch.device(device or "cpu")
+        end = int(start) + int(n)
+        if start < 0 or end > self.TABLE_POSITIONS:
+            return self(torch.arange(start, end, device=device), dtype)
+        key = (str(device), dtype)
+        table = self._tables.get(key)
+        if table is None or table[0].shape[0] < end:
+            size = min(self.TABLE_POSITIONS, max(end, 1024, 2 * (0 if table is None else table[0].shape[0])))
+            with torch.inference_mode(False):  # a table made while sampling must serve training too
+                table = self._tables[key] = self(torch.arange(size, device=device), dtype)
+        return table[0][start:end], table[1][start:end]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -453,8 +476,8 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be a multiple of n_head ({n_head})")
         self.n_head = n_head
         self.head_dim = d_model // n_head
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
-        self.proj = nn.Linear(d_model, d_model, bias=bias)
+        self.qkv = Linear(d_model, 3 * d_model, bias=bias)
+        self.proj = Linear(d_model, d_model, bias=bias)
         # Dropout on the attention probabilities (None: ``dropout``). On a CPU any of it sends SDPA
         # to its unfused math path, about 8x slower in training; 0 keeps the fused kernel.
         self.dropout = dropout if attn_dropout is None else attn_dropout
