@@ -262,6 +262,31 @@ def test_xl_memory_with_cache_matches_segments():
     assert xl_gen.next_position == 8 and cache.offset == 8
 
 
+@pytest.mark.parametrize("memory", [{"xl_memory": True}, {"xl_memory": True, "xl_length": 5},
+                                    {"knn_memory": True, "knn_topk": 4},
+                                    {"xl_memory": True, "knn_memory": True, "knn_topk": 4}])
+def test_slide_window_equals_moving_the_window_into_the_memories(memory):
+    """Decoding far past the context with the XL memory kept in the cache (``slide_window``)
+    gives the logits of ``crop_cache`` into separate XL/kNN memories before every token."""
+    model = tiny(context=8, **memory).eval()
+    ids = rand_ids(2, 40)
+    new_knn = (lambda: model.new_knn_memory(2)) if model.config.knn_memory else (lambda: None)
+    xl = model.new_xl_memory(2) if model.config.xl_memory else None
+    knn_a, knn_b = new_knn(), new_knn()
+    cache_a, cache_b = model.new_cache(), model.new_cache()
+    with torch.inference_mode():
+        a, b = [], []
+        for i in range(40):
+            if len(cache_a) >= 8:
+                model.crop_cache(cache_a, 7, xl=xl, knn=knn_a)
+            a.append(model(ids[:, i : i + 1], cache=cache_a, xl=xl, knn=knn_a)[0])
+            model.slide_window(cache_b, knn=knn_b)
+            b.append(model(ids[:, i : i + 1], cache=cache_b, knn=knn_b)[0])
+    close(torch.cat(b, 1), torch.cat(a, 1), tol=1e-4)
+    if knn_a is not None:
+        assert knn_b.sizes() == knn_a.sizes() == [32, 32]
+
+
 # --------------------------------------------------------------------------- kNN memory
 
 

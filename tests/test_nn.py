@@ -128,6 +128,40 @@ def test_kv_cache_append_and_crop():
     assert len(cache) == 0 and cache.next_position == 7
 
 
+def test_kv_cache_writes_in_place_and_matches_a_list():
+    """A long mix of appends, crops, prepends, row selection and outside assignment keeps the
+    window a plain list would keep; a one-token append or prepend writes into the buffer
+    (no copy of the window) except when the buffer is re-laid."""
+    cache = KVCache(1)
+    ref: list[float] = []  # position values, oldest first
+    g = torch.Generator().manual_seed(0)
+    value = 0.0
+    relaid = 0
+    for step in range(400):
+        action = int(torch.randint(0, 10, (1,), generator=g))
+        before = cache._buffers[0]
+        if action < 6 or not ref:  # append 1-3 positions
+            t = 1 + action % 3
+            new = torch.arange(value, value + t).view(1, 1, t, 1).expand(2, 2, t, 3).contiguous()
+            cache.append(0, new, -new)
+            ref += [value + i for i in range(t)]
+            value += t
+        elif action < 8:  # crop to keep the last few
+            keep = int(torch.randint(0, len(ref) + 1, (1,), generator=g))
+            dropped = cache.crop(keep)
+            assert dropped[0][0][0, 0, :, 0].tolist() == ref[: len(ref) - keep]
+            ref = ref[len(ref) - keep :]
+        elif action == 8 and ref:  # prepend one position (the sampler's label)
+            cache.prepend(0, torch.full((2, 2, 1, 3), -1.0), torch.full((2, 2, 1, 3), 1.0))
+            ref = [-1.0] + ref
+        else:  # outside code replaces the window (row selection): a new buffer follows
+            cache.k[0], cache.v[0] = cache.k[0][[1, 0]], cache.v[0][[1, 0]]
+        if before is not None and cache._buffers[0] is not None and cache._buffers[0][0] is not before[0]:
+            relaid += 1
+        assert cache.k[0][1, 1, :, 2].tolist() == ref and cache.v[0][0, 0, :, 0].tolist() == [-x for x in ref]
+    assert relaid < 100  # most writes went into spare room
+
+
 # --------------------------------------------------------------------------- XL memory
 
 
@@ -225,6 +259,28 @@ def test_knn_faiss_and_torch_agree_and_auto_switches():
         if backend == "auto":
             assert mem._faiss[0] is not None  # 300 >= faiss_min: FAISS did the search
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+def test_knn_memory_keeps_the_last_keys_of_each_row():
+    mem = KNNMemory(2, H, DH, topk=4, max_memory=20)
+    ref_k = [torch.zeros(H, 0, DH), torch.zeros(H, 0, DH)]
+    g = gen(5)
+    for step in range(60):
+        t = 1 + step % 5
+        k, v = torch.randn(2, H, t, DH, generator=g), torch.randn(2, H, t, DH, generator=g)
+        mem.add(k, v)
+        ref_k = [torch.cat([r, k[b]], 1)[:, -20:] for b, r in enumerate(ref_k)]
+        if step == 30:
+            mem.reset(torch.tensor([True, False]))
+            ref_k[0] = torch.zeros(H, 0, DH)
+        if step == 40:
+            mem.select([1, 0])
+            ref_k = ref_k[::-1]
+        assert mem.sizes() == [r.shape[1] if r.shape[1] else 0 for r in ref_k]
+        for b in range(2):
+            if ref_k[b].shape[1]:
+                assert torch.equal(mem.keys[b], ref_k[b])
+    assert torch.equal(mem.values[0][:, -1], v[0][:, -1])
 
 
 def test_knn_fewer_keys_than_topk_and_reset_per_row():

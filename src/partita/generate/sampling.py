@@ -55,9 +55,11 @@ only ever seen windows that begin with one. What happens once a piece outgrows t
 * ``"window"`` (RoPE, ``keep_label=False``): plain sliding window, ``crop_cache(cache, C - 1)``
   before each token: the label leaves with the first tokens. This is exactly
   ``model(ids, window=C)`` over the whole sequence.
-* ``"memory"`` (RoPE with XL and/or kNN memory): ``crop_cache(cache, C - 1, xl=..., knn=...)``
-  before each token, so every token leaving the window goes into the memories, which then hold
-  exactly the positions before the window. A prompt longer than the context is fed one token at a
+* ``"memory"`` (RoPE with XL and/or kNN memory): every token leaving the window goes into the
+  memories, which then hold exactly the positions before the window (what
+  ``crop_cache(cache, C - 1, xl=..., knn=...)`` before each token does); ``GPT.slide_window``
+  computes the same with the XL memory kept as the oldest part of the cache, so a step is one
+  attention call over memory and window, with no copy of either. A prompt longer than the context is fed one token at a
   time past its first window, so the memories hold what they would have held had it been
   generated.
 * ``"learned"`` (learned absolute positions): positions are not translation invariant, so the
@@ -760,14 +762,13 @@ class _Runner:
         rows = torch.zeros(self.seq.shape[0], dtype=torch.long, device=self.device)
         if self.cfg.bar_embeddings:
             rows = self.bars_seq[:, self.ws] % int(self.cfg.max_bars)
+        cache.crop(len(cache) - 1 - drop)  # the label and the oldest tokens leave
         cos = sin = None
         for i, (lk, lv) in enumerate(self._label_states()):
             k, v = lk[rows], lv[rows]
             if cos is None:
                 cos, sin = self.model.rotary.span(pos, 1, device=self.device, dtype=k.dtype)
-            k = apply_rotary(k, cos, sin)
-            cache.k[i] = torch.cat([k, cache.k[i][:, :, 1 + drop :]], dim=2)
-            cache.v[i] = torch.cat([v, cache.v[i][:, :, 1 + drop :]], dim=2)
+            cache.prepend(i, apply_rotary(k, cos, sin), v)
         cache.offset = pos
 
     def _learned_keep(self) -> int:
@@ -790,11 +791,13 @@ class _Runner:
         if self.mode == "learned":
             if len(cache) >= C:
                 return self._recompute(length)
+        elif self.mode == "memory":
+            self.model.slide_window(cache, knn=self.knn)
         elif len(cache) >= C:
             if self.mode == "sink":
                 self._slide_sink(length)
             else:
-                self.model.crop_cache(cache, C - 1, xl=self.xl, knn=self.knn)
+                self.model.crop_cache(cache, C - 1)
         return self._feed(length - 1, length)
 
     def _feed_prompt(self, L: int):
@@ -833,11 +836,7 @@ class _Runner:
                 self.xl.valid = self.xl.valid[idx]
             self.xl.batch_size = len(keep)
         if self.knn is not None:
-            kn = self.knn
-            kn.keys = [kn.keys[j] for j in keep]
-            kn.values = [kn.values[j] for j in keep]
-            kn._faiss = [kn._faiss[j] for j in keep]
-            kn.batch_size = len(keep)
+            self.knn.select(keep)
         self.seq, self.bars_seq, self.pos_seq = self.seq[idx], self.bars_seq[idx], self.pos_seq[idx]
         if self.tracker is not None:
             self.tracker.select(keep)
@@ -903,7 +902,8 @@ class _Runner:
             self.prompt_sec = [self._prompt_seconds_of(pi, prompts[pi]) for pi, _ in rows]
 
         self.cache = model.new_cache()
-        self.xl = model.new_xl_memory(B) if getattr(cfg, "xl_memory", False) else None
+        # RoPE models keep their XL memory in the cache (GPT.slide_window); learned positions recompute
+        self.xl = model.new_xl_memory(B) if getattr(cfg, "xl_memory", False) and self.mode == "learned" else None
         self.knn = model.new_knn_memory(B) if getattr(cfg, "knn_memory", False) else None
         logits = self._feed_prompt(L)
 

@@ -337,9 +337,35 @@ class GPT(nn.Module):
             xl.commit()
             xl.next_position = cache.offset
         if knn is not None:
-            k, v = dropped[self.knn_layer]
-            if self.rotary is not None:  # the kNN memory holds un-rotated keys
-                cos, sin = self.rotary.span(old, n, device=k.device, dtype=k.dtype)
-                k = apply_rotary(k, cos, -sin)
-            knn.add(k, v)
+            self._add_to_knn(knn, *dropped[self.knn_layer], old)
         return n
+
+    def slide_window(self, cache: KVCache, *, knn: Optional[KNNMemory] = None) -> None:
+        """Before each one-token step of a memory model (RoPE) past its context: the decoding
+        form of ``crop_cache(cache, context - 1, xl=..., knn=...)`` with the XL memory kept *in
+        the cache*.
+
+        During decoding the XL memory holds exactly the ``xl_length`` positions before the local
+        window, and every query sees all of them and all of the window: together they are the
+        last ``context - 1 + xl_length`` positions. So the cache keeps that many, the position
+        that just left the local window goes into ``knn`` (un-rotated), and one SDPA call reads
+        memory and window with no concatenation and no mask. Same logits as the ``crop_cache``
+        form (``tests/test_gpt.py``); do not pass an ``xl`` to ``forward`` alongside.
+        """
+        c = self.config
+        C = c.context
+        keep = C - 1 + ((c.xl_length or C) if c.xl_memory else 0)
+        n = len(cache)
+        if knn is not None and n >= C:  # position next - C is no longer in the local window
+            i = n - C
+            k, v = cache.k[self.knn_layer][:, :, i : i + 1], cache.v[self.knn_layer][:, :, i : i + 1]
+            self._add_to_knn(knn, k, v, cache.offset + i)
+        if n > keep:
+            cache.crop(keep)
+
+    def _add_to_knn(self, knn: KNNMemory, k: Tensor, v: Tensor, first: int) -> None:
+        """Add cached keys/values of positions ``first..`` to ``knn``, un-rotated."""
+        if self.rotary is not None:
+            cos, sin = self.rotary.span(first, k.shape[2], device=k.device, dtype=k.dtype)
+            k = apply_rotary(k, cos, -sin)
+        knn.add(k, v)

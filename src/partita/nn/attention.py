@@ -151,7 +151,16 @@ class KVCache:
 
     ``crop(keep)`` drops all but the last ``keep`` positions (a sliding window; see the module doc
     for what that computes) and returns what it dropped, so that the caller can move it into an
-    ``XLMemory`` or ``KNNMemory`` (``GPT.crop_cache`` does).
+    ``XLMemory`` or ``KNNMemory`` (``GPT.crop_cache`` does). ``prepend`` puts one position back
+    in front (the sampler's label token).
+
+    Storage: ``k[i]``/``v[i]`` are views of per-layer buffers with spare room on both sides, so
+    appending a token, cropping the oldest and prepending one write a single position instead of
+    copying the window (``torch.cat`` per token and layer was a third of the decode time); a
+    buffer is re-laid only when the window reaches its end (amortised O(1) per token). Code may
+    assign ``k[i]``/``v[i]`` itself: the next write sees they are no longer views of the buffer
+    and starts a new one from them. The ``(k, v)`` that ``crop`` returns are views too: use them
+    before the next ``append``/``prepend``.
     """
 
     def __init__(self, n_layer: int, offset: int = 0):
@@ -159,11 +168,7 @@ class KVCache:
         self.offset = int(offset)
         self.k: list[Optional[Tensor]] = [None] * n_layer
         self.v: list[Optional[Tensor]] = [None] * n_layer
-        # Growing buffers: appending one token writes into spare capacity instead of copying the
-        # whole cache (torch.cat per token and layer was a third of the decode time). k[i]/v[i]
-        # are views of the buffers; code that assigns k[i] itself is fine: the next append sees
-        # that k[i] is no longer its view and starts a new buffer from it.
-        self._buffers: list[Optional[tuple[Tensor, Tensor]]] = [None] * n_layer
+        self._buffers: list[Optional[tuple[Tensor, Tensor, int]]] = [None] * n_layer  # (k, v, start)
 
     def __len__(self) -> int:
         return 0 if self.k[0] is None else int(self.k[0].shape[2])
@@ -173,26 +178,59 @@ class KVCache:
         """Absolute position of the next token."""
         return self.offset + len(self)
 
-    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Add the new keys/values of ``layer``; returns all of that layer's keys and values."""
+    def _own(self, layer: int, like: Tensor) -> Optional[tuple[Tensor, Tensor, int]]:
+        """The layer's buffer if ``k[layer]``/``v[layer]`` are still its views at its ``start``."""
+        buf, old_k, old_v = self._buffers[layer], self.k[layer], self.v[layer]
+        if buf is None or old_k is None:
+            return None
+        kb, vb, start = buf
+        if old_k.shape[2] == 0 or start >= kb.shape[2]:
+            return None
+        if (old_k.shape[:2] != like.shape[:2] or old_k.dtype != like.dtype or old_k.stride() != kb.stride()
+                or old_v.stride() != vb.stride()
+                or old_k.data_ptr() != kb[:, :, start].data_ptr() or old_v.data_ptr() != vb[:, :, start].data_ptr()):
+            return None
+        return buf
+
+    def _relay(self, layer: int, like: Tensor, front: int, need: int) -> tuple[Tensor, Tensor, int]:
+        """A new buffer holding the current window at ``front``, with room for ``need`` after it."""
         old_k, old_v = self.k[layer], self.v[layer]
         n = 0 if old_k is None else old_k.shape[2]
+        capacity = front + max(2 * (n + need), 64)
+        kb = like.new_empty(like.shape[0], like.shape[1], capacity, like.shape[3])
+        vb = like.new_empty(like.shape[0], like.shape[1], capacity, like.shape[3])
+        if n:
+            kb[:, :, front : front + n] = old_k
+            vb[:, :, front : front + n] = old_v
+        self._buffers[layer] = (kb, vb, front)
+        return kb, vb, front
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the new keys/values of ``layer``; returns all of that layer's keys and values."""
+        n = 0 if self.k[layer] is None else self.k[layer].shape[2]
         t = k.shape[2]
-        buf = self._buffers[layer]
-        ours = buf is not None and old_k is not None and old_k.data_ptr() == buf[0].data_ptr() \
-            and old_v.data_ptr() == buf[1].data_ptr() and old_k.shape[:2] == k.shape[:2] and old_k.dtype == k.dtype
-        if not ours or n + t > buf[0].shape[2]:
-            capacity = max(2 * (n + t), 64)
-            kb = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
-            vb = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
-            if n:
-                kb[:, :, :n] = old_k
-                vb[:, :, :n] = old_v
-            buf = self._buffers[layer] = (kb, vb)
-        buf[0][:, :, n : n + t] = k
-        buf[1][:, :, n : n + t] = v
-        self.k[layer], self.v[layer] = buf[0][:, :, : n + t], buf[1][:, :, : n + t]
+        buf = self._own(layer, k)
+        if buf is None or buf[2] + n + t > buf[0].shape[2]:
+            buf = self._relay(layer, k, 1, t)  # one spare position in front, for prepend
+        kb, vb, start = buf
+        kb[:, :, start + n : start + n + t] = k
+        vb[:, :, start + n : start + n + t] = v
+        self.k[layer], self.v[layer] = kb[:, :, start : start + n + t], vb[:, :, start : start + n + t]
         return self.k[layer], self.v[layer]
+
+    def prepend(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """Put keys/values ``[B, H, 1, Dh]`` in front of ``layer``'s window. Call it for every
+        layer, then lower ``offset`` by one."""
+        buf = self._own(layer, k)
+        n = 0 if self.k[layer] is None else self.k[layer].shape[2]
+        if buf is None or buf[2] == 0:
+            buf = self._relay(layer, k, 1, 1)
+        kb, vb, start = buf
+        start -= 1
+        kb[:, :, start : start + 1] = k
+        vb[:, :, start : start + 1] = v
+        self._buffers[layer] = (kb, vb, start)
+        self.k[layer], self.v[layer] = kb[:, :, start : start + n + 1], vb[:, :, start : start + n + 1]
 
     def crop(self, keep: int) -> list[tuple[Tensor, Tensor]]:
         """Keep the last ``keep`` positions; returns the dropped ``(k, v)`` of every layer.
@@ -209,8 +247,10 @@ class KVCache:
             if k is None:
                 continue
             dropped.append((k[:, :, :drop], v[:, :, :drop]))
-            # clone: a view would keep the whole old tensor alive
-            self.k[i], self.v[i] = k[:, :, drop:].clone(), v[:, :, drop:].clone()
+            buf = self._own(i, k)
+            self.k[i], self.v[i] = k[:, :, drop:], v[:, :, drop:]
+            if buf is not None:
+                self._buffers[i] = (buf[0], buf[1], buf[2] + drop)
         self.offset += drop
         return dropped
 
@@ -344,6 +384,7 @@ class KNNMemory:
         self.keys: list[Optional[Tensor]] = [None] * batch_size
         self.values: list[Optional[Tensor]] = [None] * batch_size
         self._faiss: list[Optional[list]] = [None] * batch_size  # per row: H indexes, or None = stale
+        self._buffers: list[Optional[tuple[Tensor, Tensor, int]]] = [None] * batch_size  # (keys, values, end)
         self._staged: Optional[tuple[Tensor, Tensor]] = None
 
     def sizes(self) -> list[int]:
@@ -355,19 +396,44 @@ class KNNMemory:
         if k.shape[0] != self.batch_size or k.shape[1] != self.n_head:
             raise ValueError(f"kNN memory expects [{self.batch_size}, {self.n_head}, T, Dh], got {list(k.shape)}")
         k, v = k.detach(), v.detach()
+        t = k.shape[2]
         for b in range(self.batch_size):
-            kb, vb = k[b], v[b]
-            if self.keys[b] is not None:
-                kb = torch.cat([self.keys[b], kb], dim=1)
-                vb = torch.cat([self.values[b], vb], dim=1)
-            trimmed = kb.shape[1] > self.max_memory
-            self.keys[b], self.values[b] = kb[:, -self.max_memory:], vb[:, -self.max_memory:]
-            if trimmed:
+            # Rows grow into spare room of a buffer (re-laid when full: amortised O(1) per key,
+            # where concatenating copied the whole memory for every token).
+            n = 0 if self.keys[b] is None else self.keys[b].shape[1]
+            buf = self._buffers[b]
+            if (buf is None or self.keys[b] is None or buf[2] + t > buf[0].shape[1] or buf[0].dtype != k.dtype
+                    or n == 0 or self.keys[b].data_ptr() != buf[0][:, buf[2] - n].data_ptr()):
+                keep = min(n, self.max_memory)
+                kb = k.new_empty(self.n_head, max(2 * (keep + t), 64), self.head_dim)
+                vb = v.new_empty(kb.shape)
+                if keep:
+                    kb[:, :keep] = self.keys[b][:, n - keep :]
+                    vb[:, :keep] = self.values[b][:, n - keep :]
+                buf = (kb, vb, keep)
+                self.keys[b], self.values[b] = kb[:, :keep], vb[:, :keep]
+                n = keep
+            kb, vb, end = buf
+            kb[:, end : end + t] = k[b]
+            vb[:, end : end + t] = v[b]
+            end += t
+            self._buffers[b] = (kb, vb, end)
+            size = min(n + t, self.max_memory)
+            self.keys[b], self.values[b] = kb[:, end - size : end], vb[:, end - size : end]
+            if n + t > self.max_memory:
                 self._faiss[b] = None  # rebuilt at the next search
             elif self._faiss[b] is not None:
                 new = k[b].float().cpu().numpy()
                 for h, index in enumerate(self._faiss[b]):
                     index.add(np.ascontiguousarray(new[h]))
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only batch rows ``rows``, in that order (a sampler dropping finished rows)."""
+        self.keys = [self.keys[j] for j in rows]
+        self.values = [self.values[j] for j in rows]
+        self._faiss = [self._faiss[j] for j in rows]
+        self._buffers = [self._buffers[j] for j in rows]
+        self.batch_size = len(rows)
 
     def stage(self, k: Tensor, v: Tensor) -> None:
         """Hold a segment's keys/values until ``commit`` (the model calls both)."""
@@ -382,7 +448,7 @@ class KNNMemory:
         """Forget the rows where ``mask [B]`` is True (all rows when None)."""
         rows = range(self.batch_size) if mask is None else torch.as_tensor(mask).nonzero().flatten().tolist()
         for b in rows:
-            self.keys[b] = self.values[b] = self._faiss[b] = None
+            self.keys[b] = self.values[b] = self._faiss[b] = self._buffers[b] = None
         self._staged = None
 
     def _use_faiss(self, n: int) -> bool:
