@@ -33,13 +33,18 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Music transformer (benchmarks/gpt.py)"
 
 
-def best_of(fn, repeats=3):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def interleaved(contenders, rounds):
+    """Best wall time of each ``name -> fn`` over ``rounds`` rounds that run every contender in
+    turn (after one warm-up each), so that a change in the machine's load falls on all of them."""
+    for fn in contenders.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    best = {name: float("inf") for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
 
 
 def hf_model(cfg):
@@ -60,7 +65,7 @@ def hf_model(cfg):
     return GPT2LMHeadModel(hf)
 
 
-def training_throughput(cfg, batch, steps, bf16=False):
+def training_throughput(cfg, batch, steps, bf16=False, rounds=3):
     """Tokens/s of partita's GPT and HF's GPT2LMHeadModel, fp32 or both under CPU bf16 autocast."""
     from partita.models.gpt import GPT
 
@@ -69,7 +74,7 @@ def training_throughput(cfg, batch, steps, bf16=False):
     theirs = hf_model(cfg)
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.context))
 
-    def run(model, step):
+    def trainer(model, step):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         model.train()
 
@@ -81,16 +86,15 @@ def training_throughput(cfg, batch, steps, bf16=False):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-        go()  # warm-up
-        return batch * cfg.context * steps / best_of(go, 2)
+        return go
 
-    ours_tps = run(ours, lambda m: m(x, x)[1])
-    theirs_tps = run(theirs, lambda m: m(input_ids=x, labels=x).loss)
-    return ours_tps, theirs_tps
+    best = interleaved({"ours": trainer(ours, lambda m: m(x, x)[1]),
+                        "theirs": trainer(theirs, lambda m: m(input_ids=x, labels=x).loss)}, rounds)
+    return batch * cfg.context * steps / best["ours"], batch * cfg.context * steps / best["theirs"]
 
 
 @torch.no_grad()
-def generation_throughput(cfg, tokenizer, prompt, batch, new_tokens):
+def generation_throughput(cfg, tokenizer, prompt, batch, new_tokens, rounds=3):
     """New tokens per second, every contender making exactly ``new_tokens`` per row."""
     from partita.generate.sampling import sample
     from partita.models.gpt import GPT
@@ -120,11 +124,9 @@ def generation_throughput(cfg, tokenizer, prompt, batch, new_tokens):
             x = torch.cat([x, nxt], 1)
         made["no cache (TchAIkovsky)"] = batch * new_tokens
 
-    out = {}
-    for name, fn in (("partita (KV cache)", partita_run), ("HF generate (cache)", hf_run), ("no cache (TchAIkovsky)", nocache_run)):
-        fn()
-        out[name] = made[name] / best_of(fn, 2)
-    return out
+    best = interleaved({"partita (KV cache)": partita_run, "HF generate (cache)": hf_run,
+                        "no cache (TchAIkovsky)": nocache_run}, rounds)
+    return {name: made[name] / t for name, t in best.items()}
 
 
 def realtime_factor(bundle_path, n_tokens=1024, n=4):
@@ -141,6 +143,42 @@ def realtime_factor(bundle_path, n_tokens=1024, n=4):
         compute += time.perf_counter() - t
         music += float(decode_safe(bundle.tokenizer, ids)[0].to("second").end())
     return music, compute
+
+
+#: Dense bf16 peak FLOP/s by GPU name (vendor data sheets, SXM parts).
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
+
+
+def gpu_mfu(batch=8, steps=10):
+    """Model FLOPs utilisation of training the ``base`` preset on the GPU in bf16 autocast:
+    ``flops_per_token * tokens_per_s / peak`` (PaLM's definition, attention included)."""
+    from partita.models.gpt import GPT, GPTConfig
+
+    cfg = GPTConfig.preset("base", vocab_size=20000, dropout=0.0)
+    torch.manual_seed(0)
+    model = GPT(cfg).cuda().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.context), device="cuda")
+
+    def go(n):
+        for _ in range(n):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(x, x)[1]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+
+    go(3)  # warm-up
+    t = time.perf_counter()
+    go(steps)
+    tps = batch * cfg.context * steps / (time.perf_counter() - t)
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+    flops = model.estimate_flops_per_token()
+    return {"device": name, "parameters": model.num_parameters(), "batch": batch, "context": cfg.context,
+            "tokens_per_s": tps, "flops_per_token": flops, "peak_flops": peak,
+            "mfu": flops * tps / peak if peak else None}
 
 
 def write_section(text):
@@ -170,13 +208,14 @@ def main():
     gen_cfg = cfg
     lines = [SECTION, ""]
     cmd = "python benchmarks/gpt.py" + (f" --threads {args.threads}" if args.threads else "")
-    lines += [f"Command: `{cmd}` (best of 2 after a warm-up). Machine: {os.cpu_count()} cores, "
+    lines += [f"Command: `{cmd}` (each row: best of 3 rounds after a warm-up, the contenders of a table taking turns "
+              f"within each round, so that the machine's changing load falls on all of them). Machine: {os.cpu_count()} cores, "
               f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads. Model dimensions: the `small` preset "
               f"({cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.d_model}, context {cfg.context}, "
               f"vocabulary {cfg.vocab_size}), no bar embeddings so both models compute the same thing.", ""]
     results = {}
-    from partita.train.common import cpu_has_amx, default_precision
+    from partita.train.common import cpu_bf16_flag, default_precision
 
     ours, theirs = training_throughput(cfg, batch=4, steps=3)
     results["train"] = {"partita": ours, "hf_gpt2": theirs}
@@ -185,17 +224,19 @@ def main():
               "| --- | ---: | ---: | ---: |",
               f"| partita GPT, fp32 | {ours:,.0f} | {ours / theirs:.2f} | {ours / theirs:.2f} |",
               f"| HF GPT2LMHeadModel, fp32 | {theirs:,.0f} | 1.00 | 1.00 |"]
-    if cpu_has_amx():
+    bf16_flag = cpu_bf16_flag()
+    if bf16_flag:
         ours16, theirs16 = training_throughput(cfg, batch=4, steps=3, bf16=True)
         results["train_bf16_autocast"] = {"partita": ours16, "hf_gpt2": theirs16}
         lines += [f"| partita GPT, bf16 autocast | {ours16:,.0f} | {ours16 / theirs:.2f} | {ours16 / theirs16:.2f} |",
                   f"| HF GPT2LMHeadModel, bf16 autocast | {theirs16:,.0f} | {theirs16 / theirs:.2f} | 1.00 |"]
-    lines += ["", f"This CPU {'has' if cpu_has_amx() else 'has no'} AMX bf16 units; `partita train gpt` trains in "
-              f"`{default}` here by default (bf16 autocast on a GPU and on a CPU with AMX, fp32 elsewhere).", ""]
+    lines += ["", (f"This CPU has bf16 instructions (`{bf16_flag}`)" if bf16_flag else "This CPU has no bf16 instructions")
+              + f"; `partita train gpt` trains in `{default}` here by default (bf16 autocast on a GPU and on a CPU "
+              "with AMX or AVX-512 BF16, fp32 elsewhere).", ""]
     lines += ["| generation (16-token prompt, 256 new tokens) | batch | new tokens/s | x HF generate | x no cache |",
               "| --- | ---: | ---: | ---: | ---: |"]
     for batch in (1, 16):
-        g = generation_throughput(gen_cfg, tokenizer, prompt, batch, 256)
+        g = generation_throughput(gen_cfg, tokenizer, prompt, batch, 256, rounds=5 if batch == 1 else 3)
         results[f"generate_b{batch}"] = g
         hf, nc = g["HF generate (cache)"], g["no cache (TchAIkovsky)"]
         for name, tps in g.items():
@@ -208,7 +249,13 @@ def main():
                   f"{compute:.2f} s of compute (4 pieces of 1024 tokens, batch 1, one after another) = "
                   f"**{seconds / compute:.1f}x real time**.", ""]
     if torch.cuda.is_available():
-        lines.append("(A GPU is present; bf16 MFU is not measured by this version of the script.)")
+        mfu = gpu_mfu()
+        results["gpu_mfu"] = mfu
+        peak = f"{mfu['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16" if mfu["peak_flops"] else "unknown peak"
+        lines += [f"GPU ({mfu['device']}, {peak}): `base` preset ({mfu['parameters'] / 1e6:.0f}M parameters), "
+                  f"batch {mfu['batch']} x {mfu['context']}, bf16 autocast, fwd+bwd+AdamW: "
+                  f"{mfu['tokens_per_s']:,.0f} tokens/s"
+                  + (f", **MFU {mfu['mfu']:.1%}**." if mfu["mfu"] else "."), ""]
     text = "\n".join(lines)
     print(text)
     write_section(text)

@@ -33,7 +33,7 @@ def gpt_cmd(
     devices: str = typer.Option("1", "--devices", help="Devices per machine (GPUs, or CPU processes), or 'auto'."),
     num_nodes: int = typer.Option(1, "--num-nodes", help="Machines (with torchrun or SLURM)."),
     strategy: str = typer.Option("auto", "--strategy", help="auto, ddp, ..."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Default: bf16-mixed on a GPU and on a CPU with AMX (bf16 matrix units), else 32-true."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Default: bf16-mixed on a GPU and on a CPU with bf16 instructions (AMX or AVX-512 BF16), else 32-true."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     fp16: bool = typer.Option(False, "--fp16-bundle", help="Store the exported weights in float16."),

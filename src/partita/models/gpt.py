@@ -290,7 +290,8 @@ class GPT(nn.Module):
                 raise PartitaError("this model has bar embeddings: pass bars= and positions= (token_timing)")
             x = x + self.bar_emb(bars.long() % c.max_bars)
             x = x + self.pos_emb(positions.long().clamp(0, c.positions_per_bar - 1))
-        x = self.drop(x)
+        if self.training:
+            x = self.drop(x)
 
         rope = None
         if self.rotary is not None:

@@ -606,8 +606,8 @@ class CausalSelfAttention(nn.Module):
                 knn.stage(k_raw, v)
         if xl is not None and cache is None:
             xl.stage(layer, k, v)
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        y = self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.resid_dropout(y) if self.training else y  # (a module call less per layer when decoding)
 
     def _mix_knn(self, q: Tensor, y_local: Tensor, knn: KNNMemory, p: float) -> Tensor:
         found = knn.search(q)

@@ -35,7 +35,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.proj(self.gelu(self.fc(x))))
+        y = self.proj(self.gelu(self.fc(x)))
+        return self.dropout(y) if self.training else y
 
 
 class SequentialBlock(nn.Module):

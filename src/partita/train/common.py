@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -125,21 +125,29 @@ def fit(module, trainer, last: Path, resume: bool) -> None:
         raise KeyboardInterrupt
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Linux's ``amx_bf16`` flag)."""
+#: Linux cpuinfo flags of bf16 matrix or dot-product instructions: Intel AMX (Sapphire Rapids
+#: and later), AVX-512 BF16 (Cooper Lake, AMD Zen 4 and later). bf16 autocast trains the GPT about
+#: 2x faster than fp32 on both (benchmarks/RESULTS.md); without them bf16 is emulated and slower.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flag() -> Optional[str]:
+    """The first of ``BF16_CPU_FLAGS`` this CPU has, or None."""
     try:
         with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
     except OSError:
-        return False
+        return None
+    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
 
 
 def default_precision(cpu_bf16: bool = False) -> str:
     """bf16 autocast on a GPU that supports it; on a CPU only where the family asks for it
-    (``cpu_bf16``: measured faster there) and the CPU has AMX; fp32 elsewhere."""
+    (``cpu_bf16``: measured faster there) and the CPU has bf16 instructions (``cpu_bf16_flag``);
+    fp32 elsewhere."""
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if cpu_bf16 and cpu_has_amx() else "32-true"
+    return "bf16-mixed" if cpu_bf16 and cpu_bf16_flag() else "32-true"
 
 
 def make_trainer(
