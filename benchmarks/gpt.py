@@ -145,6 +145,14 @@ def realtime_factor(bundle_path, n_tokens=1024, n=4):
     return music, compute
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 #: Dense bf16 peak FLOP/s by GPU name (vendor data sheets, SXM parts).
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 
@@ -210,7 +218,7 @@ def main():
     cmd = "python benchmarks/gpt.py" + (f" --threads {args.threads}" if args.threads else "")
     lines += [f"Command: `{cmd}` (each row: best of 3 rounds after a warm-up, the contenders of a table taking turns "
               f"within each round, so that the machine's changing load falls on all of them). Machine: {os.cpu_count()} cores, "
-              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+              f"{cpu_name()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads. Model dimensions: the `small` preset "
               f"({cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.d_model}, context {cfg.context}, "
               f"vocabulary {cfg.vocab_size}), no bar embeddings so both models compute the same thing.", ""]

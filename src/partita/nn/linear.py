@@ -2,15 +2,18 @@
 
 Decoding one token at a time multiplies a handful of rows by every weight matrix: the step is a
 matrix-vector product, bound by reading the weights. ``nn.Linear`` stores ``W`` as
-``[out, in]`` and computes ``x @ W.T``; for one to four rows CPU BLAS does that about 1.5x
-slower than ``x @ Wt`` with ``Wt = W.T`` stored contiguous as ``[in, out]`` (measured on
-x86-64 with PyTorch's MKL/oneDNN: 0.84 vs 1.23 ms for the 25 matrices of the ``small`` GPT, one
-row; from eight rows on the two are even). Hugging Face's GPT-2 stores its weights ``[in, out]``
-for this reason.
+``[out, in]`` and computes ``x @ W.T``; for one to four rows CPU BLAS does that 1.4-1.7x slower
+than ``x @ Wt`` with ``Wt = W.T`` stored contiguous as ``[in, out]`` (Hugging Face's GPT-2
+stores its weights that way), and it runs a single product on one core. ``decode_weight``
+stores ``Wt`` as one contiguous column block per intra-op thread, ``[P, in, out/P]``, and
+``rows_linear`` multiplies them in one batched product, which runs a block on each core. For
+the 25 matrices of the ``small`` GPT and one row, on 2 cores of an AMD EPYC: 0.91 ms with
+``F.linear``, 0.63 ms transposed, 0.34 ms transposed and split (benchmarks/RESULTS.md). From
+eight rows on, the usual layout is as fast.
 
 ``Linear`` is ``nn.Linear`` (same parameters, same state dict, same result up to float rounding)
 plus an optional ``weight_t``: inside ``decode_layout(model)`` every CPU ``Linear`` of the model
-holds a transposed copy of its weight and uses it for inputs of at most ``FEW_ROWS`` rows;
+holds ``decode_weight`` of its weight and uses it for inputs of at most ``FEW_ROWS`` rows;
 outside, ``weight_t`` is None and nothing changes. The copies cost one more copy of the weights
 for the duration of a generation call, which is why they are not kept.
 """
