@@ -367,7 +367,7 @@ def test_parallel_block_is_x_plus_attn_plus_mlp():
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_decode_layout_linear_equals_nn_linear(bias):
-    from partita.nn.linear import FEW_ROWS, Linear, decode_layout, decode_weight, rows_linear
+    from partita.nn.linear import FEW_ROWS, MIN_BLOCK_COLUMNS, Linear, decode_layout, decode_weight, rows_linear, split_blocks
 
     torch.manual_seed(0)
     lin = Linear(24, 30, bias=bias)
@@ -388,3 +388,5 @@ def test_decode_layout_linear_equals_nn_linear(bias):
             x = torch.randn(rows, 24)
             torch.testing.assert_close(lin(x), ref(x))
     assert lin.weight_t is None  # nothing kept outside
+    assert split_blocks(MIN_BLOCK_COLUMNS - 1) == 1  # a small matrix stays whole
+    assert split_blocks(10**6) == torch.get_num_threads()  # a large one gets a block per thread

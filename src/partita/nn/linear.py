@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FEW_ROWS", "Linear", "decode_layout", "decode_weight", "rows_linear", "split_blocks"]
+__all__ = ["FEW_ROWS", "MIN_BLOCK_COLUMNS", "Linear", "decode_layout", "decode_weight", "rows_linear", "split_blocks"]
 
 #: Inputs of at most this many rows use the transposed layout.
 FEW_ROWS = 4
@@ -51,8 +51,8 @@ def rows_linear(x: Tensor, weight_t: Tensor, n_out: int, bias: Optional[Tensor] 
 def decode_weight(weight: Tensor, blocks: Optional[int] = None) -> Tensor:
     """``weight [out, in]`` in the decoding layout: transposed, as ``blocks`` contiguous column
     blocks ``[blocks, in, ceil(out / blocks)]`` (zero columns pad the last one), or ``[in, out]``
-    for one block. ``blocks`` defaults to ``split_blocks()``."""
-    blocks = split_blocks() if blocks is None else max(1, int(blocks))
+    for one block. ``blocks`` defaults to ``split_blocks(out)``."""
+    blocks = split_blocks(weight.shape[0]) if blocks is None else max(1, int(blocks))
     wt = weight.detach().t()
     if blocks == 1:
         return wt.contiguous()
@@ -63,10 +63,15 @@ def decode_weight(weight: Tensor, blocks: Optional[int] = None) -> Tensor:
     return wt.reshape(n_in, blocks, block).permute(1, 0, 2).contiguous()
 
 
-def split_blocks() -> int:
-    """Column blocks per weight: one per intra-op thread (a single product of one row runs on one
-    core; a batched product of blocks runs on all of them)."""
-    return max(1, torch.get_num_threads())
+#: Fewer columns than this in a block and the products get less efficient than they gain.
+MIN_BLOCK_COLUMNS = 64
+
+
+def split_blocks(n_out: int) -> int:
+    """Column blocks for a weight of ``n_out`` rows: one per intra-op thread (a single product
+    of one row runs on one core; a batched product of blocks runs on all of them), but no block
+    under ``MIN_BLOCK_COLUMNS`` columns."""
+    return max(1, min(torch.get_num_threads(), n_out // MIN_BLOCK_COLUMNS))
 
 
 class Linear(nn.Linear):
