@@ -50,7 +50,7 @@ from partita.errors import PartitaError
 from partita.models.config import ModelConfig
 from partita.nn.attention import KNNMemory, KVCache, Rotary, XLMemory, apply_rotary
 from partita.nn.blocks import BLOCKS, init_gpt2, make_block
-from partita.nn.linear import FEW_ROWS, decode_layout, decode_weight, rows_linear
+from partita.nn.linear import decode_layout, decode_weight, linear
 
 __all__ = ["GPT", "GPTConfig", "PRESETS"]
 
@@ -308,10 +308,7 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if last_only and targets is None:
             x = x[:, -1:]
-        if self.head_t is not None and x.numel() <= FEW_ROWS * c.d_model:
-            logits = rows_linear(x, self.head_t, c.vocab_size)
-        else:
-            logits = F.linear(x, self.wte.weight[: c.vocab_size])
+        logits = linear(x, self.wte.weight[: c.vocab_size], self.head_t)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, c.vocab_size).float(), targets.reshape(-1).long(),
@@ -354,6 +351,8 @@ class GPT(nn.Module):
         form (``tests/test_gpt.py``); do not pass an ``xl`` to ``forward`` alongside.
         """
         c = self.config
+        if self.rotary is None:
+            raise PartitaError("slide_window needs rotary positions; a model with learned positions recomputes its window")
         C = c.context
         keep = C - 1 + ((c.xl_length or C) if c.xl_memory else 0)
         n = len(cache)

@@ -402,8 +402,8 @@ class KNNMemory:
             # where concatenating copied the whole memory for every token).
             n = 0 if self.keys[b] is None else self.keys[b].shape[1]
             buf = self._buffers[b]
-            if (buf is None or self.keys[b] is None or buf[2] + t > buf[0].shape[1] or buf[0].dtype != k.dtype
-                    or n == 0 or self.keys[b].data_ptr() != buf[0][:, buf[2] - n].data_ptr()):
+            if (n == 0 or buf is None or buf[2] + t > buf[0].shape[1] or buf[0].dtype != k.dtype
+                    or self.keys[b].data_ptr() != buf[0][:, buf[2] - n].data_ptr()):
                 keep = min(n, self.max_memory)
                 kb = k.new_empty(self.n_head, max(2 * (keep + t), 64), self.head_dim)
                 vb = v.new_empty(kb.shape)

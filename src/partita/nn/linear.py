@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FEW_ROWS", "MIN_BLOCK_COLUMNS", "Linear", "decode_layout", "decode_weight", "rows_linear", "split_blocks"]
+__all__ = ["FEW_ROWS", "MIN_BLOCK_COLUMNS", "Linear", "decode_layout", "decode_weight", "linear", "rows_linear", "split_blocks"]
 
 #: Inputs of at most this many rows use the transposed layout.
 FEW_ROWS = 4
@@ -74,6 +74,14 @@ def split_blocks(n_out: int) -> int:
     return max(1, min(torch.get_num_threads(), n_out // MIN_BLOCK_COLUMNS))
 
 
+def linear(x: Tensor, weight: Tensor, weight_t: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, through ``weight_t = decode_weight(weight)`` when given and
+    ``x`` has at most ``FEW_ROWS`` rows."""
+    if weight_t is not None and x.numel() <= FEW_ROWS * weight.shape[1]:
+        return rows_linear(x, weight_t, weight.shape[0], bias)
+    return F.linear(x, weight, bias)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` that multiplies few rows by a transposed copy of its weight when it holds
     one (``decode_layout``)."""
@@ -81,10 +89,7 @@ class Linear(nn.Linear):
     weight_t: Optional[Tensor] = None
 
     def forward(self, x: Tensor) -> Tensor:
-        wt = self.weight_t
-        if wt is not None and x.numel() <= FEW_ROWS * self.in_features:
-            return rows_linear(x, wt, self.out_features, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.weight_t, self.bias)
 
 
 @contextlib.contextmanager
