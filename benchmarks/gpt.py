@@ -189,10 +189,11 @@ def gpu_mfu(batch=8, steps=10):
             "mfu": flops * tps / peak if peak else None}
 
 
-def write_section(text):
+def write_section(text, section=SECTION):
+    """Replace ``section`` of benchmarks/RESULTS.md (heading to the next heading) with ``text``."""
     old = RESULTS.read_text() if RESULTS.exists() else "# partita benchmarks\n"
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-    new = pattern.sub(text.strip() + "\n", old) if SECTION in old else old.rstrip() + "\n\n" + text.strip() + "\n"
+    pattern = re.compile(re.escape(section) + r".*?(?=\n## |\Z)", re.S)
+    new = pattern.sub(text.strip() + "\n", old) if section in old else old.rstrip() + "\n\n" + text.strip() + "\n"
     RESULTS.write_text(new)
 
 

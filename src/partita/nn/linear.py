@@ -2,14 +2,14 @@
 
 Decoding one token at a time multiplies a handful of rows by every weight matrix: the step is a
 matrix-vector product, bound by reading the weights. ``nn.Linear`` stores ``W`` as
-``[out, in]`` and computes ``x @ W.T``; for one to four rows CPU BLAS does that 1.4-1.7x slower
+``[out, in]`` and computes ``x @ W.T``; for one to four rows CPU BLAS does that more slowly
 than ``x @ Wt`` with ``Wt = W.T`` stored contiguous as ``[in, out]`` (Hugging Face's GPT-2
 stores its weights that way), and it runs a single product on one core. ``decode_weight``
 stores ``Wt`` as one contiguous column block per intra-op thread, ``[P, in, out/P]``, and
 ``rows_linear`` multiplies them in one batched product, which runs a block on each core. For
-the 25 matrices of the ``small`` GPT and one row, on 2 cores of an AMD EPYC: 0.91 ms with
-``F.linear``, 0.63 ms transposed, 0.34 ms transposed and split (benchmarks/RESULTS.md). From
-eight rows on, the usual layout is as fast.
+the 25 matrices of the ``small`` GPT and one row, on 2 cores of an AMD EPYC, transposed is 1.2x
+and transposed and split 1.7x ``F.linear`` (``benchmarks/gpt_breakdown.py``). From eight rows on,
+the usual layout is as fast.
 
 ``Linear`` is ``nn.Linear`` (same parameters, same state dict, same result up to float rounding)
 plus an optional ``weight_t``: inside ``decode_layout(model)`` every CPU ``Linear`` of the model
