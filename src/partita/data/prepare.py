@@ -2,7 +2,7 @@
 
 The work is organised so that nothing is ever lost or done twice:
 
-- Worker processes each read one file; an exception marks that file bad with its reason, and a
+- Worker processes (the pool of ``partita.data.pool``) each read one file; an exception marks that file bad with its reason, and a
   worker that dies (a crash in a C library, the OOM killer) marks the file it held bad too: the
   files that were in flight are retried one at a time in a fresh process to find the culprit.
 - Results are flushed every ``flush_every`` pieces as a *part*: a folder written under a
@@ -16,15 +16,11 @@ The work is organised so that nothing is ever lost or done twice:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
-import signal
-import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,6 +39,7 @@ from partita.data.corpus import (
     write_corpus,
 )
 from partita.data.piece import Piece
+from partita.data.pool import isolated_map
 from partita.data.sources import scan
 from partita.errors import PartitaError
 from partita.io.midi import DEFAULT_MAX_BYTES, MidiError, load, sustained_durations
@@ -105,7 +102,7 @@ def read_piece(path: str, options: ReadOptions) -> dict:
     }
 
 
-def _task(reader: Callable, piece: Piece, options: ReadOptions) -> tuple[str, dict | None, str | None, str | None]:
+def _task(reader: Callable, piece: Piece, *, options: ReadOptions) -> tuple[str, dict | None, str | None, str | None]:
     """Run ``reader`` on one piece; every failure becomes (reason, message), never an exception."""
     try:
         return piece.id, reader(piece.path, options), None, None
@@ -115,16 +112,6 @@ def _task(reader: Callable, piece: Piece, options: ReadOptions) -> tuple[str, di
         return piece.id, None, "memory", "ran out of memory reading this file"
     except Exception as e:  # a bug or a library failure on one file must not stop the corpus
         return piece.id, None, "error", f"{type(e).__name__}: {e}".splitlines()[0][:300]
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C goes to the main process, which saves what is done; workers just stop with the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _context():
-    # fork starts workers in milliseconds with numpy/symusic already imported; elsewhere spawn.
-    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def shard_of(piece_id: str, n: int) -> int:
@@ -354,50 +341,16 @@ def prepare(
     return PrepareResult(Corpus(out), read_now=len(todo))
 
 
-def _task_batch(reader: Callable, pieces: list[Piece], options: ReadOptions) -> list:
-    return [_task(reader, piece, options) for piece in pieces]
-
-
 def _read_all(todo: list[Piece], options: ReadOptions, workers: int | None, reader: Callable):
-    """Yield (piece, data, reason, message) for every piece, in completion order.
-
-    Files are read in worker processes even with one worker, so that a file that crashes the
-    reader (a segfault in a C library) cannot take the run down with it. Pieces travel in small
-    batches: one task per file costs more in inter-process traffic than reading a small file.
-    """
-    workers = max(1, workers or os.cpu_count() or 1)
-    batch = max(1, min(32, len(todo) // (workers * 16)))
-    pending = [todo[k : k + batch] for k in range(0, len(todo), batch)][::-1]
-    while pending:
-        in_flight: dict = {}
-        pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_ignore_sigint)
-        try:
-            while pending or in_flight:
-                while pending and len(in_flight) < 2 * workers:
-                    pieces = pending.pop()
-                    in_flight[pool.submit(_task_batch, reader, pieces, options)] = pieces
-                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    results = fut.result()  # raises BrokenProcessPool if a worker died
-                    for piece, result in zip(in_flight.pop(fut), results):
-                        yield (piece, *result[1:])
-        except BrokenProcessPool:
-            # A worker died. Its file is among those in flight: read each of them alone.
-            suspects = [piece for pieces in in_flight.values() for piece in pieces]
-            pool.shutdown(wait=False, cancel_futures=True)
-            for piece in suspects:
-                yield (piece, *_read_isolated(reader, piece, options))
-            continue
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    """Yield (piece, data, reason, message) for every piece, in completion order, read in the
+    crash-isolated pool (``partita.data.pool``): a file that kills its reader is marked bad."""
+    fn = functools.partial(_task, reader, options=options)
+    for _, piece, result in isolated_map(fn, todo, workers=workers, on_crash=_crashed):
+        yield (piece, *result[1:])
 
 
-def _read_isolated(reader: Callable, piece: Piece, options: ReadOptions):
-    with ProcessPoolExecutor(1, mp_context=_context(), initializer=_ignore_sigint) as solo:
-        try:
-            return solo.submit(_task, reader, piece, options).result()[1:]
-        except BrokenProcessPool:
-            return None, "crashed", "the reader process crashed on this file"
+def _crashed(piece: Piece):
+    return piece.id, None, "crashed", "the reader process crashed on this file"
 
 
 def merge(shard_dirs: list[str | Path], out: str | Path) -> Corpus:
