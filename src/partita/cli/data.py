@@ -19,7 +19,7 @@ app.add_typer(tokenizer_app, name="tokenizer")
 def prepare_cmd(
     source: str = typer.Argument(..., help="A folder of MIDI files, or the word 'bundled' for the music21 corpus."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the prepared corpus."),
-    format: Optional[str] = typer.Option(None, "--format", help="folder, giantmidi, maestro, lakh or bundled (default: detected)."),
+    format: Optional[str] = typer.Option(None, "--format", help="folder, giantmidi, maestro, asap, lakh or bundled (default: detected)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (default: all cores)."),
     shard: str = typer.Option("1/1", "--shard", help="Prepare only shard I of N (1-based), e.g. 3/8 on the 3rd of 8 machines."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/valid/test split."),
@@ -30,6 +30,7 @@ def prepare_cmd(
     labels_csv: Optional[Path] = typer.Option(None, "--labels-csv", help="A path,label[,title] CSV for a plain folder."),
     composite: str = typer.Option("keep", "--composite", help="MAESTRO 'A / B' composers: keep as one label or drop."),
     max_per_label: Optional[int] = typer.Option(None, "--max-per-label", help="Bundled corpus: pieces per label."),
+    kind: str = typer.Option("both", "--kind", help="ASAP: performances, scores or both (default)."),
     full: bool = typer.Option(False, "--full", help="Bundled corpus: export every piece music21 has."),
     sustain: bool = typer.Option(True, "--sustain/--no-sustain", help="Lengthen notes held by the sustain pedal."),
     max_size_mb: float = typer.Option(64, "--max-size-mb", help="Refuse MIDI files larger than this."),
@@ -39,7 +40,7 @@ def prepare_cmd(
     from partita.data.prepare import ReadOptions, parse_shard, prepare
 
     options = ReadOptions(sustain=sustain, max_bytes=int(max_size_mb * 2**20))
-    source_options = {"labels_csv": labels_csv, "composite": composite}
+    source_options = {"labels_csv": labels_csv, "composite": composite, "kind": kind}
     if source == "bundled" or format == "bundled":
         source_options = {"max_per_label": max_per_label, "full": full, "workers": workers}
         with progress_bar("exporting music21 corpus") as update:

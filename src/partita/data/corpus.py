@@ -4,7 +4,8 @@ Folder layout::
 
     corpus.json      what was prepared, from where, with which options (written last)
     pieces.parquet   one row per file: id, path, label, title, source, group, split, status,
-                     reason, message, tpq, duration (s), n_notes, n_tempos, n_timesigs, n_tracks
+                     reason, message, tpq, duration (s), n_notes, n_tempos, n_timesigs, n_tracks,
+                     kind (a work's rendition where the source says: "performance" or "score")
     notes.npy        every note of every good piece, piece after piece (STORE_NOTE_DTYPE, 14 B)
     tempos.npy       tempo changes, piece after piece (tick, microseconds per quarter)
     timesigs.npy     time signatures, piece after piece
@@ -252,3 +253,4 @@ def _schema() -> pa.Schema:
             ("source_split", pa.string()),
         ]
     )
+            ("kind", pa.string()),

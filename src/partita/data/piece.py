@@ -15,6 +15,8 @@ class Piece:
     ("train"/"valid"/"test") when it has one, else ``None`` and partita assigns one.
     ``group`` ties together versions of one work (performances, arrangements) so that a split
     never puts them on both sides; ``None`` means "derive it from label and title".
+    ``kind`` tells renditions of a work apart where a source has several (ASAP: "performance" or
+    "score"); ``None`` where the source does not say.
     """
 
     id: str
@@ -24,6 +26,7 @@ class Piece:
     source: str = "folder"
     split: str | None = None
     group: str | None = None
+    kind: str | None = None
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

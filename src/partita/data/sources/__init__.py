@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from partita.data.piece import Piece
+from partita.data.sources.asap import KINDS, is_asap, scan_asap
 from partita.data.sources.folders import (
     FORMATS,
     detect,
@@ -25,13 +26,19 @@ def scan(
     *,
     labels_csv: str | Path | None = None,
     composite: str = "keep",
+    kind: str = "both",
     max_per_label: int | None = None,
     full: bool = False,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[str, list[Piece]]:
     """List the pieces of ``source``: a folder (layout detected unless ``format`` is given) or the
-    word ``"bundled"``. Returns the format used and the pieces, sorted by id."""
+    word ``"bundled"``. Returns the format used and the pieces, sorted by id.
+
+    ``kind``: for sources with several renditions of a work (ASAP), list its ``"performances"``,
+    ``"scores"`` or ``"both"``."""
+    if kind not in KINDS:
+        raise PartitaError(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if str(source) == "bundled" or format == "bundled":
         from partita.data.sources.bundled import DEFAULT_MAX_PER_LABEL, export_bundled
 
@@ -43,12 +50,16 @@ def scan(
     if format is not None and format not in FORMATS:
         raise PartitaError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     fmt = format or detect(root)
+    if kind != "both" and fmt != "asap":
+        raise PartitaError(f"--kind {kind} needs a source with performances and scores (asap), not a {fmt} folder")
     if fmt == "folder":
         pieces = scan_folder(root, Path(labels_csv) if labels_csv else None)
     elif fmt == "giantmidi":
         pieces = scan_giantmidi(root)
     elif fmt == "maestro":
         pieces = scan_maestro(root, composite=composite)
+    elif fmt == "asap":
+        pieces = scan_asap(root, kind=kind)
     else:
         pieces = scan_lakh(root)
     if not pieces:
@@ -61,11 +72,14 @@ def scan(
 
 __all__ = [
     "FORMATS",
+    "KINDS",
     "Piece",
     "detect",
+    "is_asap",
     "midi_files",
     "parse_giantmidi_name",
     "scan",
+    "scan_asap",
     "scan_folder",
     "scan_giantmidi",
     "scan_lakh",

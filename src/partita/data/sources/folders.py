@@ -261,14 +261,19 @@ def _lakh_layout(root: Path) -> str | None:
 
 # --- detection -------------------------------------------------------------------------------
 
-FORMATS = ("folder", "giantmidi", "maestro", "lakh", "bundled")
+FORMATS = ("folder", "giantmidi", "maestro", "asap", "lakh", "bundled")
 
 
 def detect(root: Path) -> str:
-    """Guess a folder's layout: maestro (its csv), lakh, giantmidi (most file names fit), folder."""
+    """Guess a folder's layout: maestro (its csv), asap (its metadata.csv), lakh, giantmidi (most
+    file names fit), folder."""
+    from partita.data.sources.asap import is_asap
+
     root = _require_dir(root)
     if find_maestro_csv(root) is not None:
         return "maestro"
+    if is_asap(root):
+        return "asap"
     if _lakh_layout(root) is not None:
         return "lakh"
     if (root / LABELS_CSV).is_file():
