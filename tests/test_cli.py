@@ -48,6 +48,11 @@ def test_prepare_info_and_json(fixtures, tmp_path):
     streams = TokenStreams(out / "tokens")
     assert len(streams) == 4 and streams.vocab_size == 700
     assert "already exists" in _one_line_error(run("data", "tokenize", out))
+    one = run("data", "tokenize", out, "-j", "1", "--out", tmp_path / "tokens1")
+    assert one.returncode == 0, one.stderr
+    for name in ("tokens.bin", "bars.bin", "positions.bin", "offsets.npy", "piece_ids.json"):
+        assert (tmp_path / "tokens1" / name).read_bytes() == (out / "tokens" / name).read_bytes()
+    assert "--workers" in _one_line_error(run("data", "tokenize", out, "-j", "0", "--out", tmp_path / "t0"))
 
 
 @pytest.mark.parametrize(

@@ -430,3 +430,51 @@ def test_empty_streams_and_bad_folder(tmp_path, remi):
     (tmp_path / "empty" / "tokens.bin").write_bytes(b"\x00\x01")
     with pytest.raises(T.TokenizerError, match="tokens.bin"):
         T.TokenStreams(tmp_path / "empty")
+
+
+class _CrashingScore:
+    """A score source that kills the process building it (a segfault's stand-in)."""
+
+    def __call__(self):
+        import os
+
+        os._exit(3)
+
+
+def _stream_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_streams_from_the_worker_pool_are_byte_identical(tmp_path, bpe, scores, fixtures):
+    items = [(k, v) for k, v in scores.items()]
+    items.insert(2, ("garbage", b"MThd not really"))
+    items.insert(4, ("silent", Score(480)))
+    items.append(("from-path", fixtures / "multitrack" / "POP909_022.mid"))
+    items.append(("Aicha.mid", scores["POP909_010.mid"]))  # duplicate id
+    one = T.write_token_streams(items, bpe, tmp_path / "one")
+    seen = []
+    pooled = T.write_token_streams(items, bpe, tmp_path / "pool", workers=2, progress=lambda d, t: seen.append((d, t)))
+    assert _stream_bytes(tmp_path / "one") == _stream_bytes(tmp_path / "pool")
+    assert pooled.skipped == one.skipped and len(one) == len(scores) + 1
+    assert seen[-1] == (len(items), len(items)) and [d for d, _ in seen] == list(range(1, len(items) + 1))
+
+    # A piece that kills its worker is skipped with its reason; the others are written as before.
+    crashed = T.write_token_streams(items[:3] + [("crash", _CrashingScore())] + items[3:], bpe, tmp_path / "crash", workers=2)
+    assert crashed.ids == one.ids
+    assert ("crash", "crashed: the tokenizer process died on this piece") in crashed.skipped
+    np.testing.assert_array_equal(np.asarray(crashed.tokens), np.asarray(one.tokens))
+
+
+def test_corpus_score_refs_tokenize_like_scores(tmp_path, remi, fixtures):
+    from conftest import labelled_folder
+
+    from partita.data.corpus import Corpus
+    from partita.data.prepare import prepare
+
+    root = labelled_folder(tmp_path / "midi", {"Pop": sorted((fixtures / "multitrack").glob("POP909_*.mid"))})
+    corpus = prepare(root, tmp_path / "corpus", workers=1).corpus
+    direct = T.write_token_streams([(r["id"], corpus.score(i)) for i, r in enumerate(corpus.pieces)], remi, tmp_path / "a")
+    refs = [(r["id"], corpus.score_ref(i)) for i, r in enumerate(corpus.pieces)]
+    pooled = T.write_token_streams(refs, remi, tmp_path / "b", workers=2)
+    assert len(pooled) == len(Corpus(tmp_path / "corpus")) == 4
+    assert _stream_bytes(tmp_path / "a") == _stream_bytes(tmp_path / "b")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -158,6 +159,7 @@ def tokenize_cmd(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer JSON (default: CORPUS/tokenizer.json, else plain REMI)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the token streams (default: CORPUS/tokens)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing token streams."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (default: all cores); same output for any number."),
 ) -> None:
     """Encode every piece of a corpus into memory-mapped token streams (with bar and position per token)."""
     from partita.data.corpus import Corpus
@@ -171,9 +173,11 @@ def tokenize_cmd(
     out = out or c.path / "tokens"
     if out.exists() and not overwrite:
         raise PartitaError(f"{out} already exists; pass --overwrite to replace it")
+    if workers is not None and workers < 1:
+        raise PartitaError(f"--workers must be 1 or more, not {workers}")
     with progress_bar("tokenizing") as update:
-        items = ((r["id"], c.score(i)) for i, r in enumerate(c.pieces))
-        streams = write_token_streams(_tracked(items, update, len(c)), tok, out, overwrite=overwrite)
+        items = [(r["id"], c.score_ref(i)) for i, r in enumerate(c.pieces)]
+        streams = write_token_streams(items, tok, out, overwrite=overwrite, workers=workers or os.cpu_count() or 1, progress=update)
     total = int(streams.lengths.sum()) if len(streams) else 0
     console.print(f"{len(streams)} pieces, {total:,} tokens ({total / max(len(streams), 1):,.0f} per piece) -> {out}")
     for piece_id, reason in streams.skipped[:10]:

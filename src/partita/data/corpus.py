@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,12 @@ class Corpus:
             )
         return preprocess(score, drums=drums, merge=merge)
 
+    def score_ref(self, i: int, *, drums: bool = True, merge: bool = False) -> "ScoreRef":
+        """A small picklable stand-in for ``score(i)``, built where it is called (in a worker
+        process, say, which then opens the corpus once and reads the piece from the note store)."""
+        j = self._good[i]  # IndexError here, not in a worker
+        return ScoreRef(str(self.path.resolve()), i, self.rows[j]["id"], drums, merge)
+
     def summary(self) -> dict:
         """Counts a person wants after prepare: good/bad by reason, hours, notes, labels, splits."""
         good = self.pieces
@@ -190,6 +197,30 @@ class Corpus:
             "per_split": dict(sorted(Counter(r["split"] for r in good).items())),
             "bad_files": [{"id": r["id"], "reason": r["reason"], "message": r["message"]} for r in self.rows if r["status"] != "ok"],
         }
+
+
+@dataclass(frozen=True)
+class ScoreRef:
+    """``Corpus(path).score(i)``, deferred: calling it opens the corpus (once per process) and
+    builds the score. ``piece_id`` guards against a corpus prepared again in between."""
+
+    path: str
+    i: int
+    piece_id: str
+    drums: bool = True
+    merge: bool = False
+
+    def __call__(self) -> Score:
+        key = (self.path, os.stat(Path(self.path) / "corpus.json").st_mtime_ns)  # a corpus written again is opened again
+        corpus = _OPENED.get(key)
+        if corpus is None:
+            corpus = _OPENED[key] = Corpus(self.path)
+        if self.i >= len(corpus) or corpus.pieces[self.i]["id"] != self.piece_id:
+            raise PartitaError(f"{self.path}: piece {self.i} is no longer {self.piece_id!r} (corpus prepared again?)")
+        return corpus.score(self.i, drums=self.drums, merge=self.merge)
+
+
+_OPENED: dict[tuple, Corpus] = {}  # corpora opened by ScoreRef in this process
 
 
 def write_corpus(out: Path, rows: list, notes: list, tempos: list, timesigs: list, *, config: dict) -> None:

@@ -61,7 +61,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Union
 
@@ -634,6 +634,72 @@ def _auto_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
 
+def _encode_piece(tokenizer: MusicTokenizer, score: Any, bos_eos: bool) -> tuple | str:
+    """(ids, bars, positions) of one piece, or the one-line reason it cannot be encoded."""
+    try:
+        if callable(score) and not isinstance(score, _SCORE_TYPES):
+            score = score()
+        if not isinstance(score, _SCORE_TYPES):
+            score = load(score)
+        if score.note_num() == 0:
+            raise TokenizerError("the score has no notes")
+        ids = encode(tokenizer, score, bos_eos=bos_eos)
+        if len(ids) - (2 if bos_eos else 0) <= 0:
+            raise TokenizerError("no token (no note the tokenizer can represent)")
+        bars, positions = token_timing(tokenizer, ids)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    return ids, bars, positions
+
+
+_WORKER: dict = {}  # the tokenizer of a worker process, set once by _init_encoder
+
+
+def _init_encoder(tokenizer: MusicTokenizer, bos_eos: bool) -> None:
+    _WORKER.update(tokenizer=tokenizer, bos_eos=bos_eos)
+
+
+def _encode_task(item: tuple) -> tuple | str:
+    return _encode_piece(_WORKER["tokenizer"], item[1], _WORKER["bos_eos"])
+
+
+def _crashed(item: tuple) -> str:
+    return "crashed: the tokenizer process died on this piece"
+
+
+def _encode_items(items, tokenizer, bos_eos, workers, seen, progress):
+    """Yield (piece_id, (ids, bars, positions) or reason) in the order of ``items``.
+
+    In this process, a piece whose id is already written is not encoded again; in the pool every
+    piece is encoded and the caller drops duplicates as they come, so both write the same bytes.
+    """
+    if workers is None:
+        total = len(items) if hasattr(items, "__len__") else 0
+        for done, (piece_id, score) in enumerate(items, 1):
+            piece_id = str(piece_id)
+            yield piece_id, None if piece_id in seen else _encode_piece(tokenizer, score, bos_eos)
+            if progress:
+                progress(done, max(total, done))
+        return
+    from partita.data.pool import isolated_map
+
+    items = [(str(piece_id), score) for piece_id, score in items]
+    results = isolated_map(
+        _encode_task,
+        items,
+        workers=workers,
+        on_crash=_crashed,
+        initializer=_init_encoder,
+        initargs=(tokenizer, bos_eos),
+        ordered=True,
+        max_batch=4,
+    )
+    for done, (_, (piece_id, _score), encoded) in enumerate(results, 1):
+        yield piece_id, encoded
+        if progress:
+            progress(done, len(items))
+
+
 def write_token_streams(
     items: Iterable[tuple[str, Score | MidiSource]],
     tokenizer: MusicTokenizer,
@@ -642,8 +708,17 @@ def write_token_streams(
     *,
     bos_eos: bool = True,
     overwrite: bool = False,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TokenStreams:
     """Encode ``(piece_id, score)`` pairs into memory-mappable arrays under ``out_dir``.
+
+    A score is a ``Score``, a MIDI path or bytes, or a picklable zero-argument callable that
+    returns a ``Score`` (``Corpus.score_ref(i)``: the piece is built where it is encoded).
+    ``workers=None`` encodes in this process; ``workers=N`` in N worker processes of partita's
+    crash-isolated pool (``partita.data.pool``), with the same output byte for byte (results are
+    written in the order of ``items``; a piece whose process crashes is skipped with its reason).
+    ``progress(done, total)`` is called after each piece.
 
     Writes ``tokens.bin`` (all ids, concatenated), ``bars.bin`` and ``positions.bin`` (same
     length, from ``token_timing``), ``offsets.npy`` (``n_pieces + 1`` int64; piece ``i`` is
@@ -672,24 +747,14 @@ def write_token_streams(
         with open(tmp / "tokens.bin", "wb") as ft, open(tmp / "bars.bin", "wb") as fb, open(
             tmp / "positions.bin", "wb"
         ) as fp:
-            for piece_id, score in items:
-                piece_id = str(piece_id)
+            for piece_id, encoded in _encode_items(items, tokenizer, bos_eos, workers, seen, progress):
                 if piece_id in seen:
                     skipped.append((piece_id, "duplicate piece id"))
                     continue
-                try:
-                    if not isinstance(score, _SCORE_TYPES):
-                        score = load(score)
-                    if score.note_num() == 0:
-                        raise TokenizerError("the score has no notes")
-                    ids = encode(tokenizer, score, bos_eos=bos_eos)
-                    n_music = len(ids) - (2 if bos_eos else 0)
-                    if n_music <= 0:
-                        raise TokenizerError("no token (no note the tokenizer can represent)")
-                    bars, positions = token_timing(tokenizer, ids)
-                except Exception as e:
-                    skipped.append((piece_id, f"{type(e).__name__}: {e}".splitlines()[0]))
+                if isinstance(encoded, str):
+                    skipped.append((piece_id, encoded))
                     continue
+                ids, bars, positions = encoded
                 seen.add(piece_id)
                 ft.write(ids.astype(dtype).tobytes())
                 fb.write(bars.astype(_BARS_DTYPE).tobytes())
