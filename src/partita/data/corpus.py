@@ -282,6 +282,6 @@ def _schema() -> pa.Schema:
             ("n_timesigs", pa.int64()),
             ("n_tracks", pa.int32()),
             ("source_split", pa.string()),
+            ("kind", pa.string()),
         ]
     )
-            ("kind", pa.string()),
