@@ -13,6 +13,7 @@ from partita.represent.features import (
     TIME_EDGES,
     duration_histogram,
     feature_vector,
+    harmonic_interval_histogram,
     interval_histogram,
     ioi_histogram,
     melodic_line,
@@ -20,6 +21,7 @@ from partita.represent.features import (
     pitch_class_histogram,
     pitch_range,
     polyphony,
+    velocity_stats,
 )
 
 Q = 480  # a quarter note in ticks; make_score's 120 qpm makes it 0.5 s
@@ -155,6 +157,30 @@ def test_feature_names_describe_the_vector():
     assert named["duration_0.5-1s"] == pytest.approx(1.0)
     assert named["ioi_0.5-1s"] == pytest.approx(1.0)
     assert (named["polyphony_mean"], named["polyphony_max"]) == (1.0, 1.0)
+
+
+def test_velocity_statistics():
+    notes = notes_of([(0.5 * k, 0.5, 60, v) for k, v in enumerate([20, 40, 60, 80, 100])])
+    mean, std, p10, p50, p90 = velocity_stats(notes)
+    assert (mean, p50) == (60, 60) and std == pytest.approx(np.std([20, 40, 60, 80, 100]))
+    assert p10 == pytest.approx(28) and p90 == pytest.approx(92)
+    flat = velocity_stats(c_major_scale())  # a quantised score at one velocity
+    np.testing.assert_allclose(flat, [80, 0, 80, 80, 80])
+    assert not velocity_stats(np.zeros(0, NOTE_DTYPE)).any()
+
+
+def test_harmonic_intervals_read_each_chord_bottom_up():
+    # C major triad struck spread over 20 ms (one chord), then a C-F#-C' chord, then a lone note.
+    notes = notes_of([(0.0, 1, 67, 80), (0.01, 1, 60, 80), (0.02, 1, 64, 80),
+                      (1.0, 1, 60, 80), (1.0, 1, 66, 80), (1.0, 1, 72, 80), (2.0, 1, 50, 80)])
+    hist = harmonic_interval_histogram(notes)
+    # neighbours: C-E (4), E-G (3); C-F# (6), F#-C (6)
+    np.testing.assert_allclose(hist, [0, 0, 0, 0.25, 0.25, 0, 0.5])
+    minor_ninth = notes_of([(0.0, 1, 60, 80), (0.0, 1, 73, 80)])  # 13 semitones: class 1
+    np.testing.assert_allclose(harmonic_interval_histogram(minor_ninth), [0, 1, 0, 0, 0, 0, 0])
+    assert not harmonic_interval_histogram(c_major_scale()).any()  # a melody has no chords
+    named = dict(zip(FEATURE_NAMES, feature_vector(notes).tolist()))
+    assert named["harmonic_ic6"] == pytest.approx(0.5) and named["velocity_std"] == 0
 
 
 def test_feature_vector_is_finite_for_every_real_file():

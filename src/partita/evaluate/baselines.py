@@ -1,4 +1,8 @@
-"""Baselines a trained model must beat: a smoothed n-gram language model over token ids.
+"""Baselines a trained model must beat: a smoothed n-gram language model over token ids, and
+hand-made features with a logistic regression (attribution) or a cosine (retrieval).
+
+The feature baselines are at the end of this module (see its section comment): on ASAP they give
+composer top-1 0.72 and performance -> score R@1 0.86 (``benchmarks/asap_baselines.py``).
 
 ``NGramLM`` is the honest yardstick for the music transformer: it reads the same token ids
 (``partita.represent.tokens``), is fit on the train split and scored on the test split in the
@@ -54,7 +58,18 @@ import numpy as np
 
 from partita.errors import PartitaError
 
-__all__ = ["NGramLM", "count_notes"]
+__all__ = [
+    "NGramLM",
+    "corpus_features",
+    "count_notes",
+    "feature_classifier",
+    "grouped_attribution",
+    "per_label_top1",
+    "recall_at_k",
+    "rendition_retrieval",
+    "standardised_unit",
+    "topk_accuracy",
+]
 
 _FORMAT = "partita.ngram_lm"
 _VERSION = 1
@@ -521,3 +536,188 @@ def count_notes(tokenizer: Any, sequences: Iterable[np.ndarray] | Any) -> np.nda
     elif isinstance(sequences, np.ndarray) and sequences.ndim == 1:
         sequences = [sequences]
     return np.array([decode(tokenizer, np.asarray(s)).note_num() for s in sequences], np.int64)
+
+
+# ====================================================================================================
+# Feature baselines for embeddings: what a statistician would try first on a piece's summary numbers.
+#
+# ``represent.features.feature_vector`` (pitch-class, interval, register, duration and IOI
+# histograms, density, polyphony, velocity statistics, chord intervals), standardised (each
+# dimension to mean 0, standard deviation 1 over the pieces a deployed system would hold), then
+#
+# * composer attribution: a logistic regression (``feature_classifier``), scored by grouped
+#   k-fold cross-validation over works (``grouped_attribution``: no work on both sides) or on a
+#   held-out split (``topk_accuracy``, ``per_label_top1``);
+# * retrieval: the cosine of the standardised vectors (``standardised_unit``), scored as recall at
+#   k (``recall_at_k``), e.g. each performance of a work asking for its score among all scores
+#   (``rendition_retrieval``).
+# ====================================================================================================
+
+
+def corpus_features(corpus: Any, indices: Sequence[int], progress: Any = None) -> np.ndarray:
+    """``feature_vector`` of each piece ``indices`` of a prepared ``Corpus`` ([n, d] float64)."""
+    from partita.represent.features import FEATURE_NAMES, feature_vector
+
+    rows = []
+    for n, i in enumerate(indices, 1):
+        rows.append(feature_vector(corpus.notes(i)))
+        if progress is not None:
+            progress(n, len(indices))
+    return np.stack(rows).astype(np.float64) if rows else np.zeros((0, len(FEATURE_NAMES)))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def standardised_unit(x: np.ndarray, fit: np.ndarray | None = None) -> np.ndarray:
+    """Rows of ``x`` standardised with the mean and standard deviation of ``fit`` (default: ``x``),
+    then scaled to unit length, so a dot product is the cosine of the standardised features.
+    A dimension constant in ``fit`` is centred and left unscaled (as ``StandardScaler`` does)."""
+    x = np.asarray(x, np.float64)
+    fit = x if fit is None else np.asarray(fit, np.float64)
+    if x.ndim != 2 or fit.ndim != 2 or x.shape[1] != fit.shape[1] or len(fit) == 0:
+        raise PartitaError(f"standardised_unit needs 2-D arrays of the same width, got {x.shape} and {fit.shape}")
+    std = fit.std(axis=0)
+    return _unit_rows((x - fit.mean(axis=0)) / np.where(std > 0, std, 1.0))
+
+
+def feature_classifier(x: np.ndarray, y: np.ndarray, *, C: float = 1.0, seed: int = 0) -> Any:
+    """A fitted ``StandardScaler`` + ``LogisticRegression`` (multinomial, L2 with strength ``C``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(y)
+    if len(set(y.tolist())) < 2:
+        raise PartitaError("a classifier needs training pieces of at least 2 labels")
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, C=C, random_state=seed)).fit(x, y)
+
+
+def topk_accuracy(scores: np.ndarray, classes: np.ndarray, y: np.ndarray, ks: Sequence[int] = (1, 3)) -> dict[str, float]:
+    """``{"top1": .., "top3": ..}``: share of rows whose label ``y`` is among the ``k`` best-scored
+    ``classes`` (``scores``: [n, n_classes], higher is better). A label the scorer does not know
+    counts as a miss."""
+    scores, classes, y = np.asarray(scores), np.asarray(classes), np.asarray(y)
+    if len(y) == 0:
+        return {f"top{k}": float("nan") for k in ks}
+    ranked = classes[np.argsort(-scores, axis=1, kind="stable")]
+    return {f"top{k}": float(np.mean((ranked[:, :k] == y[:, None]).any(axis=1))) for k in ks}
+
+
+def per_label_top1(scores: np.ndarray, classes: np.ndarray, y: np.ndarray) -> dict[str, dict]:
+    """Per true label: ``{"n": pieces, "top1": share named right, "named": most common verdict}``."""
+    scores, classes, y = np.asarray(scores), np.asarray(classes), np.asarray(y)
+    pred = classes[np.argmax(scores, axis=1)] if len(y) else np.zeros(0, classes.dtype)
+    out = {}
+    for label in sorted(set(y.tolist()), key=str):
+        mine = pred[y == label]
+        values, counts = np.unique(mine, return_counts=True)
+        out[str(label)] = {"n": int(len(mine)), "top1": float(np.mean(mine == label)),
+                           "named": str(values[np.argmax(counts)])}
+    return out
+
+
+def grouped_attribution(
+    x: np.ndarray,
+    y: Sequence,
+    groups: Sequence,
+    *,
+    folds: int = 5,
+    C: float = 1.0,
+    seed: int = 0,
+    ks: Sequence[int] = (1, 3),
+) -> dict:
+    """Grouped k-fold cross-validated attribution by ``feature_classifier``.
+
+    ``groups`` (a work per piece) keep every piece of a work in one fold, so the classifier never
+    sees another performance of the work it is asked about. Returns top-k accuracy over all pieces
+    (each predicted by the model that did not train on its fold), ``majority`` (each fold's most
+    common training label, the floor), per-label top-1 and the counts.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    x, y, groups = np.asarray(x, np.float64), np.asarray(y), np.asarray(groups)
+    if not (len(x) == len(y) == len(groups)):
+        raise PartitaError(f"x, y and groups must have one row per piece ({len(x)}, {len(y)}, {len(groups)})")
+    n_groups = len(set(groups.tolist()))
+    if folds < 2 or n_groups < folds:
+        raise PartitaError(f"{folds}-fold cross-validation needs at least {max(folds, 2)} works, got {n_groups}")
+    classes = np.array(sorted(set(y.tolist()), key=str))
+    column = {c: k for k, c in enumerate(classes.tolist())}
+    scores = np.zeros((len(y), len(classes)))
+    majority_hits = 0
+    for train, test in GroupKFold(n_splits=folds).split(x, y, groups):
+        clf = feature_classifier(x[train], y[train], C=C, seed=seed)
+        cols = [column[c] for c in clf.classes_.tolist()]
+        scores[np.ix_(test, cols)] = clf.predict_proba(x[test])
+        values, counts = np.unique(y[train], return_counts=True)
+        majority_hits += int(np.sum(y[test] == values[np.argmax(counts)]))
+    return {
+        **topk_accuracy(scores, classes, y, ks),
+        "majority": majority_hits / len(y),
+        "per_label": per_label_top1(scores, classes, y),
+        "n": int(len(y)),
+        "n_groups": n_groups,
+        "n_labels": int(len(classes)),
+        "folds": folds,
+    }
+
+
+def recall_at_k(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    query_keys: Sequence,
+    gallery_keys: Sequence,
+    ks: Sequence[int] = (1, 5),
+    *,
+    exclude: np.ndarray | None = None,
+) -> dict:
+    """Recall at k of cosine retrieval: the share of queries with a gallery item of their own key
+    (the same work) among their ``k`` nearest by dot product (rows are unit vectors).
+
+    ``exclude``: a boolean [n_queries, n_gallery] mask of items a query may not retrieve (itself,
+    when queries are drawn from the gallery). Queries with no relevant item left are not scored;
+    ``queries`` in the result counts the scored ones.
+    """
+    q, g = np.asarray(queries, np.float64), np.asarray(gallery, np.float64)
+    qk, gk = np.asarray(query_keys), np.asarray(gallery_keys)
+    relevant = qk[:, None] == gk[None, :]
+    sims = q @ g.T if len(q) and len(g) else np.zeros((len(q), len(g)))
+    if exclude is not None:
+        relevant = relevant & ~exclude
+        sims = np.where(exclude, -np.inf, sims)
+    scored = relevant.any(axis=1)
+    out: dict = {"queries": int(scored.sum()), "gallery": int(len(g))}
+    if not scored.any():
+        return {**out, **{f"R@{k}": float("nan") for k in ks}}
+    order = np.argsort(-sims[scored], axis=1, kind="stable")
+    hits = np.take_along_axis(relevant[scored], order, axis=1)
+    for k in ks:
+        out[f"R@{k}"] = float(np.mean(hits[:, :k].any(axis=1)))
+    return out
+
+
+PERFORMANCE, SCORE = "performance", "score"
+
+
+def rendition_retrieval(vectors: np.ndarray, groups: Sequence, kinds: Sequence, ks: Sequence[int] = (1, 5)) -> dict:
+    """Retrieval across renditions of a work (unit ``vectors``, one ``group`` = work and one
+    ``kind`` per piece): ``"performance -> score"`` (each performance against every score) and
+    ``"performance -> performance"`` (against every other performance; a work's other
+    performances are relevant). A direction the pieces cannot pose (no scores, or no work with two
+    performances) is left out."""
+    v = np.asarray(vectors, np.float64)
+    groups, kinds = np.asarray(groups, object), np.asarray(kinds, object)
+    perf, score = np.flatnonzero(kinds == PERFORMANCE), np.flatnonzero(kinds == SCORE)
+    out = {}
+    if len(perf) and len(score):
+        r = recall_at_k(v[perf], v[score], groups[perf], groups[score], ks)
+        if r["queries"]:
+            out["performance -> score"] = r
+    if len(perf) > 1:
+        r = recall_at_k(v[perf], v[perf], groups[perf], groups[perf], ks, exclude=np.eye(len(perf), dtype=bool))
+        if r["queries"]:
+            out["performance -> performance"] = r
+    return out

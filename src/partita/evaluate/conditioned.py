@@ -3,7 +3,7 @@
 ``evaluate_classifier``: per held-out piece (windows voted, ``GRUClassifier.piece_log_probs``)
 accuracy, balanced accuracy and per-label recall, next to chance (1/K), the majority class of the
 training split, and a feature + logistic-regression baseline (``partita.represent.features``'
-61 hand-made features of the whole piece, standardised, scikit-learn ``LogisticRegression``
+hand-made features of the whole piece, standardised, scikit-learn ``LogisticRegression``
 trained on the training split); plus the accuracy of single windows.
 
 ``evaluate_conditioned``: what the issue asks of a composer-conditioned generator:
@@ -100,13 +100,13 @@ def feature_baseline(corpus: Corpus, labels: Sequence[str], *, train_split: str 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from partita.represent.features import feature_vector
+    from partita.represent.features import FEATURE_NAMES, feature_vector
 
     index = {name: k for k, name in enumerate(labels)}
 
     def xy(which: str):
         idx = [i for i in corpus.indices(split=which) if corpus.pieces[i]["label"] in index]
-        x = np.stack([feature_vector(corpus.notes(i)) for i in idx]) if idx else np.zeros((0, 61), np.float32)
+        x = np.stack([feature_vector(corpus.notes(i)) for i in idx]) if idx else np.zeros((0, len(FEATURE_NAMES)), np.float32)
         return x, np.asarray([index[corpus.pieces[i]["label"]] for i in idx], np.int64)
 
     x_train, y_train = xy(train_split)

@@ -182,6 +182,42 @@ def polyphony(notes: np.ndarray) -> np.ndarray:
     return np.array([mean, float(count.max())])
 
 
+def velocity_stats(notes: np.ndarray) -> np.ndarray:
+    """``[mean, std, 10th, 50th, 90th percentile]`` of the note velocities (1..127; zeros for no
+    notes).
+
+    How hard keys are struck: a performance's dynamics, a composer's writing for the instrument
+    (a Liszt fortissimo, a Bach fugue's even touch). A quantised score written at one velocity has
+    a standard deviation of 0 and equal percentiles.
+    """
+    velocity = _pitched(notes)["velocity"].astype(np.float64)
+    if len(velocity) == 0:
+        return np.zeros(5)
+    return np.r_[velocity.mean(), velocity.std(), np.percentile(velocity, [10, 50, 90])]
+
+
+def harmonic_interval_histogram(notes: np.ndarray, *, chord_tolerance: float = DEFAULT_CHORD_TOLERANCE) -> np.ndarray:
+    """Share of each interval class 0..6 between neighbouring notes of a chord (7 bins).
+
+    Within each onset group (notes struck together, see the module doc), the notes are sorted by
+    pitch and each pair of neighbours gives an interval class: the interval modulo 12 folded to
+    0..6 (0: octave doubling, 3/4: thirds and sixths, 5: fourths and fifths, 1/6: seconds and
+    tritones). The vertical counterpart of the interval histogram, it tells a harmony of stacked
+    thirds from one of fourths, seconds and tritones. Sums to 1 (zeros with no chord).
+    """
+    notes = _pitched(notes)
+    if len(notes) < 2:
+        return np.zeros(7)
+    groups = _onset_groups(notes["onset"].astype(np.float64), chord_tolerance)
+    pitch = notes["pitch"].astype(np.int64)
+    order = np.lexsort((pitch, groups))
+    pitch, groups = pitch[order], groups[order]
+    same = groups[1:] == groups[:-1]
+    step = (pitch[1:] - pitch[:-1])[same] % 12
+    classes = np.minimum(step, 12 - step)
+    return _normalise(np.bincount(classes, minlength=7).astype(np.float64))
+
+
 def _time_bin_names(prefix: str) -> list[str]:
     edges = [f"{e:g}" for e in TIME_EDGES]
     return (
@@ -199,15 +235,19 @@ FEATURE_NAMES: tuple[str, ...] = tuple(
     + _time_bin_names("duration")
     + _time_bin_names("ioi")
     + ["polyphony_mean", "polyphony_max"]
+    + ["velocity_mean", "velocity_std", "velocity_p10", "velocity_p50", "velocity_p90"]
+    + [f"harmonic_ic{k}" for k in range(7)]
 )
 
 
 def feature_vector(notes: np.ndarray, *, chord_tolerance: float = DEFAULT_CHORD_TOLERANCE) -> np.ndarray:
-    """All features as one float32 vector of ``len(FEATURE_NAMES)`` (= 61) dimensions.
+    """All features as one float32 vector of ``len(FEATURE_NAMES)`` (= 73) dimensions.
 
     Histograms are normalised, the rest are raw (MIDI pitch numbers, notes per second, note
-    counts): models using the vector should standardise it (e.g. sklearn's ``StandardScaler``).
-    The pitch-class histogram is the count-based one and intervals follow the top line.
+    counts, velocities): models using the vector should standardise it (e.g. sklearn's
+    ``StandardScaler``). The pitch-class histogram is the count-based one and intervals follow the
+    top line. Velocity statistics and the chord intervals were added for real piano music: on ASAP
+    they raise composer top-1 of a logistic regression from 0.65 to 0.72 (benchmarks/RESULTS.md).
     """
     parts = [
         pitch_class_histogram(notes),
@@ -217,5 +257,7 @@ def feature_vector(notes: np.ndarray, *, chord_tolerance: float = DEFAULT_CHORD_
         duration_histogram(notes),
         ioi_histogram(notes, chord_tolerance=chord_tolerance),
         polyphony(notes),
+        velocity_stats(notes),
+        harmonic_interval_histogram(notes, chord_tolerance=chord_tolerance),
     ]
     return np.concatenate([np.asarray(p, np.float64) for p in parts]).astype(np.float32)
