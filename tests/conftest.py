@@ -10,7 +10,7 @@ import pytest
 from symusic import Note, Score, Tempo, TimeSignature, Track
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = (ROOT / ".." / "shared" / "fixtures" / "midi").resolve()
+FIXTURES = ROOT / "tests" / "fixtures" / "midi"
 
 
 def labelled_folder(root: Path, files_by_label: dict[str, list[Path]]) -> Path:
@@ -20,6 +20,18 @@ def labelled_folder(root: Path, files_by_label: dict[str, list[Path]]) -> Path:
         for f in files:
             shutil.copy(f, root / label / f.name)
     return root
+
+
+def tokenize(corpus_dir: Path) -> Path:
+    """Write a prepared corpus's token streams with plain REMI (what ``partita data tokenize`` does
+    without a trained tokenizer); returns the corpus folder."""
+    from partita.data.corpus import Corpus
+    from partita.represent.tokens import make_tokenizer, write_token_streams
+
+    corpus = Corpus(corpus_dir)
+    write_token_streams(((r["id"], corpus.score(i)) for i, r in enumerate(corpus.pieces)), make_tokenizer(),
+                        corpus.path / "tokens")
+    return Path(corpus_dir)
 
 
 def make_score(

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
-from conftest import make_score
+from conftest import make_score, tokenize
 from partita.bundle import load_bundle, save_bundle
 from partita.data.corpus import Corpus
 from partita.data.prepare import prepare
@@ -55,7 +55,7 @@ def build_corpus(root, per_style: int = 8):
             synthetic_piece(style, 100 * k + j).dump_midi(str(midi / style / f"{style.lower()}{j}.mid"))
     out = root / "corpus"
     prepare(midi, out, workers=1, valid=0.25, test=0.25, seed=0)
-    return out
+    return tokenize(out)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 
 from partita.bundle import load_bundle, save_bundle
 from partita.errors import PartitaError
@@ -34,7 +35,7 @@ def tiny(**kw) -> MusicVAE:
 def fur_elise(request):
     from partita.io.midi import load
 
-    path = request.config.rootpath.parent / "shared" / "fixtures" / "midi" / "edge" / "fur-elise.mid"
+    path = FIXTURES / "edge" / "fur-elise.mid"
     return load(path)
 
 
@@ -231,7 +232,7 @@ def test_bad_inputs_are_one_line_errors(trained, tmp_path, request):
     from partita.generate.vae import interpolate, reconstruct
 
     path, windows = trained
-    edge = request.config.rootpath.parent / "shared" / "fixtures" / "midi" / "edge"
+    edge = FIXTURES / "edge"
     cases = [
         (edge / "multitrack.mid", "no melody"),  # a chord spread over four tracks: no line of 4 notes
         (edge / "single-track-single-channel.mid", "needs at least 2 bar"),  # one bar

@@ -15,12 +15,12 @@ from partita.data.prepare import prepare
 from partita.train.common import warmup_cosine
 from partita.train.gpt import train_gpt
 from partita.train.stream import IGNORE, SongStream
-from conftest import labelled_folder
+from conftest import FIXTURES, labelled_folder, tokenize
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, request):
-    fixtures = request.config.rootpath.parent / "shared" / "fixtures" / "midi"
+    fixtures = FIXTURES
     root = tmp_path_factory.mktemp("train") / "midi"
     labelled_folder(root, {
         "Pop": sorted((fixtures / "multitrack").glob("POP909_*.mid"))[:3],
@@ -28,7 +28,7 @@ def corpus(tmp_path_factory, request):
     })
     out = root.parent / "corpus"
     prepare(root, out, workers=1, valid=0.34, test=0.34)
-    return out
+    return tokenize(out)
 
 
 class FakeStreams:
@@ -141,7 +141,7 @@ def test_ddp_with_two_cpu_processes(corpus, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "bundle" / "model.safetensors").exists()
-    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr  # a second process trained
 
 
 def test_finite_stream_with_fewer_pieces_than_rows_plays_each_once():

@@ -24,12 +24,12 @@ from partita.train.embedder import (
     train_embedder,
     validation_metrics,
 )
-from conftest import labelled_folder
+from conftest import FIXTURES, labelled_folder
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, request):
-    fixtures = request.config.rootpath.parent / "shared" / "fixtures" / "midi"
+    fixtures = FIXTURES
     root = tmp_path_factory.mktemp("embedder") / "midi"
     labelled_folder(root, {
         "Pop": sorted((fixtures / "multitrack").glob("POP909_*.mid")),

@@ -12,14 +12,14 @@ import pytest
 from partita.cli import main
 from partita.io.midi import load
 from partita.represent.melody import score_to_events
-from conftest import labelled_folder
+from conftest import FIXTURES, labelled_folder
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, request):
     from partita.data.prepare import prepare
 
-    fixtures = request.config.rootpath.parent / "shared" / "fixtures" / "midi"
+    fixtures = FIXTURES
     root = tmp_path_factory.mktemp("vaecli") / "midi"
     labelled_folder(root, {
         "Pop": sorted((fixtures / "multitrack").glob("POP909_*.mid")),
@@ -81,7 +81,7 @@ def test_eval_vae_reports_models_baselines_and_interpolation(run, corpus, tmp_pa
 
 def test_vae_commands_write_readable_midi(run, tmp_path, request):
     bundle = str(run / "bundle")
-    fixtures = request.config.rootpath.parent / "shared" / "fixtures" / "midi"
+    fixtures = FIXTURES
     a, b = fixtures / "edge" / "fur-elise.mid", fixtures / "edge" / "pitches.mid"
     out = tmp_path / "o"
     main(["vae", "reconstruct", str(a), "--model", bundle, "--out", str(out), "--max-windows", "2",
@@ -103,7 +103,7 @@ def test_vae_mistakes_are_one_line(run, tmp_path, capsys, request):
     from partita.pretrained import bundle_path
 
     bundle = str(run / "bundle")
-    edge = request.config.rootpath.parent / "shared" / "fixtures" / "midi" / "edge"
+    edge = FIXTURES / "edge"
     for args, expected in [
         (["vae", "sample", "--model", bundle, "--composer", "Bach"], "--composer needs a composer-conditioned tvae"),
         (["vae", "reconstruct", str(edge / "fur-elise.mid"), "--model", str(bundle_path())], "a 'gpt' bundle, not a MusicVAE"),

@@ -80,10 +80,12 @@ def _model_class(family: str, where: Path) -> Any:
     return entry
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -154,7 +156,7 @@ def save_bundle(
 
     tensors, aliases = _state_for_saving(model, fp16)
     meta = {"format": "pt", "family": family, "aliases": json.dumps(aliases)}
-    _write_atomic(path / WEIGHTS_FILE, st_save(tensors, metadata=meta))
+    atomic_write(path / WEIGHTS_FILE, st_save(tensors, metadata=meta))
 
     config_doc = {
         "family": family,
@@ -163,7 +165,7 @@ def save_bundle(
         "dtype": "float16" if fp16 else "float32",
         "config": config.to_dict(),
     }
-    _write_atomic(path / CONFIG_FILE, _json_bytes(config_doc))
+    atomic_write(path / CONFIG_FILE, _json_bytes(config_doc))
 
     if tokenizer is not None:
         from partita.represent.tokens import save_tokenizer
@@ -178,7 +180,7 @@ def save_bundle(
         card.setdefault("parameters", int(sum(p.numel() for p in model.parameters())))
     card.setdefault("partita_version", partita.__version__)
     card.setdefault("saved", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    _write_atomic(path / CARD_FILE, _json_bytes(card))
+    atomic_write(path / CARD_FILE, _json_bytes(card))
     return path
 
 

@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     if debug:
         args.remove("--debug")
     try:
-        app(args=args, prog_name="partita", standalone_mode=False)
+        code = app(args=args, prog_name="partita", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into a returned exit code when not standalone
+            raise KeyboardInterrupt
     except _EXIT as e:
         sys.exit(e.exit_code)
     except _USAGE as e:

@@ -13,6 +13,7 @@ from rich.table import Table
 from partita.cli.common import console, err_console, progress_bar, write_json
 from partita.cli.evaluate import app as eval_app
 from partita.cli.train import app as train_app
+from partita.cli.train import print_trained, with_run_options
 from partita.errors import PartitaError
 
 
@@ -23,7 +24,9 @@ def _labels(text: Optional[str]) -> Optional[list[str]]:
 
 
 @train_app.command("classifier")
+@with_run_options
 def train_classifier_cmd(
+    run_config,
     data: Path = typer.Option(..., "--data", help="A prepared, tokenized corpus (partita data tokenize)."),
     out: Path = typer.Option(Path("runs/classifier"), "--out", "-o", help="Run folder: checkpoints, logs, bundle."),
     preset: str = typer.Option("small", "--preset", help="tiny, small (CPU) or base."),
@@ -31,37 +34,26 @@ def train_classifier_cmd(
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set d_hidden=256 (repeatable)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated label set (default: labels with >= --min-pieces pieces)."),
     min_pieces: int = typer.Option(40, "--min-pieces", help="Labels with at least this many pieces, when --labels is not given."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b"),
-    max_steps: int = typer.Option(2000, "--max-steps"),
-    lr: float = typer.Option(2e-3, "--lr"),
-    warmup: int = typer.Option(100, "--warmup"),
-    val_every: int = typer.Option(200, "--val-every"),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every"),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: validations without improvement."),
-    seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    fp16: bool = typer.Option(False, "--fp16-bundle", help="Store the exported weights in float16."),
 ) -> None:
     """Train the GRU composer classifier on random token segments; writes RUN/bundle with test metrics."""
     from partita.models.classifier import ClassifierConfig
     from partita.train.classifier import train_classifier
-    from partita.train.common import apply_overrides
-    from partita.train.gpt import command_line
+    from partita.train.common import apply_overrides, command_line
 
     overrides = apply_overrides(ClassifierConfig, {}, config, set_)
-    card = train_classifier(data, out, preset=preset, overrides=overrides, labels=_labels(labels), min_pieces=min_pieces,
-                            batch_size=batch_size, max_steps=max_steps, lr=lr, warmup=warmup, val_every=val_every,
-                            checkpoint_every=checkpoint_every, patience=patience, seed=seed, resume=resume,
-                            command=command_line(), fp16_bundle=fp16)
-    console.print(f"trained {card['parameters']:,} parameters for {card['steps']} steps on {', '.join(card['labels'])}")
+    card = train_classifier(data, out, run_config, preset=preset, overrides=overrides, labels=_labels(labels),
+                            min_pieces=min_pieces, command=command_line())
+    console.print(f"labels: {', '.join(card['labels'])}")
     test = card["metrics"].get("test")
     if test:
         _print_classifier_eval(test)
-    console.print(f"bundle: {out / 'bundle'}  (partita classify FILE --model {out / 'bundle'})")
+    print_trained(card, out / "bundle", f"partita classify FILE --model {out / 'bundle'}")
 
 
 @train_app.command("tvae")
+@with_run_options
 def train_tvae_cmd(
+    run_config,
     data: Path = typer.Option(..., "--data", help="A prepared, tokenized corpus (partita data tokenize)."),
     out: Path = typer.Option(Path("runs/tvae"), "--out", "-o", help="Run folder: checkpoints, logs, bundle."),
     preset: str = typer.Option("small", "--preset", help="tiny, small (CPU) or base."),
@@ -69,37 +61,20 @@ def train_tvae_cmd(
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set d_latent=32 (repeatable)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated composer set (default: labels with >= --min-pieces pieces)."),
     min_pieces: int = typer.Option(40, "--min-pieces"),
-    batch_size: int = typer.Option(16, "--batch-size", "-b"),
-    max_steps: int = typer.Option(2000, "--max-steps"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    warmup: int = typer.Option(100, "--warmup"),
     kl_warmup: int = typer.Option(500, "--kl-warmup", help="Steps over which the KL weight rises from 0 to --beta."),
     beta: float = typer.Option(1.0, "--beta", help="Final KL weight."),
     free_bits: float = typer.Option(0.1, "--free-bits", help="Nats per latent dimension the KL is not pushed below."),
-    val_every: int = typer.Option(200, "--val-every"),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every"),
-    patience: Optional[int] = typer.Option(None, "--patience"),
-    seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    fp16: bool = typer.Option(False, "--fp16-bundle", help="Store the exported weights in float16."),
 ) -> None:
     """Train the composer-conditioned transformer VAE on fixed-length token segments."""
     from partita.models.tvae import TVAEConfig
-    from partita.train.common import apply_overrides
-    from partita.train.gpt import command_line
+    from partita.train.common import apply_overrides, command_line
     from partita.train.tvae import train_tvae
 
     overrides = apply_overrides(TVAEConfig, {}, config, set_)
-    card = train_tvae(data, out, preset=preset, overrides=overrides, labels=_labels(labels), min_pieces=min_pieces,
-                      batch_size=batch_size, max_steps=max_steps, lr=lr, warmup=warmup, kl_warmup=kl_warmup, beta=beta,
-                      free_bits=free_bits, val_every=val_every, checkpoint_every=checkpoint_every, patience=patience,
-                      seed=seed, resume=resume, command=command_line(), fp16_bundle=fp16)
-    valid = card["metrics"]["valid"]
-    console.print(
-        f"trained {card['parameters']:,} parameters for {card['steps']} steps on {', '.join(card['labels'])}; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(valid.items()))
-    )
-    console.print(f"bundle: {out / 'bundle'}  (partita vae sample --model {out / 'bundle'} --composer {card['labels'][0]})")
+    card = train_tvae(data, out, run_config, preset=preset, overrides=overrides, labels=_labels(labels),
+                      min_pieces=min_pieces, kl_warmup=kl_warmup, beta=beta, free_bits=free_bits, command=command_line())
+    console.print(f"composers: {', '.join(card['labels'])}")
+    print_trained(card, out / "bundle", f"partita vae sample --model {out / 'bundle'} --composer {card['labels'][0]}")
 
 
 def _print_classifier_eval(r: dict) -> None:

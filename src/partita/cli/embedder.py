@@ -12,6 +12,7 @@ from rich.table import Table
 from partita.cli.common import console, progress_bar, write_json
 from partita.cli.evaluate import app as eval_app
 from partita.cli.train import app as train_app
+from partita.cli.train import print_trained, with_run_options
 from partita.errors import PartitaError
 
 
@@ -20,7 +21,9 @@ def _labels(text: Optional[str]) -> list[str]:
 
 
 @train_app.command("embedder")
+@with_run_options
 def train_embedder_cmd(
+    run_config,
     data: Path = typer.Option(..., "--data", help="A prepared corpus (partita data prepare)."),
     out: Path = typer.Option(Path("runs/embedder"), "--out", "-o", help="Run folder: checkpoints, logs, bundle."),
     preset: str = typer.Option("small", "--preset", help="tiny, small (CPU), base (GPU) or harmonixr (its published set-up)."),
@@ -29,33 +32,19 @@ def train_embedder_cmd(
     loss: str = typer.Option("supcon", "--loss", help="supcon (supervised contrastive) or contrastive (dynamic margin)."),
     window_seconds: Optional[float] = typer.Option(None, "--window-seconds", help="Crop length in seconds (default: the preset's, 30 s for small)."),
     labels_per_batch: int = typer.Option(8, "--labels-per-batch", "-P", help="Labels drawn per batch."),
-    per_label: int = typer.Option(4, "--per-label", "-K", help="Pieces (one crop each) per label per batch."),
-    max_steps: int = typer.Option(1000, "--max-steps", help="Optimizer steps."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
-    weight_decay: float = typer.Option(0.05, "--weight-decay"),
-    warmup: int = typer.Option(50, "--warmup", help="Linear warmup steps before the cosine decay."),
-    grad_clip: float = typer.Option(1.0, "--grad-clip"),
+    per_label: int = typer.Option(4, "--per-label", "-K", help="Pieces (one crop each) per label per batch (--batch-size sets it to batch / P)."),
     transpose: int = typer.Option(0, "--transpose", help="Random transposition of each crop by up to N semitones."),
     noise: float = typer.Option(0.1, "--noise", help="Multiplicative noise on the rolls (0 = off)."),
     temperature: float = typer.Option(0.1, "--temperature", help="SupCon temperature."),
     margin_start: float = typer.Option(0.1, "--margin-start", help="Contrastive loss: the first (low) margin."),
     margin_max: float = typer.Option(1.2, "--margin-max", help="Contrastive loss: the largest margin."),
     unseen_labels: Optional[str] = typer.Option(None, "--unseen-labels", help="Comma-separated labels never trained on (to test 'unknown' detection)."),
-    val_every: int = typer.Option(200, "--val-every", help="Validate every N steps."),
     val_windows: int = typer.Option(4, "--val-windows", help="Windows per validation piece."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Checkpoint every N steps."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: validations without improvement."),
-    devices: str = typer.Option("1", "--devices", help="Devices (GPUs or CPU processes), or 'auto'."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Default: bf16-mixed on a GPU, 32-true on a CPU."),
-    seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    fp16: bool = typer.Option(False, "--fp16-bundle", help="Store the exported weights in float16."),
 ) -> None:
     """Train the SiaViT embedder (siamese ViT on helical pianorolls); writes checkpoints, logs and a bundle."""
     from partita.models.siavit import SiaViTConfig
-    from partita.train.common import apply_overrides
+    from partita.train.common import apply_overrides, command_line
     from partita.train.embedder import train_embedder
-    from partita.train.gpt import command_line
 
     overrides = apply_overrides(SiaViTConfig, {}, config, set_)
     if window_seconds is not None:
@@ -63,20 +52,11 @@ def train_embedder_cmd(
             raise PartitaError(f"--window-seconds must be between 0 and 600, not {window_seconds}")
         overrides["window_seconds"] = window_seconds
     card = train_embedder(
-        data, out, preset=preset, overrides=overrides, loss=loss, labels_per_batch=labels_per_batch,
-        per_label=per_label, max_steps=max_steps, lr=lr, weight_decay=weight_decay, warmup=warmup,
-        grad_clip=grad_clip, transpose=transpose, noise=noise, temperature=temperature,
-        margin_start=margin_start, margin_max=margin_max, unseen_labels=_labels(unseen_labels),
-        val_every=val_every, val_windows=val_windows, checkpoint_every=checkpoint_every, patience=patience,
-        devices=int(devices) if devices.isdigit() else devices, precision=precision, seed=seed, resume=resume,
-        command=command_line(), fp16_bundle=fp16,
+        data, out, run_config, preset=preset, overrides=overrides, loss=loss, labels_per_batch=labels_per_batch,
+        per_label=per_label, transpose=transpose, noise=noise, temperature=temperature, margin_start=margin_start,
+        margin_max=margin_max, unseen_labels=_labels(unseen_labels), val_windows=val_windows, command=command_line(),
     )
-    valid = card["metrics"]["valid"]
-    console.print(
-        f"trained {card['parameters']:,} parameters for {card['steps']} steps; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(valid.items()))
-    )
-    console.print(f"bundle: {out / 'bundle'}  (partita eval embedder --model {out / 'bundle'} --data {data})")
+    print_trained(card, out / "bundle", f"partita eval embedder --model {out / 'bundle'} --data {data}")
 
 
 def _fmt(v) -> str:
@@ -96,7 +76,8 @@ def eval_embedder_cmd(
     seed: int = typer.Option(0, "--seed"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
 ) -> None:
-    """Pair accuracy, ROC-AUC, attribution, mAP@10, silhouette and unknown detection vs a feature baseline."""
+    """Pair accuracy, ROC-AUC, attribution (top-1/3, per label), mAP@10, silhouette, retrieval across
+    renditions (performance -> score / other performances) and unknown detection, vs feature baselines."""
     from partita.evaluate.embedder import evaluate_embedder
 
     others = {}
@@ -120,6 +101,24 @@ def eval_embedder_cmd(
             table.add_column(col, justify="right")
         for name, row in t["rows"].items():
             table.add_row(name, *(_fmt(row.get(c)) for c in cols))
+        console.print(table)
+        per_label = Table(title=f"{task}: top-1 per label", title_justify="left")
+        per_label.add_column("label")
+        per_label.add_column("test pieces", justify="right")
+        names = [n for n, row in t["rows"].items() if "per_label" in row]
+        for name in names:
+            per_label.add_column(name, justify="right")
+        for label, n in t["test_per_label"].items():
+            per_label.add_row(label, str(n), *(_fmt(t["rows"][m]["per_label"].get(label, {}).get("top1")) for m in names))
+        console.print(per_label)
+    if "renditions" in results:
+        table = Table(title=f"retrieval across renditions ({results['split']} split, "
+                            f"{results['renditions_works']} works with performances)", title_justify="left")
+        for col in ("model", "task", "queries", "gallery", "R@1", "R@5"):
+            table.add_column(col, justify="left" if col in ("model", "task") else "right")
+        for name, tasks_ in results["renditions"].items():
+            for task, r in tasks_.items():
+                table.add_row(name, task, str(r["queries"]), str(r["gallery"]), _fmt(r["R@1"]), _fmt(r["R@5"]))
         console.print(table)
     if "unknown" in results:
         table = Table(title=f"unknown detection: {', '.join(results['unseen_labels'])} never trained on "

@@ -1,77 +1,119 @@
-"""``partita train``: train partita's models on a prepared corpus."""
+"""``partita train``: train partita's models on a prepared corpus.
+
+Every ``partita train FAMILY`` command takes the same run options (``with_run_options``: one
+``RunConfig`` field each: steps, time budget, batch, learning rate, precision, devices, ...) next
+to the options of its family.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
+import typing
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from partita.cli.common import console
+from partita.cli.common import console, err_console
 
 app = typer.Typer(help="Train models on a prepared corpus.", no_args_is_help=True)
 
+_KW = inspect.Parameter.KEYWORD_ONLY
+
+#: The run options every training command takes: (name, type, typer.Option). None: the family's default.
+RUN_OPTIONS = [
+    ("max_steps", Optional[int], typer.Option(None, "--max-steps", help="Optimizer steps (default: the family's).")),
+    ("max_time", Optional[str], typer.Option(None, "--max-time", help="Time budget, e.g. 90s, 30m, 2h, 1h30m (counted over --resume); the run ends cleanly with a bundle.")),
+    ("batch_size", Optional[int], typer.Option(None, "--batch-size", "-b", help="Examples per micro-batch and process (songs, windows, crops).")),
+    ("lr", Optional[float], typer.Option(None, "--lr", help="Peak learning rate.")),
+    ("warmup", Optional[int], typer.Option(None, "--warmup", help="Linear warmup steps before the cosine decay.")),
+    ("min_lr_ratio", Optional[float], typer.Option(None, "--min-lr-ratio", help="The cosine decays to lr x this.")),
+    ("weight_decay", Optional[float], typer.Option(None, "--weight-decay", help="AdamW weight decay (matrices only).")),
+    ("grad_clip", Optional[float], typer.Option(None, "--grad-clip", help="Gradient norm clipping (0: off; default 1).")),
+    ("accumulate", Optional[int], typer.Option(None, "--accumulate", help="Gradient accumulation: micro-batches per step.")),
+    ("precision", Optional[str], typer.Option(None, "--precision", help="Lightning precision (32-true, bf16-mixed, ...); default: bf16-mixed where measured faster.")),
+    ("seed", Optional[int], typer.Option(None, "--seed", help="Random seed (default 0).")),
+    ("val_every", Optional[int], typer.Option(None, "--val-every", help="Validate every N steps (and once at the end).")),
+    ("checkpoint_every", Optional[int], typer.Option(None, "--checkpoint-every", help="Keep a checkpoint every N steps.")),
+    ("patience", Optional[int], typer.Option(None, "--patience", help="Early stopping: validations without improvement.")),
+    ("devices", Optional[str], typer.Option(None, "--devices", help="Devices per machine (GPUs, or CPU processes), or 'auto'.")),
+    ("num_nodes", Optional[int], typer.Option(None, "--num-nodes", help="Machines (with torchrun or SLURM).")),
+    ("strategy", Optional[str], typer.Option(None, "--strategy", help="auto, ddp, ...")),
+    ("resume", bool, typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")),
+    ("fp16_bundle", bool, typer.Option(False, "--fp16-bundle", help="Store the exported weights in float16.")),
+    ("progress", str, typer.Option("auto", "--progress", help="bar, lines (one line every --log-every seconds) or none; auto: a bar on a terminal, lines otherwise.")),
+    ("log_every", float, typer.Option(30.0, "--log-every", help="Seconds between progress lines.")),
+]
+
+
+def run_config_from_options(options: dict):
+    """A ``RunConfig`` from the command line's run options (durations and device counts parsed)."""
+    from partita.train.common import RunConfig, parse_duration
+
+    values = dict(options)
+    if values.get("max_time") is not None:
+        values["max_time"] = parse_duration(values["max_time"])
+    devices = values.get("devices")
+    if isinstance(devices, str) and devices.isdigit():
+        values["devices"] = int(devices)
+    config = RunConfig(**values)
+    config.check()
+    return config
+
+
+def with_run_options(command):
+    """Give a training command every run option; it receives them as ``run_config`` (a RunConfig)."""
+    hints = typing.get_type_hints(command)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation))
+           for p in inspect.signature(command).parameters.values() if p.name != "run_config"]
+    common = [inspect.Parameter(name, _KW, default=option, annotation=kind) for name, kind, option in RUN_OPTIONS]
+    names = [name for name, _, _ in RUN_OPTIONS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        from partita.train.common import TrainingInterrupted
+
+        run_config = run_config_from_options({name: kwargs.pop(name) for name in names})
+        try:
+            return command(run_config=run_config, **kwargs)
+        except TrainingInterrupted as e:  # the bundle is written: say where, exit 130 (SIGINT's code)
+            err_console.print(e.message, markup=False, highlight=False)
+            sys.exit(130)
+
+    wrapper.__signature__ = inspect.Signature(own + common)
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + common}
+    return wrapper
+
+
+def print_trained(card: dict, bundle: Path, next_step: str) -> None:
+    """The closing lines of every training command: what was trained, which step the bundle holds."""
+    valid = card["metrics"].get("valid", {})
+    best = f"best step {card['best_step']:,} ({card['selected_by']})" if card.get("best_step") is not None else "last step"
+    console.print(
+        f"trained {card['parameters']:,} parameters for {card['steps']:,} steps (stopped: {card['stopped'].replace('_', ' ')}); "
+        f"bundle from the {best}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(valid.items()))
+    )
+    console.print(f"bundle: {bundle}  ({next_step})")
+
 
 @app.command("gpt")
+@with_run_options
 def gpt_cmd(
-    data: Path = typer.Option(..., "--data", help="A prepared corpus (partita data prepare)."),
+    run_config,
+    data: Path = typer.Option(..., "--data", help="A prepared, tokenised corpus (partita data prepare, partita data tokenize)."),
     out: Path = typer.Option(Path("runs/gpt"), "--out", "-o", help="Run folder: checkpoints, logs, bundle."),
     preset: str = typer.Option("small", "--preset", help="tiny, small (CPU) or base (~100M, GPU)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of GPTConfig fields."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set n_layer=8 (repeatable)."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Songs streamed side by side per process."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per segment (default: the context)."),
-    max_steps: int = typer.Option(2000, "--max-steps", help="Optimizer steps."),
-    lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate."),
-    weight_decay: float = typer.Option(0.1, "--weight-decay"),
-    warmup: int = typer.Option(100, "--warmup", help="Linear warmup steps before the cosine decay."),
-    accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation (micro-batches per step)."),
-    grad_clip: float = typer.Option(1.0, "--grad-clip"),
-    val_every: int = typer.Option(200, "--val-every", help="Validate every N steps."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Checkpoint every N steps."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: validations without improvement."),
-    devices: str = typer.Option("1", "--devices", help="Devices per machine (GPUs, or CPU processes), or 'auto'."),
-    num_nodes: int = typer.Option(1, "--num-nodes", help="Machines (with torchrun or SLURM)."),
-    strategy: str = typer.Option("auto", "--strategy", help="auto, ddp, ..."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Default: bf16-mixed on a GPU and on a CPU with bf16 instructions (AMX or AVX-512 BF16), else 32-true."),
-    seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    fp16: bool = typer.Option(False, "--fp16-bundle", help="Store the exported weights in float16."),
 ) -> None:
     """Train the music transformer; writes checkpoints, logs and a bundle into --out."""
     from partita.models.gpt import GPTConfig
-    from partita.train.common import apply_overrides
-    from partita.train.gpt import command_line, train_gpt
+    from partita.train.common import apply_overrides, command_line
+    from partita.train.gpt import train_gpt
 
     overrides = apply_overrides(GPTConfig, {}, config, set_)
-    card = train_gpt(
-        data,
-        out,
-        preset=preset,
-        overrides=overrides,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        max_steps=max_steps,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        accumulate=accumulate,
-        grad_clip=grad_clip,
-        val_every=val_every,
-        checkpoint_every=checkpoint_every,
-        patience=patience,
-        devices=int(devices) if devices.isdigit() else devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        precision=precision,
-        seed=seed,
-        resume=resume,
-        command=command_line(),
-        fp16_bundle=fp16,
-    )
-    valid = card["metrics"]["valid"]
-    console.print(
-        f"trained {card['parameters']:,} parameters for {card['steps']} steps; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(valid.items()))
-    )
-    console.print(f"bundle: {out / 'bundle'}  (partita generate --model {out / 'bundle'})")
+    card = train_gpt(data, out, run_config, preset=preset, overrides=overrides, seq_len=seq_len, command=command_line())
+    print_trained(card, out / "bundle", f"partita generate --model {out / 'bundle'}")

@@ -16,6 +16,7 @@ from rich.table import Table
 from partita.cli.common import console, progress_bar, write_json
 from partita.cli.evaluate import app as eval_app
 from partita.cli.train import app as train_app
+from partita.cli.train import print_trained, with_run_options
 from partita.errors import PartitaError
 
 app = typer.Typer(
@@ -28,7 +29,9 @@ app = typer.Typer(
 
 
 @train_app.command("vae")
+@with_run_options
 def train_vae_cmd(
+    run_config,
     data: Path = typer.Option(..., "--data", help="A prepared corpus (partita data prepare)."),
     out: Path = typer.Option(Path("runs/vae"), "--out", "-o", help="Run folder: checkpoints, logs, bundle."),
     bars: int = typer.Option(2, "--bars", help="Window length in 16-step bars (2 and 16 in MusicVAE)."),
@@ -37,42 +40,21 @@ def train_vae_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of MusicVAEConfig fields."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set z_size=256 (repeatable)."),
     labels: list[str] = typer.Option([], "--labels", "-l", help="Train only on pieces with these labels (repeatable), e.g. -l Essen."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Windows per step."),
-    max_steps: int = typer.Option(2000, "--max-steps", help="Optimizer steps."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Also stop after this many minutes (a checkpoint is kept for --resume)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (Adam)."),
-    warmup: int = typer.Option(100, "--warmup", help="Linear warmup steps before the cosine decay."),
     transpose: int = typer.Option(5, "--transpose", help="Random transposition of each training window, up to +-N semitones (0: off)."),
-    grad_clip: float = typer.Option(1.0, "--grad-clip"),
-    val_every: int = typer.Option(200, "--val-every", help="Validate every N steps."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Checkpoint every N steps."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: validations without improvement."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Default: bf16-mixed on a GPU, 32-true on a CPU."),
-    seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    fp16: bool = typer.Option(False, "--fp16-bundle", help="Store the exported weights in float16."),
 ) -> None:
     """Train a MusicVAE on melody windows of a corpus; writes checkpoints, logs and a bundle into --out."""
     from partita.models.musicvae import MusicVAEConfig
-    from partita.train.common import apply_overrides
-    from partita.train.vae import command_line, train_vae
+    from partita.train.common import apply_overrides, command_line
+    from partita.train.vae import train_vae
 
     overrides = apply_overrides(MusicVAEConfig, {}, config, set_)
     with progress_bar("melody windows") as update:
         card = train_vae(
-            data, out, bars=bars, decoder=decoder, preset=preset, overrides=overrides, labels=labels or None,
-            batch_size=batch_size, max_steps=max_steps, max_minutes=max_minutes, lr=lr, warmup=warmup,
-            transpose=transpose, grad_clip=grad_clip, val_every=val_every, checkpoint_every=checkpoint_every,
-            patience=patience, precision=precision, seed=seed, resume=resume, data_progress=update,
-            command=command_line(), fp16_bundle=fp16,
+            data, out, run_config, bars=bars, decoder=decoder, preset=preset, overrides=overrides,
+            labels=labels or None, transpose=transpose, data_progress=update, command=command_line(),
         )
-    valid = card["metrics"]["valid"]
-    console.print(
-        f"trained {card['parameters']:,} parameters ({card['decoder']} decoder, {card['bars']} bars) for "
-        f"{card['steps']} steps on {card['windows']['train']:,} windows; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(valid.items()))
-    )
-    console.print(f"bundle: {out / 'bundle'}  (partita vae sample --model {out / 'bundle'})")
+    console.print(f"{card['decoder']} decoder, {card['bars']} bars, {card['windows']['train']:,} training windows")
+    print_trained(card, out / "bundle", f"partita vae sample --model {out / 'bundle'}")
 
 
 # --- partita vae reconstruct | sample | interpolate ----------------------------------------------

@@ -1,6 +1,6 @@
 """Training the GRU composer classifier (``partita train classifier``) with Lightning.
 
-Data: the corpus's token streams (``partita data tokenize``; made on the fly when missing), cut
+Data: the corpus's token streams (``partita data tokenize``; a one-line error when missing), cut
 into segments by ``LabelledSegments`` (shared with the transformer VAE, ``partita.train.tvae``):
 
 * the label set is chosen once (``choose_labels``): the labels given, or every label with at
@@ -23,8 +23,6 @@ choice during training.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import lightning as L
@@ -35,8 +33,8 @@ from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.classifier import ClassifierConfig, GRUClassifier, segment_windows
-from partita.train.common import ResumableModule, check_run, fit, make_trainer
-from partita.train.gpt import command_line, token_streams
+from partita.train.common import ResumableModule, RunConfig, run, start_run
+from partita.train.gpt import token_streams
 
 __all__ = ["LabelledSegments", "choose_labels", "train_classifier"]
 
@@ -167,8 +165,9 @@ class SeededBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         k = self.module.batches_seen
+        rank = self.module.global_rank  # several processes (DDP) draw different batches
         while True:
-            yield self.draw(np.random.default_rng([self.module.hparams.seed, k]))
+            yield self.draw(np.random.default_rng([self.module.hparams.seed, k] + ([rank] if rank else [])))
             k += 1
 
 
@@ -227,40 +226,34 @@ class ClassifierModule(ResumableModule):
         self.log("val/acc", float(sum(int(x[1]) for x in self._val) / n), prog_bar=True)
 
 
+#: ``RunConfig`` defaults of the classifier.
+RUN_DEFAULTS = dict(batch_size=32, max_steps=2000, lr=2e-3, weight_decay=0.01, warmup=100, min_lr_ratio=0.1)
+
+
 def train_classifier(
     corpus_dir: str | Path,
     out: str | Path,
+    run_config: RunConfig | None = None,
     *,
     preset: str = "small",
     overrides: dict | None = None,
     labels: list[str] | None = None,
     min_pieces: int = 40,
-    batch_size: int = 32,
-    max_steps: int = 2000,
-    lr: float = 2e-3,
-    weight_decay: float = 0.01,
-    warmup: int = 100,
     min_len: int = 32,
     crop_prob: float = 0.5,
-    val_every: int = 200,
-    checkpoint_every: int = 500,
-    patience: int | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    progress: bool = True,
     callbacks: list | None = None,
     evaluate: bool = True,
     command: str | None = None,
-    fp16_bundle: bool = False,
+    **run_options,
 ) -> dict:
-    """Train a GRU composer classifier on a prepared corpus; returns the card written with the bundle."""
-    out = Path(out).expanduser()
-    last = check_run(out, resume)
+    """Train a GRU composer classifier on a prepared, tokenised corpus; returns the card written
+    with the bundle. ``run_config`` or ``RunConfig`` fields as keyword arguments describe the run."""
+    from partita.represent.tokens import special_id
+
+    config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
     corpus = Corpus(corpus_dir)
     streams = token_streams(corpus)
     tokenizer = streams.tokenizer()
-    from partita.represent.tokens import special_id
-
     names = choose_labels(corpus, labels, min_pieces)
     data = LabelledSegments(corpus, streams, names, pad_id=special_id(tokenizer, "PAD"))
     data.check("train", "training")
@@ -272,16 +265,22 @@ def train_classifier(
     if config.labels != names:
         raise PartitaError("set the label set with --labels/--min-pieces, not --set labels=")
 
-    L.seed_everything(seed, workers=True, verbose=False)
-    module = ClassifierModule(config.to_dict(), lr=lr, weight_decay=weight_decay, warmup=warmup, max_steps=max_steps,
-                              batch_size=batch_size, min_len=min_len, crop_prob=crop_prob, seed=seed)
-    module.attach(data)
-    trainer = make_trainer(out, max_steps=max_steps, val_every=val_every, checkpoint_every=checkpoint_every,
-                           patience=patience, progress=progress)
-    trainer.callbacks.extend(callbacks or [])
-    started = time.time()
-    fit(module, trainer, last, resume)
-    model = module.model.cpu().float().eval()
+    def make_module(r: RunConfig) -> ClassifierModule:
+        module = ClassifierModule(config.to_dict(), lr=r.lr, weight_decay=r.weight_decay, warmup=r.warmup,
+                                  max_steps=r.max_steps, min_lr_ratio=r.min_lr_ratio, batch_size=r.batch_size,
+                                  min_len=min_len, crop_prob=crop_prob, seed=r.seed)
+        module.attach(data)
+        return module
+
+    def export(module: ClassifierModule, card: dict) -> None:
+        model = module.model.cpu().float().eval()
+        card["segments_seen"] = int(module.batches_seen * config_run.batch_size)
+        if evaluate and data.by_split.get("test"):
+            from partita.evaluate.conditioned import evaluate_classifier
+
+            card["metrics"]["test"] = evaluate_classifier(model, corpus, streams=streams, split="test")
+        save_bundle(model, out / "bundle", tokenizer=tokenizer, card=card, fp16=config_run.fp16_bundle)
+
     card = {
         "family": "classifier",
         "corpus": str(corpus.path),
@@ -290,19 +289,9 @@ def train_classifier(
         "pieces": {split: data.counts(split) for split in ("train", "valid", "test")},
         "command": command or "partita.train.classifier.train_classifier(...)",
         "preset": preset,
-        "parameters": model.num_parameters(),
-        "steps": int(trainer.global_step),
-        "segments_seen": int(module.batches_seen * batch_size),
-        "train_seconds": round(time.time() - started, 1),
-        "metrics": {"valid": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}},
+        "parameters": GRUClassifier(config).num_parameters(),
     }
-    if evaluate and data.by_split.get("test"):
-        from partita.evaluate.conditioned import evaluate_classifier
-
-        card["metrics"]["test"] = evaluate_classifier(model, corpus, streams=streams, split="test")
-    save_bundle(model, out / "bundle", tokenizer=tokenizer, card=card, fp16=fp16_bundle)
-    (out / "card.json").write_text(json.dumps(card, indent=2))
-    return card
+    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks)
 
 
-__all__ += ["ClassifierModule", "SeededBatches", "command_line", "fixed_loader"]
+__all__ += ["ClassifierModule", "SeededBatches", "fixed_loader"]

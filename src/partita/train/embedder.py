@@ -26,8 +26,8 @@ Validation follows Harmonixr's scheme without its leaks: the validation pieces a
 piece-level) into two disjoint halves; on the first, the *pseudo-validation* pairs pick the
 distance threshold that maximises balanced accuracy; on the second, same-label pairs, different-
 label pairs and a balanced mixed set report accuracy at that threshold, plus ROC-AUC over all its
-pairs and the contrastive loss at a static margin (1.0) as ``val/loss`` (what early stopping
-watches). Embeddings are piece embeddings (``partita.search.embed``, ``val_windows`` windows).
+pairs and the contrastive loss at a static margin (1.0) as ``val/loss``. The best checkpoint
+(what the bundle holds) and early stopping follow ``val/auc``. Embeddings are piece embeddings (``partita.search.embed``, ``val_windows`` windows).
 
 ``--unseen-labels A,B`` leaves every piece of those labels out of training and validation, to
 measure afterwards how the model treats composers it never saw (``partita eval embedder``); the
@@ -37,11 +37,8 @@ either.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -50,7 +47,7 @@ from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.siavit import SiaViT, SiaViTConfig
 from partita.represent.pianoroll import random_crop
-from partita.train.common import ResumableModule, check_run, fit, make_trainer
+from partita.train.common import ResumableModule, RunConfig, run, start_run
 
 LOSSES = ("contrastive", "supcon")
 STATIC_MARGIN = 1.0
@@ -237,6 +234,13 @@ def validation_metrics(vectors: np.ndarray, labels: np.ndarray, seed: int) -> di
 
 
 class EmbedderModule(ResumableModule):
+    monitor = "val/auc"  # the pair ROC-AUC on the reporting half of the validation pieces
+    monitor_mode = "max"
+    items = "crops"
+
+    def items_in(self, batch) -> int:
+        return int(batch["labels"].shape[0])
+
     def __init__(
         self,
         config: dict,
@@ -365,66 +369,62 @@ class EmbedderModule(ResumableModule):
 # --- the run --------------------------------------------------------------------------------
 
 
+#: ``RunConfig`` defaults of the embedder; its batch is ``labels_per_batch`` x ``per_label`` crops
+#: (a ``batch_size`` sets ``per_label`` to ``batch_size // labels_per_batch``).
+RUN_DEFAULTS = dict(max_steps=1000, lr=1e-3, weight_decay=0.05, warmup=50, min_lr_ratio=0.05)
+
+
 def train_embedder(
     corpus_dir: str | Path,
     out: str | Path,
+    run_config: RunConfig | None = None,
     *,
     preset: str = "small",
     overrides: dict | None = None,
     loss: str = "supcon",
     labels_per_batch: int = 8,
     per_label: int = 4,
-    max_steps: int = 1000,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    warmup: int = 50,
-    min_lr_ratio: float = 0.05,
-    grad_clip: float = 1.0,
     transpose: int = 0,
     noise: float = 0.1,
     temperature: float = 0.1,
     margin_start: float = 0.1,
     margin_gap: float = 0.2,
     margin_max: float = 1.2,
-    val_every: int = 200,
     val_windows: int = 4,
-    checkpoint_every: int = 500,
-    patience: int | None = None,
     unseen_labels: list[str] | None = None,
-    devices: int | str = 1,
-    precision: str | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    progress: bool = True,
     callbacks: list | None = None,
     command: str | None = None,
-    fp16_bundle: bool = False,
+    **run_options,
 ) -> dict:
-    """Train a SiaViT on a prepared corpus; returns the card written with the bundle."""
-    out = Path(out).expanduser()
+    """Train a SiaViT on a prepared corpus; returns the card written with the bundle.
+    ``run_config`` or ``RunConfig`` fields as keyword arguments describe the run."""
+    batch_size = (run_config.batch_size if run_config else None) or run_options.get("batch_size")
+    if batch_size:
+        per_label = batch_size // max(labels_per_batch, 1)
+    config_run, out = start_run(out, run_config, run_options, {**RUN_DEFAULTS, "batch_size": labels_per_batch * per_label})
     corpus = Corpus(corpus_dir)
-    last = check_run(out, resume)
     if labels_per_batch < 2 or per_label < 1 or (loss == "supcon" and per_label < 2):
         raise PartitaError("batches need >= 2 labels and >= 1 piece per label (>= 2 for --loss supcon)")
+    if loss not in LOSSES:
+        raise PartitaError(f"--loss must be one of {', '.join(LOSSES)}, not {loss!r}")
     config = SiaViTConfig.preset(preset, **(overrides or {}))
     data = EmbedderData(corpus, unseen_labels)
 
-    L.seed_everything(seed, workers=True, verbose=False)
-    module = EmbedderModule(
-        config.to_dict(), loss=loss, lr=lr, weight_decay=weight_decay, warmup=warmup, max_steps=max_steps,
-        min_lr_ratio=min_lr_ratio, labels_per_batch=labels_per_batch, per_label=per_label, transpose=transpose,
-        noise=noise, temperature=temperature, margin_start=margin_start, margin_gap=margin_gap,
-        margin_max=margin_max, val_windows=val_windows, seed=seed,
-    )
-    module.attach(data)
-    trainer = make_trainer(out, max_steps=max_steps, val_every=val_every, checkpoint_every=checkpoint_every,
-                           patience=patience, grad_clip=grad_clip, devices=devices, precision=precision,
-                           progress=progress)
-    for cb in callbacks or []:
-        trainer.callbacks.append(cb)
-    started = time.time()
-    fit(module, trainer, last, resume)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    def make_module(r: RunConfig) -> EmbedderModule:
+        module = EmbedderModule(
+            config.to_dict(), loss=loss, lr=r.lr, weight_decay=r.weight_decay, warmup=r.warmup, max_steps=r.max_steps,
+            min_lr_ratio=r.min_lr_ratio, labels_per_batch=labels_per_batch, per_label=per_label, transpose=transpose,
+            noise=noise, temperature=temperature, margin_start=margin_start, margin_gap=margin_gap,
+            margin_max=margin_max, val_windows=val_windows, seed=r.seed,
+        )
+        module.attach(data)
+        return module
+
+    def export(module: EmbedderModule, card: dict) -> None:
+        card["windows_seen"] = int(module.batches_seen * labels_per_batch * per_label)
+        card["threshold"] = card["metrics"]["valid"].get("val/threshold")
+        save_bundle(module.model.cpu().float(), out / "bundle", card=card, fp16=config_run.fp16_bundle)
+
     card = {
         "family": "siavit",
         "corpus": str(corpus.path),
@@ -434,16 +434,8 @@ def train_embedder(
         "command": command or "partita.train.embedder.train_embedder(...)",
         "preset": preset,
         "loss": loss,
-        "parameters": module.model.num_parameters(),
-        "steps": int(trainer.global_step),
-        "windows_seen": int(module.batches_seen * labels_per_batch * per_label),
-        "train_seconds": round(time.time() - started, 1),
-        "threshold": metrics.get("val/threshold"),
-        "metrics": {"valid": metrics},
+        "parameters": SiaViT(config).num_parameters(),
         "notes": "metrics are on the corpus's validation split (threshold picked on one half, reported on the "
                  "other); see 'partita eval embedder' for test-split numbers",
     }
-    if trainer.is_global_zero:
-        save_bundle(module.model.cpu().float(), out / "bundle", card=card, fp16=fp16_bundle)
-        (out / "card.json").write_text(json.dumps(card, indent=2))
-    return card
+    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks)

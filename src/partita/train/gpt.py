@@ -1,6 +1,6 @@
 """Training the music transformer (``partita train gpt``) with Lightning.
 
-Data: the corpus's token streams (``partita data tokenize``; made on the fly when missing),
+Data: the corpus's token streams (``partita data tokenize``; a one-line error when missing),
 played as contiguous batches (``partita.train.stream``): each row carries one song from segment
 to segment, so XL and kNN memories see the song's past; a row's memories are cleared when its
 song ends. Validation plays every validation piece once, from fresh memories, and reports
@@ -15,10 +15,6 @@ exactly where an uninterrupted run would.
 
 from __future__ import annotations
 
-import json
-import shlex
-import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -29,7 +25,7 @@ from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.gpt import GPT, GPTConfig
-from partita.train.common import adamw_warmup_cosine, check_run, default_precision, fit, make_trainer
+from partita.train.common import RunConfig, adamw_warmup_cosine, run, start_run
 from partita.train.stream import IGNORE, SongStream
 
 LN2 = float(np.log(2.0))
@@ -38,25 +34,16 @@ LN2 = float(np.log(2.0))
 # --- corpus -> token streams + labels ----------------------------------------------------------
 
 
-def token_streams(corpus: Corpus, *, progress=None):
-    """The corpus's token streams, made with its tokenizer (or plain REMI) when missing."""
-    from partita.represent.tokens import TokenStreams, load_tokenizer, make_tokenizer, write_token_streams
+def token_streams(corpus: Corpus):
+    """The corpus's token streams; a missing tokenisation is a one-line error naming the command
+    that makes it (training and evaluation never change a corpus)."""
+    from partita.represent.tokens import TokenStreams
 
     path = corpus.path / "tokens"
     if not (path / "streams.json").exists():
-        tok_file = corpus.path / "tokenizer.json"
-        tok = load_tokenizer(tok_file) if tok_file.exists() else make_tokenizer()
-        items = ((r["id"], corpus.score(i)) for i, r in enumerate(corpus.pieces))
-        if progress:
-            items = _counted(items, progress, len(corpus))
-        write_token_streams(items, tok, path)
+        raise PartitaError(f"{corpus.path} has no token streams yet: run 'partita data tokenize {corpus.path}' first "
+                           f"(after 'partita data tokenizer train {corpus.path}' for a BPE vocabulary)")
     return TokenStreams(path)
-
-
-def _counted(items, progress, total):
-    for n, item in enumerate(items, 1):
-        yield item
-        progress(n, total)
 
 
 class SongData:
@@ -89,6 +76,13 @@ def _memory_state(xl, knn) -> dict:
 
 
 class GPTModule(L.LightningModule):
+    monitor = "val/loss"  # picks the best checkpoint
+    monitor_mode = "min"
+    items = "tokens"
+
+    def items_in(self, batch) -> int:
+        return int(batch["ids"].numel())
+
     def __init__(
         self,
         config: dict,
@@ -241,7 +235,7 @@ class GPTModule(L.LightningModule):
     # optimisation --------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self.model.parameters(), self.hparams, fused=self.device.type == "cuda")
+        return adamw_warmup_cosine(self, fused=self.device.type == "cuda")
 
     # checkpoints ---------------------------------------------------------------------------
 
@@ -265,39 +259,29 @@ class GPTModule(L.LightningModule):
 # --- the run -----------------------------------------------------------------------------------
 
 
+#: ``RunConfig`` defaults of the transformer (bf16 autocast on CPUs with bf16 instructions too).
+RUN_DEFAULTS = dict(batch_size=16, max_steps=2000, lr=3e-4, weight_decay=0.1, warmup=100, min_lr_ratio=0.1,
+                    val_every=200, checkpoint_every=500)
+
+
 def train_gpt(
     corpus_dir: str | Path,
     out: str | Path,
+    run_config: RunConfig | None = None,
     *,
     preset: str = "small",
     overrides: dict | None = None,
-    batch_size: int = 16,
     seq_len: int | None = None,
-    max_steps: int = 2000,
-    lr: float = 3e-4,
-    weight_decay: float = 0.1,
-    warmup: int = 100,
-    min_lr_ratio: float = 0.1,
-    accumulate: int = 1,
-    grad_clip: float = 1.0,
-    val_every: int = 200,
-    checkpoint_every: int = 500,
-    patience: int | None = None,
-    devices: int | str = 1,
-    num_nodes: int = 1,
-    strategy: str = "auto",
-    precision: str | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    progress: bool = True,
     callbacks: list | None = None,
     command: str | None = None,
-    fp16_bundle: bool = False,
+    **run_options,
 ) -> dict:
-    """Train a GPT on a prepared corpus; returns the card written with the bundle."""
-    out = Path(out).expanduser()
+    """Train a GPT on a prepared, tokenised corpus; returns the card written with the bundle.
+
+    ``run_config`` (or ``RunConfig`` fields as keyword arguments: ``max_steps=``, ``max_time=``,
+    ``batch_size=``, ``lr=``, ...) describes the run; the rest describes the model."""
+    config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
     corpus = Corpus(corpus_dir)
-    last = check_run(out, resume)
     streams = token_streams(corpus)
     data = SongData(corpus, streams)
     tokenizer = streams.tokenizer()
@@ -306,38 +290,18 @@ def train_gpt(
         raise PartitaError(f"vocab_size {config.vocab_size} does not match the tokenizer's {len(tokenizer)} tokens")
     val_notes = _count_notes(tokenizer, streams, data.split.get("valid", []))
 
-    L.seed_everything(seed, workers=True, verbose=False)
-    module = GPTModule(
-        config.to_dict(),
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        max_steps=max_steps,
-        min_lr_ratio=min_lr_ratio,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        seed=seed,
-    )
-    module.attach(streams, data, val_notes)
-    trainer = make_trainer(
-        out,
-        max_steps=max_steps,
-        val_every=val_every * accumulate,
-        checkpoint_every=checkpoint_every,
-        patience=patience,
-        accumulate=accumulate,
-        grad_clip=grad_clip,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        precision=precision or default_precision(cpu_bf16=True),
-        progress=progress,
-    )
-    for cb in callbacks or []:
-        trainer.callbacks.append(cb)
-    started = time.time()
-    fit(module, trainer, last, resume)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    def make_module(r: RunConfig) -> GPTModule:
+        module = GPTModule(config.to_dict(), lr=r.lr, weight_decay=r.weight_decay, warmup=r.warmup,
+                           max_steps=r.max_steps, min_lr_ratio=r.min_lr_ratio, batch_size=r.batch_size,
+                           seq_len=seq_len, seed=r.seed)
+        module.attach(streams, data, val_notes)
+        return module
+
+    def export(module: GPTModule, card: dict) -> None:
+        card["tokens_seen"] = int(module.batches_seen * config_run.batch_size * module.seq_len)
+        save_bundle(module.model.cpu().float(), out / "bundle", tokenizer=tokenizer, card=card,
+                    fp16=config_run.fp16_bundle)
+
     card = {
         "family": "gpt",
         "corpus": str(corpus.path),
@@ -345,17 +309,10 @@ def train_gpt(
         "labels": data.labels,
         "command": command or "partita.train.gpt.train_gpt(...)",
         "preset": preset,
-        "parameters": module.model.num_parameters(),
-        "steps": int(trainer.global_step),
-        "tokens_seen": int(module.batches_seen * batch_size * module.seq_len * max(1, trainer.world_size)),
-        "train_seconds": round(time.time() - started, 1),
-        "metrics": {"valid": metrics},
+        "parameters": GPT(config).num_parameters(),
         "notes": "metrics are on the corpus's validation split; see 'partita eval gpt' for test-split numbers",
     }
-    if trainer.is_global_zero:
-        save_bundle(module.model.cpu().float(), out / "bundle", tokenizer=tokenizer, card=card, fp16=fp16_bundle)
-        (out / "card.json").write_text(json.dumps(card, indent=2))
-    return card
+    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks, cpu_bf16=True)
 
 
 def _count_notes(tokenizer, streams, pieces: list[int]) -> int:
@@ -365,7 +322,3 @@ def _count_notes(tokenizer, streams, pieces: list[int]) -> int:
     if not pieces:
         return 0
     return int(np.sum(count_notes(tokenizer, [streams.piece(i) for i in pieces])))
-
-
-def command_line() -> str:
-    return "partita " + " ".join(shlex.quote(a) for a in sys.argv[1:])

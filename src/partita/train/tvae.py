@@ -23,11 +23,8 @@ is organised by composer.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -41,7 +38,7 @@ from partita.train.classifier import (
     choose_labels,
     fixed_loader,
 )
-from partita.train.common import ResumableModule, check_run, fit, make_trainer
+from partita.train.common import ResumableModule, RunConfig, run, start_run
 from partita.train.gpt import token_streams
 
 __all__ = ["TVAEModule", "train_tvae", "kl_weight", "component_log_density"]
@@ -122,37 +119,31 @@ class TVAEModule(ResumableModule):
         self.log("val/latent_acc", sum(v[4] for v in self._val) / n, prog_bar=True)
 
 
+#: ``RunConfig`` defaults of the transformer VAE.
+RUN_DEFAULTS = dict(batch_size=16, max_steps=2000, lr=1e-3, weight_decay=0.01, warmup=100, min_lr_ratio=0.1)
+
+
 def train_tvae(
     corpus_dir: str | Path,
     out: str | Path,
+    run_config: RunConfig | None = None,
     *,
     preset: str = "small",
     overrides: dict | None = None,
     labels: list[str] | None = None,
     min_pieces: int = 40,
-    batch_size: int = 16,
-    max_steps: int = 2000,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    warmup: int = 100,
     kl_warmup: int = 500,
     beta: float = 1.0,
     free_bits: float = 0.1,
-    val_every: int = 200,
-    checkpoint_every: int = 500,
-    patience: int | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    progress: bool = True,
     callbacks: list | None = None,
     command: str | None = None,
-    fp16_bundle: bool = False,
+    **run_options,
 ) -> dict:
-    """Train a composer-conditioned TVAE on a prepared corpus; returns the card written with the bundle."""
+    """Train a composer-conditioned TVAE on a prepared, tokenised corpus; returns the card written
+    with the bundle. ``run_config`` or ``RunConfig`` fields as keyword arguments describe the run."""
     from partita.represent.tokens import special_id
 
-    out = Path(out).expanduser()
-    last = check_run(out, resume)
+    config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
     corpus = Corpus(corpus_dir)
     streams = token_streams(corpus)
     tokenizer = streams.tokenizer()
@@ -169,16 +160,18 @@ def train_tvae(
     if config.labels != names:
         raise PartitaError("set the composer set with --labels/--min-pieces, not --set labels=")
 
-    L.seed_everything(seed, workers=True, verbose=False)
-    module = TVAEModule(config.to_dict(), lr=lr, weight_decay=weight_decay, warmup=warmup, max_steps=max_steps,
-                        batch_size=batch_size, kl_warmup=kl_warmup, beta=beta, free_bits=free_bits, seed=seed)
-    module.attach(data)
-    trainer = make_trainer(out, max_steps=max_steps, val_every=val_every, checkpoint_every=checkpoint_every,
-                           patience=patience, progress=progress)
-    trainer.callbacks.extend(callbacks or [])
-    started = time.time()
-    fit(module, trainer, last, resume)
-    model = module.model.cpu().float().eval()
+    def make_module(r: RunConfig) -> TVAEModule:
+        module = TVAEModule(config.to_dict(), lr=r.lr, weight_decay=r.weight_decay, warmup=r.warmup,
+                            max_steps=r.max_steps, min_lr_ratio=r.min_lr_ratio, batch_size=r.batch_size,
+                            kl_warmup=kl_warmup, beta=beta, free_bits=free_bits, seed=r.seed)
+        module.attach(data)
+        return module
+
+    def export(module: TVAEModule, card: dict) -> None:
+        card["segments_seen"] = int(module.batches_seen * config_run.batch_size)
+        save_bundle(module.model.cpu().float().eval(), out / "bundle", tokenizer=tokenizer, card=card,
+                    fp16=config_run.fp16_bundle)
+
     card = {
         "family": "tvae",
         "corpus": str(corpus.path),
@@ -187,16 +180,10 @@ def train_tvae(
         "pieces": {split: data.counts(split) for split in ("train", "valid", "test")},
         "command": command or "partita.train.tvae.train_tvae(...)",
         "preset": preset,
-        "parameters": model.num_parameters(),
-        "steps": int(trainer.global_step),
-        "segments_seen": int(module.batches_seen * batch_size),
-        "train_seconds": round(time.time() - started, 1),
+        "parameters": TVAE(config).num_parameters(),
         "kl_warmup": kl_warmup,
         "beta": beta,
         "free_bits": free_bits,
-        "metrics": {"valid": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}},
         "notes": "metrics are on the corpus's validation split; 'partita eval conditioned' gives the test-split numbers",
     }
-    save_bundle(model, out / "bundle", tokenizer=tokenizer, card=card, fp16=fp16_bundle)
-    (out / "card.json").write_text(json.dumps(card, indent=2))
-    return card
+    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks)

@@ -17,14 +17,9 @@ Validation: teacher-forced loss, KL and per-step accuracy decoding from ``mu``, 
 
 from __future__ import annotations
 
-import json
-import shlex
-import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -34,7 +29,7 @@ from partita.errors import PartitaError
 from partita.io.midi import MidiError
 from partita.models.musicvae import MusicVAE, MusicVAEConfig
 from partita.represent.melody import NOTE_OFF, extract_windows
-from partita.train.common import ResumableModule, check_run, fit, make_trainer, warmup_cosine_optimizer
+from partita.train.common import ResumableModule, RunConfig, run, start_run, warmup_cosine_optimizer
 
 
 # --- corpus -> melody windows ------------------------------------------------------------------
@@ -94,9 +89,11 @@ def transpose_windows(windows: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return np.where(is_note, w + shifts[:, None], w)
 
 
-def training_batch(windows: np.ndarray, k: int, *, batch_size: int, seed: int, transpose: int) -> torch.Tensor:
-    """Batch ``k`` of a run: random windows, randomly transposed; a function of (seed, k) only."""
-    rng = np.random.default_rng([seed, k])
+def training_batch(windows: np.ndarray, k: int, *, batch_size: int, seed: int, transpose: int,
+                   rank: int = 0) -> torch.Tensor:
+    """Batch ``k`` of a run (of process ``rank``): random windows, randomly transposed; a function
+    of (seed, k, rank) only."""
+    rng = np.random.default_rng([seed, k] + ([rank] if rank else []))
     idx = rng.integers(0, len(windows), batch_size)
     shifts = rng.integers(-transpose, transpose + 1, batch_size) if transpose > 0 else np.zeros(batch_size, np.int64)
     return torch.from_numpy(transpose_windows(windows[idx], shifts))
@@ -138,7 +135,7 @@ class VAEModule(ResumableModule):
                 while True:
                     hp = module.hparams
                     yield training_batch(module.train_windows, k, batch_size=hp.batch_size, seed=hp.seed,
-                                         transpose=hp.transpose)
+                                         transpose=hp.transpose, rank=module.global_rank)
                     k += 1
 
         return torch.utils.data.DataLoader(Train(), batch_size=None, generator=torch.Generator())
@@ -177,59 +174,39 @@ class VAEModule(ResumableModule):
         self.log("val/accuracy", v["accuracy"] / n, prog_bar=True)
 
     def configure_optimizers(self):
-        return warmup_cosine_optimizer(torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr), self.hparams)
-
-
-class _TimeLimit(L.Callback):
-    """Stop (and export the bundle) once training has run ``minutes``; the checkpoint stays for --resume."""
-
-    def __init__(self, minutes: float):
-        self.seconds, self.started = minutes * 60.0, time.time()
-
-    def on_train_batch_end(self, trainer, *args):
-        if time.time() - self.started > self.seconds:
-            trainer.should_stop = True
+        return warmup_cosine_optimizer(torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr), self)
 
 
 # --- the run -----------------------------------------------------------------------------------
+
+#: ``RunConfig`` defaults of MusicVAE (Adam: no weight decay).
+RUN_DEFAULTS = dict(batch_size=64, max_steps=2000, lr=1e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.0)
 
 
 def train_vae(
     corpus_dir: str | Path,
     out: str | Path,
+    run_config: RunConfig | None = None,
     *,
     bars: int = 2,
     decoder: str | None = None,
     preset: str = "small",
     overrides: dict | None = None,
     labels: Optional[Iterable[str]] = None,
-    batch_size: int = 64,
-    max_steps: int = 2000,
-    max_minutes: float | None = None,
-    lr: float = 1e-3,
-    warmup: int = 100,
-    min_lr_ratio: float = 0.05,
     transpose: int = 5,
-    grad_clip: float = 1.0,
-    val_every: int = 200,
-    checkpoint_every: int = 500,
     max_valid: int = 1024,
-    patience: int | None = None,
-    precision: str | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    progress: bool = True,
     data_progress: Optional[Callable[[int, int], None]] = None,
+    callbacks: list | None = None,
     command: str | None = None,
-    fp16_bundle: bool = False,
+    **run_options,
 ) -> dict:
     """Train a MusicVAE on a prepared corpus's melody windows; returns the card written with the bundle.
 
-    ``decoder`` defaults to flat for windows of up to 4 bars and hierarchical above (MusicVAE's choice).
+    ``decoder`` defaults to flat for windows of up to 4 bars and hierarchical above (MusicVAE's
+    choice). ``run_config`` or ``RunConfig`` fields as keyword arguments describe the run.
     """
-    out = Path(out).expanduser()
+    config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
     corpus = Corpus(corpus_dir)
-    last = check_run(out, resume)
     if bars < 1:
         raise PartitaError(f"--bars must be at least 1, got {bars}")
     if transpose < 0:
@@ -247,28 +224,21 @@ def train_vae(
     if len(valid) == 0:
         raise PartitaError(f"{corpus.path}: no {bars}-bar melody windows in the valid split to validate on")
     if len(valid) > max_valid:  # a fixed, seeded subset: validation stays quick and comparable
-        valid = valid[np.sort(np.random.default_rng(seed).choice(len(valid), max_valid, replace=False))]
+        valid = valid[np.sort(np.random.default_rng(config_run.seed).choice(len(valid), max_valid, replace=False))]
 
     # LSTM gradients shrink through hundreds of steps into denormal floats, which a CPU handles
     # ~10x slower (16-bar windows); flushing them to zero changes nothing that matters.
     torch.set_flush_denormal(True)
-    L.seed_everything(seed, workers=True, verbose=False)
-    module = VAEModule(config.to_dict(), lr=lr, warmup=warmup, max_steps=max_steps, min_lr_ratio=min_lr_ratio,
-                       batch_size=batch_size, transpose=transpose, seed=seed)
-    module.attach(train, valid)
-    trainer = make_trainer(out, max_steps=max_steps, val_every=val_every, checkpoint_every=checkpoint_every,
-                           patience=patience, grad_clip=grad_clip, devices=1, precision=precision,
-                           progress=progress)
-    if max_minutes:
-        trainer.callbacks.append(_TimeLimit(max_minutes))
-    started = time.time()
-    fit(module, trainer, last, resume)
-    if max_minutes and trainer.global_step < max_steps:  # stopped by the clock: keep a checkpoint to resume from
-        trainer.save_checkpoint(last)
-    # The last validation may be older than the last step: validate the final weights once more.
-    if trainer.global_step % val_every:
-        trainer.validate(module, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    def make_module(r: RunConfig) -> VAEModule:
+        module = VAEModule(config.to_dict(), lr=r.lr, warmup=r.warmup, max_steps=r.max_steps,
+                           min_lr_ratio=r.min_lr_ratio, batch_size=r.batch_size, transpose=transpose, seed=r.seed)
+        module.attach(train, valid)
+        return module
+
+    def export(module: VAEModule, card: dict) -> None:
+        save_bundle(module.model.cpu().float(), out / "bundle", card=card, fp16=config_run.fp16_bundle)
+
     card = {
         "family": "musicvae",
         "corpus": str(corpus.path),
@@ -278,19 +248,10 @@ def train_vae(
         "decoder": decoder,
         "command": command or "partita.train.vae.train_vae(...)",
         "preset": preset,
-        "parameters": module.model.num_parameters(),
-        "steps": int(trainer.global_step),
-        "batch_size": batch_size,
+        "parameters": MusicVAE(config).num_parameters(),
+        "batch_size": config_run.batch_size,
         "transpose": transpose,
         "windows": {"train": train_info["windows"], "valid": valid_info["windows"]},
-        "train_seconds": round(time.time() - started, 1),
-        "metrics": {"valid": metrics},
         "notes": "metrics are on the corpus's validation split; see 'partita eval vae' for test-split numbers",
     }
-    save_bundle(module.model.cpu().float(), out / "bundle", card=card, fp16=fp16_bundle)
-    (out / "card.json").write_text(json.dumps(card, indent=2))
-    return card
-
-
-def command_line() -> str:
-    return "partita " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks)
