@@ -20,16 +20,15 @@ COLUMNS = ["composer", "title", "folder", "xml_score", "midi_score", "midi_perfo
 
 def asap_folder(root, works: dict[str, list[str]]):
     """An ASAP-like folder: ``works`` maps 'Composer/Kind/work' to its performers; every work gets a
-    ``midi_score.mid``. Real MIDI files from the fixtures stand in for both."""
-    files = sorted((FIXTURES / "performance").glob("Maestro_*.mid")) + sorted((FIXTURES / "multitrack").glob("POP909_*.mid"))
-    rows, k = [], 0
+    ``midi_score.mid``. Real MIDI files from the fixtures stand in for both, each used once (a
+    file under two names is one piece to the splitter, which keeps copies together)."""
+    files = iter(sorted((FIXTURES / "performance").glob("*.mid")) + sorted((FIXTURES / "multitrack").glob("*.mid")))
+    rows = []
     for folder, performers in works.items():
         (root / folder).mkdir(parents=True)
-        shutil.copy(files[k % len(files)], root / folder / "midi_score.mid")
-        k += 1
+        shutil.copy(next(files), root / folder / "midi_score.mid")
         for who in performers:
-            shutil.copy(files[k % len(files)], root / folder / f"{who}.mid")
-            k += 1
+            shutil.copy(next(files), root / folder / f"{who}.mid")
             rows.append({"composer": folder.split("/")[0], "title": folder.split("/", 1)[1].replace("/", "_"),
                          "folder": folder, "xml_score": f"{folder}/xml_score.musicxml",
                          "midi_score": f"{folder}/midi_score.mid", "midi_performance": f"{folder}/{who}.mid",

@@ -159,7 +159,7 @@ def test_cli_trains_and_evaluates_against_the_baseline(corpus, tmp_path, capsys,
     results = json.loads(out.read_text())
     assert results["known_labels"] == ["Piano", "Pop"] and results["unseen_labels"] == ["Band"]
     rows = results["tasks"]["all labels"]["rows"]
-    assert set(rows) == {"SiaViT (centroid)", "SiaViT + LR", "features + LR (baseline)"}
+    assert set(rows) == {"SiaViT (centroid)", "SiaViT + LR", "features (cosine)", "features + LR (baseline)"}
     for row in rows.values():
         assert 0.0 <= row["top1"] <= 1.0 and row["top3"] == 1.0  # two labels: top-3 is always right
     assert results["pieces"]["unseen"] == 4

@@ -1,4 +1,4 @@
-"""``partita eval embedder``: the SiaViT against a feature baseline on held-out pieces.
+"""``partita eval embedder``: the SiaViT against feature baselines on held-out pieces.
 
 Pieces: the *reference* set is the train split (the pieces a deployed model would know), the
 *validation* split picks thresholds, and every number is measured on the evaluated split (test by
@@ -9,10 +9,11 @@ Representations compared, each a unit vector per piece:
 
 * every model given (the SiaViT, a Harmonixr-faithful run, ...): piece embeddings
   (``partita.search.embed``: ``windows`` evenly spread windows, averaged);
-* the feature baseline: ``represent.features.feature_vector`` (pitch-class, interval, duration,
-  IOI histograms, range, density, polyphony), standardised on the reference set, with a
-  logistic regression trained on the reference set; its vector is ``sqrt(p)`` of the predicted
-  label probabilities (unit length: cosine = Bhattacharyya coefficient).
+* the feature baselines (``evaluate.baselines``): ``represent.features.feature_vector``
+  (pitch-class, interval, duration, IOI histograms, range, density, polyphony, velocity, chord
+  intervals) standardised on the reference set, compared by cosine ("features (cosine)"), and a
+  logistic regression trained on the reference set ("features + LR"), whose vector is ``sqrt(p)``
+  of the predicted label probabilities (unit length: cosine = Bhattacharyya coefficient).
 
 Metrics, per task (a set of labels; pieces of other labels are left out everywhere):
 
@@ -23,6 +24,12 @@ Metrics, per task (a set of labels; pieces of other labels are left out everywhe
   (``centroid``), or a logistic regression on its embeddings (``+ LR``); the baseline uses its LR;
 * retrieval mAP@10: each test piece queries the reference set; relevant = same label;
 * silhouette of the test pieces' label clusters (cosine distance);
+* per label: the share of its test pieces each representation names right (top-1);
+* retrieval across renditions, where the corpus says which pieces are performances and which the
+  score of a work (ASAP's ``kind``): within the evaluated split, each performance queries the
+  scores ("performance -> score") and the other performances ("performance -> performance");
+  recall at 1 and 5, a hit being a piece of the same work (``group``). Splits keep a work whole,
+  so every rendition of a test work is in the test split and none in the reference;
 * unknown detection (when there are unseen-label pieces): the score of a piece is its best
   cosine to a known label centroid (the baseline: its largest LR probability); the threshold
   accepts 95% of the known validation pieces; reported: the share of unseen-label pieces called
@@ -38,15 +45,19 @@ import numpy as np
 
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
+from partita.evaluate.baselines import (
+    feature_classifier,
+    per_label_top1,
+    rendition_retrieval,
+    standardised_unit,
+    topk_accuracy,
+)
 from partita.train.embedder import all_pairs, balanced_pairs, best_threshold, distances
 
-#: Default tasks: every known label, then the hard ones the broad labels hide.
-TASKS: dict[str, list[str] | None] = {
-    "all labels": None,
-    "quartets: Beethoven / Mozart / Haydn": ["Beethoven", "Mozart", "Haydn"],
-    "early music: Palestrina / Monteverdi / Trecento": ["Palestrina", "Monteverdi", "Trecento"],
-    "folk: Essen / O'Neill's / Ryan's Mammoth": ["Essen", "O'Neill's", "Ryan's Mammoth"],
-}
+#: Default task: every known label. Callers pass ``tasks`` for subsets ({name: [labels]}).
+TASKS: dict[str, list[str] | None] = {"all labels": None}
+FEATURES_COSINE = "features (cosine)"
+FEATURES_LR = "features + LR (baseline)"
 ACCEPT_KNOWN = 0.95
 
 
@@ -56,19 +67,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _lr(x: np.ndarray, y: np.ndarray, seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0, random_state=seed))
-    return clf.fit(x, y)
-
-
-def _topk_from_scores(scores: np.ndarray, classes: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    order = classes[np.argsort(-scores, axis=1)]
-    top1 = float(np.mean(order[:, 0] == y))
-    top3 = float(np.mean([t in row[:3] for t, row in zip(y, order)]))
-    return top1, top3
+    return feature_classifier(x, y, C=1.0, seed=seed)
 
 
 def map_at_k(queries: np.ndarray, q_labels: np.ndarray, ref: np.ndarray, r_labels: np.ndarray, k: int = 10) -> float:
@@ -105,7 +104,8 @@ def task_metrics(vec: dict[str, np.ndarray], lab: dict[str, np.ndarray], *, attr
     """Pair, attribution, retrieval and cluster metrics of one representation on one task.
 
     ``vec``/``lab``: unit vectors and label ids for "ref", "valid", "test"; ``attribution(split)``
-    returns ``(scores [n, n_classes], classes)`` for that split's pieces.
+    returns ``(scores [n, n_classes], classes)`` for that split's pieces. ``per_label`` holds the
+    label ids' top-1 (``per_label_top1``).
     """
     out: dict = {"n_test": int(len(lab["test"]))}
     iv, jv, yv = balanced_pairs(lab["valid"], np.random.default_rng([seed, 11]))
@@ -117,7 +117,8 @@ def task_metrics(vec: dict[str, np.ndarray], lab: dict[str, np.ndarray], *, attr
     out["pair_auc"] = _auc(-distances(vec["test"], ia, ja), ya) if len(ya) else float("nan")
     out["threshold"] = float(threshold)
     scores, classes = attribution("test")
-    out["top1"], out["top3"] = _topk_from_scores(scores, classes, lab["test"])
+    out.update(topk_accuracy(scores, classes, lab["test"], ks=(1, 3)))
+    out["per_label"] = per_label_top1(scores, classes, lab["test"])
     out["map@10"] = map_at_k(vec["test"], lab["test"], vec["ref"], lab["ref"])
     out["silhouette"] = _silhouette(vec["test"], lab["test"])
     return out
@@ -186,12 +187,17 @@ def evaluate_embedder(
         vectors, kept, _failures = embed_corpus(b.model, corpus, everything, windows=windows, batch_size=batch_size,
                                                 progress=cb)
         reps[name] = dict(zip(kept, vectors))
-    feats = {i: feature_vector(corpus.notes(i)) for i in everything}
+    feats = {i: feature_vector(corpus.notes(i)).astype(np.float64) for i in everything}
     usable = set(everything)
     for r in reps.values():
         usable &= set(r)
     sets = {k: [i for i in v if i in usable] for k, v in sets.items()}
     label_of = {i: rows[i]["label"] for i in everything}
+    # The cosine baseline: features standardised with the reference set's statistics.
+    kept = sorted(usable)
+    if kept and sets["ref"]:
+        fit = np.stack([feats[i] for i in sets["ref"]])
+        reps[FEATURES_COSINE] = dict(zip(kept, standardised_unit(np.stack([feats[i] for i in kept]), fit)))
 
     def arr(rep: dict, idx: list[int]) -> np.ndarray:
         return np.stack([rep[i] for i in idx]) if idx else np.zeros((0, 1), np.float32)
@@ -211,19 +217,34 @@ def evaluate_embedder(
         for name, rep in reps.items():
             vec = {k: arr(rep, v) for k, v in sub.items()}
             cents, classes = _centroids(vec["ref"], lab["ref"])
-            task_rows[f"{name} (centroid)"] = task_metrics(
+            centroid = task_metrics(
                 vec, lab, attribution=lambda s, v=vec, c=cents, k=classes: (v[s] @ c.T, k), seed=seed)
+            if name == FEATURES_COSINE:  # its logistic regression is the "features + LR" row
+                task_rows[name] = centroid
+                continue
+            task_rows[f"{name} (centroid)"] = centroid
             clf = _lr(vec["ref"], lab["ref"], seed)
             row = task_metrics(vec, lab, attribution=lambda s, v=vec, m=clf: (m.predict_proba(v[s]), m.classes_),
                                seed=seed)
-            task_rows[f"{name} + LR"] = {k: row[k] for k in ("n_test", "top1", "top3")}
+            task_rows[f"{name} + LR"] = {k: row[k] for k in ("n_test", "top1", "top3", "per_label")}
         fx = {k: arr(feats, v) for k, v in sub.items()}
         clf = _lr(fx["ref"], lab["ref"], seed)
         fvec = {k: _unit(np.sqrt(clf.predict_proba(fx[k]))) for k in fx}
-        task_rows["features + LR (baseline)"] = task_metrics(
+        task_rows[FEATURES_LR] = task_metrics(
             fvec, lab, attribution=lambda s, m=clf: (m.predict_proba(fx[s]), m.classes_), seed=seed)
+        for row in task_rows.values():  # label ids -> names
+            row["per_label"] = {known[int(k)]: {**v, "named": known[int(v["named"])]} for k, v in row["per_label"].items()}
         results["tasks"][task] = {"labels": labels, "test_per_label": {l: sum(label_of[i] == l for i in sub["test"]) for l in labels},
                                   "rows": task_rows}
+
+    # Retrieval across renditions of a work, within the evaluated split (module doc).
+    test = sets["test"]
+    groups = [rows[i].get("group") or f"id:{rows[i]['id']}" for i in test]
+    kinds = [rows[i].get("kind") for i in test]
+    renditions = {name: rendition_retrieval(arr(rep, test), groups, kinds) for name, rep in reps.items()}
+    if any(renditions.values()):
+        results["renditions"] = {name: r for name, r in renditions.items() if r}
+        results["renditions_works"] = len({g for g, k in zip(groups, kinds) if k == "performance"})
 
     if sets["unseen"]:
         results["unknown"] = _unknown(reps, feats, sets, label_of, index, seed)
