@@ -541,8 +541,8 @@ def count_notes(tokenizer: Any, sequences: Iterable[np.ndarray] | Any) -> np.nda
 # ====================================================================================================
 # Feature baselines for embeddings: what a statistician would try first on a piece's summary numbers.
 #
-# ``represent.features.feature_vector`` (pitch-class, interval, register, duration and IOI
-# histograms, density, polyphony, velocity statistics, chord intervals), standardised (each
+# ``represent.features.feature_vector`` (pitch-class, interval, duration and IOI histograms, pitch
+# range, density, polyphony, velocity statistics, chord intervals), standardised (each
 # dimension to mean 0, standard deviation 1 over the pieces a deployed system would hold), then
 #
 # * composer attribution: a logistic regression (``feature_classifier``), scored by grouped
