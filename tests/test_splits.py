@@ -62,3 +62,73 @@ def test_unseen_labels_mode_holds_out_whole_labels():
         assert (s == "unseen") == (r["label"] in unseen)
     seen_splits = {s for s in splits if s != "unseen"}
     assert seen_splits == {"train", "valid", "test"}
+
+
+def test_work_key_groups_movements_and_numbers_but_keeps_catalogue_numbers():
+    from partita.data.splits import work_key
+
+    same = [
+        ["waldstein_1", "Waldstein_2", "waldstein_3"],
+        ["mz_331_1", "mz_331_2", "MZ_331_3"],
+        ["Étude Op. 10-3", "Etude Op.10 No.4", "Étude, Op. 10, No. 12", "Etude op 10"],
+        ["BWV 846 Prelude", "BWV 846 Fugue", "bwv_846"],
+        ["Ballade No. 1", "Ballade No. 2"],
+        ["Sonata Op. 2 No. 1 - III. Prestissimo", "Sonata Op.2 No.3: I. Allegro con brio"],
+        ["001", "001-v1", "001_v2"],
+    ]
+    for titles in same:
+        assert len({work_key(t) for t in titles}) == 1, titles
+    different = [
+        ("Etude Op. 10 No. 3", "Etude Op. 25 No. 3"),
+        ("mz_331_1", "mz_545_1"),
+        ("BWV 846 Prelude", "BWV 847 Prelude"),
+        ("Work 3", "Work 4"),  # a title that is a number, with a space, is a work of its own
+        ("Track 01", "Track 02"),
+        ("001", "002"),
+        ("Partita 2 IV Sarabande", "Partita 3 IV Sarabande"),
+    ]
+    for a, b in different:
+        assert work_key(a) != work_key(b), (a, b)
+    assert work_key("Rondo") == "rondo" and work_key("No. 5") == "no 5"  # never reduced to nothing
+
+
+def test_movements_of_a_work_never_straddle_splits():
+    rows = [
+        {"id": f"B/{w}_{m}.mid", "label": "B", "title": f"{w}_{m}", "group": None, "split": None}
+        for w in ("waldstein", "appassionata", "pathetique", "tempest", "hammerklavier", "moonlight", "spring", "kreutzer")
+        for m in (1, 2, 3)
+    ]
+    for seed in range(10):
+        splits = assign_splits(rows, seed=seed, valid=0.2, test=0.2)
+        by_work = defaultdict(set)
+        for r, s in zip(rows, splits):
+            by_work[r["title"].rsplit("_", 1)[0]].add(s)
+        assert all(len(s) == 1 for s in by_work.values())
+        assert "test" in splits
+
+
+def test_identical_contents_share_a_split_whatever_their_label():
+    rows = []
+    for lab in ("A", "B", "C"):
+        rows += [{"id": f"{lab}/{w}.mid", "label": lab, "title": f"{lab} piece {w}", "group": None, "split": None, "content": f"{lab}{w}"} for w in range(10)]
+    # The same file under two labels (and a third name): one content, three titles.
+    dup = [3, 14, 25]
+    for k in dup:
+        rows[k]["content"] = "same"
+    differed = False
+    for seed in range(20):
+        splits = assign_splits(rows, seed=seed, valid=0.1, test=0.2)
+        assert len({splits[k] for k in dup}) == 1
+        plain = assign_splits([{**r, "content": None} for r in rows], seed=seed, valid=0.1, test=0.2)
+        differed |= len({plain[k] for k in dup}) > 1
+        assert a_split_per_label(rows, splits)
+    assert differed, "without the content hash the copies would be split apart for some seed"
+    # Holding out a label holds out the copies of its pieces filed under other labels too.
+    for seed in range(20):
+        splits = assign_splits(rows, seed=seed, mode="labels", unseen=0.34)
+        if any(s == "unseen" for k, s in enumerate(splits) if k in dup):
+            assert all(splits[k] == "unseen" for k in dup)
+
+
+def a_split_per_label(rows, splits):
+    return all({"train", "test"} <= {s for r, s in zip(rows, splits) if r["label"] == lab} for lab in ("A", "B", "C"))
