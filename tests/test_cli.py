@@ -64,6 +64,9 @@ def test_prepare_info_and_json(fixtures, tmp_path):
         (("data", "prepare", ".", "--out", "OUT", "--format", "napster"), "unknown format"),
         (("data", "prepare", ".", "--out", "OUT", "--valid", "1.5"), "--valid"),
         (("data", "merge", "/nonexistent/a", "--out", "OUT"), "not a finished prepared corpus"),
+        (("data", "prepare", ".", "--out", "OUT", "--labels-from", "filename"), "--labels-from must be one of"),
+        (("data", "prepare", ".", "--out", "OUT", "--labels", " , "), "--labels needs at least one label"),
+        (("data", "prepare", "bundled", "--out", "OUT", "--labels-from", "none"), "bundled corpus has its own labels"),
     ],
 )
 def test_mistakes_are_one_line(args, expected, tmp_path):
@@ -76,3 +79,29 @@ def test_usage_errors_exit_non_zero():
     proc = run("data", "prepare")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert run("--help").returncode == 0
+
+
+def test_prepare_labels_options_in_the_summary(fixtures, tmp_path):
+    src = tmp_path / "midi"
+    for k, f in enumerate(sorted((fixtures / "multitrack").glob("POP909_*.mid")), 1):
+        (src / f"{k:03d}").mkdir(parents=True)
+        shutil.copy(f, src / f"{k:03d}" / f"{k:03d}.mid")
+    proc = run("data", "prepare", src, "--out", tmp_path / "pop", "-j", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "labels: none: 4 of 4 sub-folders hold one piece each" in proc.stdout
+    assert "(none)" in proc.stdout
+
+    band = tmp_path / "band"
+    for label, glob in (("Pop", "POP909_*.mid"), ("Band", "[A-F]*.mid"), ("Other", "[G-M]*.mid")):
+        (band / label).mkdir(parents=True)
+        for f in sorted((fixtures / "multitrack").glob(glob)):
+            shutil.copy(f, band / label)
+    proc = run("data", "prepare", band, "--out", tmp_path / "b", "-j", "2", "--labels", "Pop,Band", "--min-pieces", "4",
+               "--json", tmp_path / "b.json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "b.json").read_text())
+    assert set(summary["per_label"]) == {"Pop"} and summary["excluded_labels"] == {"Band": 3}
+    assert "labels kept" in proc.stdout and "Pop, Band (5 files of other labels not read)" in proc.stdout
+    assert "labels left out (< 4 pieces)" in proc.stdout and "Band (3)" in proc.stdout
+    line = _one_line_error(run("data", "prepare", band, "--out", tmp_path / "c", "--labels", "Jazz"))
+    assert "no piece of" in line and "labelled 'Jazz'" in line

@@ -175,3 +175,56 @@ def test_too_long_pieces_are_refused_with_their_reason(corpus_dir, tmp_path):
     assert all(r["duration"] <= 250.0 for r in corpus.pieces)
     message = next(r["message"] for r in corpus.rows if r["reason"] == "too_long")
     assert "minute limit" in message and "\n" not in message
+
+
+def test_keep_labels_and_drop_small_ones(corpus_dir, tmp_path):
+    out = tmp_path / "out"
+    corpus = prepare(corpus_dir, out, workers=2, labels=["Pop", "Band"], min_pieces=5).corpus
+    summary = corpus.summary()
+    assert summary["labels"]["only"] == ["Pop", "Band"] and summary["labels"]["left_out"] == 4  # Piano not read
+    assert {r["label"] for r in corpus.rows} == {"Pop", "Band"}
+    # Pop has 4 usable pieces (its fifth file is bad): left out, its pieces kept on disk as "excluded".
+    assert summary["excluded_labels"] == {"Pop": 4} and set(summary["per_label"]) == {"Band"}
+    assert summary["bad_by_reason"] == {"corrupt": 1, "no_notes": 1} and summary["bad"] == 2
+    excluded = [r for r in corpus.rows if r["status"] == "excluded"]
+    assert len(excluded) == 4 and all(r["reason"] == "few_pieces" and r["split"] is None for r in excluded)
+    assert all(r["label"] == "Band" for r in corpus.pieces) and len(corpus) == 8
+    # Another threshold on the same corpus reads nothing again and brings Pop back.
+    again = prepare(corpus_dir, out, workers=2, labels=["Pop", "Band"], min_pieces=4)
+    assert again.read_now == 0 and set(again.corpus.summary()["per_label"]) == {"Pop", "Band"}
+    assert again.corpus.summary()["excluded_labels"] == {}
+    with pytest.raises(PartitaError, match="labelled 'Jazz'.*labels there: Band, Piano, Pop"):
+        prepare(corpus_dir, tmp_path / "other", labels=["Pop", "Jazz"])
+
+
+def test_one_piece_per_folder_layout_is_unlabelled_and_tested(fixtures, tmp_path):
+    root = tmp_path / "POP909"
+    songs = sorted((fixtures / "multitrack").glob("*.mid"))[:8]
+    for k, f in enumerate(songs, 1):
+        (root / f"{k:03d}" / "versions").mkdir(parents=True)
+        shutil.copy(f, root / f"{k:03d}" / f"{k:03d}.mid")
+        shutil.copy(f, root / f"{k:03d}" / "versions" / f"{k:03d}-v1.mid")
+    corpus = prepare(root, tmp_path / "out", workers=2, test=0.2).corpus
+    summary = corpus.summary()
+    assert summary["per_label"] == {"(none)": 16}
+    assert "8 of 8 sub-folders hold one piece each" in summary["labels"]["notes"][0]
+    assert summary["per_split"]["test"] == 4  # 2 of the 8 songs, each with its version
+    by_folder = {}
+    for r in corpus.pieces:
+        by_folder.setdefault(r["id"].split("/")[0], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_folder.values())
+    # As folders, they were one-piece labels: every song in train, nothing to test on.
+    as_labels = prepare(root, tmp_path / "labels", workers=2, test=0.2, source_options={"labels_from": "folder"}).corpus
+    assert as_labels.summary()["per_split"] == {"train": 16} and as_labels.summary()["labels"]["notes"] == []
+
+
+def test_identical_files_under_two_labels_share_a_split(corpus_dir, tmp_path):
+    for name in ("Aicha.mid", "Funkytown.mid", "Mr. Blue Sky.mid"):
+        shutil.copy(corpus_dir / "Band" / name, corpus_dir / "Pop" / f"copy of {name}")
+    for seed in range(6):
+        corpus = prepare(corpus_dir, tmp_path / f"s{seed}", workers=2, seed=seed, valid=0.2, test=0.3).corpus
+        split = {r["id"]: r["split"] for r in corpus.pieces}
+        for name in ("Aicha.mid", "Funkytown.mid", "Mr. Blue Sky.mid"):
+            assert split[f"Band/{name}"] == split[f"Pop/copy of {name}"]
+        content = {r["id"]: r["content"] for r in corpus.pieces}
+        assert content["Band/Aicha.mid"] == content["Pop/copy of Aicha.mid"] != content["Band/Funkytown.mid"]

@@ -131,3 +131,60 @@ def test_bad_sources(tmp_path):
         scan(tmp_path, format="napster")
     with pytest.raises(PartitaError, match="maestro"):
         scan(tmp_path, format="maestro")
+
+
+def _pop909_layout(root, midi):
+    """POP909's own layout: one folder per song, extra versions in a versions/ sub-folder."""
+    for k in range(1, 7):
+        _put(root / f"{k:03d}" / f"{k:03d}.mid", midi)
+    _put(root / "001" / "versions" / "001-v1.mid", midi)
+    _put(root / "001" / "versions" / "001-v2.mid", midi)
+    return root
+
+
+def test_one_piece_folders_are_not_labels(one_midi, tmp_path):
+    root = _pop909_layout(tmp_path / "POP909", one_midi)
+    notes = []
+    fmt, pieces = scan(root, notes=notes)
+    assert fmt == "folder" and {p.label for p in pieces} == {None}
+    assert len(notes) == 1 and "6 of 6 sub-folders hold one piece each" in notes[0] and "--labels-from folder" in notes[0]
+    # Asked for, the folders are labels; 'parent' is the folder holding each file.
+    _, by_folder = scan(root, labels_from="folder")
+    assert {p.id: p.label for p in by_folder}["001/versions/001-v1.mid"] == "001"
+    _, by_parent = scan(root, labels_from="parent")
+    assert {p.id: p.label for p in by_parent}["001/versions/001-v1.mid"] == "versions"
+    assert {p.id: p.label for p in by_parent}["002/002.mid"] == "002"
+    _, unlabelled = scan(root, labels_from="none")
+    assert {p.label for p in unlabelled} == {None}
+
+
+def test_composer_folders_stay_labels_and_nested_layouts_use_parent(one_midi, tmp_path):
+    for composer, works in {"Bach": ["bwv_846", "bwv_847"], "Satie": ["Gymnopedie 1"], "Chopin": ["Ballade 1", "Nocturne 2"]}.items():
+        for w in works:
+            _put(tmp_path / "Piano" / composer / f"{w}.mid", one_midi)
+    notes = []
+    _, pieces = scan(tmp_path / "Piano", notes=notes)
+    assert notes == [] and {p.label for p in pieces} == {"Bach", "Satie", "Chopin"}
+    _put(tmp_path / "eras" / "Baroque" / "Bach" / "a.mid", one_midi)
+    _put(tmp_path / "eras" / "Baroque" / "Handel" / "b.mid", one_midi)
+    _, pieces = scan(tmp_path / "eras", labels_from="parent")
+    assert [p.label for p in pieces] == ["Bach", "Handel"]
+    _, pieces = scan(tmp_path / "eras")
+    assert [p.label for p in pieces] == ["Baroque", "Baroque"]
+
+
+def test_labels_from_mistakes(one_midi, tmp_path):
+    _put(tmp_path / "a" / "x.mid", one_midi)
+    with pytest.raises(PartitaError, match="--labels-from must be one of"):
+        scan(tmp_path, labels_from="filename")
+    with pytest.raises(PartitaError, match="no --labels-csv given"):
+        scan(tmp_path, labels_from="csv")
+    (tmp_path / "l.csv").write_text("a/x.mid,Bach\n")
+    with pytest.raises(PartitaError, match="disagree"):
+        scan(tmp_path, labels_from="folder", labels_csv=tmp_path / "l.csv")
+    assert [p.label for p in scan(tmp_path, labels_from="csv", labels_csv=tmp_path / "l.csv")[1]] == ["Bach"]
+    for f in ("a.mid", "b.mid"):
+        _put(tmp_path / "g" / f"Chopin, Frédéric, Ballade No. 1, g0hoN6_HDV{f[0]}.mid", one_midi)
+    with pytest.raises(PartitaError, match="has its own labels"):
+        scan(tmp_path / "g", labels_from="folder")
+    assert {p.label for p in scan(tmp_path / "g", labels_from="none")[1]} == {None}

@@ -64,7 +64,16 @@ def print_corpus_summary(summary: dict) -> None:
     head.add_row("hours of music", f"{summary['hours']:.2f}")
     head.add_row("notes", f"{summary['notes']:,}")
     head.add_row("splits", ", ".join(f"{k} {v:,}" for k, v in summary["per_split"].items()))
+    labels = summary.get("labels") or {}
+    if labels.get("only"):
+        head.add_row("labels kept", f"{', '.join(labels['only'])} ({labels['left_out']:,} files of other labels not read)")
+    excluded = summary.get("excluded_labels") or {}
+    if excluded:
+        shown = ", ".join(f"{k} ({v})" for k, v in list(excluded.items())[:8]) + (", ..." if len(excluded) > 8 else "")
+        head.add_row(f"labels left out (< {labels.get('min_pieces')} pieces)", f"{len(excluded):,}: {shown}")
     console.print(head)
+    for note in labels.get("notes") or []:
+        console.print(f"labels: {note}", markup=False, highlight=False)
     labels = Table(title="Pieces per label", title_justify="left")
     labels.add_column("label")
     labels.add_column("pieces", justify="right")

@@ -29,6 +29,12 @@ def prepare_cmd(
     split_mode: str = typer.Option("pieces", "--split-mode", help="'pieces', or 'labels' to hold out whole labels as 'unseen'."),
     unseen: float = typer.Option(0.2, "--unseen", help="With --split-mode labels: fraction of labels held out."),
     labels_csv: Optional[Path] = typer.Option(None, "--labels-csv", help="A path,label[,title] CSV for a plain folder."),
+    labels_from: str = typer.Option(
+        "auto", "--labels-from",
+        help="Plain folder labels: folder (first sub-folder), parent (the file's folder), none, csv, or auto (csv if any; none when each sub-folder holds one piece, as in POP909; else folder).",
+    ),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Keep only these labels, comma-separated (e.g. Bach,Mozart)."),
+    min_pieces: int = typer.Option(0, "--min-pieces", help="Leave out labels with fewer usable pieces than this."),
     composite: str = typer.Option("keep", "--composite", help="MAESTRO 'A / B' composers: keep as one label or drop."),
     max_per_label: Optional[int] = typer.Option(None, "--max-per-label", help="Bundled corpus: pieces per label."),
     kind: str = typer.Option("both", "--kind", help="ASAP: performances, scores or both (default)."),
@@ -41,7 +47,12 @@ def prepare_cmd(
     from partita.data.prepare import ReadOptions, parse_shard, prepare
 
     options = ReadOptions(sustain=sustain, max_bytes=int(max_size_mb * 2**20))
-    source_options = {"labels_csv": labels_csv, "composite": composite, "kind": kind}
+    source_options = {"labels_csv": labels_csv, "composite": composite, "kind": kind, "labels_from": labels_from}
+    wanted = [lab.strip() for lab in labels.split(",") if lab.strip()] if labels is not None else None
+    if labels is not None and not wanted:
+        raise PartitaError("--labels needs at least one label, e.g. --labels Bach,Mozart")
+    if (source == "bundled" or format == "bundled") and labels_from != "auto":
+        raise PartitaError("--labels-from reads plain folders; the bundled corpus has its own labels")
     if source == "bundled" or format == "bundled":
         source_options = {"max_per_label": max_per_label, "full": full, "workers": workers}
         with progress_bar("exporting music21 corpus") as update:
@@ -68,6 +79,8 @@ def prepare_cmd(
             test=test,
             split_mode=split_mode,
             unseen=unseen,
+            labels=wanted,
+            min_pieces=min_pieces,
             source_options=source_options,
             progress=update,
         )

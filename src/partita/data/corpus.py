@@ -5,7 +5,8 @@ Folder layout::
     corpus.json      what was prepared, from where, with which options (written last)
     pieces.parquet   one row per file: id, path, label, title, source, group, split, status,
                      reason, message, tpq, duration (s), n_notes, n_tempos, n_timesigs, n_tracks,
-                     kind (a work's rendition where the source says: "performance" or "score")
+                     kind (a work's rendition where the source says: "performance" or "score"),
+                     content (a hash of the notes: equal for duplicates, which splits keep together)
     notes.npy        every note of every good piece, piece after piece (STORE_NOTE_DTYPE, 14 B)
     tempos.npy       tempo changes, piece after piece (tick, microseconds per quarter)
     timesigs.npy     time signatures, piece after piece
@@ -34,6 +35,7 @@ from partita.errors import PartitaError
 from partita.io.midi import NOTE_DTYPE, preprocess
 
 CORPUS_VERSION = 1
+EXCLUDED = "excluded"  # status of a usable piece left out by a filter (--min-pieces)
 
 STORE_NOTE_DTYPE = np.dtype(
     [
@@ -183,19 +185,23 @@ class Corpus:
     def summary(self) -> dict:
         """Counts a person wants after prepare: good/bad by reason, hours, notes, labels, splits."""
         good = self.pieces
+        bad = [r for r in self.rows if r["status"] not in ("ok", EXCLUDED)]
         return {
             "path": str(self.path),
             "source": self.config.get("source"),
             "format": self.config.get("format"),
             "pieces": len(self.rows),
             "ok": len(good),
-            "bad": len(self.rows) - len(good),
-            "bad_by_reason": dict(sorted(Counter(r["reason"] for r in self.rows if r["status"] != "ok").items())),
+            "bad": len(bad),
+            "bad_by_reason": dict(sorted(Counter(r["reason"] for r in bad).items())),
+            # labels dropped by --min-pieces, with their usable pieces; how labels were read
+            "excluded_labels": dict(sorted(Counter(r["label"] for r in self.rows if r["status"] == EXCLUDED).items())),
+            "labels": self.config.get("labels", {}),
             "hours": sum(r["duration"] for r in good) / 3600,
             "notes": int(sum(r["n_notes"] for r in good)),
             "per_label": dict(sorted(Counter(r["label"] or "(none)" for r in good).items())),
             "per_split": dict(sorted(Counter(r["split"] for r in good).items())),
-            "bad_files": [{"id": r["id"], "reason": r["reason"], "message": r["message"]} for r in self.rows if r["status"] != "ok"],
+            "bad_files": [{"id": r["id"], "reason": r["reason"], "message": r["message"]} for r in bad],
         }
 
 
@@ -223,12 +229,28 @@ class ScoreRef:
 _OPENED: dict[tuple, Corpus] = {}  # corpora opened by ScoreRef in this process
 
 
+def exclude_small_labels(rows: list[dict], min_pieces: int) -> list[dict]:
+    """Mark the usable pieces of labels with fewer than ``min_pieces`` of them ``excluded``
+    (their notes stay in the store, so a resumed or merged corpus counts them again); unlabelled
+    pieces are kept. Rows excluded earlier are counted afresh."""
+    rows = [{**r, "status": "ok", "reason": None, "message": None} if r["status"] == EXCLUDED else r for r in rows]
+    counts = Counter(r["label"] for r in rows if r["status"] == "ok" and r["label"] is not None)
+    small = {lab for lab, n in counts.items() if n < min_pieces}
+    return [
+        {**r, "status": EXCLUDED, "reason": "few_pieces", "message": f"label {r['label']!r} has {counts[r['label']]} usable pieces, under --min-pieces {min_pieces}"}
+        if r["status"] == "ok" and r["label"] in small
+        else r
+        for r in rows
+    ]
+
+
 def write_corpus(out: Path, rows: list, notes: list, tempos: list, timesigs: list, *, config: dict) -> None:
     """Write a corpus folder from rows (sorted by id) and their arrays; splits assigned here."""
     split_cfg = config["split"]
     # Rows from a finished corpus (resume, merge) carry the source's split in "source_split" and
     # an assigned one in "split"; rows fresh from a source carry the source's split in "split".
     rows = [{**r, "split": r["source_split"]} if "source_split" in r else {**r, "source_split": r.get("split")} for r in rows]
+    rows = exclude_small_labels(rows, config.get("labels", {}).get("min_pieces") or 0)
     good = [r for r in rows if r["status"] == "ok"]
     splits = assign_splits(
         good,
@@ -283,5 +305,6 @@ def _schema() -> pa.Schema:
             ("n_tracks", pa.int32()),
             ("source_split", pa.string()),
             ("kind", pa.string()),
+            ("content", pa.string()),
         ]
     )

@@ -94,12 +94,25 @@ def read_piece(path: str, options: ReadOptions) -> dict:
         )
     return {
         "tpq": tpq,
+        "content": content_hash(notes, tpq),
         "notes": notes,
         "tempos": tempos,
         "timesigs": timesigs,
         "duration": seconds,
         "n_tracks": len(parts),
     }
+
+
+def content_hash(notes: np.ndarray, tpq: int) -> str:
+    """A digest of what a piece plays: its notes (onset, duration, pitch, velocity, instrument) in
+    ticks, whatever the track layout, file name or metadata. Equal for byte-identical files and for
+    copies re-saved with other names, tempos or track orders; splits keep such pieces together."""
+    fields = ["tick", "ticks", "pitch", "velocity", "program", "is_drum"]
+    packed = np.empty(len(notes), np.dtype([(f, STORE_NOTE_DTYPE[f]) for f in fields]))
+    for f in fields:
+        packed[f] = notes[f]
+    packed.sort(order=fields)
+    return hashlib.sha1(np.int64(tpq).tobytes() + packed.tobytes()).hexdigest()[:20]
 
 
 def _task(reader: Callable, piece: Piece, *, options: ReadOptions) -> tuple[str, dict | None, str | None, str | None]:
@@ -144,6 +157,7 @@ class _Buffer:
         row = {**piece.to_dict(), "status": "ok" if data else "bad", "reason": reason, "message": message}
         if data:
             row.update(
+                content=data.get("content"),
                 tpq=data["tpq"],
                 duration=data["duration"],
                 n_notes=len(data["notes"]),
@@ -155,7 +169,7 @@ class _Buffer:
             self.tempos.append(data["tempos"])
             self.timesigs.append(data["timesigs"])
         else:
-            row.update(tpq=0, duration=0.0, n_notes=0, n_tempos=0, n_timesigs=0, n_tracks=0)
+            row.update(content=None, tpq=0, duration=0.0, n_notes=0, n_tempos=0, n_timesigs=0, n_tracks=0)
         self.rows.append(row)
 
     def segment(self) -> Segment:
@@ -260,6 +274,8 @@ def prepare(
     split_mode: str = "pieces",
     unseen: float = 0.2,
     flush_every: int = 256,
+    labels: list[str] | None = None,
+    min_pieces: int = 0,
     source_options: dict | None = None,
     reader: Callable = read_piece,
     progress: Callable[[int, int], None] | None = None,
@@ -269,16 +285,33 @@ def prepare(
 
     Safe to interrupt and to run again: the second run finishes the work of the first.
     ``on_listed(total, already_done)`` is called once the files are listed.
+
+    ``labels``: keep only the pieces with these labels (the others are not read);
+    ``min_pieces``: leave out labels with fewer usable pieces than this (status "excluded").
+    ``source_options["labels_from"]`` says where a plain folder's labels come from (``scan``).
     """
     out = Path(out).expanduser()
     source_options = dict(source_options or {})
-    fmt, pieces = scan(source, format, **source_options)
+    notes: list[str] = []
+    if min_pieces < 0:
+        raise PartitaError(f"--min-pieces must be 0 or more, not {min_pieces}")
+    fmt, pieces = scan(source, format, **source_options, notes=notes)
     src = "bundled" if fmt == "bundled" else str(Path(source).expanduser().resolve())
+    left_out = 0
+    if labels:
+        pieces, left_out = _only_labels(pieces, labels, src)
     i, n = shard
     if n > 1:
         pieces = [p for p in pieces if shard_of(p.id, n) == i]
     split = {"seed": seed, "valid": valid, "test": test, "mode": split_mode, "unseen": unseen}
     config = _run_config(src, fmt, options, shard, split)
+    config["labels"] = {
+        "from": source_options.get("labels_from", "auto"),
+        "only": list(labels) if labels else None,
+        "left_out": left_out,
+        "min_pieces": min_pieces,
+        "notes": notes,
+    }
 
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / RUN_FILE
@@ -326,19 +359,41 @@ def prepare(
     if buffer.rows:  # the last pieces go straight into the corpus, no part needed
         segments.append(buffer.segment())
 
-    rows, notes, tempos, timesigs = consolidate(segments)
-    listed = {p.id for p in pieces}
+    rows, note_arrays, tempos, timesigs = consolidate(segments)
+    listed = {p.id: p for p in pieces}
     keep = [k for k, r in enumerate(rows) if r["id"] in listed]
     write_corpus(
         out,
-        [rows[k] for k in keep],
-        [notes[k] for k in keep],
+        # Labels, titles and groups come from this run's listing (its --labels-from, say), not
+        # from the run that read the file.
+        [_relisted(rows[k], listed[rows[k]["id"]]) for k in keep],
+        [note_arrays[k] for k in keep],
         [tempos[k] for k in keep],
         [timesigs[k] for k in keep],
         config={**config, "version": CORPUS_VERSION},
     )
     shutil.rmtree(parts_dir, ignore_errors=True)
     return PrepareResult(Corpus(out), read_now=len(todo))
+
+
+def _only_labels(pieces: list[Piece], labels: list[str], source: str) -> tuple[list[Piece], int]:
+    """The pieces with one of ``labels``, and how many others were left out; an unknown label is
+    an error that lists the labels there are."""
+    have = {p.label for p in pieces if p.label is not None}
+    missing = [lab for lab in labels if lab not in have]
+    if missing:
+        shown = ", ".join(sorted(have)[:12]) + (", ..." if len(have) > 12 else "") if have else "none (the pieces are unlabelled)"
+        raise PartitaError(f"--labels: no piece of {source} is labelled {', '.join(map(repr, missing))}; labels there: {shown}")
+    wanted = set(labels)
+    kept = [p for p in pieces if p.label in wanted]
+    return kept, len(pieces) - len(kept)
+
+
+def _relisted(row: dict, piece: Piece) -> dict:
+    listed = piece.to_dict()
+    if "source_split" in row:  # a finished corpus's row: "split" is the assigned one
+        listed["source_split"] = listed.pop("split")
+    return {**row, **listed}
 
 
 def _read_all(todo: list[Piece], options: ReadOptions, workers: int | None, reader: Callable):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -9,6 +10,7 @@ from partita.data.piece import Piece
 from partita.data.sources.asap import KINDS, is_asap, scan_asap
 from partita.data.sources.folders import (
     FORMATS,
+    LABELS_FROM,
     detect,
     midi_files,
     parse_giantmidi_name,
@@ -27,6 +29,8 @@ def scan(
     labels_csv: str | Path | None = None,
     composite: str = "keep",
     kind: str = "both",
+    labels_from: str = "auto",
+    notes: list[str] | None = None,
     max_per_label: int | None = None,
     full: bool = False,
     workers: int | None = None,
@@ -36,7 +40,10 @@ def scan(
     word ``"bundled"``. Returns the format used and the pieces, sorted by id.
 
     ``kind``: for sources with several renditions of a work (ASAP), list its ``"performances"``,
-    ``"scores"`` or ``"both"``."""
+    ``"scores"`` or ``"both"``.
+
+    ``labels_from``: where a plain folder's labels come from (``scan_folder``); ``"none"`` drops
+    the labels of any format. What was decided for the user is appended to ``notes``."""
     if kind not in KINDS:
         raise PartitaError(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if str(source) == "bundled" or format == "bundled":
@@ -52,8 +59,12 @@ def scan(
     fmt = format or detect(root)
     if kind != "both" and fmt != "asap":
         raise PartitaError(f"--kind {kind} needs a source with performances and scores (asap), not a {fmt} folder")
+    if labels_from not in LABELS_FROM:
+        raise PartitaError(f"--labels-from must be one of {', '.join(LABELS_FROM)}, not {labels_from!r}")
+    if fmt != "folder" and labels_from not in ("auto", "none"):
+        raise PartitaError(f"--labels-from {labels_from} reads plain folders; a {fmt} source has its own labels (or use none)")
     if fmt == "folder":
-        pieces = scan_folder(root, Path(labels_csv) if labels_csv else None)
+        pieces = scan_folder(root, Path(labels_csv) if labels_csv else None, labels_from=labels_from, notes=notes)
     elif fmt == "giantmidi":
         pieces = scan_giantmidi(root)
     elif fmt == "maestro":
@@ -64,6 +75,8 @@ def scan(
         pieces = scan_lakh(root)
     if not pieces:
         raise PartitaError(f"{root}: no MIDI files found (looked for .mid/.midi/.kar/.rmi at any depth)")
+    if labels_from == "none" and fmt != "folder":
+        pieces = [dataclasses.replace(p, label=None) for p in pieces]
     ids = [p.id for p in pieces]
     if len(set(ids)) != len(ids):
         raise PartitaError(f"{root}: the same file is listed twice (check the labels CSV)")
@@ -72,6 +85,7 @@ def scan(
 
 __all__ = [
     "FORMATS",
+    "LABELS_FROM",
     "KINDS",
     "Piece",
     "detect",

@@ -72,19 +72,71 @@ def read_labels_csv(csv_path: Path, root: Path) -> list[Piece]:
     return pieces
 
 
-def scan_folder(root: Path, labels_csv: Path | None = None) -> list[Piece]:
-    """A plain folder. Labels come from ``labels_csv`` (or a ``labels.csv`` in the folder), else
-    from the first sub-folder under ``root`` (``root/Bach/x.mid`` -> "Bach"); files directly in
-    ``root`` have no label."""
+#: Where a plain folder's labels come from (``--labels-from``).
+LABELS_FROM = ("auto", "folder", "parent", "none", "csv")
+
+
+def one_piece_folders(root: Path, files: list[Path]) -> str | None:
+    """Why the first sub-folders under ``root`` are pieces rather than labels, or ``None``.
+
+    POP909's layout (``001/001.mid``, ``001/versions/001-v1.mid``, ...) gives each song a folder:
+    taking those folders as labels would give one label per piece, which nothing can learn from
+    and no split can test. They are taken as pieces when most of them hold one work named after
+    the folder, or when nearly all of them (90%, of 10 or more) hold a single work.
+    """
+    from partita.data.splits import work_key
+
+    works: dict[str, set] = {}
+    for p in files:
+        parts = p.relative_to(root).parts
+        if len(parts) > 1:
+            works.setdefault(parts[0], set()).add(work_key(p.stem))
+    n = len(works)
+    single = [f for f, w in works.items() if len(w) == 1]
+    named = [f for f in single if work_key(f) in works[f]]
+    if n >= 2 and (len(named) > n / 2 or (n >= 10 and len(single) >= 0.9 * n)):
+        return f"{len(single)} of {n} sub-folders hold one piece each (like POP909's 001/001.mid)"
+    return None
+
+
+def scan_folder(
+    root: Path, labels_csv: Path | None = None, labels_from: str = "auto", notes: list[str] | None = None
+) -> list[Piece]:
+    """A plain folder. ``labels_from``:
+
+    - ``"folder"``: the first sub-folder under ``root`` (``root/Bach/x.mid`` -> "Bach"); files
+      directly in ``root`` have no label;
+    - ``"parent"``: the folder that holds the file (``root/Baroque/Bach/x.mid`` -> "Bach");
+    - ``"none"``: no labels;
+    - ``"csv"``: ``labels_csv``, or the ``labels.csv`` in the folder;
+    - ``"auto"``: the CSV when there is one; else "none" when the sub-folders hold one piece
+      each (``one_piece_folders``), else "folder".
+
+    A one-line account of a choice made for the user is appended to ``notes``.
+    """
     root = _require_dir(root)
-    if labels_csv is None and (root / LABELS_CSV).is_file():
+    if labels_from not in LABELS_FROM:
+        raise PartitaError(f"--labels-from must be one of {', '.join(LABELS_FROM)}, not {labels_from!r}")
+    if labels_csv is not None and labels_from not in ("auto", "csv"):
+        raise PartitaError(f"--labels-csv and --labels-from {labels_from} disagree; give one of them")
+    if labels_csv is None and labels_from in ("auto", "csv") and (root / LABELS_CSV).is_file():
         labels_csv = root / LABELS_CSV
+    if labels_from == "csv" and labels_csv is None:
+        raise PartitaError(f"--labels-from csv: no --labels-csv given and no {LABELS_CSV} in {root}")
     if labels_csv is not None:
         return read_labels_csv(Path(labels_csv), root)
+    files = midi_files(root)
+    if labels_from == "auto":
+        why = one_piece_folders(root, files)
+        labels_from = "none" if why else "folder"
+        if why and notes is not None:
+            notes.append(f"none: {why}, so they are not taken as labels (--labels-from folder to use them anyway)")
     pieces = []
-    for p in midi_files(root):
+    for p in files:
         parts = p.relative_to(root).parts
-        label = parts[0] if len(parts) > 1 else None
+        label = None
+        if len(parts) > 1 and labels_from != "none":
+            label = parts[0] if labels_from == "folder" else parts[-2]
         pieces.append(Piece(id=_rel(p, root), path=str(p), label=label, title=p.stem, source="folder"))
     return pieces
 
