@@ -85,6 +85,7 @@ def test_work_key_groups_movements_and_numbers_but_keeps_catalogue_numbers():
         ("Work 3", "Work 4"),  # a title that is a number, with a space, is a work of its own
         ("Track 01", "Track 02"),
         ("001", "002"),
+        ("POP909_008", "POP909_010"),  # a zero-padded number is an index, not a movement
         ("Partita 2 IV Sarabande", "Partita 3 IV Sarabande"),
     ]
     for a, b in different:
@@ -132,3 +133,17 @@ def test_identical_contents_share_a_split_whatever_their_label():
 
 def a_split_per_label(rows, splits):
     return all({"train", "test"} <= {s for r, s in zip(rows, splits) if r["label"] == lab} for lab in ("A", "B", "C"))
+
+
+def test_numbers_that_name_most_of_a_label_are_not_movements():
+    # 'Maestro_1', 'Maestro_3', ... would all be 'maestro': one group, nothing left to test on.
+    rows = [{"id": f"P/Maestro_{k}.mid", "label": "P", "title": f"Maestro_{k}", "group": None, "split": None} for k in range(1, 11)]
+    works = ["waldstein", "tempest", "spring", "kreutzer", "ghost", "archduke"]
+    rows += [{"id": f"Q/{w}_{m}.mid", "label": "Q", "title": f"{w}_{m}", "group": None, "split": None} for w in works for m in (1, 2)]
+    splits = assign_splits(rows, seed=0, valid=0.2, test=0.2)
+    assert Counter(s for r, s in zip(rows, splits) if r["label"] == "P") == {"train": 6, "valid": 2, "test": 2}
+    q = defaultdict(set)
+    for r, s in zip(rows, splits):
+        if r["label"] == "Q":
+            q[r["title"].split("_")[0]].add(s)
+    assert all(len(s) == 1 for s in q.values()) and len(q) == 6  # waldstein_1 and _2 still one work

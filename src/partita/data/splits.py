@@ -80,6 +80,7 @@ def work_key(title: str | None) -> str:
         elif (
             not number_stripped
             and t[-1].isdigit()
+            and not (joined and t[-1].startswith("0"))  # "POP909_008", "song_01": an index
             and t[-2] not in _CATALOGUE
             and (joined or (len(t) > 2 and t[-2].isdigit() and t[-3] in _CATALOGUE))
         ):
@@ -89,12 +90,34 @@ def work_key(title: str | None) -> str:
     return " ".join(t)
 
 
-def group_key(piece_id: str, label: str | None, title: str | None, group: str | None) -> str:
-    """The key that keeps versions of one work together (before joining identical contents)."""
+def group_key(piece_id: str, label: str | None, title: str | None, group: str | None, *, whole: bool = False) -> str:
+    """The key that keeps versions of one work together (before joining identical contents);
+    ``whole``: from the whole title, movement and number parts included."""
     if group:
         return group
-    work = work_key(title)
+    work = normalise_title(title) if whole else work_key(title)
     return f"{label or ''}|{work}" if work else f"id:{piece_id}"
+
+
+def _group_keys(rows: list[dict]) -> list[str]:
+    """``group_key`` of every row, except where a work key would swallow most of a label.
+
+    Stripping numbers must not merge distinct works wholesale: when one work key gathers 3 or
+    more titles and over half of its label's titles ('Maestro_1', 'Maestro_3', 'Maestro_4' ->
+    'maestro'; a folder of 'Track_1' ... 'Track_9'), the numbers are names, not movements, and
+    those titles keep their whole-title keys.
+    """
+    work = [group_key(r["id"], r["label"], r["title"], r.get("group")) for r in rows]
+    whole = [group_key(r["id"], r["label"], r["title"], r.get("group"), whole=True) for r in rows]
+    titles_of: dict = defaultdict(set)
+    titles_in_label: dict = defaultdict(set)
+    for r, w, t in zip(rows, work, whole):
+        titles_of[w].add(t)
+        titles_in_label[r["label"]].add(t)
+    too_big = {
+        w for r, w in zip(rows, work) if len(titles_of[w]) >= 3 and len(titles_of[w]) > len(titles_in_label[r["label"]]) / 2
+    }
+    return [t if w in too_big else w for w, t in zip(work, whole)]
 
 
 def _components(rows: list[dict]) -> list[str]:
@@ -109,10 +132,8 @@ def _components(rows: list[dict]) -> list[str]:
             x = parent[x]
         return x
 
-    keys = []
-    for r in rows:
-        key = group_key(r["id"], r["label"], r["title"], r.get("group"))
-        keys.append(key)
+    keys = _group_keys(rows)
+    for r, key in zip(rows, keys):
         a = find(key)
         if r.get("content"):
             b = find("content:" + r["content"])
