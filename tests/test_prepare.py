@@ -214,7 +214,7 @@ def test_one_piece_per_folder_layout_is_unlabelled_and_tested(fixtures, tmp_path
         by_folder.setdefault(r["id"].split("/")[0], set()).add(r["split"])
     assert all(len(s) == 1 for s in by_folder.values())
     # As folders, they were one-piece labels: every song in train, nothing to test on.
-    as_labels = prepare(root, tmp_path / "labels", workers=2, test=0.2, source_options={"labels_from": "folder"}).corpus
+    as_labels = prepare(root, tmp_path / "labels", workers=2, test=0.2, labels_from="folder").corpus
     assert as_labels.summary()["per_split"] == {"train": 16} and as_labels.summary()["labels"]["notes"] == []
 
 

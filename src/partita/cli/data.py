@@ -47,7 +47,7 @@ def prepare_cmd(
     from partita.data.prepare import ReadOptions, parse_shard, prepare
 
     options = ReadOptions(sustain=sustain, max_bytes=int(max_size_mb * 2**20))
-    source_options = {"labels_csv": labels_csv, "composite": composite, "kind": kind, "labels_from": labels_from}
+    source_options = {"labels_csv": labels_csv, "composite": composite, "kind": kind}
     wanted = [lab.strip() for lab in labels.split(",") if lab.strip()] if labels is not None else None
     if labels is not None and not wanted:
         raise PartitaError("--labels needs at least one label, e.g. --labels Bach,Mozart")
@@ -81,6 +81,7 @@ def prepare_cmd(
             unseen=unseen,
             labels=wanted,
             min_pieces=min_pieces,
+            labels_from=labels_from,
             source_options=source_options,
             progress=update,
         )

@@ -276,6 +276,7 @@ def prepare(
     flush_every: int = 256,
     labels: list[str] | None = None,
     min_pieces: int = 0,
+    labels_from: str = "auto",
     source_options: dict | None = None,
     reader: Callable = read_piece,
     progress: Callable[[int, int], None] | None = None,
@@ -288,10 +289,11 @@ def prepare(
 
     ``labels``: keep only the pieces with these labels (the others are not read);
     ``min_pieces``: leave out labels with fewer usable pieces than this (status "excluded").
-    ``source_options["labels_from"]`` says where a plain folder's labels come from (``scan``).
+    ``labels_from``: where a plain folder's labels come from (``scan_folder``: auto, folder,
+    parent, none, csv).
     """
     out = Path(out).expanduser()
-    source_options = dict(source_options or {})
+    source_options = {"labels_from": labels_from, **(source_options or {})}
     notes: list[str] = []
     if min_pieces < 0:
         raise PartitaError(f"--min-pieces must be 0 or more, not {min_pieces}")
