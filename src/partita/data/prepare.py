@@ -2,9 +2,10 @@
 
 The work is organised so that nothing is ever lost or done twice:
 
-- Worker processes (the pool of ``partita.data.pool``) each read one file; an exception marks that file bad with its reason, and a
-  worker that dies (a crash in a C library, the OOM killer) marks the file it held bad too: the
-  files that were in flight are retried one at a time in a fresh process to find the culprit.
+- Worker processes (the pool of ``partita.data.pool``) each read one file; an exception marks
+  that file bad with its reason, and a worker that dies (a crash in a C library, the OOM killer)
+  marks the file it held bad too: the files that were in flight are retried one at a time in a
+  fresh process to find the culprit.
 - Results are flushed every ``flush_every`` pieces as a *part*: a folder written under a
   temporary name and renamed into place, so a part exists whole or not at all. A killed run
   leaves only whole parts; running the same command again skips the pieces they hold.
