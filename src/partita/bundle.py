@@ -39,6 +39,7 @@ CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, CARD_FILE = "config.json", "model.saf
 FAMILIES: dict[str, Any] = {
     "gpt": "partita.models.gpt:GPT",
     "siavit": "partita.models.siavit:SiaViT",
+    "featnet": "partita.models.featnet:FeatNet",
     "musicvae": "partita.models.musicvae:MusicVAE",
     "tvae": "partita.models.tvae:TVAE",
     "classifier": "partita.models.classifier:GRUClassifier",

@@ -1,4 +1,4 @@
-"""``partita train embedder`` and ``partita eval embedder``: the SiaViT piece embedder."""
+"""``partita train embedder``, ``partita train featnet`` and ``partita eval embedder``: the piece embedders."""
 
 from __future__ import annotations
 
@@ -55,6 +55,42 @@ def train_embedder_cmd(
         data, out, run_config, preset=preset, overrides=overrides, loss=loss, labels_per_batch=labels_per_batch,
         per_label=per_label, transpose=transpose, noise=noise, temperature=temperature, margin_start=margin_start,
         margin_max=margin_max, unseen_labels=_labels(unseen_labels), val_windows=val_windows, command=command_line(),
+    )
+    print_trained(card, out / "bundle", f"partita eval embedder --model {out / 'bundle'} --data {data}")
+
+
+@train_app.command("featnet")
+@with_run_options
+def train_featnet_cmd(
+    run_config,
+    data: Path = typer.Option(..., "--data", help="A prepared corpus (partita data prepare); works share a group, composers a label."),
+    out: Path = typer.Option(Path("runs/featnet"), "--out", "-o", help="Run folder: checkpoints, logs, bundle."),
+    preset: str = typer.Option("small", "--preset", help="tiny, small (a linear projection) or mlp (one hidden layer)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of FeatNetConfig fields."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config field: --set dim=128 (repeatable)."),
+    composer_weight: float = typer.Option(0.1, "--composer-weight", help="Weight of same-composer crops as positives (same-work crops: 1)."),
+    temperature: float = typer.Option(0.1, "--temperature", help="Contrastive temperature."),
+    works_per_batch: int = typer.Option(48, "--works-per-batch", "-W", help="Works drawn per batch."),
+    per_work: int = typer.Option(4, "--per-work", "-K", help="Crops per work per batch (--batch-size sets it to batch / W)."),
+    crops: int = typer.Option(16, "--crops", help="Augmented crops drawn per train piece before training."),
+    crop_seconds: str = typer.Option("30,90", "--crop-seconds", help="MIN,MAX length of a crop in seconds."),
+    transpose: int = typer.Option(0, "--transpose", help="Transpose crops by up to N semitones."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Processes that draw the crops (default: all cores)."),
+) -> None:
+    """Train the feature embedder (a learned projection of each piece's musical descriptor)."""
+    from partita.models.featnet import FeatNetConfig
+    from partita.train.common import apply_overrides, command_line
+    from partita.train.featnet import train_featnet
+
+    overrides = apply_overrides(FeatNetConfig, {}, config, set_)
+    try:
+        low, high = (float(x) for x in crop_seconds.split(","))
+    except ValueError:
+        raise PartitaError(f"--crop-seconds takes MIN,MAX in seconds, not {crop_seconds!r}") from None
+    card = train_featnet(
+        data, out, run_config, preset=preset, overrides=overrides, composer_weight=composer_weight,
+        temperature=temperature, works_per_batch=works_per_batch, per_work=per_work, crops=crops,
+        crop_seconds=(low, high), transpose=transpose, workers=workers, command=command_line(),
     )
     print_trained(card, out / "bundle", f"partita eval embedder --model {out / 'bundle'} --data {data}")
 

@@ -154,14 +154,16 @@ def evaluate_embedder(
         from partita.pretrained import SIAVIT, bundle_path
 
         model_path = bundle_path(SIAVIT)
-    models = {"SiaViT": model_path, **(compare or {})}
+    from partita.search.embed import EMBEDDERS
+
     bundles = {}
-    for name, path in models.items():
+    for k, path in enumerate([model_path, *(compare or {}).values()]):
         b = load_bundle(path)
-        if b.family != "siavit":
-            raise PartitaError(f"{path}: a {b.family} bundle, not an embedder; pass a siavit bundle (partita train embedder)")
+        if b.family not in EMBEDDERS:
+            raise PartitaError(f"{path}: a {b.family} bundle, not an embedder; pass a siavit or featnet bundle")
+        name = {"siavit": "SiaViT", "featnet": "FeatNet"}[b.family] if k == 0 else list(compare)[k - 1]
         bundles[name] = b
-    card = bundles["SiaViT"].card
+    card = next(iter(bundles.values())).card
     unseen = set(card.get("unseen_labels") or [])
     known = [l for l in (card.get("labels") or corpus.labels) if l not in unseen and l in corpus.labels]
     if len(known) < 2:

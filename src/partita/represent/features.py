@@ -261,3 +261,116 @@ def feature_vector(notes: np.ndarray, *, chord_tolerance: float = DEFAULT_CHORD_
         harmonic_interval_histogram(notes, chord_tolerance=chord_tolerance),
     ]
     return np.concatenate([np.asarray(p, np.float64) for p in parts]).astype(np.float32)
+
+
+# --- the descriptor of the feature embedder (partita.models.featnet) ---------------------------------
+
+#: Krumhansl-Kessler key profiles (C major, C minor); the key of a piece is the rotation of either
+#: that correlates best with its duration-weighted pitch-class histogram.
+_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+_KEYS = np.stack([np.roll(_MAJOR, k) for k in range(12)] + [np.roll(_MINOR, k) for k in range(12)])
+_KEYS = (_KEYS - _KEYS.mean(1, keepdims=True)) / _KEYS.std(1, keepdims=True)
+
+#: Melodic steps of the top and bass lines: -13..+13 semitones, larger leaps in the end bins.
+_LINE_BINS = 27
+#: Register: 2-semitone bins from A0 (21) to C8 (108).
+_REGISTER_BINS = 44
+#: Chord sizes 1..8 (8 = eight notes or more).
+_CHORD_SIZES = 8
+#: log2 ratio of consecutive inter-onset intervals in half steps, -3..+3 (13 bins).
+_RATIO_BINS = 13
+
+#: One name per dimension of :func:`piano_descriptor`, in order.
+DESCRIPTOR_NAMES: tuple[str, ...] = tuple(
+    [f"pc_{n}" for n in PITCH_CLASS_NAMES]
+    + [f"pc_time_{n}" for n in PITCH_CLASS_NAMES]
+    + [f"degree_{k}" for k in range(12)]
+    + [f"degree_time_{k}" for k in range(12)]
+    + [f"top_step_{k:+d}" for k in range(-13, 14)]
+    + [f"bass_step_{k:+d}" for k in range(-13, 14)]
+    + [f"chord_size_{k}" for k in range(1, _CHORD_SIZES + 1)]
+    + [f"harmonic_ic{k}" for k in range(7)]
+    + [f"top_degrees_{a}_{b}" for a in range(12) for b in range(12)]
+    + [f"bass_degree_{k}" for k in range(12)]
+    + [f"register_{21 + 2 * k}" for k in range(_REGISTER_BINS)]
+    + [f"ioi_ratio_{k / 2:+g}" for k in range(-6, 7)]
+    + _time_bin_names("ioi")
+    + _time_bin_names("duration")
+    + ["log_notes_per_s", "log_onsets_per_s", "chord_size_mean", "velocity_mean", "velocity_std", "velocity_p10",
+       "velocity_p50", "velocity_p90", "pitch_mean", "pitch_std", "top_bass_gap", "minor_key"]
+)
+
+
+def _hist(values: np.ndarray, bins: int, offset: int, weights: np.ndarray | None = None) -> np.ndarray:
+    index = np.clip(np.asarray(values, np.int64) + offset, 0, bins - 1)
+    return _normalise(np.bincount(index, weights=weights, minlength=bins).astype(np.float64))
+
+
+def estimate_key(notes: np.ndarray) -> tuple[int, bool]:
+    """``(tonic pitch class, minor)`` by the Krumhansl-Schmuckler method (duration-weighted,
+    durations capped at 4 s so a held pedal note does not decide the key)."""
+    notes = _pitched(notes)
+    weights = np.minimum(notes["duration"].astype(np.float64), 4.0)
+    profile = np.bincount(notes["pitch"].astype(np.int64) % 12, weights=weights, minlength=12)
+    if not profile.any():
+        return 0, False
+    z = (profile - profile.mean()) / (profile.std() + 1e-12)
+    best = int(np.argmax(_KEYS @ z))
+    return best % 12, best >= 12
+
+
+def piano_descriptor(notes: np.ndarray, *, chord_tolerance: float = 0.05) -> np.ndarray:
+    """A 360-dimensional description of a piece or excerpt (``DESCRIPTOR_NAMES``), the input of the
+    feature embedder: what it plays (pitch classes, as written and relative to its estimated key),
+    how its lines move (top and bass steps, the top line's scale-degree transitions), how it is
+    voiced (chord sizes, intervals within chords, register), its rhythm in tempo-free terms
+    (ratios of successive inter-onset intervals) and as played (inter-onset and duration
+    histograms, density, velocities).
+
+    Histograms are square-rooted (the Hellinger map: distances between them then behave like
+    Euclidean ones), scalars are on unit-like scales; a model standardises the whole vector.
+    Onsets within ``chord_tolerance`` seconds form one chord (performed chords are never exact).
+    Raises ``ValueError`` for fewer than 2 pitched notes.
+    """
+    notes = _pitched(notes)
+    if len(notes) < 2:
+        raise ValueError("fewer than 2 pitched notes to describe")
+    onset = notes["onset"].astype(np.float64)
+    duration = notes["duration"].astype(np.float64)
+    pitch = notes["pitch"].astype(np.int64)
+    velocity = notes["velocity"].astype(np.float64)
+    tonic, minor = estimate_key(notes)
+
+    pc = pitch % 12
+    pc_count = _normalise(np.bincount(pc, minlength=12).astype(np.float64))
+    pc_time = _normalise(np.bincount(pc, weights=np.minimum(duration, 4.0), minlength=12))
+    degrees, degrees_time = np.roll(pc_count, -tonic), np.roll(pc_time, -tonic)
+
+    groups = _onset_groups(onset, chord_tolerance)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    top = np.maximum.reduceat(pitch, starts)
+    bass = np.minimum.reduceat(pitch, starts)
+    sizes = np.diff(np.r_[starts, len(pitch)])
+    top_steps = _hist(np.diff(top), _LINE_BINS, 13)
+    bass_steps = _hist(np.diff(bass), _LINE_BINS, 13)
+    chord_sizes = _hist(sizes - 1, _CHORD_SIZES, 0)
+    top_degree = (top - tonic) % 12
+    transitions = _normalise(np.bincount(top_degree[:-1] * 12 + top_degree[1:], minlength=144).astype(np.float64))
+    bass_degree = _normalise(np.bincount((bass - tonic) % 12, minlength=12).astype(np.float64))
+    register = _hist((pitch - 21) // 2, _REGISTER_BINS, 0)
+
+    chord_onsets = onset[starts]
+    ioi = np.diff(chord_onsets)
+    ioi = ioi[ioi > 0]
+    ratios = _hist(np.round(2 * np.log2(ioi[1:] / ioi[:-1])), _RATIO_BINS, 6) if len(ioi) > 1 else np.zeros(_RATIO_BINS)
+    span = max(onset[-1] + duration[-1] - onset[0], 1e-3)
+    scalars = np.r_[
+        np.log1p(len(pitch) / span), np.log1p(len(starts) / span), sizes.mean() / 4,
+        velocity.mean() / 127, velocity.std() / 127, np.percentile(velocity, [10, 50, 90]) / 127,
+        pitch.mean() / 127, pitch.std() / 24, (top.mean() - bass.mean()) / 24, float(minor),
+    ]
+    histograms = [pc_count, pc_time, degrees, degrees_time, top_steps, bass_steps, chord_sizes,
+                  harmonic_interval_histogram(notes, chord_tolerance=chord_tolerance), transitions, bass_degree,
+                  register, ratios, _time_histogram(ioi), _time_histogram(duration)]
+    return np.concatenate([np.sqrt(h) for h in histograms] + [scalars]).astype(np.float32)

@@ -1,6 +1,9 @@
-"""Piece embeddings: a SiaViT applied to several windows of a piece, averaged, re-normalised.
+"""Piece embeddings: a FeatNet applied to a piece's descriptor, or a SiaViT applied to several
+windows of a piece, averaged, re-normalised.
 
-A piece's vector is the mean of the embeddings of ``windows`` crops spread evenly over it (the
+A FeatNet (``partita.models.featnet``) reads the whole piece at once: one descriptor
+(``piano_descriptor``), one vector; ``windows`` does not apply. For a SiaViT, a piece's vector
+is the mean of the embeddings of ``windows`` crops spread evenly over it (the
 first starts at the first note, the last ends at the last note-off, the rest evenly between, on
 the model's frame grid), re-normalised to unit length, so cosine similarity is a dot product. A
 piece no longer than one window is embedded once, zero-padded at the end. Windows are rendered
@@ -74,8 +77,13 @@ def _embed(model, rolls: list[np.ndarray], batch_size: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, model.config.dim), np.float32)
 
 
+#: Bundle families that embed pieces: the SiaViT (pianoroll windows) and FeatNet (descriptors).
+EMBEDDERS = ("siavit", "featnet")
+
+
 def _model(model):
-    """A SiaViT from a model, a Bundle, or a bundle folder (None: the shipped one)."""
+    """An embedder (SiaViT or FeatNet) from a model, a Bundle, or a bundle folder (None: the
+    shipped SiaViT)."""
     if model is None or isinstance(model, (str, os.PathLike)):
         from partita.bundle import load_bundle
 
@@ -84,16 +92,27 @@ def _model(model):
 
             model = bundle_path(SIAVIT)
         b = load_bundle(model)
-        if b.family != "siavit":
-            raise PartitaError(f"{model}: a {b.family} bundle, not an embedder; pass a siavit bundle (partita train embedder)")
+        if b.family not in EMBEDDERS:
+            raise PartitaError(f"{model}: a {b.family} bundle, not an embedder; pass a siavit or featnet bundle "
+                               f"(partita train embedder / partita train featnet)")
         return b.model
     if hasattr(model, "model") and hasattr(model, "family"):  # a Bundle
-        if model.family != "siavit":
-            raise PartitaError(f"a {model.family} bundle is not an embedder; pass a siavit bundle (partita train embedder)")
+        if model.family not in EMBEDDERS:
+            raise PartitaError(f"a {model.family} bundle is not an embedder; pass a siavit or featnet bundle")
         return model.model
-    if getattr(type(model), "family", None) != "siavit":
-        raise PartitaError(f"{type(model).__name__} is not a SiaViT embedder")
+    if getattr(type(model), "family", None) not in EMBEDDERS:
+        raise PartitaError(f"{type(model).__name__} is not an embedder (SiaViT or FeatNet)")
     return model
+
+
+def _descriptors(model, notes: np.ndarray) -> list[np.ndarray]:
+    """A FeatNet's input for a whole piece (one descriptor: the model averages nothing)."""
+    from partita.represent.features import piano_descriptor
+
+    try:
+        return [piano_descriptor(_pitched(notes), chord_tolerance=model.config.chord_tolerance)]
+    except ValueError as e:
+        raise PartitaError(f"cannot embed: {e}") from None
 
 
 def _run(model, items: Iterable[tuple[int, np.ndarray]], total: int, windows: int, batch_size: int,
@@ -121,7 +140,7 @@ def _run(model, items: Iterable[tuple[int, np.ndarray]], total: int, windows: in
     try:
         for key, notes in items:
             try:
-                rolls = _rolls(model, notes, windows)
+                rolls = _rolls(model, notes, windows) if model.family == "siavit" else _descriptors(model, notes)
             except PartitaError as e:
                 failures.append((key, str(e)))
             else:

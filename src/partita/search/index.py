@@ -468,13 +468,10 @@ def resolve_model(index_model: dict, override: Optional[str | os.PathLike] = Non
 
 
 def load_embedder(path: str | os.PathLike):
-    """The SiaViT model of a bundle folder (wrong family: a one-line error)."""
-    from partita.bundle import load_bundle
+    """The embedder (SiaViT or FeatNet) of a bundle folder (another family: a one-line error)."""
+    from partita.search.embed import _model
 
-    bundle = load_bundle(path)
-    if bundle.family != "siavit":
-        raise PartitaError(f"{path}: a {bundle.family!r} bundle, not an embedder; pass a siavit bundle (partita train embedder)")
-    return bundle.model
+    return _model(Path(path))
 
 
 # -------------------------------------------------------------------- inputs
@@ -538,7 +535,7 @@ def embed_into_index(
     """Embed MIDI files, folders and prepared corpora into the index folder ``out`` (made, or
     added to when it exists), then refit the attribution (label centroids, calibration).
 
-    ``model``: a siavit bundle folder (default: the index's, else the shipped embedder).
+    ``model``: an embedder bundle folder, siavit or featnet (default: the index's, else the shipped embedder).
     ``windows``/``seed``: the embedding settings (default: the index's, else 8 and 0); an existing
     index keeps its own, since vectors made with other settings would not be comparable.
     ``label``: the label of every MIDI file given (overrides sub-folder names). ``splits``: only
