@@ -20,6 +20,7 @@ from partita.errors import PartitaError
 from partita.generate import build_prompt, generate_samples, resolve_label
 from partita.generate.sampling import (
     IncrementalTiming,
+    SamplingConfig,
     _seconds,
     choose,
     decode_safe,
@@ -363,9 +364,13 @@ def test_stops_in_bars_seconds_tokens_and_eos(tok):
 
     out = run(max_new_tokens=7)
     assert out.stop == "tokens" and len(out.ids) == 8
-    out = run(max_new_tokens=len(song) + 5)
+    out = run(max_new_tokens=len(song) + 5, allow_early_end=True)
     assert out.stop == "eos"
     np.testing.assert_array_equal(out.ids, song)  # EOS kept at the end
+    out = run(max_new_tokens=len(song) + 5)  # a length asked for is kept: EOS masked until then
+    assert out.stop == "tokens" and len(out.ids) == 1 + len(song) + 5 and T.special_id(tok, "EOS") not in out.ids
+    out = run()  # no length asked: the model may end the piece
+    assert out.stop == "eos"
 
 
 # --------------------------------------------------------------------------- a trained bundle
@@ -543,7 +548,184 @@ def test_cli_missing_model_is_one_line(tmp_path):
 def test_allow_eos_false_runs_every_sample_to_its_length(tok):
     model = tiny(tok, sharpen=1.0)  # near-uniform at a high temperature: EOS comes up by chance
     eos = T.special_id(tok, "EOS")
-    stopped = sample(model, tok, n=4, max_new_tokens=300, seed=0, temperature=100.0)
+    stopped = sample(model, tok, n=4, max_new_tokens=300, seed=0, temperature=100.0, allow_early_end=True)
     assert any(len(s) < 301 and s[-1] == eos for s in stopped)
+    kept = sample(model, tok, n=4, max_new_tokens=300, seed=0, temperature=100.0)  # a length asked: kept
+    assert all(len(s) == 301 and eos not in s for s in kept)
     forced = sample(model, tok, n=4, max_new_tokens=300, seed=0, temperature=100.0, allow_eos=False)
     assert all(len(s) == 301 and eos not in s for s in forced)  # BOS + 300 new tokens
+
+
+# --------------------------------------------------------------------------- long prompts
+
+
+def training_segments_logits(model, tok, prompt, label=None):
+    """What training computes: contiguous segments ``[label, C-1 song tokens]`` through the model
+    without a cache, XL/kNN memories carried from one to the next; logits after the last token."""
+    C = model.config.context
+    bars, pos = T.token_timing(tok, prompt)
+    xl = model.new_xl_memory(1) if model.config.xl_memory else None
+    knn = model.new_knn_memory(1) if model.config.knn_memory else None
+    lab = model.label_token(label)
+    for a in range(0, len(prompt), C - 1):
+        part = slice(a, min(a + C - 1, len(prompt)))
+        ids = torch.tensor([[lab, *prompt[part]]])
+        b = torch.tensor([[int(bars[a]), *bars[part]]])
+        p = torch.tensor([[0, *pos[part]]])
+        logits, _ = model(ids, bars=b, positions=p, xl=xl, knn=knn)
+    return logits[0, -1]
+
+
+@pytest.mark.parametrize("kind", ["xl", "xl+knn", "knn", "plain", "window"])
+def test_long_prompts_are_read_by_windows_as_token_by_token(tok, kind):
+    """A prompt is read one forward pass per window; the logits after it are those of feeding it
+    one token at a time (as if it had been generated), and for memory models those of training's
+    contiguous segments with the memories carried."""
+    from partita.generate.sampling import prompt_logits
+
+    memory = {"xl": {"xl_memory": True}, "xl+knn": {"xl_memory": True, "knn_memory": True, "knn_topk": 4},
+              "knn": {"knn_memory": True, "knn_topk": 4}, "plain": {}, "window": {}}[kind]
+    model = tiny(tok, sharpen=3.0, context=8, **memory)
+    keep_label = kind != "window"
+    long_prompt = random_prompt(tok, 61, seed=2)  # 8 windows of the context
+    by_window = prompt_logits(model, tok, long_prompt, label=1, config=SamplingConfig(keep_label=keep_label))
+    if kind == "plain":  # a plain model sees [label, last C-1 tokens], as in training: one window
+        C = model.config.context
+        bars, pos = T.token_timing(tok, long_prompt)
+        last = slice(len(long_prompt) - (C - 1), None)
+        with torch.inference_mode():
+            want, _ = model(torch.tensor([[model.label_token(1), *long_prompt[last]]]),
+                            bars=torch.tensor([[int(bars[last][0]), *bars[last]]]), positions=torch.tensor([[0, *pos[last]]]))
+        torch.testing.assert_close(by_window, want[0, -1], atol=1e-4, rtol=1e-4)
+    else:
+        one_by_one = prompt_logits(model, tok, long_prompt, label=1, chunk=1, config=SamplingConfig(keep_label=keep_label))
+        torch.testing.assert_close(by_window, one_by_one, atol=1e-4, rtol=1e-4)
+    if memory:
+        short = long_prompt[:22]  # within what the memories hold: all of it is read
+        with torch.inference_mode():
+            want = training_segments_logits(model, tok, short, label=1)
+        torch.testing.assert_close(prompt_logits(model, tok, short, label=1), want, atol=1e-4, rtol=1e-4)
+    # sampling continues the whole prompt from its end, greedy = argmax of those logits
+    out = sample(model, tok, prompts=long_prompt, label=1, temperature=0, max_new_tokens=5, keep_label=keep_label)[0]
+    np.testing.assert_array_equal(out[:61], long_prompt)
+    assert len(out) == 66 and out[61] == int(by_window.argmax())
+
+
+# --------------------------------------------------------------------------- lengths kept
+
+
+class EosBiased(Scripted):
+    """Follows its script, but wants to end the piece (EOS above everything) from ``eos_from`` on."""
+
+    def __init__(self, config, script, eos_id, eos_from):
+        super().__init__(config, script)
+        self.eos_id, self.eos_from = eos_id, eos_from
+
+    def forward(self, ids, targets=None, *, cache=None, last_only=False, **kw):
+        start = cache.next_position if cache is not None else 0
+        logits, loss = super().forward(ids, targets, cache=cache, last_only=last_only, **kw)
+        pos = torch.arange(start + ids.shape[1] - logits.shape[1], start + ids.shape[1])
+        logits[:, pos >= self.eos_from, self.eos_id] = 2e4
+        return logits, loss
+
+
+def test_asked_lengths_are_kept_when_the_model_wants_to_stop(tok):
+    score = make_score([(i * 480, 480, 60 + i % 12, 80) for i in range(48)])  # 12 bars of 4 beats, 0.5 s each
+    song = T.encode(tok, score, bos_eos=True)[:-1]
+    eos = T.special_id(tok, "EOS")
+    model = EosBiased(GPTConfig.preset("tiny", vocab_size=len(tok), context=512, bar_embeddings=True), song, eos, 10).eval()
+    prompt = build_prompt(tok, score, prompt_bars=1)
+
+    def run(**kw):
+        [s] = generate_samples(model, tokenizer=tok, prompt=prompt, temperature=0, **kw)
+        return s
+
+    early = run(bars=4, allow_early_end=True)
+    assert early.stop == "eos" and early.bars <= 1  # the model ends the piece at once
+    kept = run(bars=4)
+    assert kept.stop == "bars" and kept.bars == 1 + 4 and eos not in kept.ids
+    prompt_sec = _seconds(tok, prompt)
+    kept = run(seconds=3.0)
+    assert kept.stop == "seconds" and _seconds(tok, kept.ids) >= prompt_sec + 3.0
+    assert kept.score.note_num() >= 4 + 6  # the prompt's bar, then 3 s of 0.5 s notes
+    tokens = run(max_new_tokens=40)
+    assert tokens.stop == "tokens" and tokens.new_tokens == 40
+    assert run(max_new_tokens=40, allow_early_end=True).stop == "eos"
+
+
+# --------------------------------------------------------------------------- instruments kept
+
+
+class WrongInstrument(Scripted):
+    """Follows its script, but always prefers ``Program_<wrong>`` (another instrument)."""
+
+    def __init__(self, config, script, wrong_id):
+        super().__init__(config, script)
+        self.wrong_id = wrong_id
+
+    def forward(self, *args, **kw):
+        logits, loss = super().forward(*args, **kw)
+        logits[..., self.wrong_id] = 2e4
+        return logits, loss
+
+
+def _new_programs(tok, s):
+    """Programs of the notes a sample added to its prompt."""
+    prompt = decode_safe(tok, s.ids[: s.prompt_length])[0]
+    n_prompt = {t.program: t.note_num() for t in prompt.tracks}
+    return {t.program for t in s.score.tracks if t.note_num() > n_prompt.get(t.program, 0)}
+
+
+def test_continuations_keep_the_prompts_instruments(tok, bundle):
+    score = make_score([(i * 480, 480, 60 + i % 12, 80) for i in range(48)])
+    song = T.encode(tok, score, bos_eos=True)[:-1]  # piano (program 0)
+    wrong = tok.vocab["Program_25"]
+    model = WrongInstrument(GPTConfig.preset("tiny", vocab_size=len(tok), context=512), song, wrong).eval()
+    prompt = build_prompt(tok, score, prompt_bars=2)
+    [s] = generate_samples(model, tokenizer=tok, prompt=prompt, temperature=0, max_new_tokens=60)
+    assert _new_programs(tok, s) == {0} and s.notes > decode_safe(tok, prompt)[0].note_num()
+    [free] = generate_samples(model, tokenizer=tok, prompt=prompt, temperature=0, max_new_tokens=60, programs="all")
+    assert wrong in free.ids[free.prompt_length:]  # unmasked, the model writes its guitar tokens
+    [chords] = generate_samples(model, tokenizer=tok, chords="C G", temperature=0, max_new_tokens=60)
+    assert wrong not in chords.ids  # a structure prompt is piano
+    # a real piano prompt and a trained model, sampled hot: only piano notes follow
+    samples = generate_samples(bundle, ELISE, n=3, temperature=1.5, max_new_tokens=120, seed=0)
+    assert all(_new_programs(tok, s) <= {0} for s in samples) and any(_new_programs(tok, s) for s in samples)
+    with pytest.raises(PartitaError, match="program"):
+        generate_samples(bundle, ELISE, programs="0,300", max_new_tokens=2)
+    with pytest.raises(PartitaError, match="program"):
+        generate_samples(bundle, ELISE, programs="violin", max_new_tokens=2)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_same_seed_same_tokens_whatever_the_thread_count(tok):
+    """The decoding layout splits weights into column blocks by matrix size, never by thread
+    count, so 1 and 2 threads compute the same logits, bit for bit, and sample the same tokens."""
+    model = tiny(tok, sharpen=1.0, d_model=128, n_head=2, context=32, xl_memory=True)
+    prompt = random_prompt(tok, 40, seed=4)
+    outs, logits = [], []
+    n = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            outs.append(sample(model, tok, prompts=prompt, n=2, seed=11, temperature=1.0, max_new_tokens=60))
+            logits.append(prompt_logits_of(model, tok, prompt))
+    finally:
+        torch.set_num_threads(n)
+    for other in outs[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(outs[0], other))
+    assert torch.equal(logits[0], logits[1])
+    # --threads: a fixed count, or chosen while decoding (the tokens stay the same)
+    for threads in (1, 2, None):
+        again = sample(model, tok, prompts=prompt, n=2, seed=11, temperature=1.0, max_new_tokens=60, threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(outs[0], again))
+    assert torch.get_num_threads() == n  # left as it was
+
+
+def prompt_logits_of(model, tok, prompt):
+    from partita.generate.sampling import prompt_logits
+
+    with model.decode_layout():
+        return prompt_logits(model, tok, prompt)

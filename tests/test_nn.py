@@ -367,7 +367,7 @@ def test_parallel_block_is_x_plus_attn_plus_mlp():
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_decode_layout_linear_equals_nn_linear(bias):
-    from partita.nn.linear import FEW_ROWS, MIN_BLOCK_COLUMNS, Linear, decode_layout, decode_weight, rows_linear, split_blocks
+    from partita.nn.linear import FEW_ROWS, MAX_BLOCKS, MIN_BLOCK_COLUMNS, Linear, decode_layout, decode_weight, rows_linear, split_blocks
 
     torch.manual_seed(0)
     lin = Linear(24, 30, bias=bias)
@@ -388,5 +388,14 @@ def test_decode_layout_linear_equals_nn_linear(bias):
             x = torch.randn(rows, 24)
             torch.testing.assert_close(lin(x), ref(x))
     assert lin.weight_t is None  # nothing kept outside
-    assert split_blocks(MIN_BLOCK_COLUMNS - 1) == 1  # a small matrix stays whole
-    assert split_blocks(10**6) == torch.get_num_threads()  # a large one gets a block per thread
+    assert split_blocks(MIN_BLOCK_COLUMNS - 1) == 2  # never one block: a single product splits its sums over threads
+    assert split_blocks(10**6) == MAX_BLOCKS
+    n = torch.get_num_threads()
+    try:  # the layout never follows the thread count (results would follow it)
+        layouts = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            layouts.append([split_blocks(c) for c in (64, 256, 768, 1000, 4096)])
+        assert layouts[0] == layouts[1] == layouts[2] == [[2, 4, 8, 8, 8]][0]
+    finally:
+        torch.set_num_threads(n)

@@ -17,8 +17,8 @@ def generate(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Bundle folder of a trained GPT (default: the shipped gpt-small)."),
     n: int = typer.Option(4, "-n", "--num-samples", help="How many pieces to sample."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for sample-000.mid, sample-001.mid, ..."),
-    prompt: Optional[Path] = typer.Option(None, "--prompt", "-p", help="A MIDI file to continue."),
-    prompt_bars: Optional[int] = typer.Option(None, "--prompt-bars", help="Keep the first N bars of the prompt."),
+    prompt: Optional[Path] = typer.Option(None, "--prompt", "-p", help="A MIDI file to continue from its end (the model reads as much of it as its window and memories hold)."),
+    prompt_bars: Optional[int] = typer.Option(None, "--prompt-bars", help="Keep the first N bars of the prompt (and continue from there)."),
     prompt_seconds: Optional[float] = typer.Option(None, "--prompt-seconds", help="Keep the first S seconds of the prompt."),
     prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="Keep the first N tokens of the prompt."),
     composer: Optional[str] = typer.Option(None, "--composer", "-c", help="Sample in the style of this label of the model's card (any letter case)."),
@@ -29,9 +29,12 @@ def generate(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K most likely tokens."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this probability."),
     min_p: Optional[float] = typer.Option(None, "--min-p", help="Keep tokens at least this fraction as likely as the best one."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="New tokens per sample (default 512; a cap with --bars/--seconds)."),
-    bars: Optional[int] = typer.Option(None, "--bars", help="Stop after N new bars."),
-    seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop once the piece is S seconds longer than its prompt."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="New tokens per sample (default 512, and the model may end sooner; a cap with --bars/--seconds)."),
+    bars: Optional[int] = typer.Option(None, "--bars", help="N new bars (the piece does not end before them)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="S seconds beyond the prompt (the piece does not end before them)."),
+    allow_early_end: bool = typer.Option(False, "--allow-early-end", help="Let the model end a piece before the asked --bars/--seconds/--max-tokens."),
+    programs: str = typer.Option("auto", "--programs", help="Instruments of the new notes: auto (the prompt's; piano for --chords/--scale/--motif), all, or GM numbers like 0,33 (-1 or drums)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for decoding (default: the faster of 1 and all, measured while decoding; samples are the same either way)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same pieces."),
     tokens: bool = typer.Option(False, "--tokens", "--tokens-out", help="Also write each sample's token ids (sample-000.npy...)."),
     tokens_format: str = typer.Option("npy", "--tokens-format", help="Format of --tokens files: npy or txt (ids separated by spaces)."),
@@ -52,13 +55,18 @@ def generate(
         from partita.pretrained import bundle_path
 
         model = bundle_path()
+    from partita.generate import SamplingConfig
+
+    config = SamplingConfig(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, max_new_tokens=max_tokens,
+        bars=bars, seconds=seconds, allow_early_end=allow_early_end, programs=programs, batch_size=batch_size,
+        threads=threads,
+    ).checked()
     with progress_bar("sampling", unit="tokens") as update:
         samples = generate_samples(
-            str(model), None if prompt is None else str(prompt), n=n, composer=composer, chords=chords,
-            scale=scale, motif=motif, prompt_bars=prompt_bars, prompt_seconds=prompt_seconds,
-            prompt_tokens=prompt_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            max_new_tokens=max_tokens, bars=bars, seconds=seconds, seed=seed, device=device,
-            batch_size=batch_size, progress=update,
+            str(model), None if prompt is None else str(prompt), n=n, config=config, composer=composer,
+            chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars, prompt_seconds=prompt_seconds,
+            prompt_tokens=prompt_tokens, device=device, progress=update,
         )
 
     from rich.table import Table
@@ -112,7 +120,8 @@ def generate(
             "prompt_seconds": prompt_seconds, "prompt_tokens": prompt_tokens, "composer": composer,
             "chords": chords, "scale": scale, "motif": motif, "temperature": temperature, "top_k": top_k,
             "top_p": top_p, "min_p": min_p, "max_tokens": max_tokens, "bars": bars, "seconds": seconds,
-            "seed": seed,
+            "seed": seed, "allow_early_end": allow_early_end,
+            "programs": "all" if config.programs is None else (config.programs if isinstance(config.programs, str) else list(config.programs)),
         },
         "samples": rows,
     })

@@ -50,6 +50,7 @@ from partita.generate.sampling import (
     DEFAULT_MAX_NEW_TOKENS,
     IncrementalTiming,
     SampledIds,
+    SamplingConfig,
     choose,
     decode_safe,
     filter_logits,
@@ -63,6 +64,7 @@ __all__ = [
     "IncrementalTiming",
     "Sample",
     "SampledIds",
+    "SamplingConfig",
     "build_prompt",
     "choose",
     "decode_safe",
@@ -307,6 +309,7 @@ def generate_samples(
     prompt: Any = None,
     *,
     n: int = 1,
+    config: Optional[SamplingConfig] = None,
     tokenizer: Any = None,
     labels: Optional[Sequence[str]] = None,
     composer: Any = None,
@@ -316,29 +319,27 @@ def generate_samples(
     prompt_bars: Optional[int] = None,
     prompt_seconds: Optional[float] = None,
     prompt_tokens: Optional[int] = None,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    min_p: Optional[float] = None,
-    max_new_tokens: Optional[int] = None,
-    bars: Optional[int] = None,
-    seconds: Optional[float] = None,
-    seed: int = 0,
-    keep_label: bool = True,
     device: Any = None,
-    batch_size: Optional[int] = None,
     progress: Any = None,
+    **options: Any,
 ) -> list[Sample]:
-    """Like ``generate`` but returns ``Sample`` records (score, ids, stop reason, counts)."""
+    """Like ``generate`` but returns ``Sample`` records (score, ids, stop reason, counts).
+
+    ``config``: a ``SamplingConfig`` (``partita generate`` builds one); ``options`` change its
+    fields (``temperature=0.9, bars=8``...). With ``programs="auto"`` (the default) a
+    continuation keeps the instruments of its prompt; a chord, scale or motif prompt is piano.
+    """
     from partita.io.midi import duration_seconds
 
+    cfg = (config or SamplingConfig()).replace(**options)
     model, tokenizer, labels = resolve_model(model, tokenizer=tokenizer, labels=labels, device=device)
     label = resolve_label(composer, labels, int(getattr(model.config, "n_labels", 0)))
     ids = build_prompt(tokenizer, prompt, chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars,
                        prompt_seconds=prompt_seconds, prompt_tokens=prompt_tokens)
-    raw = sample(model, tokenizer, prompts=[ids], n=n, temperature=temperature, top_k=top_k, top_p=top_p,
-                 min_p=min_p, seed=seed, max_new_tokens=max_new_tokens, bars=bars, seconds=seconds, label=label,
-                 keep_label=keep_label, batch_size=batch_size, progress=progress, return_details=True)
+    if cfg.programs == "auto" and any(v is not None for v in (chords, scale, motif)):
+        cfg = cfg.replace(programs=(0,))  # structure prompts are piano
+    raw = sample(model, tokenizer, prompts=[ids], n=n, config=cfg, label=label, progress=progress,
+                 return_details=True)
     out = []
     for i, r in enumerate(raw):
         score, dropped = decode_safe(tokenizer, r.ids)
@@ -355,42 +356,23 @@ def generate(
     prompt: Any = None,
     *,
     n: int = 1,
-    composer: Any = None,
-    chords: Optional[str] = None,
-    scale: Optional[str] = None,
-    motif: Optional[str] = None,
-    prompt_bars: Optional[int] = None,
-    prompt_seconds: Optional[float] = None,
-    prompt_tokens: Optional[int] = None,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    min_p: Optional[float] = None,
-    max_new_tokens: Optional[int] = None,
-    bars: Optional[int] = None,
-    seconds: Optional[float] = None,
-    seed: int = 0,
     **kwargs: Any,
 ) -> list[Score]:
     """``n`` pieces from ``model`` (a bundle folder, a ``Bundle``, or a GPT with ``tokenizer=``).
 
-    ``prompt``: None, a MIDI path or bytes, a ``symusic.Score`` or token ids; or ``chords=``,
-    ``scale=``, ``motif=`` text; cropped with ``prompt_bars``/``prompt_seconds``/``prompt_tokens``.
-    ``composer``: a label name from the bundle's card (any letter case) or index. Sampling:
-    ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``min_p``; length: ``max_new_tokens``,
-    ``bars`` (new bars), ``seconds`` (beyond the prompt), whichever comes first (default 512 new
-    tokens); ``seed``: same seed, same pieces. More options (``tokenizer``, ``labels``, ``device``,
-    ``batch_size``, ``keep_label``, ``progress``): ``generate_samples``.
+    ``prompt``: None, a MIDI path or bytes, a ``symusic.Score`` or token ids, continued from its
+    end; or ``chords=``, ``scale=``, ``motif=`` text; cropped to its beginning with
+    ``prompt_bars``/``prompt_seconds``/``prompt_tokens``. ``composer``: a label name from the
+    bundle's card (any letter case) or index. Sampling options are ``SamplingConfig`` fields
+    (``config=`` or by name): ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``min_p``;
+    length: ``max_new_tokens``, ``bars`` (new bars), ``seconds`` (beyond the prompt), kept
+    unless ``allow_early_end``; ``programs``; ``seed``: same seed, same pieces; ``threads``.
+    More options (``tokenizer``, ``labels``, ``device``, ``progress``): ``generate_samples``.
 
     Returns one ``symusic.Score`` per sample (prompt + continuation); a sample without any note is
     a score with ``note_num() == 0`` (``generate_samples`` says which).
     """
-    samples = generate_samples(
-        model, prompt, n=n, composer=composer, chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars,
-        prompt_seconds=prompt_seconds, prompt_tokens=prompt_tokens, temperature=temperature, top_k=top_k,
-        top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens, bars=bars, seconds=seconds, seed=seed, **kwargs,
-    )
-    return [s.score for s in samples]
+    return [s.score for s in generate_samples(model, prompt, n=n, **kwargs)]
 
 
 class _CallableModule(types.ModuleType):

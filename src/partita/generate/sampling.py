@@ -55,27 +55,35 @@ only ever seen windows that begin with one. What happens once a piece outgrows t
 * ``"window"`` (RoPE, ``keep_label=False``): plain sliding window, ``crop_cache(cache, C - 1)``
   before each token: the label leaves with the first tokens. This is exactly
   ``model(ids, window=C)`` over the whole sequence.
-* ``"memory"`` (RoPE with XL and/or kNN memory): every token leaving the window goes into the
-  memories, which then hold exactly the positions before the window (what
-  ``crop_cache(cache, C - 1, xl=..., knn=...)`` before each token does); ``GPT.slide_window``
-  computes the same with the XL memory kept as the oldest part of the cache, so a step is one
-  attention call over memory and window, with no copy of either. A prompt longer than the context is fed one token at a
-  time past its first window, so the memories hold what they would have held had it been
-  generated.
+* ``"memory"`` (XL and/or kNN memory): decoding follows training's contiguous segments. The
+  song is cut into segments ``[label, C-1 tokens]``; a token sees its segment so far and the
+  memories, which hold the segments before it (XL: their last ``xl_length`` positions; kNN:
+  every key of the kNN layer, un-rotated). When a segment is full it becomes memory and the
+  next one starts with the label again. With RoPE the XL memory stays in the KV cache as its
+  oldest part (so a step is one attention call over memory and segment, without copies);
+  learned positions keep separate ``XLMemory``/``KNNMemory`` objects (``GPT.crop_cache``).
+  A prompt is read the same way, one forward pass per segment: the logits after it equal
+  those of feeding it token by token and those of training's segments
+  (``tests/test_generate.py``).
 * ``"learned"`` (learned absolute positions): positions are not translation invariant, so the
   cache cannot slide. When the window is full the model recomputes ``[label, last K-1 tokens]``
   from scratch (``K = C - C//4``: one forward of ``K`` tokens every ``C//4`` tokens, instead of
   one per token) and continues incrementally; with memories, the tokens leaving the window go
   into them first.
 
-A prompt longer than the window (modes without memory) is cut to its last ``C - 1`` tokens for the
-first forward pass (the earlier tokens could not be seen anyway), except in ``"window"`` mode,
-which runs the whole prompt through windowed attention so as to stay equal to ``forward(window=C)``.
+Long prompts
+------------
+A prompt is continued from its end. It is read as far back as the model can use: the last
+``C - 1`` tokens for plain models (one window, ``[label, last C-1 tokens]`` as in training),
+``n_layer * (C - 1)`` for ``"window"`` (what sliding windows reach through the layers, exactly),
+and for memory models the last ``knn_max_memory + C - 1`` tokens with a kNN memory, else
+``n_layer * xl_length + C - 1`` (Transformer-XL's reach), one forward pass per window: a
+10-minute piano piece takes about a second on 2 cores (``benchmarks/gpt.py``).
 
 Length and stops
 ----------------
 A row stops at EOS (kept at the end of its ids), after ``max_new_tokens`` sampled tokens, and,
-when asked:
+when asked (``SamplingConfig``):
 
 * ``bars=N``: before the first token of the (N+1)-th new bar (that token is not kept). New bars are
   counted with ``token_timing``'s bar index: a prompt with music ends in bar ``b``, whose rest may
@@ -87,6 +95,16 @@ when asked:
 
 Without ``max_new_tokens`` a sample gets at most ``DEFAULT_MAX_NEW_TOKENS`` new tokens, or, with
 ``bars``/``seconds``, ``max(512, 256 * bars)`` / ``max(512, 256 * seconds)`` as a safety cap.
+When a length is asked for (``max_new_tokens``, ``bars`` or ``seconds``), EOS is masked until
+the sample reaches it, so a model that would end the piece early still gives the length asked
+(``allow_early_end=True`` lets it end). Ids that write notes of other instruments than the
+prompt's are masked too (``programs``).
+
+Threads
+-------
+Samples do not depend on the number of threads (``partita.nn.linear`` lays weights out by size
+only). ``threads=None`` times decoding steps with 1 thread and with all of them, keeps the
+faster and checks again every 256 steps: on a busy machine one thread is much faster.
 
 Readable output whatever the model says
 ---------------------------------------
@@ -104,7 +122,9 @@ that works.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -122,9 +142,12 @@ __all__ = [
     "SECONDS_CHECK_EVERY",
     "IncrementalTiming",
     "SampledIds",
+    "SamplingConfig",
     "choose",
     "decode_safe",
     "filter_logits",
+    "parse_programs",
+    "prompt_logits",
     "repair_tokens",
     "row_generator",
     "sample",
@@ -211,17 +234,21 @@ def choose(
 ) -> torch.Tensor:
     """One id per row of ``logits [B, V]``: filter (module doc) and draw with row ``b``'s generator.
 
-    ``banned``: bool ``[V]``, ids never chosen. ``temperature=0``: argmax, no generator used.
+    ``banned``: bool ``[V]`` or ``[B, V]`` (per row), ids never chosen. ``temperature=0``: argmax,
+    no generator used.
     """
     _check_filters(temperature, top_k, top_p, min_p)
     x = logits.float()
     x = torch.nan_to_num(x, nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
     if banned is not None:
-        x = x.masked_fill(banned.to(x.device), float("-inf"))
+        banned = banned.to(x.device).expand_as(x)
+        x = x.masked_fill(banned, float("-inf"))
     dead = ~torch.isfinite(x).any(dim=-1)  # a broken model (NaN everywhere): draw uniformly
     if bool(dead.any()):
-        fill = torch.zeros_like(x[0]) if banned is None else torch.zeros_like(x[0]).masked_fill(banned.to(x.device), float("-inf"))
-        x[dead] = fill
+        fill = torch.zeros_like(x)
+        if banned is not None:
+            fill = fill.masked_fill(banned, float("-inf"))
+        x[dead] = fill[dead]
     if temperature == 0:
         return x.argmax(dim=-1)
     probs = torch.softmax(filter_logits(x, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p), dim=-1)
@@ -539,6 +566,138 @@ def _seconds(tokenizer: Any, ids: np.ndarray) -> float:
 
 
 @dataclass
+class SamplingConfig:
+    """Every sampling option, from ``partita generate`` to ``sample`` (one object, one path).
+
+    Filters: ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``min_p``; ``seed``.
+    Length: ``max_new_tokens``, ``bars`` (new bars), ``seconds`` (beyond the prompt), whichever
+    comes first; when one is asked for, EOS is masked until it is reached, so the sample has that
+    length, unless ``allow_early_end`` (then the model may end the piece sooner). Without any,
+    at most ``DEFAULT_MAX_NEW_TOKENS`` and the model may end it. ``allow_eos=False`` never
+    samples EOS at all.
+    Instruments: ``programs`` = "auto" (the programs of the prompt's notes; any when the prompt
+    has none), "all", or General MIDI program numbers (-1 = drums): ids that write a note of
+    another program are masked.
+    Decoding: ``keep_label`` (module doc, windows), ``batch_size`` (rows decoded at once),
+    ``threads`` (None = choose: the faster of 1 and all intra-op threads, measured while
+    decoding; the tokens are the same whatever the count).
+    """
+
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    seed: int = 0
+    max_new_tokens: Optional[int] = None
+    bars: Optional[int] = None
+    seconds: Optional[float] = None
+    allow_early_end: bool = False
+    allow_eos: bool = True
+    programs: Any = "auto"
+    keep_label: bool = True
+    batch_size: Optional[int] = None
+    threads: Optional[int] = None
+
+    def replace(self, **changes: Any) -> "SamplingConfig":
+        """A copy with ``changes`` (field names; unknown names are a one-line error)."""
+        unknown = sorted(set(changes) - set(self.__dataclass_fields__))
+        if unknown:
+            raise PartitaError(f"unknown sampling option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def checked(self) -> "SamplingConfig":
+        """Validated copy (whole numbers, ranges, programs as a tuple or None); PartitaError else."""
+        _check_filters(self.temperature, self.top_k, self.top_p, self.min_p)
+        c = dataclasses.replace(self)
+        for name in ("max_new_tokens", "bars", "batch_size", "threads"):
+            setattr(c, name, _positive_int(getattr(c, name), name.replace("_", "-")))
+        if c.seconds is not None and not (math.isfinite(float(c.seconds)) and float(c.seconds) > 0):
+            raise PartitaError(f"seconds must be > 0, got {c.seconds}")
+        c.programs = parse_programs(c.programs)
+        return c
+
+    @property
+    def length_asked(self) -> bool:
+        return self.max_new_tokens is not None or self.bars is not None or self.seconds is not None
+
+
+def parse_programs(programs: Any) -> Any:
+    """"auto", None (= "all": any program) or a tuple of programs from a sequence of numbers or
+    text like ``"0,1"`` / ``"piano,drums"``; PartitaError for anything else."""
+    if programs is None or (isinstance(programs, str) and programs.strip().lower() in ("all", "any")):
+        return None
+    if isinstance(programs, str):
+        text = programs.strip().lower()
+        if text == "auto":
+            return "auto"
+        items: list[Any] = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
+    else:
+        items = list(programs)
+    out = []
+    for p in items:
+        if isinstance(p, str):
+            named = {"piano": 0, "drums": -1}
+            if p in named:
+                out.append(named[p])
+                continue
+            try:
+                p = int(p)
+            except ValueError:
+                raise PartitaError(f"programs are General MIDI numbers 0-127, -1 or 'drums', 'piano', 'all' or 'auto', not {p!r}") from None
+        if isinstance(p, bool) or int(p) != p or not -1 <= int(p) <= 127:
+            raise PartitaError(f"a program is a General MIDI number 0-127 (or -1 for drums), not {p}")
+        out.append(int(p))
+    if not out:
+        raise PartitaError("programs: give at least one program number (or 'all')")
+    return tuple(sorted(set(out)))
+
+
+class _ProgramTable:
+    """Per id: the programs its base tokens write (``Program_X``), for masking instruments."""
+
+    def __init__(self, tokenizer: Any):
+        self.table = table = _expansion(tokenizer)
+        _, g = _grammar(tokenizer)
+        base_prog = np.full(len(table.base_special), -2, np.int64)  # -2: not a Program token
+        for b, s in enumerate(g.strings):
+            if s.startswith("Program_"):
+                base_prog[b] = int(s.split("_", 1)[1])
+        self.base_program = base_prog
+        n = len(table.lengths)
+        hits: dict[int, list[int]] = {}
+        for i in range(n):
+            for b in table.flat[table.starts[i] : table.starts[i] + table.lengths[i]]:
+                if base_prog[b] != -2:
+                    hits.setdefault(int(base_prog[b]), []).append(i)
+        self.ids_of = {p: np.unique(np.array(v, np.int64)) for p, v in hits.items()}  # program -> ids
+        self.n = n
+
+    def programs_in(self, ids: np.ndarray) -> set:
+        """The programs of the notes in ``ids``."""
+        base, _ = self.table.expand(np.asarray(ids, np.int64))
+        found = self.base_program[base]
+        return set(found[found != -2].tolist())
+
+    def banned(self, allowed: Optional[Sequence[int]]) -> np.ndarray:
+        """Bool ``[V]``: ids that write a note of a program not in ``allowed`` (None: nothing)."""
+        out = np.zeros(self.n, bool)
+        if allowed is None or not self.ids_of:
+            return out
+        for p, ids in self.ids_of.items():
+            if p not in allowed:
+                out[ids] = True
+        return out  # (an id that writes an allowed program and another one is banned)
+
+
+def _program_table(tokenizer: Any) -> _ProgramTable:
+    table = _expansion(tokenizer)
+    pt = getattr(table, "_partita_programs", None)
+    if pt is None:
+        pt = table._partita_programs = _ProgramTable(tokenizer)
+    return pt
+
+
+@dataclass
 class SampledIds:
     """One sample: ``ids`` = the prompt's song tokens, then the sampled ones (label not included;
     EOS last when the model ended the piece)."""
@@ -585,71 +744,25 @@ def _positive_int(value: Any, name: str) -> Optional[int]:
     return int(value)
 
 
-def sample(
-    model: Any,
-    tokenizer: Any,
-    *,
-    prompts: Any = None,
-    n: int = 1,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    min_p: Optional[float] = None,
-    seed: int = 0,
-    max_new_tokens: Optional[int] = None,
-    bars: Optional[int] = None,
-    seconds: Optional[float] = None,
-    label: Optional[int] = None,
-    keep_label: bool = True,
-    batch_size: Optional[int] = None,
-    progress: Optional[ProgressFn] = None,
-    return_details: bool = False,
-    allow_eos: bool = True,
-) -> list:
-    """``n`` samples per prompt from a GPT; returns one int64 id array per sample, prompt-major
-    (all samples of prompt 0, then of prompt 1...), or ``SampledIds`` with ``return_details``.
-
-    ``prompts``: None (start a piece: ``[BOS]``), one id sequence or a list of them (tokenizer ids
-    of the song, normally starting with BOS; a trailing EOS is dropped so the model continues).
-    The model sees ``[label_token(label), *prompt]``. Each output holds the prompt then the new
-    tokens. Prompts of different lengths are decoded in separate batches (one per length, split
-    into ``batch_size`` rows at most). ``progress(done, total)`` is called after every step with
-    the tokens sampled so far and an upper bound of the total (it shrinks as rows stop early).
-
-    Filters, seeds, windows past the context, stops: see the module doc. ``allow_eos=False``
-    never samples EOS, so every sample runs to its length limit.
-    """
+def _check_model(model: Any, tokenizer: Any) -> None:
     from partita.represent.tokens import _check_tokenizer
 
     _check_tokenizer(tokenizer)
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(model, "new_cache") or not hasattr(cfg, "vocab_size"):
         raise PartitaError(f"sampling needs a partita GPT, got {type(model).__name__}")
-    V = int(cfg.vocab_size)
-    if len(tokenizer) != V:
+    if len(tokenizer) != int(cfg.vocab_size):
         raise PartitaError(
-            f"the tokenizer has {len(tokenizer)} ids but the model predicts {V}: use the bundle's own tokenizer"
+            f"the tokenizer has {len(tokenizer)} ids but the model predicts {cfg.vocab_size}: use the bundle's own tokenizer"
         )
     if int(cfg.context) < 2:
         raise PartitaError(f"a model with a context of {cfg.context} cannot hold a label and a token")
-    _check_filters(temperature, top_k, top_p, min_p)
-    n = _positive_int(n, "n")
-    max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
-    bars = _positive_int(bars, "bars")
-    batch_size = _positive_int(batch_size, "batch_size")
-    if seconds is not None and not (math.isfinite(float(seconds)) and float(seconds) > 0):
-        raise PartitaError(f"seconds must be > 0, got {seconds}")
-    if max_new_tokens is None:
-        caps = [DEFAULT_MAX_NEW_TOKENS] if bars is None and seconds is None else []
-        if bars is not None:
-            caps.append(max(DEFAULT_MAX_NEW_TOKENS, TOKENS_PER_BAR_CAP * bars))
-        if seconds is not None:
-            caps.append(max(DEFAULT_MAX_NEW_TOKENS, int(math.ceil(TOKENS_PER_SECOND_CAP * float(seconds)))))
-        max_new_tokens = max(caps)
 
-    bos, eos = special_id(tokenizer, "BOS"), special_id(tokenizer, "EOS")
-    table = _expansion(tokenizer)
-    strip = set(np.flatnonzero(table.special).tolist()) - {bos}  # EOS, PAD...: not at a prompt's end
+
+def _clean_prompts(tokenizer: Any, prompts: Any) -> list[np.ndarray]:
+    V = len(tokenizer)
+    bos = special_id(tokenizer, "BOS")
+    strip = set(np.flatnonzero(_expansion(tokenizer).special).tolist()) - {bos}  # EOS, PAD...: not at a prompt's end
     clean: list[np.ndarray] = []
     for p in _as_prompt_list(prompts):
         ids = np.zeros(0, np.int64) if p is None else _ids_array(p)
@@ -663,55 +776,180 @@ def sample(
             end -= 1
         ids = ids[:end]
         clean.append(ids if len(ids) else np.array([bos], np.int64))
+    return clean
 
-    label_id = model.label_token(label)
-    banned = torch.from_numpy(table.special.copy())
-    banned[eos] = not allow_eos
-    runner = _Runner(
-        model, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-        cap=max_new_tokens, bars=bars, seconds=None if seconds is None else float(seconds), label_id=label_id,
-        keep_label=keep_label, banned=banned, eos=eos, progress=progress, n_rows=len(clean) * n,
-    )
+
+@contextlib.contextmanager
+def _threads(n: Optional[int]):
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def sample(
+    model: Any,
+    tokenizer: Any,
+    *,
+    prompts: Any = None,
+    n: int = 1,
+    config: Optional[SamplingConfig] = None,
+    label: Optional[int] = None,
+    progress: Optional[ProgressFn] = None,
+    return_details: bool = False,
+    **options: Any,
+) -> list:
+    """``n`` samples per prompt from a GPT; returns one int64 id array per sample, prompt-major
+    (all samples of prompt 0, then of prompt 1...), or ``SampledIds`` with ``return_details``.
+
+    ``config``: a ``SamplingConfig``; ``options`` are its fields, changed on top of it
+    (``sample(model, tok, temperature=0, bars=8)``).
+
+    ``prompts``: None (start a piece: ``[BOS]``), one id sequence or a list of them (tokenizer ids
+    of the song, normally starting with BOS; a trailing EOS is dropped so the model continues).
+    The model sees ``[label_token(label), *prompt]`` and continues the prompt from its end; a
+    prompt longer than what the model can attend to is read from as far back as its window and
+    memories hold, window by window (module doc). Each output holds the whole prompt then the
+    new tokens. Prompts of different lengths are decoded in separate batches (one per length,
+    split into ``batch_size`` rows at most). ``progress(done, total)`` is called after every
+    step with the tokens sampled so far and an upper bound of the total.
+    """
+    _check_model(model, tokenizer)
+    cfg = (config or SamplingConfig()).replace(**options).checked()
+    n = _positive_int(n, "n")
+    max_new_tokens = cfg.max_new_tokens
+    if max_new_tokens is None:
+        caps = [DEFAULT_MAX_NEW_TOKENS] if cfg.bars is None and cfg.seconds is None else []
+        if cfg.bars is not None:
+            caps.append(max(DEFAULT_MAX_NEW_TOKENS, TOKENS_PER_BAR_CAP * cfg.bars))
+        if cfg.seconds is not None:
+            caps.append(max(DEFAULT_MAX_NEW_TOKENS, int(math.ceil(TOKENS_PER_SECOND_CAP * float(cfg.seconds)))))
+        max_new_tokens = max(caps)
+
+    eos = special_id(tokenizer, "EOS")
+    table = _expansion(tokenizer)
+    clean = _clean_prompts(tokenizer, prompts)
+    base_ban = table.special.copy()
+    base_ban[eos] = not (cfg.allow_eos and (cfg.allow_early_end or not cfg.length_asked))
+    programs = _program_table(tokenizer)
+    bans: list[np.ndarray] = []
+    for ids in clean:
+        allowed = cfg.programs
+        if allowed == "auto":
+            allowed = tuple(sorted(programs.programs_in(ids))) or None
+        bans.append(base_ban | programs.banned(allowed))
+
+    runner = _Runner(model, tokenizer, cfg, cap=max_new_tokens, label_id=model.label_token(label), eos=eos,
+                     progress=progress, n_rows=len(clean) * n)
     rows = [(pi, si) for pi in range(len(clean)) for si in range(n)]
     groups: dict[int, list[int]] = {}
     for r, (pi, _) in enumerate(rows):
         groups.setdefault(len(clean[pi]), []).append(r)
     results: list[Optional[SampledIds]] = [None] * len(rows)
-    with torch.inference_mode(), _eval_mode(model), model.decode_layout():
+    with torch.inference_mode(), _eval_mode(model), model.decode_layout(), _threads(None):
         for members in groups.values():
-            step = batch_size or len(members)
+            step = cfg.batch_size or len(members)
             for a in range(0, len(members), step):
                 chunk = members[a : a + step]
-                for r, out in zip(chunk, runner.run([rows[r] for r in chunk], clean)):
+                banned = torch.from_numpy(np.stack([bans[rows[r][0]] for r in chunk]))
+                for r, out in zip(chunk, runner.run([rows[r] for r in chunk], clean, banned)):
                     results[r] = out
     if return_details:
         return results
     return [r.ids for r in results]
 
 
+def prompt_logits(model: Any, tokenizer: Any, prompt: Any, *, label: Optional[int] = None,
+                  chunk: Optional[int] = None, config: Optional[SamplingConfig] = None) -> torch.Tensor:
+    """Logits ``[V]`` of the token after ``prompt`` (song ids), read exactly as ``sample`` reads
+    a prompt: window by window (``chunk=None``) or ``chunk`` tokens per forward pass (``chunk=1``:
+    token by token, as if the prompt had been generated). Both give the same logits."""
+    _check_model(model, tokenizer)
+    cfg = (config or SamplingConfig()).checked()
+    eos = special_id(tokenizer, "EOS")
+    clean = _clean_prompts(tokenizer, prompt)[:1]
+    runner = _Runner(model, tokenizer, cfg, cap=1, label_id=model.label_token(label), eos=eos,
+                     progress=None, n_rows=1)
+    runner.chunk = chunk
+    with torch.inference_mode(), _eval_mode(model), model.decode_layout():
+        runner.start([(0, 0)], clean)
+        return runner.feed_prompt()[0].float()
+
+
+class _ThreadChooser:
+    """Picks the intra-op thread count of decoding steps: the faster of 1 and ``n`` threads,
+    timed over ``PROBE`` steps each, again every ``EVERY`` steps (a machine's load changes).
+    On a loaded machine a one-token step split over busy cores waits for the slowest (PyTorch's
+    OpenMP threads spin at a barrier), and one thread can be 10x faster; on an idle one more
+    threads win. Tokens do not depend on the count (``partita.nn.linear``: fixed layout)."""
+
+    PROBE = 6
+    EVERY = 256
+
+    def __init__(self, n: int, fixed: Optional[int]):
+        self.fixed = fixed
+        self.candidates = [1, n] if fixed is None and n > 1 else [fixed or n]
+        self.best = self.candidates[-1]
+        self.step = 0
+        self.times: dict[int, list[float]] = {}
+        self._t = 0.0
+        self._current: Optional[int] = None
+
+    def _use(self, k: int) -> None:
+        if k != self._current:
+            torch.set_num_threads(k)
+            self._current = k
+
+    def begin(self) -> None:
+        if len(self.candidates) == 1:
+            self._use(self.candidates[0])
+            return
+        phase = self.step % self.EVERY
+        probing = phase < self.PROBE * len(self.candidates)
+        self._probe = self.candidates[phase // self.PROBE] if probing else None
+        self._use(self._probe if probing else self.best)
+        self._t = time.perf_counter()
+
+    def end(self) -> None:
+        if len(self.candidates) == 1:
+            return
+        if self._probe is not None:
+            self.times.setdefault(self._probe, []).append(time.perf_counter() - self._t)
+            if len(self.times.get(self.candidates[-1], ())) == self.PROBE and self._probe == self.candidates[-1]:
+                med = {k: sorted(v)[len(v) // 2] for k, v in self.times.items()}
+                self.best = min(med, key=lambda k: (med[k], k))
+                self.times = {}
+        self.step += 1
+
+
 class _Runner:
     """Decodes batches of rows that share a prompt length (see ``sample``)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, temperature, top_k, top_p, min_p, seed, cap, bars,
-                 seconds, label_id, keep_label, banned, eos, progress, n_rows):
-        self.model, self.tokenizer = model, tokenizer
-        self.cfg = cfg = model.config
-        self.filters = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-        self.seed, self.cap, self.bars, self.seconds = seed, cap, bars, seconds
+    chunk: Optional[int] = None  # tokens per forward pass when reading a prompt; None: a window
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: SamplingConfig, *, cap, label_id, eos, progress, n_rows):
+        self.model, self.tokenizer, self.sc = model, tokenizer, cfg
+        self.cfg = mc = model.config
+        self.filters = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p)
+        self.seed, self.cap, self.bars = cfg.seed, cap, cfg.bars
+        self.seconds = None if cfg.seconds is None else float(cfg.seconds)
         self.label_id, self.eos = label_id, eos
         self.device = next(model.parameters()).device
-        self.banned = banned.to(self.device)
         self.progress = progress
         self.done, self.total = 0, cap * n_rows
-        self.memories = bool(getattr(cfg, "xl_memory", False) or getattr(cfg, "knn_memory", False))
-        if cfg.positions == "learned":
-            self.mode = "learned"
-        elif self.memories:
+        self.memories = bool(getattr(mc, "xl_memory", False) or getattr(mc, "knn_memory", False))
+        if self.memories:
             self.mode = "memory"
+        elif mc.positions == "learned":
+            self.mode = "learned"
         else:
-            self.mode = "sink" if keep_label else "window"
-        self.timed = bool(cfg.bar_embeddings) or bars is not None
-        self.C = int(cfg.context)
+            self.mode = "sink" if cfg.keep_label else "window"
+        self.timed = bool(mc.bar_embeddings) or cfg.bars is not None
+        self.C = int(mc.context)
+        self.xl_len = int(mc.xl_length or mc.context) if getattr(mc, "xl_memory", False) else 0
         self._label_kv: Optional[list] = None
         self._prompt_seconds: dict[int, float] = {}
 
@@ -729,8 +967,8 @@ class _Runner:
         return self._forward(self.seq[:, a:b], self.bars_seq[:, a:b], self.pos_seq[:, a:b], window)
 
     def _feed_window(self, first: int, end: int):
-        """Feed ``[label, seq[first:end]]`` into the (empty or reset) cache; the label's bar input
-        is the bar of ``seq[first]`` (training's convention)."""
+        """Feed ``[label, seq[first:end]]`` (a new window or segment); the label's bar input is
+        the bar of ``seq[first]`` (training's convention)."""
         s = self.seq
         ids = torch.cat([s[:, :1], s[:, first:end]], dim=1)
         bars = torch.cat([self.bars_seq[:, first : first + 1], self.bars_seq[:, first:end]], dim=1)
@@ -752,7 +990,7 @@ class _Runner:
             self._label_kv = [(tmp.k[i], tmp.v[i]) for i in range(tmp.n_layer)]
         return self._label_kv
 
-    def _slide_sink(self, length: int) -> None:
+    def _slide_sink(self) -> None:
         """Make room for one token: drop the label and the oldest tokens, put the label back
         right before the window (rotated to its new position, states for its new bar input)."""
         cache = self.cache
@@ -776,48 +1014,98 @@ class _Runner:
 
     def _recompute(self, length: int):
         """Learned positions, window full: recompute ``[label, last K-1 tokens]`` (the newest,
-        ``seq[length-1]``, included) from scratch; with memories, what leaves goes into them."""
+        ``seq[length-1]``, included) from scratch."""
         K = self._learned_keep()
         first = length - (K - 1)
-        if self.memories:
-            self.model.crop_cache(self.cache, max(K - 2, 0), xl=self.xl, knn=self.knn)
         self.cache.reset(self.cache.offset)
         self.ws = first
         return self._feed_window(first, length)
 
+    # ------------------------------------------------------------------ segments (memory models)
+
+    def _close_segment(self) -> None:
+        """The current segment (``C`` inputs, label first) is complete: it becomes memory, as a
+        training segment does. RoPE: the cache keeps the last ``xl_length`` positions (the XL
+        memory lives in the cache, ``GPT`` attends to it with the window in one call) and the
+        segment's keys of the kNN layer go into the kNN memory, un-rotated. Learned positions:
+        ``crop_cache`` moves the segment into separate XL/kNN memories."""
+        model, cache = self.model, self.cache
+        if self.xl is not None:  # learned positions
+            model.crop_cache(cache, 0, xl=self.xl, knn=self.knn)
+        else:
+            n = len(cache)
+            if self.knn is not None:
+                i, layer = n - self.seg, model.knn_layer
+                model._add_to_knn(self.knn, cache.k[layer][:, :, i:], cache.v[layer][:, :, i:], cache.offset + i)
+            cache.crop(self.xl_len)
+        self.seg = 0
+
+    def _feed_segments(self, a: int, b: int):
+        """Feed song tokens ``seq[:, a:b]`` as training's contiguous segments: ``[label, C-1
+        tokens]`` each, a full segment becoming memory before the next one starts. One forward
+        pass per ``chunk`` tokens (default: as many as the segment has room for); the logits do
+        not depend on the chunking."""
+        logits = None
+        while a < b:
+            if self.seg >= self.C:
+                self._close_segment()
+            room = self.C - self.seg - (1 if self.seg == 0 else 0)
+            k = min(b - a, room, self.chunk or room)
+            if self.seg == 0:
+                logits = self._feed_window(a, a + k)
+                self.seg = 1 + k
+            else:
+                logits = self._feed(a, a + k)
+                self.seg += k
+            a += k
+        return logits
+
+    # ------------------------------------------------------------------ prompt and steps
+
     def _step_feed(self, length: int):
         """Feed the newest token ``seq[:, length-1]``, sliding the window first if it is full."""
         C, cache = self.C, self.cache
+        if self.mode == "memory":
+            return self._feed_segments(length - 1, length)
         if self.mode == "learned":
             if len(cache) >= C:
                 return self._recompute(length)
-        elif self.mode == "memory":
-            self.model.slide_window(cache, knn=self.knn)
         elif len(cache) >= C:
             if self.mode == "sink":
-                self._slide_sink(length)
+                self._slide_sink()
             else:
                 self.model.crop_cache(cache, C - 1)
         return self._feed(length - 1, length)
 
-    def _feed_prompt(self, L: int):
-        C, model = self.C, self.model
-        if L <= C:
-            self.ws = 1
-            return self._feed(0, L)
-        if self.mode in ("sink", "learned") and not self.memories:
-            self.ws = L - (C - 1)
-            self.cache.offset = self.ws - 1
-            return self._feed_window(self.ws, L)
-        self.ws = 1
-        logits = self._feed(0, C)
-        if self.mode == "window":  # windowed attention over the whole prompt, C tokens at a time
-            for a in range(C, L, C):
-                model.crop_cache(self.cache, C - 1)
-                logits = self._feed(a, min(a + C, L), window=C)
-            return logits
-        for j in range(C + 1, L + 1):  # memories: exactly as if the prompt had been generated
-            logits = self._step_feed(j)
+    def _prompt_start(self, L: int) -> int:
+        """First index of ``seq`` (1 = the prompt's first token) the prompt is read from: what
+        the window and the memories can hold of its end."""
+        C, mc = self.C, self.cfg
+        if self.mode == "memory":
+            held = C - 1 + self.xl_len
+            if getattr(mc, "knn_memory", False):
+                held = max(held, int(mc.knn_max_memory) + C - 1)
+            return max(1, L - held)
+        if self.mode == "window":  # sliding windows: a token sees n_layer * (C - 1) tokens back
+            return max(1, L - 1 - int(mc.n_layer) * (C - 1))
+        return max(1, L - (C - 1))
+
+    def feed_prompt(self):
+        L, C = self.L, self.C
+        first = self._prompt_start(L)
+        self.cache.offset = first - 1  # the label's position: what is left out is skipped, not shifted
+        if self.mode == "memory":
+            self.seg = 0
+            return self._feed_segments(first, L)
+        self.ws = first
+        if self.mode in ("sink", "learned"):
+            return self._feed_window(first, L)
+        # "window": windowed attention over the prompt, C tokens at a time (= forward(window=C))
+        step = self.chunk or C
+        logits = self._feed_window(first, min(first + step - 1, L))
+        for a in range(first + step - 1, L, step):
+            self.model.crop_cache(self.cache, C - 1)
+            logits = self._feed(a, min(a + step, L), window=C)
         return logits
 
     # ------------------------------------------------------------------ rows
@@ -838,6 +1126,7 @@ class _Runner:
         if self.knn is not None:
             self.knn.select(keep)
         self.seq, self.bars_seq, self.pos_seq = self.seq[idx], self.bars_seq[idx], self.pos_seq[idx]
+        self.banned = self.banned[idx]
         if self.tracker is not None:
             self.tracker.select(keep)
         for name in ("gens", "meta", "bar_limit", "prompt_sec"):
@@ -871,11 +1160,12 @@ class _Runner:
                 lo = mid + 1
         return hi
 
-    def run(self, rows: list[tuple[int, int]], prompts: list[np.ndarray]) -> list[SampledIds]:
+    def start(self, rows: list[tuple[int, int]], prompts: list[np.ndarray]) -> None:
+        """Set up the batch of ``rows``: sequences, timing, generators, stops, caches."""
         model, cfg, dev = self.model, self.cfg, self.device
         B = len(rows)
-        P = len(prompts[rows[0][0]])
-        L = 1 + P
+        self.P = P = len(prompts[rows[0][0]])
+        self.L = L = 1 + P
         size = L + self.cap
         self.seq = torch.full((B, size), self.eos, dtype=torch.long, device=dev)
         self.seq[:, 0] = self.label_id
@@ -900,62 +1190,77 @@ class _Runner:
         self.prompt_sec = [0.0] * B
         if self.seconds is not None:
             self.prompt_sec = [self._prompt_seconds_of(pi, prompts[pi]) for pi, _ in rows]
-
         self.cache = model.new_cache()
-        # RoPE models keep their XL memory in the cache (GPT.slide_window); learned positions recompute
-        self.xl = model.new_xl_memory(B) if getattr(cfg, "xl_memory", False) and self.mode == "learned" else None
+        # RoPE models keep their XL memory in the cache (_close_segment); learned positions do not
+        learned = cfg.positions == "learned"
+        self.xl = model.new_xl_memory(B) if getattr(cfg, "xl_memory", False) and learned else None
         self.knn = model.new_knn_memory(B) if getattr(cfg, "knn_memory", False) else None
-        logits = self._feed_prompt(L)
 
-        out: list[Optional[SampledIds]] = [None] * B
+    def _stop(self, b: int, tok: int, bar: Optional[int], n_new: int) -> Optional[tuple[int, str]]:
+        """``(end, reason)`` when row ``b`` stops after its newest token (length ``self.L``)."""
+        if tok == self.eos:
+            return self.L, "eos"
+        if self.bar_limit[b] is not None and bar >= self.bar_limit[b]:
+            return self.L - 1, "bars"  # this token starts a bar too many: not kept
+        if n_new >= self.cap:
+            return self.L, "tokens"
+        return None
 
-        L0 = L
+    def run(self, rows: list[tuple[int, int]], prompts: list[np.ndarray], banned: torch.Tensor) -> list[SampledIds]:
+        dev = self.device
+        threads = _ThreadChooser(torch.get_num_threads(), self.sc.threads)
+        if self.sc.threads is not None:
+            torch.set_num_threads(self.sc.threads)
+        self.start(rows, prompts)
+        self.banned = banned.to(dev)
+        logits = self.feed_prompt()
+        out: list[Optional[SampledIds]] = [None] * len(rows)
+        L0, P = self.L, self.P
 
         def finish(b: int, end: int, stop: str) -> None:
             pi, si = rows[self.meta[b]]
             ids = self.seq[b, 1:end].cpu().numpy().astype(np.int64)
             out[self.meta[b]] = SampledIds(ids=ids, prompt_length=P, stop=stop, prompt_index=pi, sample_index=si)
             self.total -= self.cap - (end - L0)  # the budget it did not use
-            self.done -= L - end  # sampled tokens it did not keep
+            self.done -= self.L - end  # sampled tokens it did not keep
 
         n_new = 0
-        last_check = L
+        last_check = self.L
+        tb = None
         while True:
             tok = choose(logits, self.gens, banned=self.banned, **self.filters)
             tok_np = tok.cpu().numpy()
-            self.seq[:, L] = tok
+            self.seq[:, self.L] = tok
             if self.tracker is not None:
                 tb, tp = self.tracker.push(tok_np)
-                self.bars_seq[:, L] = torch.from_numpy(tb).to(dev)
-                self.pos_seq[:, L] = torch.from_numpy(tp).to(dev)
-            L += 1
+                self.bars_seq[:, self.L] = torch.from_numpy(tb).to(dev)
+                self.pos_seq[:, self.L] = torch.from_numpy(tp).to(dev)
+            self.L += 1
             n_new += 1
             self.done += len(tok_np)
             keep = []
             for b in range(len(tok_np)):
-                if tok_np[b] == self.eos:
-                    finish(b, L, "eos")
-                elif self.bar_limit[b] is not None and int(tb[b]) >= self.bar_limit[b]:
-                    finish(b, L - 1, "bars")  # this token starts a bar too many: not kept
-                elif n_new >= self.cap:
-                    finish(b, L, "tokens")
-                else:
+                stop = self._stop(b, int(tok_np[b]), None if tb is None else int(tb[b]), n_new)
+                if stop is None:
                     keep.append(b)
+                else:
+                    finish(b, *stop)
             if self.seconds is not None and keep and (n_new % SECONDS_CHECK_EVERY == 0):
                 still = []
                 for b in keep:
-                    cut = self._seconds_cut(b, last_check + 1, L)
+                    cut = self._seconds_cut(b, last_check + 1, self.L)
                     if cut is None:
                         still.append(b)
                     else:
                         finish(b, cut, "seconds")
                 keep = still
-                last_check = L
+                last_check = self.L
             self._report()
             if not keep:
                 break
             if len(keep) < len(tok_np):
                 self._select(keep)
-            logits = self._step_feed(L)
+            threads.begin()
+            logits = self._step_feed(self.L)
+            threads.end()
         return out
-

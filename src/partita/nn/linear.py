@@ -5,8 +5,10 @@ matrix-vector product, bound by reading the weights. ``nn.Linear`` stores ``W`` 
 ``[out, in]`` and computes ``x @ W.T``; for one to four rows CPU BLAS does that more slowly
 than ``x @ Wt`` with ``Wt = W.T`` stored contiguous as ``[in, out]`` (Hugging Face's GPT-2
 stores its weights that way), and it runs a single product on one core. ``decode_weight``
-stores ``Wt`` as one contiguous column block per intra-op thread, ``[P, in, out/P]``, and
-``rows_linear`` multiplies them in one batched product, which runs a block on each core. For
+stores ``Wt`` as contiguous column blocks, ``[P, in, out/P]`` (``P`` from the matrix size
+alone, never from the thread count: ``split_blocks``), and ``rows_linear`` multiplies them in one
+batched product, which runs blocks on every core and sums each column in the same order
+whatever the number of threads (the same seed gives the same tokens on 1 or 16 threads). For
 the 25 matrices of the ``small`` GPT and one row, on 2 cores of an AMD EPYC, transposed is 1.2x
 and transposed and split 1.7x ``F.linear`` (``benchmarks/gpt_breakdown.py``). From eight rows on,
 the usual layout is as fast.
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FEW_ROWS", "MIN_BLOCK_COLUMNS", "Linear", "decode_layout", "decode_weight", "linear", "rows_linear", "split_blocks"]
+__all__ = ["FEW_ROWS", "MAX_BLOCKS", "MIN_BLOCK_COLUMNS", "Linear", "decode_layout", "decode_weight", "linear", "rows_linear", "split_blocks"]
 
 #: Inputs of at most this many rows use the transposed layout.
 FEW_ROWS = 4
@@ -65,13 +67,18 @@ def decode_weight(weight: Tensor, blocks: Optional[int] = None) -> Tensor:
 
 #: Fewer columns than this in a block and the products get less efficient than they gain.
 MIN_BLOCK_COLUMNS = 64
+#: At most this many column blocks (cores a one-row product can use).
+MAX_BLOCKS = 8
 
 
 def split_blocks(n_out: int) -> int:
-    """Column blocks for a weight of ``n_out`` rows: one per intra-op thread (a single product
-    of one row runs on one core; a batched product of blocks runs on all of them), but no block
-    under ``MIN_BLOCK_COLUMNS`` columns."""
-    return max(1, min(torch.get_num_threads(), n_out // MIN_BLOCK_COLUMNS))
+    """Column blocks for a weight of ``n_out`` rows: ``n_out // MIN_BLOCK_COLUMNS`` between 2 and
+    ``MAX_BLOCKS``, whatever the thread count. A batched product runs each block's columns on
+    one core, every column summed in the same order, so results do not depend on the number of
+    threads (a single product of one row, with MKL, splits the sum over threads, and 1 and 2
+    threads gave different logits and different samples); a layout that followed the thread
+    count changed results with it too."""
+    return max(1, min(n_out, max(2, min(MAX_BLOCKS, n_out // MIN_BLOCK_COLUMNS))))
 
 
 def linear(x: Tensor, weight: Tensor, weight_t: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
