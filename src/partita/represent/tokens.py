@@ -686,6 +686,7 @@ def _encode_items(items, tokenizer, bos_eos, dtype, workers, seen, progress):
     from partita.data.pool import isolated_map
 
     items = [(str(piece_id), score) for piece_id, score in items]
+    _expansion(tokenizer)  # built once here, inherited by every worker rather than built in each
     results = isolated_map(
         _encode_task,
         items,
