@@ -158,6 +158,9 @@ DEFAULT_MAX_NEW_TOKENS = 512
 #: Safety caps on new tokens when the length is asked in bars or seconds.
 TOKENS_PER_BAR_CAP = 256
 TOKENS_PER_SECOND_CAP = 256
+#: A memory model reads at most this many of a prompt's last tokens (its kNN memory could hold
+#: 16k: 8 s on a busy 2-core machine, 2.5 s for these).
+PROMPT_READ_TOKENS = 8192
 #: With ``seconds=``, the samples are decoded and measured every this many tokens.
 SECONDS_CHECK_EVERY = 16
 
@@ -580,7 +583,8 @@ class SamplingConfig:
     another program are masked.
     Decoding: ``keep_label`` (module doc, windows), ``batch_size`` (rows decoded at once),
     ``threads`` (None = choose: the faster of 1 and all intra-op threads, measured while
-    decoding; the tokens are the same whatever the count).
+    decoding; the tokens are the same whatever the count); ``prompt_read``: at most this many
+    of a prompt's last tokens are read (None: as many as the window and memories hold).
     """
 
     temperature: float = 1.0
@@ -597,6 +601,7 @@ class SamplingConfig:
     keep_label: bool = True
     batch_size: Optional[int] = None
     threads: Optional[int] = None
+    prompt_read: Optional[int] = PROMPT_READ_TOKENS
 
     def replace(self, **changes: Any) -> "SamplingConfig":
         """A copy with ``changes`` (field names; unknown names are a one-line error)."""
@@ -609,7 +614,7 @@ class SamplingConfig:
         """Validated copy (whole numbers, ranges, programs as a tuple or None); PartitaError else."""
         _check_filters(self.temperature, self.top_k, self.top_p, self.min_p)
         c = dataclasses.replace(self)
-        for name in ("max_new_tokens", "bars", "batch_size", "threads"):
+        for name in ("max_new_tokens", "bars", "batch_size", "threads", "prompt_read"):
             setattr(c, name, _positive_int(getattr(c, name), name.replace("_", "-")))
         if c.seconds is not None and not (math.isfinite(float(c.seconds)) and float(c.seconds) > 0):
             raise PartitaError(f"seconds must be > 0, got {c.seconds}")
@@ -880,55 +885,71 @@ def prompt_logits(model: Any, tokenizer: Any, prompt: Any, *, label: Optional[in
 
 
 class _ThreadChooser:
-    """Picks the intra-op thread count of decoding steps: the faster of 1 and ``n`` threads,
-    timed over ``PROBE`` steps each, again every ``EVERY`` steps (a machine's load changes).
-    On a loaded machine a one-token step split over busy cores waits for the slowest (PyTorch's
-    OpenMP threads spin at a barrier), and one thread can be 10x faster; on an idle one more
-    threads win. Tokens do not depend on the count (``partita.nn.linear``: fixed layout)."""
+    """Picks the intra-op thread count of decoding steps (or prompt windows): 1 or ``n``, by
+    timing them. It starts on one thread; after ``WARM`` steps it tries ``n`` threads for up to
+    ``PROBE`` steps, giving up at the first one slower than ``1.25x`` the current count's median;
+    the winner stays until the next try, ``EVERY`` steps later, twice as late after each failed
+    try (a failed try on a busy machine is expensive: a one-token step split over busy cores
+    waits for the slowest, PyTorch's OpenMP threads spin at a barrier, and 2 threads ran 10-50x
+    slower than 1 on a loaded 2-core machine). Tokens do not depend on the count
+    (``partita.nn.linear``: a fixed layout)."""
 
-    PROBE = 6
+    WARM = 4
+    PROBE = 4
     EVERY = 256
 
-    def __init__(self, n: int, fixed: Optional[int]):
-        self.fixed = fixed
-        self.candidates = [1, n] if fixed is None and n > 1 else [fixed or n]
-        self.best = self.candidates[-1]
+    def __init__(self, n: int, fixed: Optional[int], probe: int = PROBE, warm: int = WARM):
+        self.PROBE, self.WARM = probe, warm
+        self.auto = fixed is None and n > 1
+        self.n = n
+        self.best = 1 if self.auto else (fixed or n)
+        self.next_try, self.every = warm, self.EVERY
         self.step = 0
-        self.times: dict[int, list[float]] = {}
+        self.recent: list[float] = []  # step times with ``best``
+        self.trial: list[float] = []  # step times of the current try (None: not trying)
+        self.trying = False
         self._t = 0.0
-        self._current: Optional[int] = None
 
-    def _use(self, k: int) -> None:
-        if k != self._current:
-            torch.set_num_threads(k)
-            self._current = k
+    @staticmethod
+    def _median(x: list[float]) -> float:
+        return sorted(x)[len(x) // 2]
 
     def begin(self) -> None:
-        if len(self.candidates) == 1:
-            self._use(self.candidates[0])
-            return
-        phase = self.step % self.EVERY
-        probing = phase < self.PROBE * len(self.candidates)
-        self._probe = self.candidates[phase // self.PROBE] if probing else None
-        self._use(self._probe if probing else self.best)
+        if self.auto and not self.trying and self.step >= self.next_try and self.recent:
+            self.trying, self.trial = True, []
+        k = (self.n if self.best == 1 else 1) if self.trying else self.best
+        if torch.get_num_threads() != k:
+            torch.set_num_threads(k)
         self._t = time.perf_counter()
 
     def end(self) -> None:
-        if len(self.candidates) == 1:
-            return
-        if self._probe is not None:
-            self.times.setdefault(self._probe, []).append(time.perf_counter() - self._t)
-            if len(self.times.get(self.candidates[-1], ())) == self.PROBE and self._probe == self.candidates[-1]:
-                med = {k: sorted(v)[len(v) // 2] for k, v in self.times.items()}
-                self.best = min(med, key=lambda k: (med[k], k))
-                self.times = {}
+        dt = time.perf_counter() - self._t
         self.step += 1
+        if not self.auto:
+            return
+        if not self.trying:
+            self.recent = (self.recent + [dt])[-5:]
+            return
+        self.trial.append(dt)
+        base = self._median(self.recent)
+        if dt > 1.25 * base:  # the other count loses: keep ours, try again later
+            self.trying = False
+            self.every *= 2
+            self.next_try = self.step + self.every
+        elif len(self.trial) >= self.PROBE:
+            self.trying = False
+            if self._median(self.trial) < base:
+                self.best = self.n if self.best == 1 else 1
+                self.recent = self.trial[-5:]
+            self.every = self.EVERY
+            self.next_try = self.step + self.every
 
 
 class _Runner:
     """Decodes batches of rows that share a prompt length (see ``sample``)."""
 
     chunk: Optional[int] = None  # tokens per forward pass when reading a prompt; None: a window
+    prefill_threads: Optional["_ThreadChooser"] = None
 
     def __init__(self, model: Any, tokenizer: Any, cfg: SamplingConfig, *, cap, label_id, eos, progress, n_rows):
         self.model, self.tokenizer, self.sc = model, tokenizer, cfg
@@ -1046,7 +1067,10 @@ class _Runner:
         pass per ``chunk`` tokens (default: as many as the segment has room for); the logits do
         not depend on the chunking."""
         logits = None
+        threads = self.prefill_threads if b - a > 1 else None
         while a < b:
+            if threads is not None:
+                threads.begin()
             if self.seg >= self.C:
                 self._close_segment()
             room = self.C - self.seg - (1 if self.seg == 0 else 0)
@@ -1058,6 +1082,8 @@ class _Runner:
                 logits = self._feed(a, a + k)
                 self.seg += k
             a += k
+            if threads is not None:
+                threads.end()
         return logits
 
     # ------------------------------------------------------------------ prompt and steps
@@ -1085,6 +1111,10 @@ class _Runner:
             held = C - 1 + self.xl_len
             if getattr(mc, "knn_memory", False):
                 held = max(held, int(mc.knn_max_memory) + C - 1)
+            elif self.xl_len:
+                held = int(mc.n_layer) * self.xl_len + C - 1
+            if self.sc.prompt_read is not None:
+                held = min(held, max(self.sc.prompt_read, C - 1))
             return max(1, L - held)
         if self.mode == "window":  # sliding windows: a token sees n_layer * (C - 1) tokens back
             return max(1, L - 1 - int(mc.n_layer) * (C - 1))
@@ -1209,8 +1239,7 @@ class _Runner:
     def run(self, rows: list[tuple[int, int]], prompts: list[np.ndarray], banned: torch.Tensor) -> list[SampledIds]:
         dev = self.device
         threads = _ThreadChooser(torch.get_num_threads(), self.sc.threads)
-        if self.sc.threads is not None:
-            torch.set_num_threads(self.sc.threads)
+        self.prefill_threads = _ThreadChooser(torch.get_num_threads(), self.sc.threads, probe=1, warm=1)
         self.start(rows, prompts)
         self.banned = banned.to(dev)
         logits = self.feed_prompt()

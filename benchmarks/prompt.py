@@ -1,0 +1,100 @@
+"""Long prompts and threads with the shipped model, on this machine's cores.
+
+1. Time to the first new token for a 10-minute piano prompt (the first 600 s of
+   ``tests/fixtures/midi/performance/Maestro_2.mid``, 15 min of a MAESTRO performance): read the
+   MIDI file, load the shipped model, encode, read the prompt window by window (XL + kNN memory)
+   and sample one token, as ``partita generate --prompt FILE`` does. Best of ``--rounds``.
+2. Decoding speed (new tokens/s, batch 1) with 1 thread, with all threads and with the automatic
+   choice (``SamplingConfig.threads=None``), on the machine as it is and with ``--busy`` other
+   processes spinning on the cores; the tokens are checked to be the same in every setting.
+
+    python benchmarks/prompt.py [--rounds 3] [--busy 1] [--tokens 256]
+
+Results go to the "Long prompts and threads" section of benchmarks/RESULTS.md (by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = ROOT / "tests" / "fixtures" / "midi" / "performance" / "Maestro_2.mid"
+
+
+def _spin(_):  # a busy process
+    while True:
+        pass
+
+
+def first_token(seconds: float = 600.0) -> tuple[float, int]:
+    from partita.generate import _tick_at_seconds, build_prompt, resolve_model
+    from partita.generate.sampling import sample
+    from partita.io import load
+
+    t = time.perf_counter()
+    score = load(PROMPT)
+    score = score.clip(0, _tick_at_seconds(score, seconds), clip_end=False)
+    model, tok, _ = resolve_model(None, device="cpu")
+    ids = build_prompt(tok, score)
+    sample(model, tok, prompts=ids, max_new_tokens=1, seed=0)
+    return time.perf_counter() - t, len(ids)
+
+
+def decode_speed(threads, tokens: int, prompt) -> tuple[float, np.ndarray]:
+    from partita.generate import resolve_model
+    from partita.generate.sampling import sample
+
+    model, tok, _ = resolve_model(None, device="cpu")
+    t = time.perf_counter()
+    out = sample(model, tok, prompts=prompt, max_new_tokens=tokens, seed=0, threads=threads)[0]
+    return tokens / (time.perf_counter() - t), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--busy", type=int, default=1, help="spinning processes for the loaded case")
+    ap.add_argument("--tokens", type=int, default=256)
+    args = ap.parse_args()
+    n = torch.get_num_threads()
+    print(f"{os.cpu_count()} CPUs, {n} intra-op threads, load average {os.getloadavg()[0]:.2f}")
+    best, length = min(first_token() for _ in range(args.rounds))
+    print(f"time to first new token, 10-minute piano prompt ({length:,} tokens): {best:.2f} s (best of {args.rounds})")
+
+    from partita.generate import build_prompt, resolve_model
+
+    _, tok, _ = resolve_model(None, device="cpu")
+    prompt = build_prompt(tok, str(PROMPT), prompt_tokens=200)
+    settings = [("1 thread", 1), (f"{n} threads", n), ("auto", None)]
+    for case in ("as it is", f"{args.busy} busy process(es)"):
+        pool = None
+        if case != "as it is":
+            pool = [mp.Process(target=_spin, args=(0,), daemon=True) for _ in range(args.busy)]
+            for p in pool:
+                p.start()
+            time.sleep(1.0)
+        try:
+            outs = {}
+            speed = {name: 0.0 for name, _ in settings}
+            for _ in range(args.rounds):  # interleaved rounds, best of each
+                for name, threads in settings:
+                    s, outs[name] = decode_speed(threads, args.tokens, prompt)
+                    speed[name] = max(speed[name], s)
+            same = all(np.array_equal(outs[settings[0][0]], o) for o in outs.values())
+            print(f"decoding, {case}: " + ", ".join(f"{k} {v:.0f} tokens/s" for k, v in speed.items())
+                  + f"; same tokens: {same}")
+        finally:
+            for p in pool or []:
+                p.terminate()
+                p.join()
+
+
+if __name__ == "__main__":
+    main()
