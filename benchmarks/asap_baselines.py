@@ -18,22 +18,16 @@ composers; performance -> score R@1 0.82, R@5 0.96 (1,067 queries, 235 scores).
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import time
+from collections import defaultdict
 from pathlib import Path
 
-# Python puts this script's folder first on sys.path, and benchmarks/ holds scripts named like
-# standard modules (tokenize.py); import nothing from it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from partita.data.corpus import Corpus  # noqa: E402
-from partita.evaluate.baselines import corpus_features, grouped_attribution, rendition_retrieval, standardised_unit  # noqa: E402
+from partita.data.corpus import Corpus
+from partita.evaluate.baselines import corpus_features, grouped_attribution, rendition_retrieval, standardised_unit
 
 REFERENCE = {"top1": 0.72, "majority": 0.29, "performance -> score R@1": 0.82, "performance -> score R@5": 0.96}
 HERE = Path(__file__).resolve().parent

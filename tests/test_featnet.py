@@ -201,3 +201,20 @@ def test_cli_trains_a_featnet_and_refuses_bad_options(renditions, tmp_path, caps
         from partita.train.featnet import train_featnet
 
         train_featnet(renditions, tmp_path / "x", crop_seconds=(10, 5))
+
+
+def test_the_last_axis_marks_inputs_unlike_the_training_music(trained, renditions):
+    from partita.bundle import load_bundle
+    from partita.search.embed import embed_notes
+
+    bundle, card = trained
+    model = load_bundle(bundle).model
+    assert np.isfinite(float(model.atypicality_limit)) and card["atypicality_limit"] == pytest.approx(
+        float(model.atypicality_limit))
+    rng = np.random.default_rng(0)
+    noise = notes_of([(float(t), float(rng.uniform(0.05, 1)), int(rng.integers(21, 109)), int(rng.integers(30, 110)))
+                      for t in np.sort(rng.uniform(0, 30, 300))])
+    corpus = Corpus(renditions)
+    music, noise_vec = embed_notes(model, [corpus.notes(0), noise])
+    assert music[-1] == 0.0 and noise_vec[-1] > 0.5
+    np.testing.assert_allclose(np.linalg.norm([music, noise_vec], axis=1), 1.0, atol=1e-5)

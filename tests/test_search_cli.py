@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import FIXTURES
 from test_search import random_note_piece, write_labelled_folder
+
+from partita.errors import PartitaError
 
 
 def cli(capsys, *args):
@@ -158,3 +161,38 @@ def test_shipped_index_attributes_random_notes_to_an_unknown_composer(tmp_path, 
     (res,) = json.loads((tmp_path / "s.json").read_text())["results"]
     assert len(res["hits"]) == 5 and all(h["split"] in ("train", "valid") for h in res["hits"])
     assert json.loads((index / "index.json").read_text())["splits"].keys() <= {"train", "valid"}
+
+
+def test_piano_queries_go_to_the_shipped_piano_index_and_others_to_the_bundled_one(fixtures):
+    from partita.search.index import choose_index, is_piano, shipped_index
+
+    piano = [fixtures / "performance" / "Maestro_1.mid", next((fixtures / "performance").glob("Chopin*.mid"))]
+    band = fixtures / "multitrack" / "Funkytown.mid"
+    assert all(is_piano(p) for p in piano) and not is_piano(band) and not is_piano(fixtures / "edge" / "empty.mid")
+    assert choose_index(None, piano) == shipped_index("piano")
+    assert choose_index(None, [*piano, band]) == shipped_index("bundled")
+    assert choose_index("bundled", piano) == shipped_index("bundled") == choose_index(None, [])
+    assert choose_index("piano") == shipped_index("piano")
+    with pytest.raises(PartitaError, match="no shipped index 'nope'"):
+        shipped_index("nope")
+
+
+def test_attributing_piano_music_right_after_install_names_a_piano_composer_or_unknown(fixtures, tmp_path, capsys):
+    import json as _json
+
+    from partita.cli import main
+    from partita.search.attribute import load_attribution
+    from partita.search.index import shipped_index
+
+    pianists = set(load_attribution(shipped_index("piano")).labels)
+    assert {"Bach", "Chopin", "Beethoven"} <= pianists and not pianists & {"Monteverdi", "Palestrina", "Trecento"}
+    queries = sorted((fixtures / "performance").glob("*.mid"))
+    main(["attribute", *map(str, queries), "--json", str(tmp_path / "who.json")])
+    out = _json.loads((tmp_path / "who.json").read_text())
+    assert Path(out["index"]).name == "piano-index" and len(out["results"]) == len(queries)
+    for r in out["results"]:
+        assert (not r["known"]) or r["verdict"] in pianists
+        assert all(t["label"] in pianists for t in r["top"])
+    main(["similar", str(queries[0]), "-k", "3", "--json", str(tmp_path / "hits.json")])
+    hits = _json.loads((tmp_path / "hits.json").read_text())["results"][0]["hits"]
+    assert len(hits) == 3 and all(h["label"] in pianists for h in hits)

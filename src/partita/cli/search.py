@@ -1,7 +1,9 @@
 """``partita embed``, ``similar``, ``attribute``, ``map``: thin over ``partita.search``.
 
-``similar``, ``attribute`` and ``map`` default to the index that ships with the package (the
-bundled corpus's train and valid pieces), so they work right after install.
+``similar`` and ``attribute`` default to an index that ships with the package, so they work right
+after install: the piano index (ASAP's train and valid works, FeatNet) when every query is piano
+music, else the bundled corpus's (music21's, SiaViT); ``--index piano`` / ``--index bundled`` name
+them. ``map`` defaults to the bundled corpus's.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from partita.cli.common import console, err_console, progress_bar, write_json
 from partita.errors import PartitaError
 
 
-def _index_path(index: Optional[Path]) -> Path:
-    from partita.search.index import shipped_index
+def _index_path(index: Optional[Path], queries: list[Path] = ()) -> Path:
+    from partita.search.index import choose_index
 
-    return shipped_index() if index is None else index
+    return choose_index(index, queries)
 
 
 def _splits(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -118,7 +120,7 @@ def embed(
 
 def similar(
     queries: list[Path] = typer.Argument(..., help="Query MIDI files."),
-    index: Optional[Path] = typer.Option(None, "--index", "-i", help="Index folder (default: the shipped index of the bundled corpus)."),
+    index: Optional[Path] = typer.Option(None, "--index", "-i", help="Index folder, or a shipped one: piano, bundled (default: piano for piano files, else bundled)."),
     k: int = typer.Option(10, "-k", "--top", help="How many similar pieces per query."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Embedder bundle (default: the index's own)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
@@ -130,7 +132,7 @@ def similar(
 
     if k < 1:
         raise PartitaError(f"-k must be at least 1, not {k}")
-    folder = _index_path(index)
+    folder = _index_path(index, queries)
     idx = Index.load(folder)
     vecs, kept, failures = _embed_queries(idx, queries, model)
     results = idx.search(vecs, k)
@@ -151,7 +153,7 @@ def similar(
 
 def attribute(
     queries: list[Path] = typer.Argument(..., help="Query MIDI files."),
-    index: Optional[Path] = typer.Option(None, "--index", "-i", help="Index folder (default: the shipped index of the bundled corpus)."),
+    index: Optional[Path] = typer.Option(None, "--index", "-i", help="Index folder, or a shipped one: piano, bundled (default: piano for piano files, else bundled)."),
     k: int = typer.Option(3, "-k", "--top", help="How many composers to list per query."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Embedder bundle (default: the index's own)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
@@ -165,7 +167,7 @@ def attribute(
 
     if k < 1:
         raise PartitaError(f"-k must be at least 1, not {k}")
-    folder = _index_path(index)
+    folder = _index_path(index, queries)
     idx = Index.load(folder)
     attribution = load_attribution(folder)
     if attribution.model_fingerprint and attribution.model_fingerprint != idx.model.get("fingerprint"):
@@ -197,7 +199,7 @@ def attribute(
 
 
 def map_cmd(
-    index: Optional[Path] = typer.Argument(None, help="Index folder (default: the shipped index of the bundled corpus)."),
+    index: Optional[Path] = typer.Argument(None, help="Index folder, or a shipped one: bundled (default), piano."),
     highlight: Optional[list[Path]] = typer.Option(None, "--highlight", "-H", help="MIDI files (or folders) to place on the map and highlight; repeat."),
     out: Path = typer.Option(Path("map.html"), "--out", "-o", help="The interactive page (self-contained HTML)."),
     png: Optional[Path] = typer.Option(None, "--png", help="The PNG picture (default: next to the page, .png)."),

@@ -6,7 +6,15 @@ transitions, chord sizes and intervals, register, tempo-free rhythm ratios, timi
 statistics). Layers::
 
     descriptor [B, 360] -> standardise (mean/std of the training crops, kept as buffers)
-      -> dropout -> Linear (-> GELU -> Linear when ``hidden`` > 0) -> ``dim`` values -> L2 normalisation
+      -> dropout -> Linear (-> GELU -> Linear when ``hidden`` > 0) -> ``dim - 1`` values
+      -> append the atypicality axis -> L2 normalisation -> ``dim`` values
+
+The last axis says how unlike the training music the input is: ``max(0, a / limit - 1)`` with
+``a`` the mean squared z-score of the standardised descriptor and ``limit`` twice the 99th
+percentile of ``a`` over the training pieces (set after training). It is 0 for music like the
+training set, so it changes nothing there, and grows fast for inputs such as random notes (``a``
+of 10-26 where piano pieces have 0.4-1.5), which then sit far from every composer: attribution's
+novelty test (Mahalanobis distance) calls them unknown, and search ranks nothing close to them.
 
 Trained with a two-level supervised contrastive loss (``partita.train.featnet``): crops of the same
 work are positives, crops of other works by the same composer weaker positives. The point of
@@ -42,14 +50,14 @@ class FeatNetConfig(ModelConfig):
     descriptor: str = "piano-v1"  # which descriptor function makes the input
     chord_tolerance: float = 0.05  # seconds: onsets closer than this are one chord
     hidden: int = 0  # 0: one linear projection; > 0: an MLP with this hidden size
-    dim: int = 64  # the embedding size
+    dim: int = 64  # the embedding size (the last value is the atypicality axis)
     dropout: float = 0.1  # on the standardised input
 
     def __post_init__(self) -> None:
         if self.descriptor not in DESCRIPTORS:
             raise PartitaError(f"descriptor must be one of {', '.join(DESCRIPTORS)}, got {self.descriptor!r}")
-        if int(self.dim) < 2 or int(self.hidden) < 0:
-            raise PartitaError(f"dim must be >= 2 and hidden >= 0, got dim {self.dim}, hidden {self.hidden}")
+        if int(self.dim) < 3 or int(self.hidden) < 0:
+            raise PartitaError(f"dim must be >= 3 and hidden >= 0, got dim {self.dim}, hidden {self.hidden}")
         if not 0 <= self.dropout < 1:
             raise PartitaError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -84,11 +92,12 @@ class FeatNet(nn.Module):
         self.config = c = config
         self.register_buffer("mean", torch.zeros(c.in_dim))
         self.register_buffer("std", torch.ones(c.in_dim))
+        self.register_buffer("atypicality_limit", torch.tensor(float("inf")))
         self.drop = nn.Dropout(c.dropout)
         if c.hidden:
-            self.proj = nn.Sequential(nn.Linear(c.in_dim, c.hidden), nn.GELU(), nn.Linear(c.hidden, c.dim))
+            self.proj = nn.Sequential(nn.Linear(c.in_dim, c.hidden), nn.GELU(), nn.Linear(c.hidden, c.dim - 1))
         else:
-            self.proj = nn.Linear(c.in_dim, c.dim)
+            self.proj = nn.Linear(c.in_dim, c.dim - 1)
 
     def set_standardisation(self, descriptors: Tensor) -> None:
         """Mean and standard deviation of the training descriptors (a dimension that never varies
@@ -97,9 +106,21 @@ class FeatNet(nn.Module):
         self.mean.copy_(descriptors.mean(0))
         self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
+    def atypicality(self, descriptors: Tensor) -> Tensor:
+        """Mean squared z-score of each standardised descriptor ``[B]``."""
+        x = (descriptors.to(self.mean.dtype) - self.mean) / self.std
+        return (x * x).mean(-1)
+
+    def set_atypicality_limit(self, descriptors: Tensor) -> None:
+        """The limit of the atypicality axis: twice the 99th percentile over ``descriptors`` (the
+        training pieces, whole)."""
+        self.atypicality_limit.fill_(2.0 * float(torch.quantile(self.atypicality(descriptors).float(), 0.99)))
+
     def forward(self, descriptors: Tensor) -> Tensor:
         x = (descriptors.to(self.mean.dtype) - self.mean) / self.std
-        return F.normalize(self.proj(self.drop(x)), dim=-1)
+        projected = F.normalize(self.proj(self.drop(x)), dim=-1)
+        outlier = torch.relu((x * x).mean(-1, keepdim=True) / self.atypicality_limit - 1.0)
+        return F.normalize(torch.cat([projected, outlier.to(projected.dtype)], -1), dim=-1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

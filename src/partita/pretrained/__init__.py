@@ -1,4 +1,5 @@
-"""Bundles that ship inside the package, trained by partita's own commands on the bundled corpus.
+"""Bundles that ship inside the package, trained by partita's own commands on the bundled corpus
+(music21's) or on ASAP (real piano performances and scores; the piano models, CC BY-NC-SA 4.0 data).
 
 Each folder is a bundle (``config.json``, ``model.safetensors``, ``tokenizer.json``,
 ``card.json``); its card records the commands that made it and its test-split metrics.
@@ -17,7 +18,9 @@ TVAE = "tvae-small"
 MUSICVAE_2BAR = "musicvae-2bar"
 MUSICVAE_16BAR = "musicvae-16bar"
 SIAVIT = "siavit-small"
+FEATNET = "featnet-piano"
 INDEX = "bundled-index"
+PIANO_INDEX = "piano-index"
 
 
 def bundle_path(name: str = GPT) -> Path:

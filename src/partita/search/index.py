@@ -713,12 +713,48 @@ def is_shipped(path: str | os.PathLike) -> bool:
         return False
 
 
-def shipped_index() -> Path:
-    """The folder of the index that ships with the package (the bundled corpus's train and valid
-    pieces, embedded by the shipped embedder)."""
+#: The indexes that ship with the package, by the name ``--index`` accepts.
+SHIPPED_INDEXES = {"bundled": "bundled-index", "piano": "piano-index"}
+
+#: General MIDI programs of the piano family (acoustic grand to clavinet).
+PIANO_PROGRAMS = range(0, 8)
+
+
+def shipped_index(name: str = "bundled") -> Path:
+    """The folder of a shipped index: ``bundled`` (the bundled corpus's train and valid pieces,
+    embedded by the shipped SiaViT) or ``piano`` (ASAP's train and valid works, performances and
+    scores, embedded by the shipped FeatNet)."""
     from partita import pretrained
 
-    path = pretrained.ROOT / getattr(pretrained, "INDEX", "bundled-index")
-    if not (path / META_FILE).is_file():
-        raise PartitaError(f"no shipped index at {path}; pass --index with one built by 'partita embed'")
+    folder = SHIPPED_INDEXES.get(name, name)
+    path = pretrained.ROOT / folder
+    if folder not in SHIPPED_INDEXES.values() or not (path / META_FILE).is_file():
+        raise PartitaError(f"no shipped index {name!r} (shipped: {', '.join(SHIPPED_INDEXES)}); "
+                           f"pass --index with one built by 'partita embed'")
+    return path
+
+
+def is_piano(path: str | os.PathLike) -> bool:
+    """Whether a MIDI file is piano music: pitched notes only, all on piano programs (0-7).
+    An unreadable file is not (the embedding step reports why)."""
+    from partita.io import load
+
+    try:
+        score = load(path)
+    except Exception:
+        return False
+    tracks = [t for t in score.tracks if t.note_num() > 0]
+    return bool(tracks) and all(not t.is_drum and t.program in PIANO_PROGRAMS for t in tracks)
+
+
+def choose_index(index: Optional[str | os.PathLike], queries: Sequence[str | os.PathLike] = ()) -> Path:
+    """The index a command uses: ``index`` as a folder, or the name of a shipped one
+    (``bundled``, ``piano``); None: the piano index when every query is piano music
+    (``is_piano``), else the bundled corpus's."""
+    if index is None:
+        piano = bool(queries) and all(is_piano(q) for q in queries)
+        return shipped_index("piano" if piano else "bundled")
+    path = Path(index).expanduser()
+    if not path.exists() and str(index) in {**SHIPPED_INDEXES, **{v: v for v in SHIPPED_INDEXES.values()}}:
+        return shipped_index(str(index))
     return path

@@ -20,7 +20,8 @@ Validation (every ``--val-every`` steps, on whole pieces, as ``partita embed`` w
 ``val/composer_top1``, the share of validation pieces whose nearest composer centroid (centroids of
 the train pieces' embeddings) is their composer; ``val/rendition_r1``, where the corpus has
 performances and scores (``kind``), the share of validation performances whose most similar score
-among all scores is their work's; ``val/score``, their mean, picks the best checkpoint.
+among all scores is their work's; ``val/score``, their mean, picks the best checkpoint. At the
+end the model's atypicality limit is set from the train pieces (``partita.models.featnet``).
 """
 
 from __future__ import annotations
@@ -316,6 +317,9 @@ def train_featnet(
 
     def export(module: FeatNetModule, card: dict) -> None:
         card["crops_seen"] = int(module.batches_seen * works_per_batch * per_work)
+        train_whole = [whole[i] for i in data.split["train"] if i in whole]
+        module.model.set_atypicality_limit(torch.from_numpy(np.stack(train_whole)).to(module.model.mean.device))
+        card["atypicality_limit"] = float(module.model.atypicality_limit)
         save_bundle(module.model.cpu().float(), out / "bundle", card=card, fp16=config_run.fp16_bundle)
 
     card = {
