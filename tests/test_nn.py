@@ -396,6 +396,6 @@ def test_decode_layout_linear_equals_nn_linear(bias):
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             layouts.append([split_blocks(c) for c in (64, 256, 768, 1000, 4096)])
-        assert layouts[0] == layouts[1] == layouts[2] == [[2, 4, 8, 8, 8]][0]
+        assert layouts[0] == layouts[1] == layouts[2] == [2, 4, 4, 4, 4]
     finally:
         torch.set_num_threads(n)

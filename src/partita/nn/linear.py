@@ -68,7 +68,7 @@ def decode_weight(weight: Tensor, blocks: Optional[int] = None) -> Tensor:
 #: Fewer columns than this in a block and the products get less efficient than they gain.
 MIN_BLOCK_COLUMNS = 64
 #: At most this many column blocks (cores a one-row product can use).
-MAX_BLOCKS = 8
+MAX_BLOCKS = 4
 
 
 def split_blocks(n_out: int) -> int:
