@@ -37,6 +37,30 @@ def test_demo_does_every_step(demo):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_generated"] == len(made) and metrics["n_reference"] >= 10
     assert (out / "map.png").stat().st_size > 0
+    assert "Piano music never seen by the piano models" in stdout
+    html = (out / "index.html").read_text()
+    assert "Piano music" in html and "Hungarian Rhapsody" in html and "Liszt" in html
+
+
+def test_piano_demo_finds_held_out_performances_scores(tmp_path):
+    from test_asap import asap_folder
+
+    from partita.demo import PIANO_SET, _piano
+    from partita.search.attribute import load_attribution
+    from partita.search.index import shipped_index
+
+    pianists = set(load_attribution(shipped_index("piano")).labels)
+    asap = asap_folder(tmp_path / "asap", {"Bach/Fugue/x1": ["A"], "Chopin/Etude/x2": ["B"], "Liszt/Etude/x3": ["C"]})
+    got = _piano(asap, held_out=3)
+    assert len(got["transcriptions"]) == len(list(PIANO_SET.glob("*.mid"))) == 4 and not got["failures"]
+    assert all(t["verdict"] in pianists | {"unknown composer"} for t in got["transcriptions"])
+    assert len(got["renditions"]) == 3
+    for r in got["renditions"]:
+        assert r["scores"] == 3 and 1 <= r["rank_of_its_score"] <= 3
+    from partita.errors import PartitaError
+
+    with pytest.raises(PartitaError, match="not an ASAP folder"):
+        _piano(tmp_path)
 
 
 def test_demo_report_in_a_browser(demo):

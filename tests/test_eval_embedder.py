@@ -39,6 +39,7 @@ def test_baselines_per_label_and_renditions_on_an_asap_like_corpus(setup):
         assert set(row["per_label"]) == {"Bach", "Liszt"}
         assert row["top1"] == pytest.approx(np.mean([v["top1"] for v in row["per_label"].values()]))
         assert row["top3"] == 1.0  # two labels
+        assert 0.0 <= row["ece"] <= 0.5  # with two labels the top-1 probability is at least 0.5
     ren = r["renditions"]
     assert set(ren) == {"SiaViT", FEATURES_COSINE} and r["renditions_works"] == 2
     for name, tasks in ren.items():
@@ -71,3 +72,17 @@ def test_cli_prints_the_tables(setup, capsys):
     assert "top-1 per label" in printed and "retrieval across renditions" in printed
     assert "performance -> score" in printed and FEATURES_COSINE in printed and "quartets" not in printed
     assert "renditions" in json.loads((tmp / "eval.json").read_text())
+
+
+def test_calibration_error_of_probabilities_and_of_tempered_similarities():
+    from partita.evaluate.embedder import _ece
+
+    classes = np.array([0, 1])
+    labels = np.array([0, 0, 1, 1])
+    sure_and_right = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert _ece(sure_and_right, classes, labels, None, None) == pytest.approx(0.0)
+    sure_and_wrong = sure_and_right[::-1]
+    assert _ece(sure_and_wrong, classes, labels, None, None) == pytest.approx(1.0)
+    # similarities: the temperature fit on the valid split turns them into probabilities first
+    sims = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.1, 0.9]])
+    assert 0.0 <= _ece(sims, classes, labels, (sims, classes), labels) < 0.1

@@ -14,7 +14,10 @@ Steps (each one's failure is reported in its section, not fatal to the others):
    transformer, and sample in the style of a composer;
 4. interpolate between two folk melodies with the shipped 2-bar MusicVAE;
 5. compare the generated set with the real pieces on the musical metrics;
-6. write ``OUT/index.html``: pianorolls, audio players (when a SoundFont is present), MIDI links,
+6. attribute real piano music with the shipped piano index: four GiantMIDI-Piano transcriptions
+   that ship in the package, and, given an ASAP folder (``--asap``), performances of works the
+   piano models held out, each looking for its own score among the scores of all ASAP works;
+7. write ``OUT/index.html``: pianorolls, audio players (when a SoundFont is present), MIDI links,
    the map and the tables.
 """
 
@@ -31,6 +34,7 @@ import numpy as np
 from partita.errors import PartitaError
 
 DEMO_SET = Path(__file__).resolve().parent / "data" / "demo"
+PIANO_SET = Path(__file__).resolve().parent / "data" / "demo-piano"
 
 #: Features shown in the report's metric table (all are compared in ``metrics.json``).
 SHOWN_FEATURES = (
@@ -61,6 +65,7 @@ class DemoResult:
     report: Optional[Path] = None
     pieces: int = 0
     attribution: dict = field(default_factory=dict)
+    piano: dict = field(default_factory=dict)
     music: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)  # (step, one-line reason)
@@ -133,6 +138,54 @@ def _attribute(rows: list[dict], out: Path, highlight: int, progress) -> dict:
     summary["map"] = {"html": info["html"], "png": info["png"], "highlighted": [Path(c).name for c in chosen],
                       "fitted": info.get("fitted")}
     return summary
+
+
+def _piano(asap: Optional[Path], held_out: int = 4) -> dict:
+    """Real piano music against the shipped piano index: the shipped transcriptions (composer,
+    nearest ASAP works) and, with an ASAP folder, performances of held-out works finding their score."""
+    from partita.search.attribute import load_attribution
+    from partita.search.embed import embed_files
+    from partita.search.index import Index, load_embedder, resolve_model, shipped_index
+
+    folder = shipped_index("piano")
+    index = Index.load(folder)
+    attribution = load_attribution(folder)
+    model = load_embedder(resolve_model(index.model)[0])
+    files = sorted(PIANO_SET.glob("*.mid"))
+    vectors, kept, failures = embed_files(model, files)
+    out: dict = {"transcriptions": [], "renditions": [], "failures": [f"{p}: {why}" for p, why in failures]}
+    for path, verdict, hits in zip(kept, attribution.attribute(vectors, k=3), index.search(vectors, 3)):
+        out["transcriptions"].append({
+            "piece": Path(path).stem.rsplit(",", 1)[0], "verdict": verdict["verdict"] if verdict["known"] else "unknown composer",
+            "top3": ", ".join(f"{t['label']} {t['probability']:.0%}" for t in verdict["top"]),
+            "nearest": "; ".join(f"{h.piece.get('label')}: {h.piece.get('title')}" for h in hits)})
+    if asap is None:
+        return out
+    import csv as _csv
+
+    table = Path(asap) / "metadata.csv"
+    if not table.is_file():
+        raise PartitaError(f"{asap}: not an ASAP folder (no metadata.csv)")
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(_csv.DictReader(f))
+    seen = set(index.column("group"))
+    works = sorted({r["folder"] for r in rows})
+    held = [w for w in works if w not in seen]
+    picked = [next(r for r in rows if r["folder"] == w) for w in held[:: max(1, len(held) // held_out)][:held_out]]
+    scores = [Path(asap) / next(r["midi_score"] for r in rows if r["folder"] == w) for w in works]
+    score_vecs, score_kept, _ = embed_files(model, scores)
+    score_work = [str(Path(p).parent.relative_to(asap)) for p in score_kept]
+    queries = [Path(asap) / r["midi_performance"] for r in picked]
+    q_vecs, q_kept, _ = embed_files(model, queries)
+    for path, vec, verdict in zip(q_kept, q_vecs, attribution.attribute(q_vecs, k=3)):
+        work = str(Path(path).parent.relative_to(asap))
+        order = np.argsort(-(score_vecs @ vec))
+        rank = int(np.flatnonzero(np.array(score_work)[order] == work)[0]) + 1
+        out["renditions"].append({
+            "performance": str(Path(path).relative_to(asap)), "composer": work.split("/")[0],
+            "verdict": verdict["verdict"] if verdict["known"] else "unknown composer",
+            "found": score_work[order[0]], "rank_of_its_score": rank, "scores": len(score_work)})
+    return out
 
 
 def _generate(rows: list[dict], bars: int) -> list[Music]:
@@ -210,9 +263,11 @@ def run_demo(
     fast: bool = False,
     bars: int = 8,
     workers: Optional[int] = None,
+    asap: Optional[Path] = None,
     progress: Optional[Callable[[str], Callable[[int, int], None]]] = None,
 ) -> DemoResult:
-    """Run the demo into ``out``; ``fast`` attributes 2 pieces per label and shortens everything.
+    """Run the demo into ``out``; ``fast`` attributes 2 pieces per label and shortens everything;
+    ``asap``: an ASAP folder, whose held-out works the piano section then attributes and retrieves.
     ``progress(desc)`` returns a progress callback for a step (or None)."""
     from partita.data.prepare import prepare
     from partita.io.audio import have_soundfont, save_clip, clip_format
@@ -237,6 +292,7 @@ def run_demo(
     res.pieces = len(rows)
 
     res.attribution = attempt("attribution", _attribute, rows, out, 2, step("attributing")) or {}
+    res.piano = attempt("piano", _piano, asap) or {}
     music: list[Music] = []
     music += attempt("generation", _generate, rows, 2 if fast else bars) or []
     music += attempt("composer-conditioned VAE", _tvae_sample, "Bach") or []
@@ -296,6 +352,24 @@ def _write_report(res: DemoResult, files: dict, sound: bool) -> Path:
             s.page(m["html"], "the interactive map (hover for title and composer)")
     for step, why in res.problems:
         if step == "attribution":
+            s.text(f"skipped: {why}")
+
+    p = res.piano
+    s = report.section("Piano music", "Real piano music the shipped piano models never saw, against the shipped "
+                       "piano index (ASAP's train and valid works, embedded by featnet-piano).")
+    if p:
+        s.table(["GiantMIDI-Piano transcription", "attributed to", "top 3", "nearest pieces of the index"],
+                [[t["piece"], t["verdict"], t["top3"], t["nearest"]] for t in p["transcriptions"]])
+        if p["renditions"]:
+            s.text("Performances of ASAP works that no piano model trained on or was tuned with, each looking for "
+                   "its own score among the scores of every ASAP work:")
+            s.table(["performance", "composer", "attributed to", "most similar score", "rank of its own score"],
+                    [[r["performance"], r["composer"], r["verdict"], r["found"], f"{r['rank_of_its_score']} of {r['scores']}"]
+                     for r in p["renditions"]])
+        else:
+            s.text("Run 'partita demo --asap PATH/TO/asap' to also see performances of held-out ASAP works find their score.")
+    for step, why in res.problems:
+        if step == "piano":
             s.text(f"skipped: {why}")
 
     for group, title, intro in (

@@ -16,6 +16,7 @@ def demo(
     fast: bool = typer.Option(False, "--fast", help="A quick pass: 2 pieces per label, short samples."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (default: all cores)."),
     bars: int = typer.Option(8, "--bars", help="Bars generated after each prompt."),
+    asap: Optional[Path] = typer.Option(None, "--asap", help="An ASAP folder: also attribute performances of held-out works and find their scores."),
 ) -> None:
     """Attribute held-out pieces, generate, interpolate, measure, and write OUT/index.html."""
     from contextlib import ExitStack
@@ -27,7 +28,7 @@ def demo(
             stack.close()
             return stack.enter_context(progress_bar(desc))
 
-        res = run_demo(out, fast=fast, bars=bars, workers=workers, progress=progress)
+        res = run_demo(out, fast=fast, bars=bars, workers=workers, asap=asap, progress=progress)
 
     a = res.attribution
     if a:
@@ -36,6 +37,16 @@ def demo(
             table.add_column(col, justify="right")
         table.add_row(f"{a['top1']:.1%}", f"{a['top1_known']:.1%}", f"{a['top3']:.1%}", f"{a['chance']:.1%}",
                       f"{a['majority']:.1%}", str(a["unknown"]))
+        console.print(table)
+    p = res.piano
+    if p:
+        table = Table(title="Piano music never seen by the piano models (shipped piano index)", title_justify="left")
+        for col in ("piece", "attributed to", "top 3"):
+            table.add_column(col)
+        for t in p["transcriptions"]:
+            table.add_row(t["piece"], t["verdict"], t["top3"])
+        for r in p["renditions"]:
+            table.add_row(r["performance"], r["verdict"], f"its score ranked {r['rank_of_its_score']} of {r['scores']}")
         console.print(table)
     if res.music:
         table = Table(title="Music written (MIDI)", title_justify="left")

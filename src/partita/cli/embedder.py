@@ -128,7 +128,7 @@ def eval_embedder_cmd(
     p = results["pieces"]
     console.print(f"{results['split']} split: {p['test']} test pieces of {len(results['known_labels'])} known labels; "
                   f"reference (train) {p['ref']}, thresholds on valid {p['valid']}, unseen-label pieces {p['unseen']}")
-    cols = ("pair_acc", "pair_auc", "top1", "top3", "map@10", "silhouette")
+    cols = ("pair_acc", "pair_auc", "top1", "top3", "ece", "map@10", "silhouette")
     for task, t in results["tasks"].items():
         counts = ", ".join(f"{l} {n}" for l, n in t["test_per_label"].items())
         table = Table(title=f"{task} (test pieces: {counts})", title_justify="left")

@@ -1,4 +1,4 @@
-"""``partita eval embedder``: the SiaViT against feature baselines on held-out pieces.
+"""``partita eval embedder``: an embedder (SiaViT or FeatNet) against feature baselines on held-out pieces.
 
 Pieces: the *reference* set is the train split (the pieces a deployed model would know), the
 *validation* split picks thresholds, and every number is measured on the evaluated split (test by
@@ -24,6 +24,8 @@ Metrics, per task (a set of labels; pieces of other labels are left out everywhe
   (``centroid``), or a logistic regression on its embeddings (``+ LR``); the baseline uses its LR;
 * retrieval mAP@10: each test piece queries the reference set; relevant = same label;
 * silhouette of the test pieces' label clusters (cosine distance);
+* calibration: the expected calibration error (ECE) of the top-1 probability, for centroids with
+  ``softmax(cosine / T)``, ``T`` fit on the valid split as ``partita attribute`` does;
 * per label: the share of its test pieces each representation names right (top-1);
 * retrieval across renditions, where the corpus says which pieces are performances and which the
   score of a work (ASAP's ``kind``): within the evaluated split, each performance queries the
@@ -100,12 +102,15 @@ def _auc(scores: np.ndarray, y: np.ndarray) -> float:
     return float(roc_auc_score(y, scores)) if len(set(y.tolist())) == 2 else float("nan")
 
 
-def task_metrics(vec: dict[str, np.ndarray], lab: dict[str, np.ndarray], *, attribution: Callable, seed: int) -> dict:
-    """Pair, attribution, retrieval and cluster metrics of one representation on one task.
+def task_metrics(vec: dict[str, np.ndarray], lab: dict[str, np.ndarray], *, attribution: Callable, seed: int,
+                 probabilities: bool = False) -> dict:
+    """Pair, attribution, calibration, retrieval and cluster metrics of one representation on one task.
 
     ``vec``/``lab``: unit vectors and label ids for "ref", "valid", "test"; ``attribution(split)``
-    returns ``(scores [n, n_classes], classes)`` for that split's pieces. ``per_label`` holds the
-    label ids' top-1 (``per_label_top1``).
+    returns ``(scores [n, n_classes], classes)`` for that split's pieces: probabilities when
+    ``probabilities``, else similarities, turned into probabilities by ``softmax(s / T)`` with the
+    temperature fit on the valid split (what ``partita attribute`` does) for the ECE. ``per_label``
+    holds the label ids' top-1 (``per_label_top1``).
     """
     out: dict = {"n_test": int(len(lab["test"]))}
     iv, jv, yv = balanced_pairs(lab["valid"], np.random.default_rng([seed, 11]))
@@ -119,9 +124,32 @@ def task_metrics(vec: dict[str, np.ndarray], lab: dict[str, np.ndarray], *, attr
     scores, classes = attribution("test")
     out.update(topk_accuracy(scores, classes, lab["test"], ks=(1, 3)))
     out["per_label"] = per_label_top1(scores, classes, lab["test"])
+    out["ece"] = _ece(scores, classes, lab["test"], None if probabilities else attribution("valid"), lab["valid"])
     out["map@10"] = map_at_k(vec["test"], lab["test"], vec["ref"], lab["ref"])
     out["silhouette"] = _silhouette(vec["test"], lab["test"])
     return out
+
+
+def _ece(scores: np.ndarray, classes: np.ndarray, labels: np.ndarray, valid: Optional[tuple], valid_labels) -> float:
+    """Expected calibration error of the test probabilities (module doc of ``task_metrics``)."""
+    from partita.search.attribute import expected_calibration_error, fit_temperature
+
+    column = {int(c): k for k, c in enumerate(np.asarray(classes).tolist())}
+    keep = np.array([int(y) in column for y in labels], bool)
+    if not keep.any():
+        return float("nan")
+    target = np.array([column[int(y)] for y in labels[keep]])
+    probs = np.asarray(scores, np.float64)[keep]
+    if valid is not None:
+        v_scores, _ = valid
+        v_keep = np.array([int(y) in column for y in valid_labels], bool)
+        if not v_keep.any():
+            return float("nan")
+        t = fit_temperature(np.asarray(v_scores, np.float64)[v_keep], np.array([column[int(y)] for y in valid_labels[v_keep]]))
+        z = probs / t
+        z = np.exp(z - z.max(1, keepdims=True))
+        probs = z / z.sum(1, keepdims=True)
+    return expected_calibration_error(probs, target)
 
 
 def _centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -227,13 +255,13 @@ def evaluate_embedder(
             task_rows[f"{name} (centroid)"] = centroid
             clf = _lr(vec["ref"], lab["ref"], seed)
             row = task_metrics(vec, lab, attribution=lambda s, v=vec, m=clf: (m.predict_proba(v[s]), m.classes_),
-                               seed=seed)
-            task_rows[f"{name} + LR"] = {k: row[k] for k in ("n_test", "top1", "top3", "per_label")}
+                               seed=seed, probabilities=True)
+            task_rows[f"{name} + LR"] = {k: row[k] for k in ("n_test", "top1", "top3", "ece", "per_label")}
         fx = {k: arr(feats, v) for k, v in sub.items()}
         clf = _lr(fx["ref"], lab["ref"], seed)
         fvec = {k: _unit(np.sqrt(clf.predict_proba(fx[k]))) for k in fx}
         task_rows[FEATURES_LR] = task_metrics(
-            fvec, lab, attribution=lambda s, m=clf: (m.predict_proba(fx[s]), m.classes_), seed=seed)
+            fvec, lab, attribution=lambda s, m=clf: (m.predict_proba(fx[s]), m.classes_), seed=seed, probabilities=True)
         for row in task_rows.values():  # label ids -> names
             row["per_label"] = {known[int(k)]: {**v, "named": known[int(v["named"])]} for k, v in row["per_label"].items()}
         results["tasks"][task] = {"labels": labels, "test_per_label": {l: sum(label_of[i] == l for i in sub["test"]) for l in labels},
