@@ -164,7 +164,8 @@ def test_shipped_index_attributes_random_notes_to_an_unknown_composer(tmp_path, 
 
 
 def test_piano_queries_go_to_the_shipped_piano_index_and_others_to_the_bundled_one(fixtures):
-    from partita.search.index import choose_index, is_piano, shipped_index
+    from partita.io import is_piano
+    from partita.search.index import choose_index, shipped_index
 
     piano = [fixtures / "performance" / "Maestro_1.mid", next((fixtures / "performance").glob("Chopin*.mid"))]
     band = fixtures / "multitrack" / "Funkytown.mid"

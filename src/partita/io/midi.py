@@ -295,3 +295,18 @@ def note_array(score: Score, unit: str = "second") -> np.ndarray:
 def duration_seconds(score: Score) -> float:
     """Length of the score from time 0 to its last note-off, in seconds."""
     return float(score.to("second").end()) if score.note_num() else 0.0
+
+
+#: General MIDI programs of the piano family (acoustic grand to clavinet).
+PIANO_PROGRAMS = range(0, 8)
+
+
+def is_piano(path: str | os.PathLike) -> bool:
+    """Whether a MIDI file is piano music: pitched notes only, all on piano programs (0-7). An
+    unreadable file is not (the step that reads it for real reports why)."""
+    try:
+        score = load(path)
+    except Exception:
+        return False
+    tracks = [t for t in score.tracks if t.note_num() > 0]
+    return bool(tracks) and all(not t.is_drum and t.program in PIANO_PROGRAMS for t in tracks)

@@ -18,8 +18,8 @@ predicts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -64,13 +64,6 @@ class ClassifierConfig(ModelConfig):
     def n_labels(self) -> int:
         return len(self.labels)
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "ClassifierConfig":
-        if name not in PRESETS:
-            raise PartitaError(f"unknown classifier preset {name!r}: choose one of {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
-
 
 #: ``tiny``: tests. ``small``: trains on one CPU thread in ~15 minutes (~0.2M parameters, < 1 MB;
 #: windows of 128 tokens, because a GRU's cost grows with the sequential length and a single CPU
@@ -81,6 +74,7 @@ PRESETS: dict[str, ClassifierConfig] = {
     "small": ClassifierConfig(labels=["a", "b"], d_embed=64, d_hidden=128, segment=128),
     "base": ClassifierConfig(labels=["a", "b"], d_embed=256, d_hidden=512, n_layer=2, segment=512, dropout=0.2),
 }
+ClassifierConfig.presets = PRESETS
 
 
 def segment_windows(n: int, segment: int, max_segments: int) -> list[tuple[int, int]]:

@@ -25,8 +25,8 @@ of the 360 dimensions tell composers and works apart and which only tell perform
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -65,12 +65,6 @@ class FeatNetConfig(ModelConfig):
     def in_dim(self) -> int:
         return DESCRIPTORS[self.descriptor]
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "FeatNetConfig":
-        if name not in PRESETS:
-            raise PartitaError(f"unknown FeatNet preset {name!r}: choose one of {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
 
 #: ``small`` is what ships (a linear projection won on ASAP's validation works); ``mlp`` adds a
 #: hidden layer; ``tiny`` is for tests.
@@ -79,6 +73,7 @@ PRESETS: dict[str, FeatNetConfig] = {
     "small": FeatNetConfig(dim=64),
     "mlp": FeatNetConfig(hidden=256, dim=64),
 }
+FeatNetConfig.presets = PRESETS
 
 
 class FeatNet(nn.Module):

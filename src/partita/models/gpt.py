@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Optional
 
 import torch
@@ -125,14 +125,6 @@ class GPTConfig(ModelConfig):
             raise PartitaError(f"knn_layer {i} is not a layer of a {self.n_layer}-layer model")
         return i % self.n_layer
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "GPTConfig":
-        """A named configuration (``PRESETS``) with some fields changed."""
-        if name not in PRESETS:
-            raise PartitaError(f"unknown GPT preset {name!r}: choose one of {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
-
 
 #: Named configurations. ``tiny``: tests (< 1M parameters). ``small``: trains on a CPU in under an
 #: hour on a small corpus (~5M parameters, context 512). ``base``: a GPU model like TchAIkovsky's
@@ -143,6 +135,7 @@ PRESETS: dict[str, GPTConfig] = {
     "base": GPTConfig(vocab_size=20000, context=1024, n_layer=12, n_head=12, d_model=768, dropout=0.1,
                       block="parallel", gelu="tanh"),
 }
+GPTConfig.presets = PRESETS
 
 
 class GPT(nn.Module):

@@ -36,8 +36,8 @@ seed fixes the output, and a row's noise does not depend on what other rows comp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -106,14 +106,6 @@ class MusicVAEConfig(ModelConfig):
     def steps(self) -> int:
         return self.bars * STEPS_PER_BAR
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "MusicVAEConfig":
-        """A named configuration (``PRESETS``) with some fields changed."""
-        if name not in PRESETS:
-            raise PartitaError(f"unknown MusicVAE preset {name!r}: choose one of {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
-
 
 #: Named configurations. ``tiny``: tests (~50k parameters). ``small``: trains on one CPU thread in
 #: minutes (~2M parameters, under 5 MB in float16). ``base``: the paper's sizes (2-bar: a 2048-unit
@@ -126,6 +118,7 @@ PRESETS: dict[str, MusicVAEConfig] = {
                             sampling_schedule="inverse_sigmoid", sampling_rate=1000.0),
     "base": MusicVAEConfig(),
 }
+MusicVAEConfig.presets = PRESETS
 
 
 # --- the arithmetic of the loss and the schedules (module functions: tested on their own) --------

@@ -27,7 +27,7 @@ padded with silence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -116,12 +116,6 @@ class SiaViTConfig(ModelConfig):
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "SiaViTConfig":
-        """A named configuration (``PRESETS``) with some fields changed."""
-        if name not in PRESETS:
-            raise PartitaError(f"unknown SiaViT preset {name!r}: choose one of {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "SiaViTConfig":
@@ -134,7 +128,6 @@ class SiaViTConfig(ModelConfig):
     @classmethod
     def base(cls, **overrides: Any) -> "SiaViTConfig":
         return cls.preset("base", **overrides)
-
 
 
 #: Named configurations. ``tiny``: tests. ``small``: trains on a CPU in ~20 minutes (0.2 s frames,
@@ -157,6 +150,7 @@ PRESETS: dict[str, SiaViTConfig] = {
                               d_model=512, n_layer=3, n_head=8, d_ff=1024, dropout=0.3, positions="none",
                               head_hidden=[512, 256], head_dropout=0.3, dim=128),
 }
+SiaViTConfig.presets = PRESETS
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

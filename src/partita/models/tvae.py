@@ -31,7 +31,7 @@ The training loss (KL annealing, free bits) is the training module's business
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -94,13 +94,6 @@ class TVAEConfig(ModelConfig):
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "TVAEConfig":
-        if name not in PRESETS:
-            raise PartitaError(f"unknown TVAE preset {name!r}: choose one of {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
-
 
 #: ``tiny``: tests. ``small``: ~1.1M parameters, 128-token segments (a few bars), trains on one CPU
 #: thread in ~15 minutes. ``base``: a GPU model over 512-token segments.
@@ -111,6 +104,7 @@ PRESETS: dict[str, TVAEConfig] = {
     "base": TVAEConfig(labels=["a"], context=512, d_model=512, n_head=8, n_enc_layer=6, n_dec_layer=8, d_latent=128,
                        n_memory=8),
 }
+TVAEConfig.presets = PRESETS
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor, prior_logvar: Tensor) -> Tensor:

@@ -716,10 +716,6 @@ def is_shipped(path: str | os.PathLike) -> bool:
 #: The indexes that ship with the package, by the name ``--index`` accepts.
 SHIPPED_INDEXES = {"bundled": "bundled-index", "piano": "piano-index"}
 
-#: General MIDI programs of the piano family (acoustic grand to clavinet).
-PIANO_PROGRAMS = range(0, 8)
-
-
 def shipped_index(name: str = "bundled") -> Path:
     """The folder of a shipped index: ``bundled`` (the bundled corpus's train and valid pieces,
     embedded by the shipped SiaViT) or ``piano`` (ASAP's train and valid works, performances and
@@ -734,24 +730,13 @@ def shipped_index(name: str = "bundled") -> Path:
     return path
 
 
-def is_piano(path: str | os.PathLike) -> bool:
-    """Whether a MIDI file is piano music: pitched notes only, all on piano programs (0-7).
-    An unreadable file is not (the embedding step reports why)."""
-    from partita.io import load
-
-    try:
-        score = load(path)
-    except Exception:
-        return False
-    tracks = [t for t in score.tracks if t.note_num() > 0]
-    return bool(tracks) and all(not t.is_drum and t.program in PIANO_PROGRAMS for t in tracks)
-
-
 def choose_index(index: Optional[str | os.PathLike], queries: Sequence[str | os.PathLike] = ()) -> Path:
     """The index a command uses: ``index`` as a folder, or the name of a shipped one
     (``bundled``, ``piano``); None: the piano index when every query is piano music
     (``is_piano``), else the bundled corpus's."""
     if index is None:
+        from partita.io import is_piano
+
         piano = bool(queries) and all(is_piano(q) for q in queries)
         return shipped_index("piano" if piano else "bundled")
     path = Path(index).expanduser()

@@ -593,7 +593,6 @@ def run(
         enable_model_summary=False,
         use_distributed_sampler=False,  # the families' samplers shard themselves by rank
     )
-    started = time.time()
     hard_stop = False
     stop.install()
     try:

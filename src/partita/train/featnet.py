@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
