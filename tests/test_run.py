@@ -187,7 +187,7 @@ def test_commands_never_tokenise_a_corpus_behind_the_users_back(raw_corpus, tmp_
     assert not (raw_corpus / "tokens").exists()
 
 
-@pytest.mark.parametrize("family", ["gpt", "embedder", "vae", "classifier", "tvae"])
+@pytest.mark.parametrize("family", ["gpt", "embedder", "featnet", "vae", "classifier", "tvae"])
 def test_every_family_takes_every_run_option(family):
     from partita.cli.train import RUN_OPTIONS
 
@@ -205,14 +205,15 @@ def styles_corpus(tmp_path_factory):
     return build_corpus(tmp_path_factory.mktemp("styles"))
 
 
-@pytest.mark.parametrize("family", ["classifier", "tvae", "embedder", "vae"])
+@pytest.mark.parametrize("family", ["classifier", "tvae", "embedder", "featnet", "vae"])
 def test_every_family_stops_on_its_time_budget_with_the_best_bundle(styles_corpus, tmp_path, family):
     from partita.bundle import load_bundle
-    from partita.train import classifier, embedder, tvae, vae
+    from partita.train import classifier, embedder, featnet, tvae, vae
 
     train = {"classifier": classifier.train_classifier, "tvae": tvae.train_tvae, "embedder": embedder.train_embedder,
-             "vae": vae.train_vae}[family]
+             "featnet": featnet.train_featnet, "vae": vae.train_vae}[family]
     extra = {"embedder": dict(labels_per_batch=2, per_label=2, val_windows=2), "vae": dict(bars=2),
+             "featnet": dict(works_per_batch=2, per_work=2, crops=2, crop_seconds=(5.0, 10.0), workers=1),
              "classifier": dict(min_pieces=2, evaluate=False), "tvae": dict(min_pieces=2)}[family]
     card = train(styles_corpus, tmp_path / family, preset="tiny", max_steps=10**6, max_time=0.5, val_every=2,
                  batch_size=4, progress="none", **extra)
