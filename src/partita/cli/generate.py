@@ -14,7 +14,7 @@ _TOKEN_FORMATS = ("npy", "txt")
 
 
 def generate(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Bundle folder of a trained GPT (default: the shipped gpt-small)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Bundle folder of a trained GPT (default: gpt-piano for a piano --prompt, else gpt-small)."),
     n: int = typer.Option(4, "-n", "--num-samples", help="How many pieces to sample."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for sample-000.mid, sample-001.mid, ..."),
     prompt: Optional[Path] = typer.Option(None, "--prompt", "-p", help="A MIDI file to continue from its end (the model reads as much of it as its window and memories hold)."),
@@ -52,9 +52,9 @@ def generate(
     if out.exists() and not out.is_dir():
         raise PartitaError(f"{out}: exists and is not a folder (choose another --out)")
     if model is None:
-        from partita.pretrained import bundle_path
+        from partita.pretrained import default_gpt
 
-        model = bundle_path()
+        model = default_gpt(prompt)
     from partita.generate import SamplingConfig
 
     config = SamplingConfig(

@@ -118,10 +118,11 @@ def _auto_device(device: Any) -> Any:
 
 
 def resolve_model(
-    model: Any, *, tokenizer: Any = None, labels: Optional[Sequence[str]] = None, device: Any = None
+    model: Any, *, tokenizer: Any = None, labels: Optional[Sequence[str]] = None, device: Any = None,
+    prompt: Any = None,
 ) -> tuple[Any, Any, list[str]]:
     """``(model, tokenizer, labels)`` from a bundle folder, a ``Bundle``, a model, or None (the
-    shipped ``gpt-small``).
+    shipped model for ``prompt``: ``gpt-piano`` for a piano MIDI file, else ``gpt-small``).
 
     A folder is loaded with ``load_bundle`` on ``device`` (default: CUDA when available); the
     labels come from its card (``card["labels"]``). A bare model needs ``tokenizer=`` (and
@@ -129,10 +130,10 @@ def resolve_model(
     """
     from partita.bundle import Bundle, load_bundle
 
-    if model is None:  # the model that ships with partita
-        from partita.pretrained import bundle_path
+    if model is None:  # the model that ships with partita for this prompt
+        from partita.pretrained import default_gpt
 
-        model = bundle_path()
+        model = default_gpt(prompt)
     if isinstance(model, (str, os.PathLike)):
         model = load_bundle(model, device=_auto_device(device))
         device = None
@@ -332,7 +333,7 @@ def generate_samples(
     from partita.io.midi import duration_seconds
 
     cfg = (config or SamplingConfig()).replace(**options)
-    model, tokenizer, labels = resolve_model(model, tokenizer=tokenizer, labels=labels, device=device)
+    model, tokenizer, labels = resolve_model(model, tokenizer=tokenizer, labels=labels, device=device, prompt=prompt)
     label = resolve_label(composer, labels, int(getattr(model.config, "n_labels", 0)))
     ids = build_prompt(tokenizer, prompt, chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars,
                        prompt_seconds=prompt_seconds, prompt_tokens=prompt_tokens)

@@ -13,6 +13,7 @@ from partita.errors import PartitaError
 
 ROOT = Path(__file__).resolve().parent
 GPT = "gpt-small"
+GPT_PIANO = "gpt-piano"
 CLASSIFIER = "classifier-small"
 TVAE = "tvae-small"
 MUSICVAE_2BAR = "musicvae-2bar"
@@ -30,3 +31,17 @@ def bundle_path(name: str = GPT) -> Path:
         shipped = sorted(p.name for p in ROOT.iterdir() if (p / "config.json").exists())
         raise PartitaError(f"no shipped model {name!r}; shipped: {', '.join(shipped) or 'none'}")
     return path
+
+
+def default_gpt(prompt=None) -> Path:
+    """The shipped transformer for a prompt: ``gpt-piano`` (trained on ASAP's piano performances)
+    when the prompt is a piano MIDI file (``partita.io.is_piano``), else ``gpt-small`` (the bundled
+    corpus's chorales, madrigals, quartets and folk tunes)."""
+    import os
+
+    if isinstance(prompt, (str, os.PathLike)) and (ROOT / GPT_PIANO / "config.json").exists():
+        from partita.io import is_piano
+
+        if is_piano(prompt):
+            return bundle_path(GPT_PIANO)
+    return bundle_path(GPT)
