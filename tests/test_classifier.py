@@ -109,7 +109,7 @@ def test_padding_does_not_change_a_segments_logits():
 
 def test_segments_are_label_balanced_bar_aligned_and_seeded(corpus):
     from partita.train.classifier import LabelledSegments, choose_labels
-    from partita.train.gpt import token_streams
+    from partita.data.streams import token_streams
 
     c = Corpus(corpus)
     streams = token_streams(c)

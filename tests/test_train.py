@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from partita.data.prepare import prepare
 from partita.train.common import warmup_cosine
 from partita.train.gpt import train_gpt
-from partita.train.stream import IGNORE, SongStream
+from partita.data.streams import IGNORE, SongStream
 from conftest import FIXTURES, labelled_folder, tokenize
 
 

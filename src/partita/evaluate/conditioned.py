@@ -64,7 +64,7 @@ def _load(model: Any, family: str):
 def _streams(corpus: Corpus, streams: Any):
     if streams is not None:
         return streams
-    from partita.train.gpt import token_streams
+    from partita.data.streams import token_streams
 
     return token_streams(corpus)
 

@@ -17,8 +17,7 @@ import torch
 
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
-from partita.train.gpt import SongData, token_streams
-from partita.train.stream import IGNORE, SongStream
+from partita.data.streams import IGNORE, SongData, SongStream, token_streams
 
 LN2 = float(np.log(2.0))
 
@@ -59,10 +58,10 @@ def evaluate_gpt(model_path: str | Path, corpus_dir: str | Path, *, split: str =
                  batch_size: int = 8) -> dict:
     """Bits per token and per note on ``split`` for the transformer (with and without memory)
     and for the n-gram baseline (order chosen on the validation split), trained on train."""
-    from partita.bundle import load_bundle
+    from partita.bundle import load
     from partita.evaluate.baselines import NGramLM, count_notes
 
-    bundle = load_bundle(model_path)
+    bundle = load(model_path, "gpt")
     model, tokenizer = bundle.model, bundle.tokenizer
     corpus = Corpus(corpus_dir)
     streams = token_streams(corpus)

@@ -33,7 +33,7 @@ from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.classifier import ClassifierConfig, GRUClassifier, segment_windows
 from partita.train.common import ResumableModule, RunConfig, run, start_run
-from partita.train.gpt import token_streams
+from partita.data.streams import token_streams
 
 __all__ = ["LabelledSegments", "choose_labels", "train_classifier"]
 

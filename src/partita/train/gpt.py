@@ -1,7 +1,7 @@
 """Training the music transformer (``partita train gpt``) with Lightning.
 
 Data: the corpus's token streams (``partita data tokenize``; a one-line error when missing),
-played as contiguous batches (``partita.train.stream``): each row carries one song from segment
+played as contiguous batches (``partita.data.streams``): each row carries one song from segment
 to segment, so XL and kNN memories see the song's past; a row's memories are cleared when its
 song ends. Validation plays every validation piece once, from fresh memories, and reports
 bits per token and bits per note (notes counted in the decoded validation pieces).
@@ -23,43 +23,12 @@ import torch
 
 from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
+from partita.data.streams import IGNORE, SongData, SongStream, token_streams
 from partita.errors import PartitaError
 from partita.models.gpt import GPT, GPTConfig
 from partita.train.common import RunConfig, adamw_warmup_cosine, run, start_run
-from partita.train.stream import IGNORE, SongStream
 
 LN2 = float(np.log(2.0))
-
-
-# --- corpus -> token streams + labels ----------------------------------------------------------
-
-
-def token_streams(corpus: Corpus):
-    """The corpus's token streams; a missing tokenisation is a one-line error naming the command
-    that makes it (training and evaluation never change a corpus)."""
-    from partita.represent.tokens import TokenStreams
-
-    path = corpus.path / "tokens"
-    if not (path / "streams.json").exists():
-        raise PartitaError(f"{corpus.path} has no token streams yet: run 'partita data tokenize {corpus.path}' first "
-                           f"(after 'partita data tokenizer train {corpus.path}' for a BPE vocabulary)")
-    return TokenStreams(path)
-
-
-class SongData:
-    """Which stream pieces are in which split, and each piece's label index (None: unlabelled)."""
-
-    def __init__(self, corpus: Corpus, streams):
-        rows = {r["id"]: r for r in corpus.pieces}
-        self.labels: list[str] = corpus.labels
-        index = {name: k for k, name in enumerate(self.labels)}
-        self.split: dict[str, list[int]] = {}
-        self.label_of: list[int | None] = []
-        for i, piece_id in enumerate(streams.ids):
-            row = rows.get(piece_id)
-            self.label_of.append(index.get(row["label"]) if row else None)
-            if row is not None and row["split"]:
-                self.split.setdefault(row["split"], []).append(i)
 
 
 # --- the Lightning module ----------------------------------------------------------------------

@@ -39,7 +39,7 @@ from partita.train.classifier import (
     fixed_loader,
 )
 from partita.train.common import ResumableModule, RunConfig, run, start_run
-from partita.train.gpt import token_streams
+from partita.data.streams import token_streams
 
 __all__ = ["TVAEModule", "train_tvae", "kl_weight", "component_log_density"]
 

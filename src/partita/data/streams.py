@@ -1,4 +1,7 @@
-"""Contiguous batches (MIDIGen): every batch row streams whole songs, segment after segment.
+"""A corpus's token streams and how they are played (no training code here: evaluation reads them too).
+
+``token_streams(corpus)`` opens the tokens, ``SongData`` says which piece is in which split, and
+``SongStream`` plays them as contiguous batches (MIDIGen): every batch row streams whole songs, segment after segment.
 
 Row ``b`` of batch ``s + 1`` continues the song of row ``b`` of batch ``s``, so a model can carry
 XL and kNN memories from one step to the next; ``reset[b]`` says that a new song starts in row
@@ -25,6 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from partita.data.corpus import Corpus
+from partita.errors import PartitaError
 
 IGNORE = -100
 
@@ -170,3 +176,31 @@ class SongStream:
         """About how many batches one pass over every piece takes (for schedules and logs)."""
         segments = np.ceil((self.lengths - 1) / (self.T - 1)).sum()
         return max(1, int(np.ceil(segments / (self.B * self.world_size))))
+
+
+def token_streams(corpus: Corpus):
+    """The corpus's token streams; a missing tokenisation is a one-line error naming the command
+    that makes it (training and evaluation never change a corpus)."""
+    from partita.represent.tokens import TokenStreams
+
+    path = corpus.path / "tokens"
+    if not (path / "streams.json").exists():
+        raise PartitaError(f"{corpus.path} has no token streams yet: run 'partita data tokenize {corpus.path}' first "
+                           f"(after 'partita data tokenizer train {corpus.path}' for a BPE vocabulary)")
+    return TokenStreams(path)
+
+
+class SongData:
+    """Which stream pieces are in which split, and each piece's label index (None: unlabelled)."""
+
+    def __init__(self, corpus: Corpus, streams):
+        rows = {r["id"]: r for r in corpus.pieces}
+        self.labels: list[str] = corpus.labels
+        index = {name: k for k, name in enumerate(self.labels)}
+        self.split: dict[str, list[int]] = {}
+        self.label_of: list[int | None] = []
+        for i, piece_id in enumerate(streams.ids):
+            row = rows.get(piece_id)
+            self.label_of.append(index.get(row["label"]) if row else None)
+            if row is not None and row["split"]:
+                self.split.setdefault(row["split"], []).append(i)
