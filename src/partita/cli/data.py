@@ -196,3 +196,25 @@ def tokenize_cmd(
     console.print(f"{len(streams)} pieces, {total:,} tokens ({total / max(len(streams), 1):,.0f} per piece) -> {out}")
     for piece_id, reason in streams.skipped[:10]:
         console.print(f"  skipped {piece_id}: {reason}", markup=False, highlight=False)
+
+
+@app.command("copy-index")
+def copy_index_cmd(
+    corpus: Path = typer.Argument(..., help="The prepared corpus the model was trained on."),
+    model: Path = typer.Option(..., "--model", "-m", help="A gpt bundle folder or a shipped model's name (gpt-piano, gpt-small): its tokenizer hashes the bars."),
+    split: str = typer.Option("train", "--split", help="Pieces to index: train (default), a list like train,valid, or all."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for copies.npz + copies.json (default: the bundle folder, recorded in its card)."),
+) -> None:
+    """Hash every bar of the training pieces (hashes only, no music) so that 'partita generate
+    --check-copies' can tell when a sample repeats bars of a training piece."""
+    from partita.generate.copies import build_copy_index
+
+    command = f"partita data copy-index {corpus} --model {model} --split {split}"
+    if not model.exists() and "/" not in str(model):
+        from partita.pretrained import bundle_path
+
+        model = bundle_path(str(model))
+    with progress_bar("hashing bars") as update:
+        index = build_copy_index(corpus, model, split=split, out=out, progress=update, command=command)
+    console.print(f"copy index: {index.bars:,} bars with notes of {len(index):,} {split} pieces -> {index.path} "
+                  f"({index.meta['tokens_from']})")

@@ -40,6 +40,8 @@ def generate(
     tokens_format: str = typer.Option("npy", "--tokens-format", help="Format of --tokens files: npy or txt (ids separated by spaces)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:1, mps..."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples decoded at once (default: all)."),
+    check_copies: bool = typer.Option(False, "--check-copies", help="Compare each sample with the model's training pieces (its bundle's copy index) and flag repeated bars."),
+    max_copied_bars: int = typer.Option(4, "--max-copied-bars", help="With --check-copies: flag a sample that repeats more than this many bars (with notes) of one training piece."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Sample pieces from a trained GPT: unconditionally, continuing a MIDI prompt, from chords, a
@@ -57,6 +59,17 @@ def generate(
         model = default_gpt(prompt)
     from partita.generate import SamplingConfig
 
+    copies = copies_tok = None
+    if check_copies:  # before sampling: a missing index is a one-line error, not a wasted run
+        from partita.generate.copies import CopyIndex
+        from partita.represent.tokens import load_tokenizer
+
+        if max_copied_bars < 0:
+            raise PartitaError(f"--max-copied-bars must be 0 or more, not {max_copied_bars}")
+        if not Path(model, "tokenizer.json").is_file():
+            raise PartitaError(f"{model}: not a gpt bundle (no tokenizer.json)")
+        copies_tok = load_tokenizer(Path(model) / "tokenizer.json")
+        copies = CopyIndex.load(model, copies_tok)
     config = SamplingConfig(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, max_new_tokens=max_tokens,
         bars=bars, seconds=seconds, allow_early_end=allow_early_end, programs=programs, batch_size=batch_size,
@@ -101,15 +114,32 @@ def generate(
             "token_file": None if tok_file is None else str(tok_file),
             "error": None if s.ok else "no notes: the model wrote no note, nothing saved",
         })
+        if copies is not None:
+            match = copies.check(copies_tok, s.ids, s.prompt_length)
+            rows[-1].update(match.as_dict())
+            rows[-1]["copy_flag"] = match.bars > max_copied_bars
 
     table = Table(title=f"Samples in {out}", title_justify="left")
     for col, justify in (("file", "left"), ("tokens", "right"), ("bars", "right"), ("seconds", "right"),
                          ("notes", "right"), ("stop", "left")):
         table.add_column(col, justify=justify)
+    if copies is not None:
+        table.add_column("copied bars", justify="right")
     for r in rows:
         name = Path(r["file"]).name if r["file"] else "(no notes, not written)"
-        table.add_row(name, f"{r['tokens']:,}", f"{r['bars']:,}", f"{r['seconds']:.1f}", f"{r['notes']:,}", r["stop"])
+        cells = [name, f"{r['tokens']:,}", f"{r['bars']:,}", f"{r['seconds']:.1f}", f"{r['notes']:,}", r["stop"]]
+        if copies is not None:
+            cells.append(f"{r['copied_bars']}" + (" COPY" if r["copy_flag"] else ""))
+        table.add_row(*cells)
     console.print(table)
+    if copies is not None:
+        flagged = [r for r in rows if r["copy_flag"]]
+        for r in flagged:
+            a, b = r["copied_piece_bars"]
+            console.print(f"{Path(r['file'] or '').name or 'a sample'} repeats {r['copied_bars']} bars of the training piece "
+                          f"{r['copied_from']!r} (its bars {a + 1}-{b + 1})", markup=False, highlight=False)
+        console.print(f"copy check: {len(flagged)} of {len(rows)} sample(s) repeat more than {max_copied_bars} bars of a "
+                      f"training piece ({len(copies):,} pieces in {Path(str(copies.path)).name}'s copy index)")
     written = sum(1 for r in rows if r["file"])
     console.print(f"wrote {written} MIDI file(s) to {out}" + (f"; {len(rows) - written} sample(s) had no notes" if written < len(rows) else ""))
     write_json(json_path, {
@@ -121,6 +151,7 @@ def generate(
             "chords": chords, "scale": scale, "motif": motif, "temperature": temperature, "top_k": top_k,
             "top_p": top_p, "min_p": min_p, "max_tokens": max_tokens, "bars": bars, "seconds": seconds,
             "seed": seed, "allow_early_end": allow_early_end,
+            "check_copies": check_copies, "max_copied_bars": max_copied_bars if check_copies else None,
             "programs": "all" if config.programs is None else (config.programs if isinstance(config.programs, str) else list(config.programs)),
         },
         "samples": rows,
