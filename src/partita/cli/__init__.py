@@ -29,6 +29,7 @@ from partita.cli import show as show_cmds
 from partita.cli import vae as vae_cmds
 from partita.cli import conditioned as conditioned_cmds
 from partita.cli import search as search_cmds
+from partita.cli import serve as serve_cmds
 from partita.cli import embedder as embedder_cmds  # noqa: F401
 from partita.cli.common import err_console
 from partita.errors import PartitaError
@@ -53,6 +54,7 @@ app.command("embed")(search_cmds.embed)
 app.command("similar")(search_cmds.similar)
 app.command("attribute")(search_cmds.attribute)
 app.command("map")(search_cmds.map_cmd)
+app.command("serve")(serve_cmds.serve)
 
 
 @app.callback()

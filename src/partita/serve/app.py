@@ -1,0 +1,263 @@
+"""The FastAPI app of ``partita serve``: the JSON API over :class:`partita.serve.core.Explorer`
+and the one page (``static/``), documented at ``/api`` (an offline page over ``/openapi.json``).
+
+Every error is JSON ``{"error": code, "message": one line}`` (``reason`` too for a MIDI file that
+cannot be used), never a traceback: 400 bad settings, 404 unknown id, 413 too large, 422 not
+usable MIDI or an invalid request, 501 no audio here, 503 busy (with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from partita.errors import PartitaError
+from partita.serve.core import Explorer, QueueFull, error_body
+
+log = logging.getLogger("partita.serve")
+
+STATIC = Path(str(resources.files("partita.serve") / "static"))
+#: Bodies of requests other than an upload: a continuation's settings are a few hundred bytes.
+MAX_OTHER_BODY = 64 * 1024
+
+
+class TooLarge(PartitaError):
+    pass
+
+
+class ContinueSettings(BaseModel):
+    """Sampling settings of a continuation (``partita generate``'s options; ``SamplingConfig`` fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(1, description="How many continuations (1-4).")
+    seconds: Optional[float] = Field(None, description="Seconds of new music (default 10 when no length is given; at most 60).")
+    bars: Optional[int] = Field(None, description="New bars (at most 32).")
+    max_new_tokens: Optional[int] = Field(None, description="New tokens (at most 4096).")
+    temperature: float = Field(1.0, description="Sampling temperature (0 = greedy).")
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    seed: int = 0
+    allow_early_end: bool = False
+    prompt_seconds: Optional[float] = Field(None, description="Continue from this many seconds into the piece (default: its end).")
+    model: Optional[str] = Field(None, description="auto, or one of GET /api/info's models.")
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over the limit (the upload limit on POST /api/pieces,
+    64 KiB elsewhere) is refused with 413, by its Content-Length before reading, or while it
+    streams in."""
+
+    def __init__(self, app, max_upload: int):
+        self.app, self.max_upload = app, max_upload
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        limit = self.max_upload if scope["path"].rstrip("/") == "/api/pieces" else MAX_OTHER_BODY
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _send_json(send, 413, _too_large(int(length), limit))
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise TooLarge(_too_large(seen, limit)["message"])
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def _too_large(size: int, limit: int) -> dict:
+    return {"error": "too_large", "message": f"the request is over the {limit / 2**20:.3g} MiB limit "
+            f"({size / 2**20:.3g} MiB or more); send a smaller MIDI file, or start partita serve with a larger --max-upload-mb"}
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    import json
+
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def create_app(explorer: Optional[Explorer] = None, **options: Any) -> FastAPI:
+    """The app; ``options`` are :class:`Explorer`'s (index, model, pieces, max_upload_mb,
+    workers, queue, keep, audio_seconds) when no ``explorer`` is given."""
+    ex = explorer if explorer is not None else Explorer(**options)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        ex.close()
+
+    app = FastAPI(
+        title="partita explorer",
+        version=ex.info()["partita"],
+        description="Drop a MIDI file; see, hear, attribute it, find similar pieces, place it on the corpus map, continue it.",
+        docs_url=None, redoc_url=None,  # their pages load scripts from a CDN; /api is ours and offline
+        lifespan=lifespan,
+    )
+    app.state.explorer = ex
+    app.add_middleware(_BodyLimit, max_upload=ex.max_upload_bytes)
+
+    # ------------------------------------------------------------- errors
+    def _json_error(e: BaseException) -> JSONResponse:
+        status, body = error_body(e)
+        headers = {"Retry-After": str(e.retry_after)} if isinstance(e, QueueFull) else None
+        if status == 500:
+            log.error("internal error", exc_info=e)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(PartitaError)
+    async def _partita_error(request: Request, e: PartitaError):
+        if isinstance(e, TooLarge):
+            return JSONResponse({"error": "too_large", "message": str(e)}, status_code=413)
+        return _json_error(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        errors = e.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        msg = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request"))
+        return JSONResponse({"error": "invalid_request", "message": msg}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return JSONResponse({"error": code, "message": str(e.detail)}, status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        return _json_error(e)
+
+    async def run(fn, *args):
+        """A model call in the bounded queue, awaited without blocking the event loop."""
+        return await asyncio.wrap_future(ex.queue.submit(fn, *args))
+
+    # ------------------------------------------------------------- the page
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/api", include_in_schema=False)
+    async def api_docs():
+        return FileResponse(STATIC / "api.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # ------------------------------------------------------------- API
+    @app.get("/api/info", summary="What this server offers: indexes, models, audio, limits")
+    async def info():
+        return ex.info()
+
+    @app.post(
+        "/api/pieces", status_code=201, summary="Upload a MIDI file (the request body is the file)",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "audio/midi": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    )
+    async def upload(request: Request, name: Optional[str] = Query(None, description="The file's name, to show and to name downloads.")):
+        """The body is the MIDI file (``curl --data-binary @piece.mid -H 'Content-Type: audio/midi'
+        'http://127.0.0.1:8000/api/pieces?name=piece.mid'``). Checked as ``partita.io.load`` checks
+        files (MIDI header, chunks, notes): 422 with the reason otherwise; over the limit: 413."""
+        data = await request.body()
+        if len(data) > ex.max_upload_bytes:
+            raise TooLarge(_too_large(len(data), ex.max_upload_bytes)["message"])
+        piece = await asyncio.to_thread(ex.upload, data, name)
+        return piece.public()
+
+    @app.get("/api/pieces/{piece_id}", summary="A piece: notes, length, instruments, links")
+    async def piece(piece_id: str):
+        return ex.store.get(piece_id).public()
+
+    @app.get("/api/pieces/{piece_id}/notes", summary="Note data for a pianoroll (seconds)")
+    async def notes(piece_id: str):
+        p = ex.store.get(piece_id)
+        return await asyncio.to_thread(ex.notes, p)
+
+    @app.get("/api/pieces/{piece_id}/pianoroll.png", summary="Pianoroll image (partita.viz.pianoroll)",
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def pianoroll(piece_id: str):
+        p = ex.store.get(piece_id)
+        return Response(await run(ex.pianoroll, p), media_type="image/png")
+
+    @app.get("/api/pieces/{piece_id}/audio", summary="Audio rendered with the SoundFont (501 when there is none)",
+             response_class=Response, responses={200: {"content": {"audio/mpeg": {}, "audio/ogg": {}, "audio/wav": {}}}})
+    async def audio(piece_id: str):
+        p = ex.store.get(piece_id)
+        data, mime = await run(ex.audio, p)
+        return Response(data, media_type=mime)
+
+    @app.get("/api/pieces/{piece_id}/midi", summary="Download the MIDI file",
+             response_class=Response, responses={200: {"content": {"audio/midi": {}}}})
+    async def midi(piece_id: str):
+        p = ex.store.get(piece_id)
+        return FileResponse(p.path, media_type="audio/midi", filename=_midi_name(p.name))
+
+    @app.get("/api/pieces/{piece_id}/attribution", summary="Likely composers with probabilities, or unknown composer")
+    async def attribution(piece_id: str, k: int = Query(3, ge=1, le=20), index: Optional[str] = None):
+        p = ex.store.get(piece_id)
+        return await run(ex.attribution, p, index, k)
+
+    @app.get("/api/pieces/{piece_id}/similar", summary="The most similar pieces of the index, with links to play them")
+    async def similar(piece_id: str, k: int = Query(10, ge=1, le=50), index: Optional[str] = None):
+        p = ex.store.get(piece_id)
+        return await run(ex.similar, p, index, k)
+
+    @app.get("/api/pieces/{piece_id}/map", summary="The piece's place on the index's map")
+    async def piece_map(piece_id: str, index: Optional[str] = None):
+        p = ex.store.get(piece_id)
+        return await run(ex.place, p, index)
+
+    @app.post("/api/pieces/{piece_id}/continue", status_code=202,
+              summary="Continue the piece (a job: poll GET /api/jobs/{id} for progress and the new pieces)")
+    async def continue_piece(piece_id: str, settings: ContinueSettings):
+        p = ex.store.get(piece_id)
+        job = ex.start_continuation(p, settings.model_dump())
+        return job.public(ex.store)
+
+    @app.get("/api/jobs/{job_id}", summary="A job's state, progress and the pieces it made")
+    async def job(job_id: str):
+        return ex.job(job_id).public(ex.store)
+
+    @app.get("/api/indexes/{index}/map", summary="Every piece of an index on its 2-D map")
+    async def index_map(index: str):
+        m = await run(ex.map_points, index)
+        return m["json"]
+
+    @app.get("/api/indexes/{index}/pieces/{row}/audio", summary="Audio of an index piece whose file is on this machine",
+             response_class=Response, responses={200: {"content": {"audio/mpeg": {}, "audio/ogg": {}, "audio/wav": {}}}})
+    async def index_audio(index: str, row: int):
+        data, mime = await run(ex.index_audio, index, row)
+        return Response(data, media_type=mime)
+
+    @app.get("/api/indexes/{index}/pieces/{row}/midi", summary="The MIDI file of an index piece on this machine",
+             response_class=Response, responses={200: {"content": {"audio/midi": {}}}})
+    async def index_midi(index: str, row: int):
+        _, path = await asyncio.to_thread(ex.index_piece, index, row)
+        return FileResponse(path, media_type="audio/midi", filename=_midi_name(path.name))
+
+    return app
+
+
+def _midi_name(name: str) -> str:
+    return name if name.lower().endswith((".mid", ".midi")) else f"{name}.mid"

@@ -1,0 +1,787 @@
+"""What ``partita serve`` holds between requests, with no web framework in it: the uploaded and
+generated pieces (files in a private temporary folder, under generated names), the models and
+indexes (loaded once, kept in small LRU caches), the bounded queue that runs every model call off
+the event loop, and the jobs (continuations) that report their progress.
+
+Every operation calls the library functions the CLI calls: ``partita.io.load`` checks uploads,
+``partita.search`` embeds, attributes, searches and maps, ``partita.generate.generate_samples``
+continues, ``partita.viz.pianoroll`` draws and ``partita.io.audio`` renders.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from partita.errors import PartitaError
+
+#: Ids of pieces and jobs: 16 lowercase hex digits from ``secrets`` (never a name from a request).
+ID_PATTERN = re.compile(r"[0-9a-f]{16}")
+#: Settings a continuation may ask for, at most (the server is shared).
+MAX_SAMPLES, MAX_SECONDS, MAX_BARS, MAX_TOKENS = 4, 60.0, 32, 4096
+#: Notes sent to the page's pianoroll at most (a 20 MB file can hold millions).
+MAX_NOTES_SENT = 200_000
+
+
+class NotFound(PartitaError):
+    """An id that names nothing (or is not an id at all)."""
+
+
+class QueueFull(PartitaError):
+    """The model queue holds as many calls as it may; ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Stopped(Exception):
+    """Raised inside a job when the server stops."""
+
+
+def check_id(value: str, what: str = "piece") -> str:
+    """``value`` when it is an id this server hands out, else ``NotFound``: a request's string
+    never reaches the file system unless it is 16 hex digits."""
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise NotFound(f"no {what} {value[:40]!r}: ids are 16 hex digits, as POST /api/pieces returns them")
+    return value
+
+
+def display_name(name: Optional[str], fallback: str = "piece.mid") -> str:
+    """A file name to show and to offer for download: its last component, printable, at most 80
+    characters. Never used as a path on the server."""
+    name = (name or "").replace("\\", "/").split("/")[-1]
+    name = "".join(c for c in name if c.isprintable() and c not in '<>:"|?*').strip(" .")
+    return name[:80] or fallback
+
+
+# --------------------------------------------------------------------------- the queue
+
+
+class ModelQueue:
+    """A thread pool of ``workers`` threads that holds at most ``size`` calls (running and
+    waiting); one more is refused with ``QueueFull`` (HTTP 503 with Retry-After)."""
+
+    def __init__(self, workers: int = 2, size: int = 16):
+        if workers < 1 or size < 1:
+            raise PartitaError("workers and the queue size must be at least 1")
+        self.workers, self.size = int(workers), int(size)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="partita-model")
+        self._lock = threading.Lock()
+        self._held = 0
+        self._seconds = 1.0  # running mean of a call's duration, for Retry-After
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Future:
+        with self._lock:
+            if self._held >= self.size:
+                wait = int(np.ceil(self._seconds * self._held / self.workers))
+                raise QueueFull(f"the server is busy ({self._held} model calls queued); try again in {max(wait, 1)} s",
+                                retry_after=max(wait, 1))
+            self._held += 1
+        start = time.perf_counter()
+
+        def done(_):
+            with self._lock:
+                self._held -= 1
+                self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - start)
+
+        try:
+            fut = self._pool.submit(fn, *args, **kwargs)
+        except RuntimeError:  # shut down
+            with self._lock:
+                self._held -= 1
+            raise QueueFull("the server is stopping", retry_after=5) from None
+        fut.add_done_callback(done)
+        return fut
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class LRU:
+    """A small thread-safe LRU map; ``get_or_make`` builds a missing value once (other callers
+    of the same key wait for it)."""
+
+    def __init__(self, size: int, on_evict: Optional[Callable[[Any, Any], None]] = None):
+        self.size = size
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self._making: dict = {}
+        self._on_evict = on_evict
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, key):
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+            return None
+
+    def put(self, key, value) -> None:
+        evicted = []
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                evicted.append(self._d.popitem(last=False))
+        for k, v in evicted:
+            if self._on_evict:
+                self._on_evict(k, v)
+
+    def values(self) -> list:
+        with self._lock:
+            return list(self._d.values())
+
+    def get_or_make(self, key, make: Callable[[], Any]):
+        while True:
+            with self._lock:
+                if key in self._d:
+                    self._d.move_to_end(key)
+                    return self._d[key]
+                event = self._making.get(key)
+                if event is None:
+                    event = self._making[key] = threading.Event()
+                    mine = True
+                else:
+                    mine = False
+            if not mine:
+                event.wait()
+                continue
+            try:
+                value = make()
+                self.put(key, value)
+                return value
+            finally:
+                with self._lock:
+                    self._making.pop(key, None)
+                event.set()
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+@dataclass
+class Piece:
+    """An uploaded or generated MIDI file kept by the server (``path`` is in its private folder)."""
+
+    id: str
+    name: str
+    path: Path
+    kind: str  # "upload" | "continuation"
+    notes: int
+    seconds: float
+    tracks: list
+    piano: bool
+    parent: Optional[str] = None
+    settings: dict = field(default_factory=dict)
+    audio_from: float = 0.0  # where its audio starts (a continuation: shortly before the new music)
+    created: float = field(default_factory=time.time)
+    vectors: dict = field(default_factory=dict)  # index key -> its embedding
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def public(self) -> dict:
+        base = f"/api/pieces/{self.id}"
+        return {
+            "id": self.id, "name": self.name, "kind": self.kind, "notes": self.notes, "seconds": round(self.seconds, 3),
+            "tracks": self.tracks, "piano": self.piano, "parent": self.parent, "settings": self.settings,
+            "audio_from": round(self.audio_from, 3),
+            "links": {
+                "self": base, "notes": f"{base}/notes", "pianoroll": f"{base}/pianoroll.png", "audio": f"{base}/audio",
+                "midi": f"{base}/midi", "attribution": f"{base}/attribution", "similar": f"{base}/similar",
+                "map": f"{base}/map", "continue": f"{base}/continue",
+            },
+        }
+
+
+def describe_score(score) -> tuple[int, float, list]:
+    """(notes, seconds, tracks) of a score, with partita's own helpers."""
+    from partita.io import duration_seconds
+    from partita.viz.pianoroll import program_name
+
+    tracks = [{"program": int(t.program), "drum": bool(t.is_drum), "notes": int(t.note_num()),
+               "instrument": program_name(int(t.program), bool(t.is_drum)), "name": str(t.name)[:60]}
+              for t in score.tracks if t.note_num() > 0]
+    return int(score.note_num()), duration_seconds(score), tracks
+
+
+class PieceStore:
+    """Pieces in a private folder (mode 0700), each file named by its id; at most ``limit``
+    pieces are kept, the oldest go first (their files and cached renderings with them)."""
+
+    def __init__(self, folder: Path, limit: int = 256):
+        self.folder = folder
+        self.limit = int(limit)
+        self._pieces: OrderedDict[str, Piece] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+    def file(self, pid: str, suffix: str) -> Path:
+        return self.folder / f"{check_id(pid)}{suffix}"
+
+    def add(self, data: bytes, score, name: str, kind: str = "upload", **extra: Any) -> Piece:
+        pid = secrets.token_hex(8)
+        path = self.file(pid, ".mid")
+        with open(path, "xb") as f:  # "x": a name is never reused
+            f.write(data)
+        from partita.io import is_piano
+
+        notes, seconds, tracks = describe_score(score)
+        piano = is_piano(path)
+        piece = Piece(pid, display_name(name), path, kind, notes, seconds, tracks, piano, **extra)
+        evicted = []
+        with self._lock:
+            self._pieces[pid] = piece
+            while len(self._pieces) > self.limit:
+                evicted.append(self._pieces.popitem(last=False)[1])
+        for old in evicted:
+            for f in self.folder.glob(f"{old.id}.*"):
+                f.unlink(missing_ok=True)
+        return piece
+
+    def get(self, pid: str) -> Piece:
+        check_id(pid)
+        with self._lock:
+            piece = self._pieces.get(pid)
+        if piece is None:
+            raise NotFound(f"no piece {pid} on this server (pieces are kept while it runs, the {self.limit} newest)")
+        return piece
+
+    def score(self, piece: Piece):
+        from partita.io import load
+
+        return load(piece.path)
+
+
+# --------------------------------------------------------------------------- indexes and models
+
+
+@dataclass
+class IndexEntry:
+    """A loaded index with its attribution, its embedder and (once drawn) its map."""
+
+    key: str
+    path: Path
+    index: Any
+    attribution: Any
+    embedder: Any
+    embed_settings: dict
+    roots: list  # folders where the index's pieces are found by id (to play them)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    map: Optional[dict] = None
+
+    def piece_file(self, row: int) -> Optional[Path]:
+        """The MIDI file of index row ``row`` on this machine, or None. Only paths the index
+        itself stores are tried, and an id must stay inside its root folder."""
+        p = self.index.pieces[row]
+        if p.get("path"):
+            path = Path(p["path"])
+            if path.is_file():
+                return path
+        pid = p.get("id") or ""
+        for root in self.roots:
+            try:
+                cand = (root / pid).resolve()
+                cand.relative_to(root.resolve())
+            except (ValueError, OSError):
+                continue
+            if cand.is_file():
+                return cand
+        return None
+
+
+def _bundled_exports() -> list:
+    """The bundled corpus's cached MIDI exports (``partita data prepare bundled`` writes them):
+    the files of the shipped bundled index, by id."""
+    try:
+        from partita.data.sources.bundled import default_out_dir
+
+        cache = default_out_dir(None).parent
+        return sorted(p for p in cache.glob("bundled-*") if (p / "manifest.json").is_file())
+    except Exception:  # no cache folder, no music21: nothing to play
+        return []
+
+
+class Explorer:
+    """The state behind the API (see the module doc). ``index``: an index folder or a shipped
+    index's name for every piece (None: the piano index for piano music, else the bundled one,
+    as ``partita attribute`` chooses); ``model``: a GPT bundle for continuations (None: the
+    shipped one for the piece, as ``partita generate`` chooses); ``pieces``: folders holding the
+    index's MIDI files under their ids, so that similar pieces can be played (None: the bundled
+    corpus's cached export, where ``partita data prepare bundled`` left one, for the bundled index)."""
+
+    def __init__(
+        self,
+        *,
+        index: Optional[str] = None,
+        model: Optional[str] = None,
+        pieces: Optional[list] = None,
+        max_upload_mb: float = 20.0,
+        workers: int = 2,
+        queue: int = 16,
+        keep: int = 256,
+        audio_seconds: float = 90.0,
+        folder: Optional[Path] = None,
+    ):
+        from partita.search.index import SHIPPED_INDEXES, choose_index, shipped_index
+
+        self.max_upload_bytes = int(max_upload_mb * 2**20)
+        self.audio_seconds = float(audio_seconds) if audio_seconds and audio_seconds > 0 else None
+        self.own_folder = folder is None
+        self.folder = Path(tempfile.mkdtemp(prefix="partita-serve-")) if folder is None else Path(folder)
+        self.folder.chmod(0o700)
+        self.store = PieceStore(self.folder, keep)
+        self.queue = ModelQueue(workers, queue)
+        self.closing = False
+        # None: find the bundled index's files in the bundled corpus's cached export; a list: only these.
+        self.auto_roots = pieces is None
+        self.roots = [Path(p).expanduser() for p in (pieces or [])]
+        for root in self.roots:
+            if not root.is_dir():
+                raise PartitaError(f"{root}: no such folder (--pieces takes folders holding the index's MIDI files)")
+        # Index choices by name: the request names one of these keys, never a path.
+        if index is not None:
+            path = choose_index(index)
+            from partita.search.index import Index
+
+            Index.load(path)  # a bad --index is a one-line error at start, not at the first request
+            self.index_paths = {path.name: path}
+        else:
+            self.index_paths = {name: shipped_index(name) for name in SHIPPED_INDEXES}
+        self.index_option = index
+        self.indexes = LRU(4)
+        # Generation models by name: "auto" picks the shipped one for the piece.
+        from partita import pretrained
+
+        if model is not None:
+            path = Path(model).expanduser()
+            if not (path / "config.json").is_file():
+                path = pretrained.bundle_path(str(model))
+            self.model_paths = {path.name: path}
+        else:
+            self.model_paths = {name: pretrained.bundle_path(name) for name in (pretrained.GPT, pretrained.GPT_PIANO)
+                                if (pretrained.ROOT / name / "config.json").is_file()}
+        self.model_option = model
+        self.gpts = LRU(3)
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs_lock = threading.Lock()
+        self._audio = None
+
+    # ----------------------------------------------------------------- facts
+    def audio_status(self) -> dict:
+        """Whether audio can be rendered here, and why not."""
+        if self._audio is None:
+            from partita.io import audio
+
+            try:
+                audio.find_soundfont()
+                self._audio = {"available": True, "format": audio.clip_format().lstrip("."), "reason": None}
+            except PartitaError as e:
+                self._audio = {"available": False, "format": None, "reason": str(e)}
+        return self._audio
+
+    def info(self) -> dict:
+        from partita import __version__
+
+        return {
+            "partita": __version__,
+            "indexes": sorted(self.index_paths),
+            "index": self.index_option or "auto (piano for piano music, else bundled)",
+            "models": sorted(self.model_paths),
+            "model": self.model_option or "auto (gpt-piano for piano music, else gpt-small)",
+            "audio": self.audio_status(),
+            "infill": False,
+            "limits": {
+                "max_upload_mb": round(self.max_upload_bytes / 2**20, 3), "workers": self.queue.workers,
+                "queue": self.queue.size, "pieces_kept": self.store.limit, "audio_seconds": self.audio_seconds,
+                "samples": MAX_SAMPLES, "seconds": MAX_SECONDS, "bars": MAX_BARS, "max_tokens": MAX_TOKENS,
+            },
+        }
+
+    # ----------------------------------------------------------------- pieces
+    def upload(self, data: bytes, name: Optional[str]) -> Piece:
+        """Check the bytes with ``partita.io.load`` (MIDI header, chunks, notes: a ``MidiError``
+        with its reason otherwise) and keep them."""
+        from partita.io import MidiError, load
+
+        shown = display_name(name)
+        try:
+            score = load(data, max_bytes=self.max_upload_bytes)
+        except MidiError as e:
+            raise MidiError(e.reason, str(e), shown) from None
+        return self.store.add(data, score, shown)
+
+    def notes(self, piece: Piece) -> dict:
+        """Note data for the page's pianoroll (seconds), from ``partita.io.note_array``."""
+        from partita.io import note_array
+
+        notes = note_array(self.store.score(piece), unit="second")
+        cut = len(notes) > MAX_NOTES_SENT
+        if cut:
+            notes = notes[np.argsort(notes["onset"], kind="stable")[:MAX_NOTES_SENT]]
+        r = lambda a: np.round(a.astype(np.float64), 4).tolist()  # noqa: E731
+        return {
+            "id": piece.id, "seconds": round(piece.seconds, 3), "count": int(len(notes)), "truncated": cut,
+            "audio_from": round(piece.audio_from, 3),
+            "onset": r(notes["onset"]), "duration": r(notes["duration"]), "pitch": notes["pitch"].tolist(),
+            "velocity": notes["velocity"].tolist(), "track": notes["track"].tolist(),
+            "drum": notes["is_drum"].astype(int).tolist(),
+        }
+
+    def pianoroll(self, piece: Piece) -> bytes:
+        from partita.viz.pianoroll import pianoroll_png
+
+        path = self.store.file(piece.id, ".png")
+        if not path.is_file():
+            _write(path, pianoroll_png(self.store.score(piece), width_px=1100, height_px=300, title=piece.name))
+        return path.read_bytes()
+
+    def audio(self, piece: Piece) -> tuple[bytes, str]:
+        """The piece rendered with the SoundFont (``partita.io.audio.audio_clip``): the first
+        ``audio_seconds``, or for a continuation from shortly before its new music."""
+        from partita.io import audio
+
+        status = self.audio_status()
+        if not status["available"]:
+            raise AudioUnavailable(status["reason"])
+        cached = sorted(self.folder.glob(f"{check_id(piece.id)}.audio.*"))
+        if cached:
+            suffix = cached[0].suffix
+            return cached[0].read_bytes(), _MIME.get(suffix, "application/octet-stream")
+        score = self.store.score(piece)
+        if piece.audio_from > 0:
+            sec = score.to("second")
+            score = sec.clip(piece.audio_from, sec.end() + 1, clip_end=False).shift_time(-piece.audio_from).to("tick")
+        data, mime = audio.audio_clip(score, seconds=self.audio_seconds)
+        suffix = {v: k for k, v in _MIME.items()}.get(mime, ".bin")
+        _write(self.store.file(piece.id, f".audio{suffix}"), data)
+        return data, mime
+
+    # ----------------------------------------------------------------- indexes
+    def index_key(self, piece: Piece, name: Optional[str]) -> str:
+        """The index for a piece: ``name`` (one of ``info()["indexes"]``) or the CLI's choice."""
+        if name is not None:
+            if name not in self.index_paths:
+                raise NotFound(f"no index {name[:40]!r} here; choose one of {', '.join(sorted(self.index_paths))}")
+            return name
+        if len(self.index_paths) == 1:
+            return next(iter(self.index_paths))
+        from partita.search.index import choose_index
+
+        chosen = choose_index(None, [piece.path]).resolve()
+        for key, path in self.index_paths.items():
+            if path.resolve() == chosen:
+                return key
+        return sorted(self.index_paths)[0]
+
+    def index(self, key: str) -> IndexEntry:
+        if key not in self.index_paths:
+            raise NotFound(f"no index {key[:40]!r} here; choose one of {', '.join(sorted(self.index_paths))}")
+        return self.indexes.get_or_make(key, lambda: self._load_index(key))
+
+    def _load_index(self, key: str) -> IndexEntry:
+        import partita
+        from partita.search.attribute import load_attribution
+        from partita.search.index import Index, is_shipped, resolve_model
+
+        path = self.index_paths[key]
+        index = Index.load(path)
+        attribution = None
+        try:
+            attribution = load_attribution(path)
+            if attribution.model_fingerprint and attribution.model_fingerprint != index.model.get("fingerprint"):
+                attribution = None
+        except PartitaError:
+            pass
+        bundle_path, _ = resolve_model(index.model)
+        embedder = partita.load(str(bundle_path)).model
+        roots = list(self.roots)
+        if self.auto_roots and is_shipped(path) and path.name == "bundled-index":
+            roots += _bundled_exports()
+        settings = {"windows": int(index.embed.get("windows", 8)), "seed": int(index.embed.get("seed", 0))}
+        return IndexEntry(key, path, index, attribution, embedder, settings, roots)
+
+    def vector(self, piece: Piece, entry: IndexEntry) -> np.ndarray:
+        """The piece's embedding by the index's embedder, with the index's settings (as
+        ``partita.search.index.embed_queries``), computed once per piece and index."""
+        from partita.search.embed import embed_files
+
+        with piece.lock:
+            if entry.key not in piece.vectors:
+                with entry.lock:
+                    vecs, kept, failures = embed_files(entry.embedder, [piece.path], **entry.embed_settings)
+                if not kept:
+                    reason = failures[0][1] if failures else "cannot embed this piece"
+                    raise PartitaError(str(reason).replace(str(piece.path), piece.name))
+                piece.vectors[entry.key] = np.asarray(vecs, np.float32).reshape(1, -1)
+            return piece.vectors[entry.key]
+
+    def attribution(self, piece: Piece, index: Optional[str], k: int) -> dict:
+        entry = self.index(self.index_key(piece, index))
+        if entry.attribution is None:
+            raise PartitaError(f"the index {entry.key} has no attribution (it needs labelled pieces)")
+        result = entry.attribution.attribute(self.vector(piece, entry), k=k)[0]
+        f = entry.attribution.fitted
+        return {"piece": piece.id, "index": entry.key, "k": k, **result,
+                "temperature": entry.attribution.temperature, "calibration": f.get("calibration"),
+                "labels": len(entry.attribution.labels)}
+
+    def similar(self, piece: Piece, index: Optional[str], k: int) -> dict:
+        entry = self.index(self.index_key(piece, index))
+        hits = entry.index.search(self.vector(piece, entry), k)[0]
+        out = []
+        for h in hits:
+            d = h.to_dict()
+            d.pop("path", None)  # where the index's files are on this machine is not the client's business
+            playable = entry.piece_file(h.row) is not None
+            base = f"/api/indexes/{entry.key}/pieces/{h.row}"
+            d["links"] = {"audio": f"{base}/audio", "midi": f"{base}/midi"} if playable else None
+            out.append(d)
+        return {"piece": piece.id, "index": entry.key, "k": k, "hits": out,
+                "playable": any(h["links"] for h in out),
+                "note": None if any(h["links"] for h in out) else
+                "the index's MIDI files are not on this machine: start partita serve with --pieces FOLDER to play them"}
+
+    def index_piece(self, key: str, row: int) -> tuple[IndexEntry, Path]:
+        entry = self.index(key)
+        if not 0 <= row < len(entry.index):
+            raise NotFound(f"index {key} has no row {row} (it has {len(entry.index)} pieces)")
+        path = entry.piece_file(row)
+        if path is None:
+            raise NotFound(f"the file of {entry.index.pieces[row].get('id')} is not on this machine (see --pieces)")
+        return entry, path
+
+    def index_audio(self, key: str, row: int) -> tuple[bytes, str]:
+        from partita.io import audio, load
+
+        status = self.audio_status()
+        if not status["available"]:
+            raise AudioUnavailable(status["reason"])
+        _, path = self.index_piece(key, row)
+        return audio.audio_clip(load(path), seconds=self.audio_seconds)
+
+    def map_points(self, key: str) -> dict:
+        """The index's 2-D map (``partita.search.maps.map_coordinates``: the stored t-SNE map, or
+        one fitted once and kept for this process), as points for the page."""
+        from partita.search.maps import map_coordinates
+
+        entry = self.index(key)
+        with entry.lock:
+            if entry.map is None:
+                coords, state, info = map_coordinates(entry.index, method="tsne", dims=2, save=False)
+                rows = [entry.index.row_of(i) for i in state.ids]
+                entry.map = {
+                    "state": state, "reference": entry.index.vectors(rows),
+                    "json": {
+                        "index": key, "method": "tsne", "fitted_now": bool(info.get("fitted")), "count": len(entry.index),
+                        "x": np.round(coords[:, 0], 3).tolist(), "y": np.round(coords[:, 1], 3).tolist(),
+                        "label": [p.get("label") or "(no label)" for p in entry.index.pieces],
+                        "title": [p.get("title") or p.get("id") or "" for p in entry.index.pieces],
+                    },
+                }
+            return entry.map
+
+    def place(self, piece: Piece, index: Optional[str]) -> dict:
+        """Where the piece falls on the index's map (``partita.search.maps.place``: the map does not move)."""
+        from partita.search.maps import place
+
+        key = self.index_key(piece, index)
+        m = self.map_points(key)
+        entry = self.index(key)
+        xy = place(m["state"], m["reference"], self.vector(piece, entry))[0]
+        verdict = None
+        if entry.attribution is not None:
+            verdict = entry.attribution.attribute(self.vector(piece, entry), k=1)[0]["verdict"]
+        return {"piece": piece.id, "index": key, "x": round(float(xy[0]), 3), "y": round(float(xy[1]), 3),
+                "verdict": verdict, "points": f"/api/indexes/{key}/map"}
+
+    # ----------------------------------------------------------------- generation
+    def model_path(self, piece: Piece, name: Optional[str]) -> Path:
+        if name in (None, "", "auto"):
+            if len(self.model_paths) == 1:
+                return next(iter(self.model_paths.values()))
+            from partita.pretrained import default_gpt
+
+            return default_gpt(piece.path)
+        if name not in self.model_paths:
+            raise NotFound(f"no model {str(name)[:40]!r} here; choose auto or one of {', '.join(sorted(self.model_paths))}")
+        return self.model_paths[name]
+
+    def gpt(self, path: Path):
+        import partita
+
+        def make():
+            import torch
+
+            return {"bundle": partita.load(str(path), device="cuda" if torch.cuda.is_available() else "cpu"),
+                    "lock": threading.Lock()}
+
+        return self.gpts.get_or_make(str(path), make)
+
+    def start_continuation(self, piece: Piece, settings: dict) -> "Job":
+        """Check the settings, then queue the continuation; returns its job at once."""
+        from partita.generate import SamplingConfig
+
+        s = dict(settings)
+        n = int(s.pop("n", 1))
+        if not 1 <= n <= MAX_SAMPLES:
+            raise PartitaError(f"n must be 1 to {MAX_SAMPLES}, not {n}")
+        prompt_seconds = s.pop("prompt_seconds", None)
+        model = self.model_path(piece, s.pop("model", None))
+        for key, cap in (("seconds", MAX_SECONDS), ("bars", MAX_BARS), ("max_new_tokens", MAX_TOKENS)):
+            if s.get(key) is not None and s[key] > cap:
+                raise PartitaError(f"{key} may be at most {cap:g} on this server, not {s[key]:g}")
+        if s.get("seconds") is None and s.get("bars") is None and s.get("max_new_tokens") is None:
+            s["seconds"] = 10.0
+        config = SamplingConfig(**{k: v for k, v in s.items() if v is not None}).checked()
+        job = Job(secrets.token_hex(8), "continuation", piece.id, model=model.name,
+                  settings={"n": n, "prompt_seconds": prompt_seconds, "model": model.name,
+                            **{k: v for k, v in s.items() if v is not None}})
+        with self._jobs_lock:
+            self.jobs[job.id] = job
+            while len(self.jobs) > 256:
+                old = next((j for j in self.jobs.values() if j.state in ("done", "error")), None)
+                if old is None:
+                    break
+                del self.jobs[old.id]
+        job.future = self.queue.submit(self._continue, job, piece, model, config, n, prompt_seconds)
+        return job
+
+    def _continue(self, job: "Job", piece: Piece, model: Path, config, n: int, prompt_seconds) -> None:
+        from partita.generate import generate_samples
+        from partita.io import duration_seconds, load, save
+
+        job.state = "running"
+
+        def progress(done: int, total: int) -> None:
+            if self.closing:
+                raise Stopped()
+            job.done, job.total = int(done), int(total)
+
+        try:
+            gpt = self.gpt(model)
+            with gpt["lock"]:
+                samples = generate_samples(gpt["bundle"], str(piece.path), n=n, config=config,
+                                           prompt_seconds=prompt_seconds, progress=progress)
+            prompt_end = duration_seconds(load(piece.path)) if prompt_seconds is None else float(prompt_seconds)
+            stem = piece.name.rsplit(".", 1)[0]
+            for s in samples:
+                if not s.ok:
+                    job.empty += 1
+                    continue
+                tmp = self.store.file(job.id, f".{s.index}.tmp.mid")
+                save(s.score, tmp)
+                data = tmp.read_bytes()
+                tmp.unlink()
+                new = self.store.add(
+                    data, s.score, f"{stem}-continued-{s.index + 1}.mid", kind="continuation", parent=piece.id,
+                    settings={**job.settings, "stop": s.stop, "new_tokens": s.new_tokens, "prompt_seconds": round(prompt_end, 3)},
+                    audio_from=max(0.0, prompt_end - 5.0),
+                )
+                job.pieces.append(new.id)
+            job.state = "done"
+        except Stopped:
+            job.state, job.error = "error", {"error": "stopped", "message": "the server stopped"}
+        except PartitaError as e:
+            job.state, job.error = "error", error_body(e)[1]
+        except Exception as e:  # a bug: said in one line, the traceback stays in the server's log
+            import logging
+
+            logging.getLogger("partita.serve").exception("continuation %s failed", job.id)
+            job.state, job.error = "error", {"error": "internal", "message": f"internal error ({type(e).__name__}); see the server's log"}
+        finally:
+            job.finished = time.time()
+
+    def job(self, jid: str) -> "Job":
+        check_id(jid, "job")
+        with self._jobs_lock:
+            job = self.jobs.get(jid)
+        if job is None:
+            raise NotFound(f"no job {jid} on this server")
+        return job
+
+    def close(self) -> None:
+        self.closing = True
+        self.queue.close()
+        if self.own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    piece: str
+    model: str = ""
+    settings: dict = field(default_factory=dict)
+    state: str = "queued"  # queued | running | done | error
+    done: int = 0
+    total: int = 0
+    pieces: list = field(default_factory=list)
+    empty: int = 0
+    error: Optional[dict] = None
+    created: float = field(default_factory=time.time)
+    finished: Optional[float] = None
+    future: Optional[Future] = field(default=None, repr=False)
+
+    def public(self, store: PieceStore) -> dict:
+        pieces = []
+        for pid in self.pieces:
+            try:
+                pieces.append(store.get(pid).public())
+            except NotFound:
+                pass
+        return {
+            "id": self.id, "kind": self.kind, "piece": self.piece, "model": self.model, "settings": self.settings,
+            "state": self.state, "progress": {"done": self.done, "total": self.total}, "pieces": pieces,
+            "empty_samples": self.empty, "error": self.error, "links": {"self": f"/api/jobs/{self.id}"},
+        }
+
+
+class AudioUnavailable(PartitaError):
+    """No SoundFont here: the page says so instead of playing."""
+
+
+_MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg"}
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def error_body(e: BaseException) -> tuple[int, dict]:
+    """HTTP status and JSON body of an error: one line, never a traceback."""
+    from partita.io import MidiError
+
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, NotFound):
+        return 404, {"error": "not_found", "message": msg}
+    if isinstance(e, QueueFull):
+        return 503, {"error": "busy", "message": msg, "retry_after": e.retry_after}
+    if isinstance(e, MidiError):
+        return 422, {"error": "bad_midi", "reason": e.reason, "message": msg}
+    if isinstance(e, AudioUnavailable):
+        return 501, {"error": "audio_unavailable", "message": msg}
+    if isinstance(e, PartitaError):
+        return 400, {"error": "bad_request", "message": msg}
+    return 500, {"error": "internal", "message": f"internal error ({type(e).__name__}); see the server's log"}

@@ -1,0 +1,429 @@
+"""`partita serve`: the API with FastAPI's ASGI test client, on the shipped models and index.
+
+Covers every point of the explorer's safety list: the upload size limit (413), the MIDI header
+check and every MidiError reason as a JSON error, path traversal on every endpoint that takes an
+id, an index or a file name, concurrent uploads, the bounded model queue (503 + Retry-After), and
+the continuation job, plus the `partita serve` command itself (address printed, Ctrl-C stops it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="partita serve needs fastapi (pip install -e .)")
+httpx = pytest.importorskip("httpx", reason="the ASGI test client needs httpx (pip install -e '.[test]')")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from conftest import FIXTURES, ROOT  # noqa: E402
+from partita.serve import create_app  # noqa: E402
+
+FUR_ELISE = FIXTURES / "edge" / "fur-elise.mid"  # piano: the piano index and gpt-piano
+POP = FIXTURES / "multitrack" / "d8faddb8596fff7abb24d78666f73e4e.mid"  # a band: the bundled index
+ID = re.compile(r"[0-9a-f]{16}")
+
+
+def _upload(client, path: Path, name: str | None = None):
+    return client.post("/api/pieces", params={"name": name or path.name}, content=path.read_bytes(),
+                       headers={"content-type": "audio/midi"})
+
+
+def _one_line_error(r, status: int, code: str) -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["error"] == code, body
+    assert "\n" not in body["message"] and "Traceback" not in body["message"] and body["message"]
+    return body
+
+
+@pytest.fixture(scope="module")
+def client():
+    app = create_app(pieces=[], workers=2, queue=16)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def fur_elise(client):
+    r = _upload(client, FUR_ELISE)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+# ------------------------------------------------------------------ page and API description
+def test_page_and_assets_are_served_offline(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "partita explorer" in page.text
+    refs = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
+    assert refs and not [r for r in refs if r.startswith(("http:", "https:", "//"))], refs
+    for ref in refs:  # every script, style and link of the page is served by the same process
+        assert client.get(ref).status_code == 200, ref
+    js = client.get("/static/app.js").text
+    assert "http://" not in js and "https://" not in js  # nothing fetched from elsewhere
+    # Labels for the controls (screen readers): every input has a label.
+    assert page.text.count("<label") >= page.text.count("<input")
+    docs = client.get("/api")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text and "cdn" not in docs.text.lower()
+    spec = client.get("/openapi.json").json()
+    for path in ("/api/pieces", "/api/pieces/{piece_id}/attribution", "/api/pieces/{piece_id}/similar",
+                 "/api/pieces/{piece_id}/map", "/api/pieces/{piece_id}/continue", "/api/pieces/{piece_id}/audio",
+                 "/api/pieces/{piece_id}/notes", "/api/pieces/{piece_id}/midi", "/api/jobs/{job_id}"):
+        assert path in spec["paths"], path
+    info = client.get("/api/info").json()
+    assert info["indexes"] == ["bundled", "piano"] and "gpt-small" in info["models"]
+    assert info["limits"]["max_upload_mb"] == 20
+
+
+# ------------------------------------------------------------------ a good piano file, end to end
+def test_piano_upload_attribution_similar_map_notes(client, fur_elise):
+    p = fur_elise
+    assert ID.fullmatch(p["id"]) and p["name"] == "fur-elise.mid" and p["piano"] is True
+    assert p["notes"] == 1020 and 150 < p["seconds"] < 160
+    a = client.get(p["links"]["attribution"], params={"k": 3}).json()
+    assert a["index"] == "piano" and a["labels"] == 16 and len(a["top"]) == 3
+    probs = [t["probability"] for t in a["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-9
+    assert a["verdict"] in ({t["label"] for t in a["top"]} | {"unknown composer"})
+    assert a["known"] == (a["novelty"] <= a["threshold"])
+    # The same numbers as the library (and so the CLI): attribute the same file with partita.search.
+    from partita.search.attribute import load_attribution
+    from partita.search.index import Index, embed_queries, shipped_index
+
+    index = Index.load(shipped_index("piano"))
+    vecs, kept, _ = embed_queries(index, [FUR_ELISE])
+    direct = load_attribution(index.path).attribute(vecs, k=3)[0]
+    assert [t["label"] for t in direct["top"]] == [t["label"] for t in a["top"]]
+    assert np.allclose([t["probability"] for t in direct["top"]], probs, atol=1e-5)
+    s = client.get(p["links"]["similar"], params={"k": 5}).json()
+    assert len(s["hits"]) == 5 and [h["rank"] for h in s["hits"]] == [1, 2, 3, 4, 5]
+    assert [h["id"] for h in s["hits"]] == [h.piece["id"] for h in index.search(vecs, 5)[0]]
+    assert all("path" not in h for h in s["hits"])
+    assert s["playable"] is False and "--pieces" in s["note"]  # pieces=[]: no files to play here
+    m = client.get(p["links"]["map"]).json()
+    assert m["index"] == "piano" and np.isfinite([m["x"], m["y"]]).all() and m["verdict"] == a["verdict"]
+    points = client.get(m["points"]).json()
+    assert points["count"] == len(index) == len(points["x"]) == len(points["label"])
+    n = client.get(p["links"]["notes"]).json()
+    assert n["count"] == 1020 and len(n["pitch"]) == 1020 and min(n["onset"]) >= 0
+    png = client.get(p["links"]["pianoroll"])
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    midi = client.get(p["links"]["midi"])
+    assert midi.content == FUR_ELISE.read_bytes() and 'filename="fur-elise.mid"' in midi.headers["content-disposition"]
+
+
+def test_audio_or_a_clear_json_error(client, fur_elise):
+    from partita.io.audio import have_soundfont
+
+    r = client.get(fur_elise["links"]["audio"])
+    if have_soundfont():
+        assert r.status_code == 200 and r.headers["content-type"].startswith("audio/") and len(r.content) > 1000
+        assert client.get("/api/info").json()["audio"]["available"] is True
+    else:
+        _one_line_error(r, 501, "audio_unavailable")
+        assert client.get("/api/info").json()["audio"]["available"] is False
+
+
+def test_a_band_uses_the_bundled_index(client):
+    r = _upload(client, POP)
+    assert r.status_code == 201 and r.json()["piano"] is False
+    a = client.get(r.json()["links"]["attribution"]).json()
+    assert a["index"] == "bundled"
+    forced = client.get(r.json()["links"]["attribution"], params={"index": "piano"}).json()
+    assert forced["index"] == "piano"
+
+
+# ------------------------------------------------------------------ bad files: every reason, one JSON line
+def _smf(fmt=0, ntracks=1, division=96, tracks=(b"\x00\x90\x3c\x40\x60\x80\x3c\x40\x00\xff\x2f\x00",)) -> bytes:
+    out = b"MThd" + struct.pack(">IHHH", 6, fmt, ntracks, division)
+    for t in tracks:
+        out += b"MTrk" + struct.pack(">I", len(t)) + t
+    return out
+
+
+BAD = {
+    "not_midi": [b"hello, I am not a MIDI file", b"", b"RIFF\x04\x00\x00\x00RMID", b"\x89PNG\r\n\x1a\n" + bytes(40)],
+    "truncated": [b"MThd\x00\x00\x00", _smf()[:-5]],
+    "corrupt": [b"MThd" + struct.pack(">IHHH", 4, 0, 1, 96), _smf(fmt=7), (FIXTURES / "edge" / "control168-corrupt.mid").read_bytes()],
+    "smpte": [(FIXTURES / "edge" / "negative-ticks-per-beat.mid").read_bytes()],
+    "zero_tpq": [(FIXTURES / "edge" / "zero-ticks-per-beat.mid").read_bytes()],
+    "type2": [(FIXTURES / "edge" / "type2.mid").read_bytes()],
+    "no_notes": [(FIXTURES / "edge" / "empty.mid").read_bytes(), _smf(tracks=(b"\x00\xff\x2f\x00",))],
+}
+
+
+@pytest.mark.parametrize("reason,i", [(r, i) for r, items in BAD.items() for i in range(len(items))])
+def test_every_midi_error_reason_is_a_json_error(client, reason, i):
+    body = _one_line_error(client.post("/api/pieces", params={"name": "bad.mid"}, content=BAD[reason][i]), 422, "bad_midi")
+    assert body["reason"] == reason, body
+    assert body["message"].startswith("bad.mid: ")
+
+
+def test_the_reasons_tested_are_every_reason_an_upload_can_have():
+    source = (ROOT / "src" / "partita" / "io" / "midi.py").read_text()
+    reasons = set(re.findall(r'MidiError\(\s*"(\w+)"', source))
+    # "missing" and "unreadable" are about paths (an upload is bytes); "too_large" is the 413 below.
+    assert reasons - {"missing", "unreadable", "too_large"} == set(BAD), reasons
+
+
+def test_oversize_upload_is_413_by_length_and_while_streaming():
+    app = create_app(pieces=[], max_upload_mb=0.05)  # 51 KiB
+    big = (FIXTURES / "performance" / "Maestro_6.mid").read_bytes()
+    assert len(big) > 0.05 * 2**20
+    with TestClient(app) as c:
+        body = _one_line_error(c.post("/api/pieces", content=big), 413, "too_large")
+        assert "0.05 MiB limit" in body["message"]
+
+        def chunks():  # no Content-Length: the limit is counted as the body arrives
+            for k in range(0, len(big), 8192):
+                yield big[k:k + 8192]
+
+        _one_line_error(c.post("/api/pieces", content=chunks()), 413, "too_large")
+        assert c.post("/api/pieces", content=(FIXTURES / "edge" / "chords.mid").read_bytes()).status_code == 201
+        # Other bodies (a continuation's settings) are small: a huge JSON body is refused too.
+        r = c.post("/api/pieces/0123456789abcdef/continue", content=b"{" + b" " * 100_000 + b"}",
+                   headers={"content-type": "application/json"})
+        _one_line_error(r, 413, "too_large")
+        assert len(list(app.state.explorer.folder.iterdir())) == 1  # nothing of the refused uploads kept
+
+
+# ------------------------------------------------------------------ path traversal
+TRAVERSALS = [
+    "..", "../..", "../../../../../../etc/passwd", "../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "%2Fetc%2Fpasswd",
+    "....%2F%2F....%2F%2Fetc%2Fpasswd", "..%5C..%5Cwindows%5Cwin.ini", "0123456789abcdef%2F..%2F..%2Fx",
+    "0123456789ABCDEF", "0123456789abcdef.mid", "0123456789abcdef%00", "~root", "%252e%252e%252f",
+]
+
+
+class _Raw:
+    """A response to a request sent to the app exactly as written: clients (httpx, browsers)
+    remove ``..`` segments before sending, a hostile client need not. The path is given to the app
+    as uvicorn gives it: ``raw_path`` as sent, ``path`` percent-decoded."""
+
+    def __init__(self, app, method: str, target: str, body: bytes = b""):
+        from urllib.parse import unquote
+
+        path, _, query = target.partition("?")
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+                 "path": unquote(path), "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+                 "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(app(scope, receive, send))
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        self.status_code = start["status"]
+        self.headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+        self.text = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode(errors="replace")
+        self.url = target
+
+
+def _never_a_file(r):
+    assert r.status_code in (400, 404, 405, 422), (r.url, r.status_code)
+    assert "root:" not in r.text and "[fonts]" not in r.text and "partita explorer" not in r.text
+    if r.status_code != 405:
+        assert r.headers["content-type"].startswith("application/json"), r.url
+
+
+@pytest.mark.parametrize("bad", TRAVERSALS)
+def test_path_traversal_on_every_endpoint(client, fur_elise, bad):
+    app, good = client.app, fur_elise["id"]
+    get = lambda target: _Raw(app, "GET", target)  # noqa: E731
+    for tail in ("", "/notes", "/pianoroll.png", "/audio", "/midi", "/attribution", "/similar", "/map"):
+        _never_a_file(get(f"/api/pieces/{bad}{tail}"))
+    _never_a_file(_Raw(app, "POST", f"/api/pieces/{bad}/continue", b'{"seconds": 1}'))
+    _never_a_file(get(f"/api/jobs/{bad}"))
+    for q in ("attribution", "similar", "map"):
+        _never_a_file(get(f"/api/pieces/{good}/{q}?index={bad}"))
+    _never_a_file(_Raw(app, "POST", f"/api/pieces/{good}/continue", json.dumps({"seconds": 1, "model": bad}).encode()))
+    _never_a_file(get(f"/api/indexes/{bad}/map"))
+    for tail in ("audio", "midi"):
+        _never_a_file(get(f"/api/indexes/{bad}/pieces/0/{tail}"))
+        _never_a_file(get(f"/api/indexes/bundled/pieces/{bad}/{tail}"))
+    r = get(f"/static/{bad}")
+    assert r.status_code in (404, 400) and "root:" not in r.text
+    r = get(f"/static/{bad}/../../../../etc/passwd")
+    assert r.status_code in (404, 400) and "root:" not in r.text
+
+
+def test_upload_names_never_become_paths(client):
+    before = set(os.listdir(client.app.state.explorer.folder))
+    r = _upload(client, FIXTURES / "edge" / "chords.mid", name="../../../tmp/evil<script>.mid")
+    assert r.status_code == 201
+    assert r.json()["name"] == "evilscript.mid"
+    added = set(os.listdir(client.app.state.explorer.folder)) - before
+    assert added == {f"{r.json()['id']}.mid"}  # named by its id, in the private folder
+    assert not Path("/tmp/evil<script>.mid").exists()
+    assert client.get(r.json()["links"]["midi"]).headers["content-disposition"].endswith('"evilscript.mid"')
+
+
+def test_index_pieces_are_played_only_from_inside_their_folder(tmp_path):
+    """A custom index whose ids try to leave its --pieces folder: refused; a good id is served."""
+    from partita.pretrained import FEATNET, bundle_path
+    from partita.search.index import Index, model_record
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pieces"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "good.mid").write_bytes((FIXTURES / "edge" / "chords.mid").read_bytes())
+    (tmp_path / "secret.mid").write_bytes((FIXTURES / "edge" / "chords.mid").read_bytes())
+    ids = ["a/good.mid", "../secret.mid", str(tmp_path / "secret.mid"), "a/../../secret.mid"]
+    index = Index.build(rng.normal(size=(len(ids), 64)), [{"id": i, "title": i, "label": "x"} for i in ids],
+                        model=model_record(bundle_path(FEATNET), shipped=FEATNET))
+    index.save(tmp_path / "idx")
+    app = create_app(index=str(tmp_path / "idx"), pieces=[str(root)])
+    with TestClient(app) as c:
+        assert c.get("/api/info").json()["indexes"] == ["idx"]
+        ok = c.get("/api/indexes/idx/pieces/0/midi")
+        assert ok.status_code == 200 and ok.content == (root / "a" / "good.mid").read_bytes()
+        for row in (1, 2, 3, 4, -1):
+            _one_line_error(c.get(f"/api/indexes/idx/pieces/{row}/midi"), 404, "not_found")
+
+
+# ------------------------------------------------------------------ concurrency and the queue
+def test_concurrent_uploads_and_model_calls():
+    files = sorted((FIXTURES / "edge").glob("*.mid"))[:10] + [FUR_ELISE, POP]
+    app = create_app(pieces=[], workers=2, queue=32)
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            ups = await asyncio.gather(*[c.post("/api/pieces", params={"name": f.name}, content=f.read_bytes()) for f in files])
+            good = [r.json() for r in ups if r.status_code == 201]
+            calls = [c.get(f"/api/pieces/{p['id']}/attribution") for p in good[-2:] for _ in range(3)]
+            return ups, good, await asyncio.gather(*calls)
+
+    try:
+        ups, good, attributions = asyncio.run(go())
+    finally:
+        app.state.explorer.close()
+    expected_ok = []
+    from partita.io import MidiError, load
+
+    for f in files:
+        try:
+            load(f)
+            expected_ok.append(True)
+        except MidiError:
+            expected_ok.append(False)
+    assert [r.status_code == 201 for r in ups] == expected_ok
+    assert len({p["id"] for p in good}) == len(good) == sum(expected_ok)
+    assert [p["name"] for p in good] == [f.name for f, ok in zip(files, expected_ok) if ok]
+    assert all(r.status_code == 200 for r in attributions)
+    # The same piece asked three times at once: one embedding, the same answer.
+    assert len({json.dumps(r.json()["top"]) for r in attributions[:3]}) == 1
+
+
+def test_queue_full_is_503_with_retry_after():
+    app = create_app(pieces=[], workers=1, queue=1)
+    ex = app.state.explorer
+    with TestClient(app) as c:
+        pid = _upload(c, FIXTURES / "edge" / "chords.mid").json()["id"]
+        release = threading.Event()
+        held = ex.queue.submit(release.wait, 60)  # the one place in the queue is taken
+        try:
+            for r in (c.get(f"/api/pieces/{pid}/attribution"), c.get(f"/api/pieces/{pid}/audio"),
+                      c.post(f"/api/pieces/{pid}/continue", json={"seconds": 1})):
+                body = _one_line_error(r, 503, "busy")
+                assert int(r.headers["retry-after"]) >= 1 and body["retry_after"] == int(r.headers["retry-after"])
+            assert c.get(f"/api/pieces/{pid}").status_code == 200  # cheap calls are not queued
+        finally:
+            release.set()
+            held.result(timeout=60)
+        assert c.get(f"/api/pieces/{pid}/attribution").status_code == 200
+
+
+def test_pieces_kept_are_bounded_and_the_folder_goes_with_the_server():
+    app = create_app(pieces=[], keep=3)
+    folder = app.state.explorer.folder
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    with TestClient(app) as c:
+        ids = [_upload(c, FIXTURES / "edge" / "chords.mid").json()["id"] for _ in range(5)]
+        assert [c.get(f"/api/pieces/{i}").status_code for i in ids] == [404, 404, 200, 200, 200]
+        assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.mid" for i in ids[2:])
+    assert not folder.exists()
+
+
+# ------------------------------------------------------------------ continuation
+def _wait(client, job: dict, timeout: float = 300) -> dict:
+    end = time.monotonic() + timeout
+    while job["state"] in ("queued", "running") and time.monotonic() < end:
+        time.sleep(0.2)
+        job = client.get(job["links"]["self"]).json()
+    return job
+
+
+def test_continuation_job_progress_pieces_and_settings(client):
+    from partita.io import load
+
+    pid = _upload(client, FIXTURES / "edge" / "time-signatures.mid").json()["id"]
+    r = client.post(f"/api/pieces/{pid}/continue", json={"seconds": 2, "seed": 3, "n": 2, "temperature": 0.9})
+    assert r.status_code == 202 and ID.fullmatch(r.json()["id"])
+    job = _wait(client, r.json())
+    assert job["state"] == "done", job
+    assert job["model"] == "gpt-piano" and job["progress"]["done"] == job["progress"]["total"] > 0
+    assert len(job["pieces"]) + job["empty_samples"] == 2
+    again = _wait(client, client.post(f"/api/pieces/{pid}/continue", json={"seconds": 2, "seed": 3, "n": 2, "temperature": 0.9}).json())
+    for p, q in zip(job["pieces"], again["pieces"]):  # the same seed gives the same pieces
+        assert p["kind"] == "continuation" and p["parent"] == pid and p["settings"]["stop"] in ("seconds", "eos", "tokens")
+        data = client.get(p["links"]["midi"]).content
+        assert data[:4] == b"MThd" and load(data).note_num() == p["notes"]
+        assert data == client.get(q["links"]["midi"]).content
+    small = _wait(client, client.post(f"/api/pieces/{pid}/continue", json={"bars": 1, "model": "gpt-small"}).json())
+    assert small["state"] == "done" and small["model"] == "gpt-small"
+    # Bad settings: one JSON line each, nothing queued.
+    for settings, status, code in (
+        ({"temperature": -1}, 400, "bad_request"), ({"n": 9}, 400, "bad_request"), ({"seconds": 600}, 400, "bad_request"),
+        ({"top_p": 2}, 400, "bad_request"), ({"model": "gpt-nonexistent"}, 404, "not_found"),
+        ({"sconds": 3}, 422, "invalid_request"), ({"seconds": "ten"}, 422, "invalid_request"),
+    ):
+        _one_line_error(client.post(f"/api/pieces/{pid}/continue", json=settings), status, code)
+    _one_line_error(client.post(f"/api/pieces/{pid}/continue", content=b"{not json", headers={"content-type": "application/json"}),
+                    422, "invalid_request")
+
+
+# ------------------------------------------------------------------ the command
+def test_partita_serve_prints_its_address_and_stops_on_ctrl_c():
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "partita", "serve", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line + proc.stderr.read() if proc.poll() is not None else line
+        with urllib.request.urlopen(url.group(0) + "api/info", timeout=60) as r:
+            assert json.load(r)["indexes"] == ["bundled", "piano"]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped" in out and "Traceback" not in err
+
+
+def test_partita_serve_bad_options_are_one_line():
+    for args in (["serve", "--index", "/nonexistent/index"], ["serve", "--port", "70000"], ["serve", "--model", "gpt-nope"]):
+        r = subprocess.run([sys.executable, "-m", "partita", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
