@@ -280,7 +280,7 @@ def test_embed_folder_into_index_add_search_and_refusals(tiny_bundle, tmp_path):
         embed_into_index([src], out, windows=5)
     from partita.pretrained import bundle_path
 
-    with pytest.raises(PartitaError, match="not an embedder"):
+    with pytest.raises(PartitaError, match="not a siavit or featnet one"):
         embed_into_index([src], tmp_path / "idx2", model=bundle_path("gpt-small"))
     with pytest.raises(PartitaError, match="no piece could be embedded"):
         embed_into_index([FIXTURES / "edge" / "empty.mid"], tmp_path / "idx3", model=tiny_bundle)

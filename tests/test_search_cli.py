@@ -114,7 +114,7 @@ def test_search_mistakes_are_one_line_errors(built, tmp_path):
     from partita.pretrained import bundle_path
 
     line = one_line_error(run("embed", built / "random.mid", "--index", tmp_path / "x", "--model", bundle_path("gpt-small")))
-    assert "not an embedder" in line
+    assert "not a siavit or featnet one" in line
     for args, expected in (
         (("attribute", FIXTURES / "edge" / "empty.mid", "--index", idx), "the file contains no notes"),
         (("similar", built / "random.mid", "--index", tmp_path / "none"), "no such index folder"),

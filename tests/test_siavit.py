@@ -188,7 +188,7 @@ def test_wrong_family_is_refused(tmp_path):
     from partita.models.gpt import GPT, GPTConfig
 
     save_bundle(GPT(GPTConfig.preset("tiny")), tmp_path / "gpt")
-    with pytest.raises(PartitaError, match="not an embedder"):
+    with pytest.raises(PartitaError, match="not a siavit or featnet one"):
         embed_notes(tmp_path / "gpt", [notes_of([60, 62])])
 
 

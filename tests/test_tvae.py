@@ -171,7 +171,7 @@ def test_eval_conditioned_command(runs, corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "conditioned", "--model", str(cls), "--classifier", str(cls), "--data", str(corpus)])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "must be a tvae bundle" in err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "a classifier bundle, not a tvae one" in err
 
 
 def test_shipped_tvae_samples_are_recognised_by_the_shipped_classifier():

@@ -9,15 +9,17 @@ from partita.viz.show import show  # noqa: E402  (display a pianoroll and a play
 __all__ = ["__version__", "generate", "load"]
 
 
-def load(path, **kwargs):
-    """Load a bundle folder (model, config, tokenizer, card): ``partita.bundle.load_bundle``.
+def load(name_or_path, family=None, **kwargs):
+    """Load a model: a shipped name (``"gpt-piano"``, ``"featnet-piano"``...) or a bundle folder
+    (model, config, tokenizer, card): ``partita.bundle.load``.
 
-    Returns a ``partita.bundle.Bundle``; ``bundle.model`` is the model, in eval mode.
-    ``kwargs``: ``device``, ``dtype``. torch is imported only here, not by ``import partita``.
+    Returns a ``partita.bundle.Bundle``; ``bundle.model`` is the model, in eval mode. ``family``
+    (``"gpt"``, ``"musicvae"``...) checks the kind; ``kwargs``: ``device``, ``dtype``. torch is
+    imported only here, not by ``import partita``.
     """
-    from partita.bundle import load_bundle
+    from partita.bundle import load as _load
 
-    return load_bundle(path, **kwargs)
+    return _load(name_or_path, family, **kwargs)
 
 
 def generate(model=None, prompt=None, **kwargs):

@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 
 from partita.errors import PartitaError
 
-__all__ = ["Bundle", "BundleError", "FAMILIES", "load_bundle", "register_family", "save_bundle"]
+__all__ = ["Bundle", "BundleError", "FAMILIES", "load", "load_bundle", "register_family", "save_bundle"]
 
 FORMAT = "partita.bundle"
 FORMAT_VERSION = 1
@@ -43,6 +43,12 @@ FAMILIES: dict[str, Any] = {
     "musicvae": "partita.models.musicvae:MusicVAE",
     "tvae": "partita.models.tvae:TVAE",
     "classifier": "partita.models.classifier:GRUClassifier",
+}
+
+#: family name -> the command that trains one (said when a bundle of another family is passed).
+TRAIN_COMMANDS = {
+    "gpt": "partita train gpt", "siavit": "partita train embedder", "featnet": "partita train featnet",
+    "musicvae": "partita train vae", "tvae": "partita train tvae", "classifier": "partita train classifier",
 }
 
 PathLike = Union[str, os.PathLike]
@@ -264,3 +270,37 @@ def load_bundle(path: PathLike, *, device: Any = "cpu", dtype: Any = None) -> Bu
             raise BundleError(str(e)) from None
     card = _read_json(path / CARD_FILE, "model card") if (path / CARD_FILE).is_file() else {}
     return Bundle(model=model, config=config, tokenizer=tokenizer, card=card, family=family, path=path)
+
+
+def load(
+    model: Any = None, family: Union[str, tuple, None] = None, *, default: Optional[str] = None,
+    device: Any = "cpu", dtype: Any = None,
+) -> Bundle:
+    """The one loader: a ``Bundle`` from a shipped name (``"gpt-piano"``, see
+    ``partita.pretrained``), a bundle folder, or a ``Bundle`` (returned as it is); None loads
+    ``default`` (a shipped name).
+
+    ``family``: the family (or a tuple of families) the bundle must have; another one is a
+    ``BundleError`` naming the command that trains the right kind. A folder on disk wins over a
+    shipped model of the same name.
+    """
+    if model is None:
+        if default is None:
+            raise BundleError("no model given (pass a bundle folder or a shipped model's name)")
+        model = default
+    if not isinstance(model, Bundle):
+        if not isinstance(model, (str, os.PathLike)):
+            raise BundleError(f"expected a bundle folder, a shipped model's name or a Bundle, got {type(model).__name__}")
+        path = Path(model).expanduser()
+        if not path.exists() and isinstance(model, str) and os.sep not in model and "/" not in model:
+            from partita import pretrained
+
+            path = pretrained.bundle_path(model)  # a shipped name, or one line listing the shipped ones
+        model = load_bundle(path, device=device, dtype=dtype)
+    wanted = (family,) if isinstance(family, str) else tuple(family or ())
+    if wanted and model.family not in wanted:
+        where = f"{model.path}: " if model.path is not None else ""
+        kinds = " or ".join(wanted)
+        how = " / ".join(TRAIN_COMMANDS[f] for f in wanted if f in TRAIN_COMMANDS)
+        raise BundleError(f"{where}a {model.family} bundle, not a {kinds} one" + (f"; '{how}' makes one" if how else ""))
+    return model

@@ -190,12 +190,12 @@ def _piano(asap: Optional[Path], held_out: int = 4) -> dict:
 
 def _generate(rows: list[dict], bars: int) -> list[Music]:
     """Continuations of held-out openings and of a chord progression, and composer samples."""
-    from partita.bundle import load_bundle
+    from partita.bundle import load as load_model
     from partita.generate import generate_samples
     from partita.io.midi import load
-    from partita.pretrained import bundle_path
+    from partita.pretrained import GPT
 
-    bundle = load_bundle(bundle_path())
+    bundle = load_model(GPT, "gpt")
     made: list[Music] = []
     jobs = []
     for label in ("Bach", "Essen"):

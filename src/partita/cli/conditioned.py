@@ -165,7 +165,7 @@ def _classifier_path(model: Optional[Path]) -> Path:
         return model
     from partita import pretrained
 
-    return pretrained.bundle_path(getattr(pretrained, "CLASSIFIER", "classifier-small"))
+    return pretrained.bundle_path(pretrained.CLASSIFIER)
 
 
 def classify(

@@ -125,14 +125,14 @@ def sample_cmd(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Sample melodies from the prior of a MusicVAE (or, with a tvae bundle, in a composer's style)."""
-    from partita.bundle import load_bundle
+    from partita.bundle import load
 
     _check_out(out)
     if n < 1:
         raise PartitaError(f"-n must be at least 1, got {n}")
     bundle = None
     if model is not None:
-        bundle = load_bundle(model)
+        bundle = load(model, ("musicvae", "tvae"))
     if bundle is not None and bundle.family == "tvae":
         from partita.generate.tvae import sample_tvae
 

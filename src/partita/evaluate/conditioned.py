@@ -48,17 +48,14 @@ __all__ = [
 
 def _load(model: Any, family: str):
     """``(model, tokenizer, card)`` from a bundle path, a Bundle, or a model (tokenizer None)."""
-    from partita.bundle import Bundle, load_bundle
+    from partita.bundle import load
 
-    if isinstance(model, (str, Path)):
-        model = load_bundle(model)
-    if isinstance(model, Bundle):
-        if model.family != family:
-            raise PartitaError(f"{model.path}: a {model.family!r} bundle, not a {family!r} one")
-        return model.model, model.tokenizer, model.card
-    if getattr(type(model), "family", None) != family:
-        raise PartitaError(f"expected a {family} model, got {type(model).__name__}")
-    return model, None, {}
+    if hasattr(model, "config_class"):  # a bare model
+        if getattr(type(model), "family", None) != family:
+            raise PartitaError(f"expected a {family} model, got {type(model).__name__}")
+        return model, None, {}
+    bundle = load(model, family)
+    return bundle.model, bundle.tokenizer, bundle.card
 
 
 def _streams(corpus: Corpus, streams: Any):
@@ -339,14 +336,9 @@ def evaluate_conditioned(
     from partita.generate.sampling import decode_safe
     from partita.train.classifier import LabelledSegments
 
-    from partita.bundle import Bundle, load_bundle
+    from partita.bundle import load
 
-    tb = tvae if isinstance(tvae, Bundle) else load_bundle(tvae)
-    cb = classifier if isinstance(classifier, Bundle) else load_bundle(classifier)
-    if tb.family != "tvae":
-        raise PartitaError(f"{tb.path}: --model must be a tvae bundle, this one is {tb.family!r}")
-    if cb.family != "classifier":
-        raise PartitaError(f"{cb.path}: --classifier must be a classifier bundle, this one is {cb.family!r}")
+    tb, cb = load(tvae, "tvae"), load(classifier, "classifier")
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
     streams = _streams(corpus, None)
     _check_tokenizer(tb.tokenizer, streams, "VAE")

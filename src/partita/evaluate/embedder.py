@@ -173,22 +173,17 @@ def evaluate_embedder(
 
     ``model_path`` None: the shipped model. ``progress(name)`` may return a ``callback(done, total)``.
     """
-    from partita.bundle import load_bundle
+    from partita.bundle import load
     from partita.represent.features import feature_vector
     from partita.search.embed import embed_corpus
 
     corpus = Corpus(corpus_dir)
-    if model_path is None:
-        from partita.pretrained import SIAVIT, bundle_path
-
-        model_path = bundle_path(SIAVIT)
+    from partita.pretrained import SIAVIT
     from partita.search.embed import EMBEDDERS
 
     bundles = {}
     for k, path in enumerate([model_path, *(compare or {}).values()]):
-        b = load_bundle(path)
-        if b.family not in EMBEDDERS:
-            raise PartitaError(f"{path}: a {b.family} bundle, not an embedder; pass a siavit or featnet bundle")
+        b = load(path, EMBEDDERS, default=SIAVIT)
         name = {"siavit": "SiaViT", "featnet": "FeatNet"}[b.family] if k == 0 else list(compare)[k - 1]
         bundles[name] = b
     card = next(iter(bundles.values())).card

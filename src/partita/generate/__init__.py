@@ -128,14 +128,13 @@ def resolve_model(
     labels come from its card (``card["labels"]``). A bare model needs ``tokenizer=`` (and
     ``labels=`` for ``composer`` names); with an explicit ``device`` it is moved there.
     """
-    from partita.bundle import Bundle, load_bundle
+    from partita.bundle import Bundle, load
 
-    if model is None:  # the model that ships with partita for this prompt
+    if model is None or isinstance(model, (str, os.PathLike)):  # None: the shipped model for this prompt
         from partita.pretrained import default_gpt
 
-        model = default_gpt(prompt)
-    if isinstance(model, (str, os.PathLike)):
-        model = load_bundle(model, device=_auto_device(device))
+        model = load(model, "gpt", default=None if model is not None else str(default_gpt(prompt)),
+                     device=_auto_device(device))
         device = None
     if isinstance(model, Bundle):
         bundle = model

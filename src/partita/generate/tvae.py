@@ -30,16 +30,10 @@ __all__ = ["sample_tvae", "sample_tvae_ids"]
 
 
 def _bundle(bundle: Any):
-    from partita.bundle import Bundle, load_bundle
+    from partita.bundle import load
+    from partita.pretrained import TVAE
 
-    if bundle is None:  # the shipped model
-        from partita.pretrained import TVAE, bundle_path
-
-        bundle = bundle_path(TVAE)
-    if not isinstance(bundle, Bundle):
-        bundle = load_bundle(bundle)
-    if bundle.family != "tvae":
-        raise PartitaError(f"{bundle.path}: a {bundle.family!r} bundle, not a tvae one (train one with 'partita train tvae')")
+    bundle = load(bundle, "tvae", default=TVAE)
     if bundle.tokenizer is None:
         raise PartitaError(f"{bundle.path}: the tvae bundle has no tokenizer.json")
     return bundle

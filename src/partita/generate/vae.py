@@ -65,22 +65,13 @@ Source = Union[str, os.PathLike, Score, Melody, np.ndarray]
 
 def load_vae(bundle: Any = None, *, bars: int = 2, device: Any = "cpu"):
     """A loaded MusicVAE ``Bundle`` from a folder, a ``Bundle``, or None (the shipped model for ``bars``)."""
-    from partita.bundle import Bundle, load_bundle
+    from partita import pretrained
+    from partita.bundle import load
 
-    if bundle is None:
-        from partita import pretrained
-
-        shipped = {2: pretrained.MUSICVAE_2BAR, 16: pretrained.MUSICVAE_16BAR}
-        if bars not in shipped:
-            raise PartitaError(f"partita ships 2-bar and 16-bar MusicVAEs, not {bars}-bar; pass --model for your own")
-        bundle = pretrained.bundle_path(shipped[bars])
-    if isinstance(bundle, (str, os.PathLike)):
-        bundle = load_bundle(bundle, device=device)
-    if not isinstance(bundle, Bundle):
-        raise PartitaError(f"expected a MusicVAE bundle folder or Bundle, got {type(bundle).__name__}")
-    if bundle.family != "musicvae":
-        where = f"{bundle.path}: " if bundle.path is not None else ""
-        raise PartitaError(f"{where}a {bundle.family!r} bundle, not a MusicVAE: pass a bundle made by 'partita train vae'")
+    shipped = {2: pretrained.MUSICVAE_2BAR, 16: pretrained.MUSICVAE_16BAR}
+    if bundle is None and bars not in shipped:
+        raise PartitaError(f"partita ships 2-bar and 16-bar MusicVAEs, not {bars}-bar; pass --model for your own")
+    bundle = load(bundle, "musicvae", default=shipped.get(bars), device=device)
     bundle.model.eval()
     return bundle
 

@@ -29,7 +29,7 @@ def bundle_path(name: str = GPT) -> Path:
     path = ROOT / name
     if not (path / "config.json").exists():
         shipped = sorted(p.name for p in ROOT.iterdir() if (p / "config.json").exists())
-        raise PartitaError(f"no shipped model {name!r}; shipped: {', '.join(shipped) or 'none'}")
+        raise PartitaError(f"{name}: no such bundle folder or shipped model (shipped: {', '.join(shipped) or 'none'})")
     return path
 
 

@@ -84,22 +84,11 @@ EMBEDDERS = ("siavit", "featnet")
 def _model(model):
     """An embedder (SiaViT or FeatNet) from a model, a Bundle, or a bundle folder (None: the
     shipped SiaViT)."""
-    if model is None or isinstance(model, (str, os.PathLike)):
-        from partita.bundle import load_bundle
+    if not hasattr(model, "config_class"):  # not a bare model: a name, a folder, a Bundle or None
+        from partita.bundle import load
+        from partita.pretrained import SIAVIT
 
-        if model is None:
-            from partita.pretrained import SIAVIT, bundle_path
-
-            model = bundle_path(SIAVIT)
-        b = load_bundle(model)
-        if b.family not in EMBEDDERS:
-            raise PartitaError(f"{model}: a {b.family} bundle, not an embedder; pass a siavit or featnet bundle "
-                               f"(partita train embedder / partita train featnet)")
-        return b.model
-    if hasattr(model, "model") and hasattr(model, "family"):  # a Bundle
-        if model.family not in EMBEDDERS:
-            raise PartitaError(f"a {model.family} bundle is not an embedder; pass a siavit or featnet bundle")
-        return model.model
+        return load(model, EMBEDDERS, default=SIAVIT).model
     if getattr(type(model), "family", None) not in EMBEDDERS:
         raise PartitaError(f"{type(model).__name__} is not an embedder (SiaViT or FeatNet)")
     return model

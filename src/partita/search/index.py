@@ -565,7 +565,7 @@ def embed_into_index(
             )
     else:
         if model is None:
-            path = pretrained.bundle_path(getattr(pretrained, "SIAVIT", "siavit-small"))
+            path = pretrained.bundle_path(pretrained.SIAVIT)
             record = model_record(path, shipped=path.name)
         else:
             path, record = resolve_model({}, model)
