@@ -1,0 +1,117 @@
+"""`partita serve` end to end in a real headless Chromium (Debian's, driven by Playwright, as the
+demo test does): upload a fixture, wait for the attribution bars and the similar pieces, play and
+stop (the player's state changes), ask for a continuation and download it. Skipped where there is
+no Chromium or Playwright."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="partita serve needs fastapi (pip install -e .)")
+from browser import CHROMIUM_ARGS, chromium_path  # noqa: E402
+from conftest import FIXTURES  # noqa: E402
+
+
+@contextmanager
+def serving(**options):
+    """The explorer on a free localhost port, served by uvicorn in a thread; yields its address."""
+    import uvicorn
+
+    from partita.serve import create_app
+
+    app = create_app(**options)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    end = time.monotonic() + 60
+    while not server.started and time.monotonic() < end:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def _browser():
+    playwright = pytest.importorskip("playwright.sync_api", reason="no Playwright (pip install -e '.[test]')")
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("no Chromium on this machine (./install test installs Debian's chromium)")
+    return playwright, exe
+
+
+def test_explorer_in_a_browser(tmp_path):
+    playwright, exe = _browser()
+    from partita.io import load
+    from partita.io.audio import have_soundfont
+
+    audio = have_soundfont()
+    piece = FIXTURES / "edge" / "time-signatures.mid"  # piano, 21 s: the piano index and gpt-piano
+    with serving(pieces=[]) as (url, app), playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS + ["--autoplay-policy=no-user-gesture-required"])
+        try:
+            page = browser.new_page(accept_downloads=True)
+            errors, elsewhere = [], []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else elsewhere.append(r.url))
+            page.goto(url + "/", wait_until="load")
+            assert page.title() == "partita explorer"
+            # Keyboard basics: the file chooser has a label and can be reached with Tab.
+            assert page.get_attribute("label[for=file]", "for") == "file"
+            page.keyboard.press("Tab")
+            page.keyboard.press("Tab")
+            focused = page.evaluate("document.activeElement.id || document.activeElement.tagName")
+            assert focused in ("file", "A"), focused
+            page.set_input_files("#file", str(piece))
+            page.wait_for_selector("#bars li", timeout=120_000)
+            bars = page.locator("#bars li").count()
+            assert bars >= 3
+            assert "Most likely" in page.inner_text("#verdict") or "Unknown composer" in page.inner_text("#verdict")
+            widths = page.eval_on_selector_all("#bars .bar span", "els => els.map(e => parseFloat(e.style.width))")
+            assert widths == sorted(widths, reverse=True) and widths[0] > 0
+            page.wait_for_selector("#hits li", timeout=120_000)
+            assert page.locator("#hits li").count() == 8
+            page.wait_for_function("document.getElementById('map').getAttribute('aria-busy') === 'false'", timeout=180_000)
+            assert "pieces of the piano index" in page.inner_text("#map-note")
+            # The pianoroll was drawn from the note data (some pixels are not background).
+            painted = page.evaluate("""() => { const c = document.getElementById('roll');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+                for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+            assert painted > 1000
+            # Play, then stop: the player's state changes.
+            if audio:
+                assert page.get_attribute("#player", "src").endswith("/audio")
+                page.click("#play")
+                page.wait_for_function("document.getElementById('player').dataset.state === 'playing'", timeout=60_000)
+                page.wait_for_function("document.getElementById('player').currentTime > 0", timeout=60_000)
+                page.click("#stop")
+                page.wait_for_function("document.getElementById('player').dataset.state === 'stopped'", timeout=10_000)
+                assert page.evaluate("document.getElementById('player').paused")
+            else:
+                assert "not available" in page.inner_text("#audio-note")
+            # Continue it: 2 s, with a progress indicator, then download the new MIDI file.
+            page.fill("input[name=seconds]", "2")
+            page.click("#continue")
+            page.wait_for_selector(".result a[download]", timeout=300_000)
+            assert "done: 1 continuation" in page.inner_text("#gen-status")
+            with page.expect_download() as dl:
+                page.click(".result a[download]")
+            target = tmp_path / dl.value.suggested_filename
+            dl.value.save_as(target)
+            assert target.name == "time-signatures-continued-1.mid"
+            assert target.read_bytes()[:4] == b"MThd" and load(target).note_num() > 0
+            assert errors == [], errors
+            assert elsewhere == [], elsewhere  # nothing fetched from anywhere but this server
+        finally:
+            browser.close()
