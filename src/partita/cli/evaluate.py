@@ -34,3 +34,65 @@ def gpt_cmd(
             table.add_row(name, f"{r['bits_per_token']:.3f}", f"{r['bits_per_note']:.3f}", "" if far is None else f"{far:.3f} ({r['far_tokens']:,} tokens)")
     console.print(table)
     write_json(json_out, results)
+
+
+@app.command("continuation")
+def continuation_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A GPT bundle (default: the shipped gpt-piano)."),
+    data: Path = typer.Option(..., "--data", help="A prepared corpus; one piece per work of --split is continued."),
+    split: str = typer.Option("test", "--split", help="Which split's works to continue."),
+    prompt_seconds: float = typer.Option(25.0, "--prompt-seconds", help="The opening given as the prompt (seconds)."),
+    seconds: float = typer.Option(15.0, "--seconds", help="Seconds continued and compared."),
+    pieces: Optional[int] = typer.Option(None, "--pieces", help="At most this many works (default: all)."),
+    n: int = typer.Option(1, "-n", "--num-samples", help="Continuations per piece (their features are averaged)."),
+    temperature: float = typer.Option(1.0, "--temperature", "-t"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    no_labels: bool = typer.Option(False, "--no-labels", help="Do not give the model the piece's composer label."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for decoding (default: chosen while decoding)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results (every piece) as JSON here."),
+) -> None:
+    """Does the model follow its prompt? Continue held-out openings and compare key, density,
+    register, polyphony and tempo with the real continuation, next to two baselines."""
+    import math
+
+    from partita.cli.common import progress_bar
+    from partita.evaluate.continuation import CANDIDATES, evaluate_continuation
+    from partita.generate import SamplingConfig
+
+    if model is None:
+        from partita.pretrained import GPT_PIANO, bundle_path
+
+        model = bundle_path(GPT_PIANO)
+    config = SamplingConfig(temperature=temperature, top_p=top_p, threads=threads).checked()
+    with progress_bar("continuing") as update:
+        results = evaluate_continuation(model, data, split=split, prompt_seconds=prompt_seconds, seconds=seconds,
+                                        max_pieces=pieces, n=n, seed=seed, config=config, use_labels=not no_labels,
+                                        progress=lambda done, total, _name: update(done, total))
+    s, st = results["summary"], results["settings"]
+
+    def cell(x, fmt="{:.3f}"):
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+    table = Table(title=f"{st['pieces']} {split} works of {data}: {st['prompt_seconds']:g} s prompts, the next "
+                        f"{st['seconds']:g} s", title_justify="left")
+    table.add_column("feature")
+    for c in CANDIDATES:
+        table.add_column(c, justify="right")
+    rows = [("pitch-class similarity to the prompt", "pch_similarity_to_prompt", "{:.3f}"),
+            ("pitch-class similarity to the real continuation", "pch_similarity_to_real", "{:.3f}")]
+    for label, key, fmt in rows:
+        table.add_row(label, *[cell(s[c][key], fmt) for c in CANDIDATES])
+    for f, unit, fmt in (("density", "notes/s", "{:.2f}"), ("mean_pitch", "MIDI", "{:.1f}"),
+                         ("pitch_range", "semitones", "{:.1f}"), ("polyphony", "notes at once", "{:.2f}"),
+                         ("ioi", "s between onsets", "{:.3f}")):
+        table.add_row(f"{f.replace('_', ' ')} ({unit}), mean", *[cell(s[c][f], fmt) for c in CANDIDATES])
+        table.add_row("  median ratio to real / share within +-30%", "",
+                      *[f"{cell(s[c][f + '_ratio_to_real_median'], '{:.2f}')} / {cell(s[c][f + '_within_30pct_of_real'], '{:.0%}')}"
+                        for c in CANDIDATES[1:]])
+    console.print(table)
+    for name, t in results["targets"].items():
+        goal = t["goal"]
+        goal = f">= {goal:.3f}" if not isinstance(goal, list) else f"in [{goal[0]}, {goal[1]}]"
+        console.print(f"target {name}: model {t['model']:.3f}, goal {goal}: {'met' if t['met'] else 'NOT met'}")
+    write_json(json_out, results)
