@@ -108,6 +108,10 @@ def gpt_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of GPTConfig fields."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set n_layer=8 (repeatable)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per segment (default: the context)."),
+    fim: float = typer.Option(0.0, "--fim", help="Fraction of training segments arranged for fill-in-the-middle "
+                              "(infilling, partita infill); 0.5 is a good start. Validation stays continuation."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this gpt bundle's weights and config "
+                                        "(fine-tuning; same tokenizer and labels as --data). --preset/--set are not used."),
 ) -> None:
     """Train the music transformer; writes checkpoints, logs and a bundle into --out."""
     from partita.models.gpt import GPTConfig
@@ -115,5 +119,6 @@ def gpt_cmd(
     from partita.train.gpt import train_gpt
 
     overrides = apply_overrides(GPTConfig, {}, config, set_)
-    card = train_gpt(data, out, run_config, preset=preset, overrides=overrides, seq_len=seq_len, command=command_line())
+    card = train_gpt(data, out, run_config, preset=preset, overrides=overrides, seq_len=seq_len, fim=fim, init=init,
+                     command=command_line())
     print_trained(card, out / "bundle", f"partita generate --model {out / 'bundle'}")

@@ -16,6 +16,16 @@ so every token of a song except its first (BOS) is predicted exactly once, from 
 before it in the song (within the window and the memories), and the label is always in view.
 The tail of a song's last segment is padding with ``ignore`` targets.
 
+Fill-in-the-middle (``fim_rate > 0``, infilling): that fraction of full training segments is
+rearranged (``fim_arrange``): the segment's song tokens ``s`` are cut at two bar starts ``a < c``
+(1 to ``fim_max_bars`` bars apart) and played as ``[label, s[:a], SUFFIX, s[c:], MIDDLE, s[a:c]]``
+with every token keeping its real bar and position-in-bar input (SUFFIX and MIDDLE take the bar
+of the token they announce, position 0). Targets: the prefix and the suffix predict their next
+token as usual (the last token of each predicts nothing), SUFFIX predicts ``s[c]``, MIDDLE
+predicts ``s[a]`` and the middle predicts its next token, its last one predicting ``s[c]`` (the
+bar where the middle must end). The choice is drawn from ``(seed, batch, row)``, so a resumed
+run rearranges the same segments.
+
 The order is deterministic: in epoch ``e`` the pieces are shuffled with ``seed + e`` and dealt to
 the ``world_size * batch_size`` rows of all processes round robin (process ``rank`` owns rows
 ``rank*B .. rank*B+B-1``). ``skip(n)`` fast-forwards over ``n`` batches using piece lengths only,
@@ -65,6 +75,9 @@ class SongStream:
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        fim_rate: float = 0.0,
+        fim_tokens: tuple[int, int] | None = None,
+        fim_max_bars: int = 8,
     ):
         if seq_len < 2:
             raise ValueError("seq_len must be at least 2 (a label token and one song token)")
@@ -77,6 +90,9 @@ class SongStream:
         self.B, self.T, self.pad_id = batch_size, seq_len, pad_id
         self.seed, self.loop, self.shuffle = seed, loop, shuffle
         self.rank, self.world_size = rank, world_size
+        if fim_rate > 0 and fim_tokens is None:
+            raise ValueError("fim_rate > 0 needs the model's fim_tokens (suffix, middle)")
+        self.fim_rate, self.fim_tokens, self.fim_max_bars = float(fim_rate), fim_tokens, int(fim_max_bars)
         self.rows = [_Row() for _ in range(batch_size)]
         self._lists: dict[tuple[int, int], np.ndarray] = {}
         self.batches = 0
@@ -160,6 +176,13 @@ class SongStream:
             pos = self.streams.positions(p)[o : o + T]
             bars[b, 0], bars[b, 1:n] = bar[0], bar[: n - 1]
             positions[b, 1:n] = pos[: n - 1]
+            if self.fim_rate > 0 and n == T:
+                rng = np.random.default_rng([self.seed, self.batches, self.rank * B + b])
+                cut = fim_cut(bar[: T - 3], rng, self.fim_max_bars) if rng.random() < self.fim_rate else None
+                if cut is not None:
+                    row_ids, row_targets, row_bars, row_pos = fim_arrange(
+                        tok[: T - 3], bar[: T - 3], pos[: T - 3], cut, self.fim_tokens)
+                    ids[b, 1:], targets[b, 1:], bars[b, 1:], positions[b, 1:] = row_ids, row_targets, row_bars, row_pos
             label[b] = j
             self._advance(row, b)
         self.batches += 1
@@ -176,6 +199,48 @@ class SongStream:
         """About how many batches one pass over every piece takes (for schedules and logs)."""
         segments = np.ceil((self.lengths - 1) / (self.T - 1)).sum()
         return max(1, int(np.ceil(segments / (self.B * self.world_size))))
+
+
+def fim_cut(bars: np.ndarray, rng: np.random.Generator, max_bars: int = 8) -> tuple[int, int] | None:
+    """Two bar starts ``a < c`` of a token window (indices where the bar changes; ``a >= 1``,
+    ``c <= len - 1``), 1 to ``max_bars`` bars apart, drawn with ``rng``; None when the window
+    holds fewer than two bar starts."""
+    starts = np.flatnonzero(np.diff(np.asarray(bars)) != 0) + 1
+    starts = starts[starts < len(bars) - 1]
+    if len(starts) < 2:
+        return None
+    i = int(rng.integers(0, len(starts) - 1))
+    j = int(rng.integers(i + 1, min(i + max_bars, len(starts) - 1) + 1))
+    return int(starts[i]), int(starts[j])
+
+
+def fim_arrange(song: np.ndarray, bars: np.ndarray, positions: np.ndarray, cut: tuple[int, int],
+                fim_tokens: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, targets, bars, positions)`` of ``len(song) + 2`` inputs: ``song`` (tokens of a
+    window, with their bars and positions) cut at ``cut = (a, c)`` and arranged as ``[song[:a],
+    SUFFIX, song[c:], MIDDLE, song[a:c]]`` (the module doc gives the targets; the label token
+    that starts a segment is not included)."""
+    a, c = cut
+    s = np.asarray(song, np.int64)
+    n = len(s)
+    if not 0 < a < c < n:
+        raise ValueError(f"a fill-in-the-middle cut needs 0 < a < c < {n}, got {cut}")
+    suf, mid = fim_tokens
+    order = np.concatenate([np.arange(a), [-1], np.arange(c, n), [-2], np.arange(a, c)])
+    ids = np.where(order >= 0, s[np.maximum(order, 0)], np.where(order == -1, suf, mid))
+    tgt = np.full(n + 2, IGNORE, np.int64)
+    tgt[: a - 1] = s[1:a]  # prefix
+    tgt[a] = s[c]  # SUFFIX -> first suffix token
+    tgt[a + 1 : a + n - c] = s[c + 1 :]  # suffix (its last token predicts nothing)
+    m = a + 1 + n - c  # the MIDDLE marker
+    tgt[m : m + c - a] = s[a:c]  # MIDDLE -> middle[0], ..., then each middle token its next
+    tgt[m + c - a] = s[c]  # the last middle token -> the bar that ends the middle
+    b = np.asarray(bars, np.int64)
+    p = np.asarray(positions, np.int64)
+    at = np.where(order >= 0, order, np.where(order == -1, c, a))
+    out_bars = b[at]
+    out_pos = np.where(order >= 0, p[np.maximum(order, 0)], 0)
+    return ids.astype(np.int64), tgt, out_bars, out_pos
 
 
 def token_streams(corpus: Corpus):

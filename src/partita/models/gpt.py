@@ -5,7 +5,10 @@ Inputs for a batch of ``B`` sequences of ``T`` tokens:
 * ``ids [B, T]``: token ids. Ids ``0..vocab_size-1`` are the tokenizer's; id ``vocab_size + k``
   is the *label token* of label ``k`` (composer, artist, collection...) and
   ``vocab_size + n_labels`` means "no label". A conditioned sequence starts with its label
-  token (``GPT.label_token(k)``), e.g. ``[label, BOS, ...]``. The head predicts only the
+  token (``GPT.label_token(k)``), e.g. ``[label, BOS, ...]``. With ``fim=True`` two more
+  input-only ids follow, ``GPT.fill_token("suffix")`` and ``GPT.fill_token("middle")``, the
+  markers of the fill-in-the-middle arrangement ``[label, prefix, SUFFIX, suffix, MIDDLE,
+  middle]`` (``partita.data.streams``, ``partita.generate.infill``). The head predicts only the
   ``vocab_size`` tokenizer ids, so a label is never generated; targets must be tokenizer ids or
   ``ignore_index``.
 * ``bars [B, T]`` and ``positions [B, T]`` (only with ``bar_embeddings=True``): the bar index and
@@ -87,6 +90,7 @@ class GPTConfig(ModelConfig):
     knn_topk: int = 32
     knn_max_memory: int = 16384  # keys kept per batch row (oldest dropped)
     ignore_index: int = -100  # target value the loss skips
+    fim: bool = False  # two input-only marker tokens for fill-in-the-middle (infilling)
 
     def __post_init__(self) -> None:
         if self.positions not in ("rope", "learned"):
@@ -114,8 +118,8 @@ class GPTConfig(ModelConfig):
 
     @property
     def n_embeddings(self) -> int:
-        """Rows of the token embedding: tokenizer ids, label tokens, "no label"."""
-        return self.vocab_size + self.n_labels + 1
+        """Rows of the token embedding: tokenizer ids, label tokens, "no label", FIM markers."""
+        return self.vocab_size + self.n_labels + 1 + (2 if self.fim else 0)
 
     @property
     def knn_layer_index(self) -> int:
@@ -182,6 +186,14 @@ class GPT(nn.Module):
         if not 0 <= int(label) < c.n_labels:
             raise PartitaError(f"label {label} out of range: this model knows {c.n_labels} labels")
         return c.vocab_size + int(label)
+
+    def fill_token(self, which: str) -> int:
+        """The input id of the fill-in-the-middle marker ``which`` ("suffix" or "middle")."""
+        c = self.config
+        if not c.fim:
+            raise PartitaError("this model was not trained for infilling (no fill-in-the-middle tokens): "
+                               "use a model trained with 'partita train gpt --fim' such as gpt-piano")
+        return c.vocab_size + c.n_labels + 1 + ("suffix", "middle").index(which)
 
     def new_cache(self, offset: int = 0) -> KVCache:
         return KVCache(self.config.n_layer, offset)

@@ -64,6 +64,7 @@ class GPTModule(L.LightningModule):
         batch_size: int = 16,
         seq_len: int | None = None,
         seed: int = 0,
+        fim_rate: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -84,6 +85,8 @@ class GPTModule(L.LightningModule):
         self.streams, self.data, self.val_notes = streams, data, val_notes
 
     def _stream(self, split: str, *, loop: bool) -> SongStream:
+        """Training (``loop``) rearranges ``fim_rate`` of its segments for infilling; validation
+        plays every piece in order (continuation bits per token)."""
         pieces = self.data.split.get(split, [])
         if not pieces:
             raise PartitaError(f"the corpus has no {split} pieces with tokens")
@@ -99,6 +102,8 @@ class GPTModule(L.LightningModule):
             shuffle=loop,
             rank=self.global_rank,
             world_size=self.trainer.world_size if self._trainer is not None else 1,
+            fim_rate=self.hparams.fim_rate if loop else 0.0,
+            fim_tokens=(self.model.fill_token("suffix"), self.model.fill_token("middle")) if self.model.config.fim else None,
         )
 
     def train_dataloader(self):
@@ -241,6 +246,8 @@ def train_gpt(
     preset: str = "small",
     overrides: dict | None = None,
     seq_len: int | None = None,
+    fim: float = 0.0,
+    init: str | Path | None = None,
     callbacks: list | None = None,
     command: str | None = None,
     **run_options,
@@ -248,13 +255,27 @@ def train_gpt(
     """Train a GPT on a prepared, tokenised corpus; returns the card written with the bundle.
 
     ``run_config`` (or ``RunConfig`` fields as keyword arguments: ``max_steps=``, ``max_time=``,
-    ``batch_size=``, ``lr=``, ...) describes the run; the rest describes the model."""
+    ``batch_size=``, ``lr=``, ...) describes the run; the rest describes the model.
+    ``fim``: the fraction of training segments arranged for fill-in-the-middle (infilling;
+    ``partita.data.streams``); > 0 gives the model its two marker tokens (``fim=True``).
+    ``init``: a gpt bundle to start from (fine-tuning): its config is the model's (``preset`` and
+    ``overrides`` are not used, except ``fim``), its weights the starting point; FIM marker rows
+    it lacks start as copies of its "no label" row."""
     config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
     corpus = Corpus(corpus_dir)
     streams = token_streams(corpus)
     data = SongData(corpus, streams)
     tokenizer = streams.tokenizer()
-    config = GPTConfig.preset(preset, **{"vocab_size": len(tokenizer), "n_labels": len(data.labels), **(overrides or {})})
+    start = _init_bundle(init, streams, data.labels) if init is not None else None
+    if start is not None:
+        config = GPTConfig.from_dict({**start.model.config.to_dict(), "fim": start.model.config.fim or fim > 0})
+    else:
+        config = GPTConfig.preset(preset, **{"vocab_size": len(tokenizer), "n_labels": len(data.labels),
+                                             **({"fim": True} if fim > 0 else {}), **(overrides or {})})
+    if fim > 0 and not config.fim:
+        raise PartitaError("--fim needs the model's fill-in-the-middle tokens: do not --set fim=false")
+    if not 0.0 <= fim <= 1.0:
+        raise PartitaError(f"--fim is a fraction of training segments in [0, 1], got {fim}")
     if config.vocab_size != len(tokenizer):
         raise PartitaError(f"vocab_size {config.vocab_size} does not match the tokenizer's {len(tokenizer)} tokens")
     val_notes = _count_notes(tokenizer, streams, data.split.get("valid", []))
@@ -262,7 +283,9 @@ def train_gpt(
     def make_module(r: RunConfig) -> GPTModule:
         module = GPTModule(config.to_dict(), lr=r.lr, weight_decay=r.weight_decay, warmup=r.warmup,
                            max_steps=r.max_steps, min_lr_ratio=r.min_lr_ratio, batch_size=r.batch_size,
-                           seq_len=seq_len, seed=r.seed)
+                           seq_len=seq_len, seed=r.seed, fim_rate=fim)
+        if start is not None and not r.resume:
+            _load_initial(module.model, start.model)
         module.attach(streams, data, val_notes)
         return module
 
@@ -277,11 +300,38 @@ def train_gpt(
         "source": corpus.config.get("source"),
         "labels": data.labels,
         "command": command or "partita.train.gpt.train_gpt(...)",
-        "preset": preset,
+        "preset": preset if start is None else None,
+        "init": None if start is None else str(start.path),
+        "fim": fim,
         "parameters": GPT(config).num_parameters(),
         "notes": "metrics are on the corpus's validation split; see 'partita eval gpt' for test-split numbers",
     }
     return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks, cpu_bf16=True)
+
+
+def _init_bundle(path, streams, labels: list[str]):
+    """The bundle a run starts from, checked against the corpus (same tokens, same labels)."""
+    from partita.bundle import load_bundle
+    from partita.evaluate.conditioned import _check_tokenizer
+
+    bundle = load_bundle(path)
+    if bundle.family != "gpt":
+        raise PartitaError(f"--init {path}: a {bundle.family!r} bundle, not a gpt one")
+    _check_tokenizer(bundle.tokenizer, streams, "--init bundle")
+    if list(bundle.card.get("labels") or []) != list(labels):
+        raise PartitaError(f"--init {path}: its labels {bundle.card.get('labels')} are not the corpus's {labels}")
+    return bundle
+
+
+def _load_initial(model: GPT, source: GPT) -> None:
+    """Copy ``source``'s weights into ``model`` (same config but perhaps ``fim``): the embedding
+    rows ``source`` lacks (FIM markers) start as copies of its "no label" row."""
+    state = {k: v.float() for k, v in source.state_dict().items()}
+    wte = state["wte.weight"]
+    rows = model.wte.weight.shape[0]
+    if wte.shape[0] < rows:
+        state["wte.weight"] = torch.cat([wte, wte[-1:].expand(rows - wte.shape[0], -1)], dim=0)
+    model.load_state_dict(state)
 
 
 def _count_notes(tokenizer, streams, pieces: list[int]) -> int:
