@@ -389,13 +389,19 @@ class Explorer:
     def audio_status(self) -> dict:
         """Whether audio can be rendered here, and why not."""
         if self._audio is None:
+            from symusic import Note, Score, Track
+
             from partita.io import audio
 
+            one = Score(480)  # one note, rendered once: the SoundFont and the synthesizer both work
+            track = Track("", 0, False)
+            track.notes.append(Note(0, 240, 60, 80))
+            one.tracks.append(track)
             try:
-                audio.find_soundfont()
-                self._audio = {"available": True, "format": audio.clip_format().lstrip("."), "reason": None}
-            except PartitaError as e:
-                self._audio = {"available": False, "format": None, "reason": str(e)}
+                _, mime = audio.audio_clip(one, seconds=0.5)
+                self._audio = {"available": True, "format": mime.split("/")[-1], "reason": None}
+            except (PartitaError, ImportError, OSError) as e:
+                self._audio = {"available": False, "format": None, "reason": str(e).splitlines()[0]}
         return self._audio
 
     def info(self) -> dict:
@@ -526,8 +532,9 @@ class Explorer:
 
         with piece.lock:
             if entry.key not in piece.vectors:
-                with entry.lock:
-                    vecs, kept, failures = embed_files(entry.embedder, [piece.path], **entry.embed_settings)
+                # No lock around the model: inference leaves it as it was (eval mode, no state), so
+                # two threads may embed at once.
+                vecs, kept, failures = embed_files(entry.embedder, [piece.path], **entry.embed_settings)
                 if not kept:
                     reason = failures[0][1] if failures else "cannot embed this piece"
                     raise PartitaError(str(reason).replace(str(piece.path), piece.name))
@@ -631,8 +638,7 @@ class Explorer:
         def make():
             import torch
 
-            return {"bundle": partita.load(str(path), device="cuda" if torch.cuda.is_available() else "cpu"),
-                    "lock": threading.Lock()}
+            return partita.load(str(path), device="cuda" if torch.cuda.is_available() else "cpu")
 
         return self.gpts.get_or_make(str(path), make)
 
@@ -677,10 +683,10 @@ class Explorer:
             job.done, job.total = int(done), int(total)
 
         try:
-            gpt = self.gpt(model)
-            with gpt["lock"]:
-                samples = generate_samples(gpt["bundle"], str(piece.path), n=n, config=config,
-                                           prompt_seconds=prompt_seconds, progress=progress)
+            # Sampling keeps its state (KV cache, memories) in objects of its own, not in the model,
+            # so continuations of one model run side by side in the queue's threads.
+            samples = generate_samples(self.gpt(model), str(piece.path), n=n, config=config,
+                                       prompt_seconds=prompt_seconds, progress=progress)
             prompt_end = duration_seconds(load(piece.path)) if prompt_seconds is None else float(prompt_seconds)
             stem = piece.name.rsplit(".", 1)[0]
             for s in samples:
