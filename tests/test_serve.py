@@ -121,6 +121,8 @@ def test_piano_upload_attribution_similar_map_notes(client, fur_elise):
     assert n["count"] == 1020 and len(n["pitch"]) == 1020 and min(n["onset"]) >= 0
     png = client.get(p["links"]["pianoroll"])
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    for bad in ("k=0", "k=500", "k=three"):  # bad parameters: one JSON line
+        _one_line_error(client.get(f"{p['links']['attribution']}?{bad}"), 422, "invalid_request")
     midi = client.get(p["links"]["midi"])
     assert midi.content == FUR_ELISE.read_bytes() and 'filename="fur-elise.mid"' in midi.headers["content-disposition"]
 
@@ -298,6 +300,11 @@ def test_index_pieces_are_played_only_from_inside_their_folder(tmp_path):
         assert ok.status_code == 200 and ok.content == (root / "a" / "good.mid").read_bytes()
         for row in (1, 2, 3, 4, -1):
             _one_line_error(c.get(f"/api/indexes/idx/pieces/{row}/midi"), 404, "not_found")
+            _one_line_error(c.get(f"/api/indexes/idx/pieces/{row}/audio"), 404 if app.state.explorer.audio_status()["available"] else 501,
+                            "not_found" if app.state.explorer.audio_status()["available"] else "audio_unavailable")
+        if app.state.explorer.audio_status()["available"]:
+            played = c.get("/api/indexes/idx/pieces/0/audio")
+            assert played.status_code == 200 and played.headers["content-type"].startswith("audio/")
 
 
 # ------------------------------------------------------------------ concurrency and the queue
@@ -400,6 +407,21 @@ def test_continuation_job_progress_pieces_and_settings(client):
         _one_line_error(client.post(f"/api/pieces/{pid}/continue", json=settings), status, code)
     _one_line_error(client.post(f"/api/pieces/{pid}/continue", content=b"{not json", headers={"content-type": "application/json"}),
                     422, "invalid_request")
+
+
+def test_stopping_the_server_stops_a_running_continuation():
+    app = create_app(pieces=[], workers=1, queue=2)
+    ex = app.state.explorer
+    with TestClient(app) as c:
+        pid = _upload(c, FIXTURES / "edge" / "chords.mid").json()["id"]
+        job = c.post(f"/api/pieces/{pid}/continue", json={"seconds": 60}).json()
+        end = time.monotonic() + 300
+        while ex.job(job["id"]).done == 0 and ex.job(job["id"]).state != "done" and time.monotonic() < end:
+            time.sleep(0.05)  # until it samples
+    # Leaving the client ran the app's shutdown: the job stops at its next token.
+    ex.job(job["id"]).future.result(timeout=300)
+    assert ex.job(job["id"]).state == "error" and ex.job(job["id"]).error["error"] == "stopped"
+    assert not ex.folder.exists()
 
 
 # ------------------------------------------------------------------ the command
