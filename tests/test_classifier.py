@@ -17,7 +17,8 @@ from partita.bundle import load_bundle, save_bundle
 from partita.data.corpus import Corpus
 from partita.data.prepare import prepare
 from partita.errors import PartitaError
-from partita.models.classifier import ClassifierConfig, GRUClassifier, segment_windows
+from partita.data.segments import segment_windows
+from partita.models.classifier import ClassifierConfig, GRUClassifier
 
 STYLES = ("High", "Low", "Mid")
 
@@ -108,7 +109,7 @@ def test_padding_does_not_change_a_segments_logits():
 
 
 def test_segments_are_label_balanced_bar_aligned_and_seeded(corpus):
-    from partita.train.classifier import LabelledSegments, choose_labels
+    from partita.data.segments import LabelledSegments, choose_labels
     from partita.data.streams import token_streams
 
     c = Corpus(corpus)
@@ -221,7 +222,7 @@ def test_classify_command_table_json_and_errors(trained, tmp_path, capsys):
 
     save_bundle(GPT(GPTConfig.preset("tiny", vocab_size=20)), tmp_path / "gpt")
     code, err = main_err("classify", low, "--model", tmp_path / "gpt")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "not a 'classifier'" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not a classifier one" in err
 
 
 def test_train_commands(corpus, tmp_path, capsys):

@@ -122,7 +122,7 @@ def evaluate_classifier(model: Any, corpus: Corpus | str | Path, *, streams: Any
     baseline (module doc). ``model``: a classifier bundle path, a ``Bundle`` or a ``GRUClassifier``."""
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
-    from partita.train.classifier import LabelledSegments
+    from partita.data.segments import LabelledSegments
 
     model, tokenizer, _ = _load(model, "classifier")
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
@@ -334,7 +334,7 @@ def evaluate_conditioned(
     from partita.generate.tvae import sample_tvae_ids
     from partita.represent.tokens import encode
     from partita.generate.sampling import decode_safe
-    from partita.train.classifier import LabelledSegments
+    from partita.data.segments import LabelledSegments
 
     from partita.bundle import load
 

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from partita.data.segments import segment_windows
 from partita.errors import PartitaError
 from partita.models.config import ModelConfig
 
-__all__ = ["GRUClassifier", "ClassifierConfig", "PRESETS", "segment_windows"]
+__all__ = ["GRUClassifier", "ClassifierConfig", "PRESETS"]
 
 
 @dataclass
@@ -75,16 +76,6 @@ PRESETS: dict[str, ClassifierConfig] = {
     "base": ClassifierConfig(labels=["a", "b"], d_embed=256, d_hidden=512, n_layer=2, segment=512, dropout=0.2),
 }
 ClassifierConfig.presets = PRESETS
-
-
-def segment_windows(n: int, segment: int, max_segments: int) -> list[tuple[int, int]]:
-    """``(start, end)`` of at most ``max_segments`` windows of ``segment`` tokens spread evenly over
-    ``n`` tokens (first and last window at the ends); one window ``(0, n)`` when ``n <= segment``."""
-    if n <= segment:
-        return [(0, n)]
-    k = min(max_segments, int(np.ceil(n / segment)) * 2 - 1)  # overlap by half at most
-    starts = np.unique(np.linspace(0, n - segment, max(k, 1)).round().astype(int))
-    return [(int(s), int(s) + segment) for s in starts]
 
 
 class GRUClassifier(nn.Module):

@@ -1,7 +1,7 @@
 """Training the composer-conditioned transformer VAE (``partita train tvae``) with Lightning.
 
 Data: segments of ``context`` tokens starting on a bar line, drawn label-balanced from the train
-pieces of the label set (``partita.train.classifier.LabelledSegments``, the classifier's sampler:
+pieces of the label set (``partita.data.segments.LabelledSegments``, the classifier's sampler:
 same label choice, same seeded batches, so ``--resume`` continues exactly). A segment that reaches
 the end of its piece keeps the EOS token, so the decoder learns where pieces end.
 
@@ -32,12 +32,8 @@ from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.tvae import TVAE, TVAEConfig
-from partita.train.classifier import (
-    LabelledSegments,
-    SeededBatches,
-    choose_labels,
-    fixed_loader,
-)
+from partita.data.segments import LabelledSegments, choose_labels
+from partita.train.classifier import SeededBatches, fixed_loader
 from partita.train.common import ResumableModule, RunConfig, run, start_run
 from partita.data.streams import token_streams
 
