@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 from partita.data.corpus import Corpus
 from partita.data.prepare import prepare
 from partita.errors import PartitaError
+from partita.evaluate.pairs import best_threshold
 from partita.models.siavit import SiaViTConfig
 from partita.train.embedder import (
     EmbedderData,
     EmbedderModule,
-    best_threshold,
     contrastive_loss,
     make_batch,
     supcon_loss,

@@ -148,7 +148,7 @@ def save_bundle(
     """
     from safetensors.torch import save as st_save
 
-    import partita
+    from partita import __version__
 
     family = getattr(type(model), "family", None)
     config = getattr(model, "config", None)
@@ -185,7 +185,7 @@ def save_bundle(
     card.setdefault("family", family)
     if hasattr(model, "parameters"):
         card.setdefault("parameters", int(sum(p.numel() for p in model.parameters())))
-    card.setdefault("partita_version", partita.__version__)
+    card.setdefault("partita_version", __version__)
     card.setdefault("saved", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     atomic_write(path / CARD_FILE, _json_bytes(card))
     return path

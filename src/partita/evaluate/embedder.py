@@ -54,7 +54,7 @@ from partita.evaluate.baselines import (
     standardised_unit,
     topk_accuracy,
 )
-from partita.train.embedder import all_pairs, balanced_pairs, best_threshold, distances
+from partita.evaluate.pairs import all_pairs, balanced_pairs, best_threshold, distances, roc_auc
 
 #: Default task: every known label. Callers pass ``tasks`` for subsets ({name: [labels]}).
 TASKS: dict[str, list[str] | None] = {"all labels": None}
@@ -96,12 +96,6 @@ def _silhouette(x: np.ndarray, y: np.ndarray) -> float:
     return float(silhouette_score(x, y, metric="cosine"))
 
 
-def _auc(scores: np.ndarray, y: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, scores)) if len(set(y.tolist())) == 2 else float("nan")
-
-
 def task_metrics(vec: dict[str, np.ndarray], lab: dict[str, np.ndarray], *, attribution: Callable, seed: int,
                  probabilities: bool = False) -> dict:
     """Pair, attribution, calibration, retrieval and cluster metrics of one representation on one task.
@@ -119,7 +113,7 @@ def task_metrics(vec: dict[str, np.ndarray], lab: dict[str, np.ndarray], *, attr
     dt = distances(vec["test"], it, jt)
     out["pair_acc"] = float(np.mean((dt < threshold) == (yt == 1))) if len(yt) else float("nan")
     ia, ja, ya = all_pairs(lab["test"])
-    out["pair_auc"] = _auc(-distances(vec["test"], ia, ja), ya) if len(ya) else float("nan")
+    out["pair_auc"] = roc_auc(-distances(vec["test"], ia, ja), ya) if len(ya) else float("nan")
     out["threshold"] = float(threshold)
     scores, classes = attribution("test")
     out.update(topk_accuracy(scores, classes, lab["test"], ks=(1, 3)))
@@ -286,7 +280,7 @@ def _unknown(reps, feats, sets, label_of, index, seed) -> dict:
         y = np.r_[np.zeros(len(score_test)), np.ones(len(score_unseen))]
         return {"threshold": t, "unknown_rate_unseen": float(np.mean(score_unseen < t)),
                 "unknown_rate_known_test": float(np.mean(score_test < t)),
-                "auc": _auc(-np.r_[score_test, score_unseen], y), "n_unseen": int(len(score_unseen))}
+                "auc": roc_auc(-np.r_[score_test, score_unseen], y), "n_unseen": int(len(score_unseen))}
 
     for name, rep in reps.items():
         ref = np.stack([rep[i] for i in sets["ref"]])

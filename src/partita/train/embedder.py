@@ -45,6 +45,7 @@ import torch
 from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
+from partita.evaluate.pairs import all_pairs, balanced_pairs, best_threshold, distances, roc_auc
 from partita.models.siavit import SiaViT, SiaViTConfig
 from partita.represent.pianoroll import random_crop
 from partita.train.common import ResumableModule, RunConfig, run, start_run
@@ -160,51 +161,11 @@ def supcon_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float) -> 
     return -mean_pos.mean()
 
 
-def _roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(y) == 0 or y.min() == y.max():
-        return float("nan")
-    return float(roc_auc_score(y, scores))
-
-
-def all_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    i, j = np.triu_indices(len(labels), k=1)
-    return i, j, (labels[i] == labels[j]).astype(np.int64)
-
-
-def balanced_pairs(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All same-label pairs and as many different-label pairs drawn at random (Harmonixr's 'mixed')."""
-    i, j, y = all_pairs(labels)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    if len(neg) > len(pos) > 0:
-        neg = rng.choice(neg, size=len(pos), replace=False)
-    keep = np.sort(np.concatenate([pos, neg]))
-    return i[keep], j[keep], y[keep]
-
-
-def best_threshold(dist: np.ndarray, y: np.ndarray) -> float:
-    """The distance threshold (``same`` if ``dist < t``) with the best balanced accuracy."""
-    if len(dist) == 0 or y.min() == y.max():
-        return 1.0
-    cands = np.unique(dist)
-    mids = np.concatenate([[cands[0] - 1e-6], (cands[:-1] + cands[1:]) / 2, [cands[-1] + 1e-6]])
-    pos, neg = dist[y == 1], dist[y == 0]
-    tpr = np.searchsorted(np.sort(pos), mids, side="left") / len(pos)
-    tnr = 1 - np.searchsorted(np.sort(neg), mids, side="left") / len(neg)
-    return float(mids[int(np.argmax(tpr + tnr))])
-
-
-def distances(vectors: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    cos = np.sum(vectors[i] * vectors[j], axis=1)
-    return np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, None))
-
-
 def pair_report(vectors: np.ndarray, labels: np.ndarray, threshold: float, rng: np.random.Generator) -> dict:
     """Accuracy at ``threshold`` on same, different and balanced mixed pairs; ROC-AUC on all pairs."""
     i, j, y = all_pairs(labels)
     d = distances(vectors, i, j)
-    out = {"pairs": int(len(y)), "threshold": float(threshold), "auc": _roc_auc(-d, y)}
+    out = {"pairs": int(len(y)), "threshold": float(threshold), "auc": roc_auc(-d, y)}
     pred = d < threshold
     out["acc_same"] = float(pred[y == 1].mean()) if (y == 1).any() else float("nan")
     out["acc_diff"] = float((~pred[y == 0]).mean()) if (y == 0).any() else float("nan")
