@@ -396,6 +396,9 @@ def test_continuation_job_progress_pieces_and_settings(client):
         data = client.get(p["links"]["midi"]).content
         assert data[:4] == b"MThd" and load(data).note_num() == p["notes"]
         assert data == client.get(q["links"]["midi"]).content
+    n = client.get(job["pieces"][0]["links"]["notes"]).json()
+    start, end = n["new_music"]  # the new music: from the prompt's end (in the new piece's timeline) to its end
+    assert 0 < start < end <= n["seconds"] + 1e-6 and end - start >= 2 - 1e-3  # at least the 2 s asked
     small = _wait(client, client.post(f"/api/pieces/{pid}/continue", json={"bars": 1, "model": "gpt-small"}).json())
     assert small["state"] == "done" and small["model"] == "gpt-small"
     # Bad settings: one JSON line each, nothing queued.
@@ -407,6 +410,34 @@ def test_continuation_job_progress_pieces_and_settings(client):
         _one_line_error(client.post(f"/api/pieces/{pid}/continue", json=settings), status, code)
     _one_line_error(client.post(f"/api/pieces/{pid}/continue", content=b"{not json", headers={"content-type": "application/json"}),
                     422, "invalid_request")
+
+
+def test_infill_with_a_model_trained_for_it_or_a_clear_error(client, fur_elise):
+    """Infilling needs a model trained with fill-in-the-middle tokens (GPTConfig.fim): with one
+    among the server's models, bars 5-8 are regenerated and every other note is kept; without,
+    the request is one JSON line that says so, and so is a job on a model without them."""
+    from partita.io import load
+
+    pid, capable = fur_elise["id"], client.get("/api/info").json()["infill"]
+    for settings in ({}, {"bars": "5-8", "seconds": "1-2"}, {"bars": "8-5"}, {"bars": "x"}):
+        _one_line_error(client.post(f"/api/pieces/{pid}/infill", json=settings), 400, "bad_request")
+    if not capable:
+        body = _one_line_error(client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8"}), 400, "bad_request")
+        assert "trained for infilling" in body["message"]
+        job = _wait(client, client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8", "model": "gpt-small"}).json())
+        assert job["state"] == "error" and "infilling" in job["error"]["message"] and "\n" not in job["error"]["message"]
+        return
+    job = _wait(client, client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8", "seed": 1}).json())
+    assert job["state"] == "done", job
+    p = job["pieces"][0]
+    assert p["kind"] == "infill" and p["settings"]["filled_bars"] == [5, 8]
+    a, b = p["settings"]["span_seconds"]
+    original, filled = load(FUR_ELISE).to("second"), load(client.get(p["links"]["midi"]).content).to("second")
+
+    def outside(score):
+        return sorted((round(n.time, 3), n.pitch) for t in score.tracks for n in t.notes if not a - 1e-3 <= n.time < b - 1e-3)
+
+    assert outside(original) == outside(filled)  # every note outside the span is kept
 
 
 def test_stopping_the_server_stops_a_running_continuation():

@@ -54,6 +54,21 @@ class ContinueSettings(BaseModel):
     model: Optional[str] = Field(None, description="auto, or one of GET /api/info's models.")
 
 
+class InfillSettings(BaseModel):
+    """The span to regenerate and the sampling settings (``partita.generate.infill``'s)."""
+
+    model_config = ConfigDict(extra="forbid")
+    bars: Optional[str] = Field(None, description='Bars to regenerate, 1-based and inclusive: "9-12".')
+    seconds: Optional[str] = Field(None, description='Or the bars a time range touches: "10-20".')
+    n: int = Field(1, description="How many versions (1-4).")
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    seed: int = 0
+    model: Optional[str] = Field(None, description="auto (a model trained for infilling), or one of GET /api/info's models.")
+
+
 class _BodyLimit:
     """ASGI middleware: a request body over the limit (the upload limit on POST /api/pieces,
     64 KiB elsewhere) is refused with 413, by its Content-Length before reading, or while it
@@ -233,6 +248,13 @@ def create_app(explorer: Optional[Explorer] = None, **options: Any) -> FastAPI:
     async def continue_piece(piece_id: str, settings: ContinueSettings):
         p = ex.store.get(piece_id)
         job = ex.start_continuation(p, settings.model_dump())
+        return job.public(ex.store)
+
+    @app.post("/api/pieces/{piece_id}/infill", status_code=202,
+              summary="Regenerate a span of bars of the piece (a job, like /continue; needs a model trained for infilling)")
+    async def infill_piece(piece_id: str, settings: InfillSettings):
+        p = ex.store.get(piece_id)
+        job = ex.start_infill(p, settings.model_dump())
         return job.public(ex.store)
 
     @app.get("/api/jobs/{job_id}", summary="A job's state, progress and the pieces it made")

@@ -205,7 +205,7 @@ class Piece:
             "links": {
                 "self": base, "notes": f"{base}/notes", "pianoroll": f"{base}/pianoroll.png", "audio": f"{base}/audio",
                 "midi": f"{base}/midi", "attribution": f"{base}/attribution", "similar": f"{base}/similar",
-                "map": f"{base}/map", "continue": f"{base}/continue",
+                "map": f"{base}/map", "continue": f"{base}/continue", "infill": f"{base}/infill",
             },
         }
 
@@ -414,7 +414,7 @@ class Explorer:
             "models": sorted(self.model_paths),
             "model": self.model_option or "auto (gpt-piano for piano music, else gpt-small)",
             "audio": self.audio_status(),
-            "infill": False,
+            "infill": self.infill_models(),
             "limits": {
                 "max_upload_mb": round(self.max_upload_bytes / 2**20, 3), "workers": self.queue.workers,
                 "queue": self.queue.size, "pieces_kept": self.store.limit, "audio_seconds": self.audio_seconds,
@@ -446,11 +446,20 @@ class Explorer:
         r = lambda a: np.round(a.astype(np.float64), 4).tolist()  # noqa: E731
         return {
             "id": piece.id, "seconds": round(piece.seconds, 3), "count": int(len(notes)), "truncated": cut,
-            "audio_from": round(piece.audio_from, 3),
+            "audio_from": round(piece.audio_from, 3), "new_music": self._new_music(piece),
             "onset": r(notes["onset"]), "duration": r(notes["duration"]), "pitch": notes["pitch"].tolist(),
             "velocity": notes["velocity"].tolist(), "track": notes["track"].tolist(),
             "drum": notes["is_drum"].astype(int).tolist(),
         }
+
+    @staticmethod
+    def _new_music(piece: Piece) -> Optional[list]:
+        """[start, end] seconds of the music a model wrote into the piece (None: an upload)."""
+        if piece.kind == "infill":
+            return piece.settings.get("span_seconds")
+        if piece.kind == "continuation":
+            return [piece.settings.get("prompt_end", 0.0), round(piece.seconds, 3)]
+        return None
 
     def pianoroll(self, piece: Piece) -> bytes:
         from partita.viz.pianoroll import pianoroll_png
@@ -642,14 +651,28 @@ class Explorer:
 
         return self.gpts.get_or_make(str(path), make)
 
-    def start_continuation(self, piece: Piece, settings: dict) -> "Job":
-        """Check the settings, then queue the continuation; returns its job at once."""
+    def infill_models(self) -> list:
+        """The models here that were trained to fill a span (``GPTConfig.fim``)."""
+        import json
+
+        out = []
+        for name, path in sorted(self.model_paths.items()):
+            try:
+                if json.loads((path / "config.json").read_text()).get("fim"):
+                    out.append(name)
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def _sampling(self, s: dict):
         from partita.generate import SamplingConfig
 
+        return SamplingConfig(**{k: v for k, v in s.items() if v is not None}).checked()
+
+    def start_continuation(self, piece: Piece, settings: dict) -> "Job":
+        """Check the settings, then queue the continuation; returns its job at once."""
         s = dict(settings)
-        n = int(s.pop("n", 1))
-        if not 1 <= n <= MAX_SAMPLES:
-            raise PartitaError(f"n must be 1 to {MAX_SAMPLES}, not {n}")
+        n = _samples(s.pop("n", 1))
         prompt_seconds = s.pop("prompt_seconds", None)
         model = self.model_path(piece, s.pop("model", None))
         for key, cap in (("seconds", MAX_SECONDS), ("bars", MAX_BARS), ("max_new_tokens", MAX_TOKENS)):
@@ -657,10 +680,36 @@ class Explorer:
                 raise PartitaError(f"{key} may be at most {cap:g} on this server, not {s[key]:g}")
         if s.get("seconds") is None and s.get("bars") is None and s.get("max_new_tokens") is None:
             s["seconds"] = 10.0
-        config = SamplingConfig(**{k: v for k, v in s.items() if v is not None}).checked()
-        job = Job(secrets.token_hex(8), "continuation", piece.id, model=model.name,
-                  settings={"n": n, "prompt_seconds": prompt_seconds, "model": model.name,
-                            **{k: v for k, v in s.items() if v is not None}})
+        config = self._sampling(s)
+        shown = {"n": n, "prompt_seconds": prompt_seconds, "model": model.name, **{k: v for k, v in s.items() if v is not None}}
+        return self._queue_job("continuation", piece, model, shown, self._continue, piece, model, config, n, prompt_seconds)
+
+    def start_infill(self, piece: Piece, settings: dict) -> "Job":
+        """Check the settings, then queue the infilling (``partita.generate.infill``)."""
+        from partita.generate.infill import parse_span
+
+        s = dict(settings)
+        n = _samples(s.pop("n", 1))
+        bars, seconds = s.pop("bars", None), s.pop("seconds", None)
+        if (bars is None) == (seconds is None):
+            raise PartitaError('give the span to fill as bars ("9-12") or seconds ("10-20"), one of them')
+        span = parse_span(bars, "bars") if bars is not None else parse_span(seconds, "seconds")
+        if bars is not None and span[1] - span[0] + 1 > MAX_BARS:
+            raise PartitaError(f"at most {MAX_BARS} bars are filled on this server, not {span[1] - span[0] + 1:g}")
+        name = s.pop("model", None)
+        if name in (None, "", "auto"):
+            capable = self.infill_models()
+            if not capable:
+                raise PartitaError("no model here was trained for infilling (partita train gpt --fim 0.5); start partita serve with --model such a bundle")
+            default = self.model_path(piece, None).name
+            name = default if default in capable else capable[0]
+        model = self.model_path(piece, name)
+        config = self._sampling(s)
+        shown = {"n": n, "model": model.name, "bars": bars, "seconds": seconds, **{k: v for k, v in s.items() if v is not None}}
+        return self._queue_job("infill", piece, model, shown, self._infill, piece, model, config, n, bars, seconds)
+
+    def _queue_job(self, kind: str, piece: Piece, model: Path, shown: dict, fn: Callable, *args: Any) -> "Job":
+        job = Job(secrets.token_hex(8), kind, piece.id, model=model.name, settings=shown)
         with self._jobs_lock:
             self.jobs[job.id] = job
             while len(self.jobs) > 256:
@@ -668,12 +717,13 @@ class Explorer:
                 if old is None:
                     break
                 del self.jobs[old.id]
-        job.future = self.queue.submit(self._continue, job, piece, model, config, n, prompt_seconds)
+        job.future = self.queue.submit(self._run_job, job, fn, *args)
         return job
 
-    def _continue(self, job: "Job", piece: Piece, model: Path, config, n: int, prompt_seconds) -> None:
-        from partita.generate import generate_samples
-        from partita.io import duration_seconds, load, save
+    def _run_job(self, job: "Job", fn: Callable, *args: Any) -> None:
+        """Run a generation job: ``fn(progress, *args)`` returns ``(score, name, settings,
+        audio_from)`` per new piece (None: a sample without notes); the job says how it went."""
+        from partita.io import save
 
         job.state = "running"
 
@@ -683,25 +733,17 @@ class Explorer:
             job.done, job.total = int(done), int(total)
 
         try:
-            # Sampling keeps its state (KV cache, memories) in objects of its own, not in the model,
-            # so continuations of one model run side by side in the queue's threads.
-            samples = generate_samples(self.gpt(model), str(piece.path), n=n, config=config,
-                                       prompt_seconds=prompt_seconds, progress=progress)
-            prompt_end = duration_seconds(load(piece.path)) if prompt_seconds is None else float(prompt_seconds)
-            stem = piece.name.rsplit(".", 1)[0]
-            for s in samples:
-                if not s.ok:
+            for i, made in enumerate(fn(progress, *args)):
+                if made is None:
                     job.empty += 1
                     continue
-                tmp = self.store.file(job.id, f".{s.index}.tmp.mid")
-                save(s.score, tmp)
+                score, name, settings, audio_from = made
+                tmp = self.store.file(job.id, f".{i}.tmp.mid")
+                save(score, tmp)
                 data = tmp.read_bytes()
                 tmp.unlink()
-                new = self.store.add(
-                    data, s.score, f"{stem}-continued-{s.index + 1}.mid", kind="continuation", parent=piece.id,
-                    settings={**job.settings, "stop": s.stop, "new_tokens": s.new_tokens, "prompt_seconds": round(prompt_end, 3)},
-                    audio_from=max(0.0, prompt_end - 5.0),
-                )
+                new = self.store.add(data, score, name, kind=job.kind, parent=job.piece,
+                                     settings={**job.settings, **settings}, audio_from=audio_from)
                 job.pieces.append(new.id)
             job.state = "done"
         except Stopped:
@@ -711,10 +753,46 @@ class Explorer:
         except Exception as e:  # a bug: said in one line, the traceback stays in the server's log
             import logging
 
-            logging.getLogger("partita.serve").exception("continuation %s failed", job.id)
+            logging.getLogger("partita.serve").exception("%s %s failed", job.kind, job.id)
             job.state, job.error = "error", {"error": "internal", "message": f"internal error ({type(e).__name__}); see the server's log"}
         finally:
             job.finished = time.time()
+
+    def _continue(self, progress, piece: Piece, model: Path, config, n: int, prompt_seconds) -> list:
+        from partita.generate import decode_safe, generate_samples
+        from partita.io import duration_seconds
+
+        # Sampling keeps its state (KV cache, memories) in objects of its own, not in the model,
+        # so continuations of one model run side by side in the queue's threads.
+        bundle = self.gpt(model)
+        samples = generate_samples(bundle, str(piece.path), n=n, config=config,
+                                   prompt_seconds=prompt_seconds, progress=progress)
+        stem = piece.name.rsplit(".", 1)[0]
+        out = []
+        for s in samples:
+            if not s.ok:
+                out.append(None)
+                continue
+            # Where the prompt ends in the new piece's own timeline (the prompt as the tokenizer wrote it).
+            prompt_end = duration_seconds(decode_safe(bundle.tokenizer, s.ids[: s.prompt_length])[0])
+            out.append((s.score, f"{stem}-continued-{s.index + 1}.mid",
+                        {"stop": s.stop, "new_tokens": s.new_tokens, "prompt_end": round(prompt_end, 3)},
+                        max(0.0, prompt_end - 5.0)))
+        return out
+
+    def _infill(self, progress, piece: Piece, model: Path, config, n: int, bars, seconds) -> list:
+        from partita.generate import infill
+
+        results = infill(self.gpt(model), str(piece.path), bars=bars, seconds=seconds, n=n, config=config, progress=progress)
+        stem = piece.name.rsplit(".", 1)[0]
+        out = []
+        for r in results:
+            start = _seconds_at(r.score, r.ticks[0])
+            out.append((r.score, f"{stem}-filled-{r.bars[0]}-{r.bars[1]}-{r.index + 1}.mid",
+                        {"stop": r.stop, "filled_bars": list(r.bars), "notes_removed": r.notes_removed,
+                         "notes_added": r.notes_added, "span_seconds": [round(start, 3), round(_seconds_at(r.score, r.ticks[1]), 3)]},
+                        max(0.0, start - 5.0)))
+        return out
 
     def job(self, jid: str) -> "Job":
         check_id(jid, "job")
@@ -760,6 +838,26 @@ class Job:
             "state": self.state, "progress": {"done": self.done, "total": self.total}, "pieces": pieces,
             "empty_samples": self.empty, "error": self.error, "links": {"self": f"/api/jobs/{self.id}"},
         }
+
+
+def _samples(n: Any) -> int:
+    if int(n) != n or not 1 <= int(n) <= MAX_SAMPLES:
+        raise PartitaError(f"n must be 1 to {MAX_SAMPLES}, not {n}")
+    return int(n)
+
+
+def _seconds_at(score, tick: int) -> float:
+    """Seconds from the start of ``score`` to ``tick``, through its tempo map (symusic's own
+    conversion of a one-note score with the same tempos)."""
+    from symusic import Note, Score, Track
+
+    probe = Score(int(score.ticks_per_quarter))
+    for t in score.tempos:
+        probe.tempos.append(t)
+    track = Track("", 0, False)
+    track.notes.append(Note(int(tick), 1, 60, 1))
+    probe.tracks.append(track)
+    return float(probe.to("second").tracks[0].notes[0].time)
 
 
 class AudioUnavailable(PartitaError):

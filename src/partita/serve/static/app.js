@@ -80,9 +80,9 @@ function drawRoll(canvas, notes, position) {
   // Octave lines at each C.
   ctx.strokeStyle = "#e6e9ef"; ctx.lineWidth = 1;
   for (let p = lo; p <= hi; p++) if (p % 12 === 0) { const y = H - (p - lo + 1) * rowH; ctx.beginPath(); ctx.moveTo(0, y); ctx.lineTo(W, y); ctx.stroke(); }
-  if (notes.audio_from > 0) {  // where the new music of a continuation starts (audio begins 5 s before)
-    const x = ((notes.audio_from + 5) / T) * W;
-    ctx.fillStyle = "rgba(224,168,0,0.12)"; ctx.fillRect(x, 0, W - x, H);
+  if (notes.new_music) {  // what a model wrote: a continuation's end, an infilled span
+    const a = (notes.new_music[0] / T) * W, b = (notes.new_music[1] / T) * W;
+    ctx.fillStyle = "rgba(224,168,0,0.14)"; ctx.fillRect(a, 0, Math.max(2, b - a), H);
   }
   for (let i = 0; i < notes.count; i++) {
     const x = (notes.onset[i] / T) * W;
@@ -108,7 +108,7 @@ async function show(piece) {
   $("piece-title").textContent = piece.name;
   const instruments = [...new Set(piece.tracks.map((t) => t.instrument))].join(", ");
   $("piece-facts").textContent = `${piece.notes} notes, ${fmtTime(piece.seconds)}, ${instruments || "no instrument"}` +
-    (piece.kind === "continuation" ? ` (a continuation; its audio starts ${piece.audio_from.toFixed(0)} s in)` : "");
+    (piece.kind !== "upload" ? ` (${piece.kind === "infill" ? "a span regenerated" : "a continuation"}; its audio starts ${piece.audio_from.toFixed(0)} s in)` : "");
   const dl = $("download");
   dl.href = piece.links.midi; dl.setAttribute("download", piece.name);
   const player = $("player");
@@ -268,31 +268,42 @@ function star(ctx, x, y, R, r) {
   ctx.closePath(); ctx.fillStyle = "#e0a800"; ctx.fill(); ctx.lineWidth = 2; ctx.strokeStyle = "#000"; ctx.stroke();
 }
 
-// ------------------------------------------------------------------ continue
-function setupContinue() {
-  $("continue-form").addEventListener("submit", async (e) => {
+// ------------------------------------------------------------------ continue and infill
+async function runJob(link, body, button, bar, st, what) {
+  button.disabled = true; bar.hidden = false; bar.removeAttribute("value"); st.textContent = "queued…"; st.className = "";
+  try {
+    let job = await api(link, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    while (job.state === "queued" || job.state === "running") {
+      await new Promise((r) => setTimeout(r, 400));
+      job = await api(job.links.self);
+      if (job.progress.total > 0) { bar.max = job.progress.total; bar.value = job.progress.done; st.textContent = `sampling: ${job.progress.done} of ${job.progress.total} tokens`; }
+      else if (job.state === "running") st.textContent = "reading the piece…";
+    }
+    if (job.state === "error") throw new Error(job.error.message);
+    st.textContent = `done: ${job.pieces.length} ${what}` + (job.empty_samples ? `, ${job.empty_samples} without notes` : "");
+    job.pieces.forEach(addResult);
+  } catch (err) {
+    st.textContent = `Failed: ${err.message}`; st.className = "error";
+  } finally { button.disabled = false; bar.hidden = true; }
+}
+
+function setupGenerate() {
+  const num = (f, k) => (f.get(k) === "" || f.get(k) === null ? null : Number(f.get(k)));
+  $("continue-form").addEventListener("submit", (e) => {
     e.preventDefault();
     if (!CURRENT) return;
     const f = new FormData(e.target);
-    const num = (k) => (f.get(k) === "" || f.get(k) === null ? null : Number(f.get(k)));
-    const body = { seconds: num("seconds"), n: num("n"), temperature: num("temperature"), top_p: num("top_p"),
-      seed: num("seed"), prompt_seconds: num("prompt_seconds"), model: f.get("model") };
-    const button = $("continue"), bar = $("progress"), st = $("gen-status");
-    button.disabled = true; bar.hidden = false; bar.removeAttribute("value"); st.textContent = "queued…";
-    try {
-      let job = await api(CURRENT.piece.links.continue, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-      while (job.state === "queued" || job.state === "running") {
-        await new Promise((r) => setTimeout(r, 400));
-        job = await api(job.links.self);
-        if (job.progress.total > 0) { bar.max = job.progress.total; bar.value = job.progress.done; st.textContent = `sampling: ${job.progress.done} of ${job.progress.total} tokens`; }
-        else if (job.state === "running") st.textContent = "reading the piece…";
-      }
-      if (job.state === "error") throw new Error(job.error.message);
-      st.textContent = `done: ${job.pieces.length} continuation(s)` + (job.empty_samples ? `, ${job.empty_samples} without notes` : "");
-      job.pieces.forEach(addResult);
-    } catch (err) {
-      st.textContent = "Continuation failed: " + err.message; st.className = "error";
-    } finally { button.disabled = false; bar.hidden = true; }
+    const body = { seconds: num(f, "seconds"), n: num(f, "n"), temperature: num(f, "temperature"), top_p: num(f, "top_p"),
+      seed: num(f, "seed"), prompt_seconds: num(f, "prompt_seconds"), model: f.get("model") };
+    runJob(CURRENT.piece.links.continue, body, $("continue"), $("progress"), $("gen-status"), "continuation(s)");
+  });
+  $("infill-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (!CURRENT) return;
+    const f = new FormData(e.target);
+    const body = { bars: `${num(f, "from")}-${num(f, "to")}`, n: num(f, "n"), temperature: num(f, "temperature"),
+      seed: num(f, "seed"), model: f.get("model") };
+    runJob(CURRENT.piece.links.infill, body, $("infill"), $("infill-progress"), $("infill-status"), "version(s)");
   });
 }
 
@@ -314,13 +325,16 @@ function addResult(p) {
 
 // ------------------------------------------------------------------ start
 async function start() {
-  setupDrop(); setupPlayer(); setupContinue();
+  setupDrop(); setupPlayer(); setupGenerate();
   try {
     INFO = await api("/api/info");
     const sel = $("model");
     INFO.models.forEach((m) => sel.append(make("option", { value: m }, m)));
     if (!INFO.audio.available) setStatus("Audio is not available on this server: " + INFO.audio.reason);
-    $("infill-note").textContent = INFO.infill ? "" : "Infilling (regenerating a span inside the piece) is not offered by this version.";
+    INFO.infill.forEach((m) => $("infill-model").append(make("option", { value: m }, m)));
+    $("infill-form").hidden = INFO.infill.length === 0;
+    $("infill-note").textContent = INFO.infill.length ? "" :
+      "Infilling (regenerating a span inside the piece) needs a model trained for it (partita train gpt --fim 0.5); none is loaded here.";
   } catch (e) { setStatus("The server does not answer: " + e.message, true); }
 }
 document.addEventListener("DOMContentLoaded", start);
