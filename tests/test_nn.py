@@ -128,6 +128,33 @@ def test_kv_cache_append_and_crop():
     assert len(cache) == 0 and cache.next_position == 7
 
 
+def test_cache_and_xl_memory_select_rows_like_a_fresh_batch():
+    """Dropping finished rows (select) leaves the other rows' cache and memory as if they ran alone."""
+    attn = attn_module()
+    rot = Rotary(DH)
+    seg1 = torch.randn(3, 6, D, generator=gen(3))
+    seg2 = torch.randn(3, 6, D, generator=gen(4))
+    xl = XLMemory(1, 3, length=4)
+    run_segments(attn, [seg1], xl, rot)
+    xl.reset(torch.tensor([False, True, False]))
+    xl.select([2, 1])
+    assert xl.batch_size == 2 and xl.k[0].shape[0] == 2 and xl.valid.shape[0] == 2 and not xl.valid[1].any()
+    alone = XLMemory(1, 2, length=4)
+    run_segments(attn, [seg1[[2, 1]]], alone, rot)
+    alone.reset(torch.tensor([False, True]))
+    (got,) = run_segments(attn, [seg2[[2, 1]]], xl, rot)
+    (want,) = run_segments(attn, [seg2[[2, 1]]], alone, rot)
+    torch.testing.assert_close(got, want)
+
+    cache = KVCache(1)
+    k = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 2, 4, 5)
+    cache.append(0, k, k + 10)
+    cache.select([2, 0])
+    assert cache.k[0][:, 0, 0, 0].tolist() == [2.0, 0.0] and cache.v[0][:, 0, 0, 0].tolist() == [12.0, 10.0]
+    cache.append(0, k[:2, :, :1], k[:2, :, :1])  # appending after select re-lays the buffer
+    assert len(cache) == 5 and cache.k[0][:, 0, :4, 0].tolist() == [[2.0] * 4, [0.0] * 4]
+
+
 def test_kv_cache_writes_in_place_and_matches_a_list():
     """A long mix of appends, crops, prepends, row selection and outside assignment keeps the
     window a plain list would keep; a one-token append or prepend writes into the buffer

@@ -173,6 +173,13 @@ class KVCache:
     def __len__(self) -> int:
         return 0 if self.k[0] is None else int(self.k[0].shape[2])
 
+    def select(self, rows: list[int]) -> None:
+        """Keep only batch rows ``rows``, in that order (a sampler dropping finished rows)."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.k[0].device if self.k[0] is not None else "cpu")
+        for i in range(self.n_layer):
+            if self.k[i] is not None:
+                self.k[i], self.v[i] = self.k[i][idx], self.v[i][idx]  # no longer views: the next write re-lays
+
     @property
     def next_position(self) -> int:
         """Absolute position of the next token."""
@@ -297,6 +304,16 @@ class XLMemory:
         self.valid: Optional[Tensor] = None
         self.next_position = 0
         self._staged: list[Optional[tuple[Tensor, Tensor]]] = [None] * n_layer
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only batch rows ``rows``, in that order (a sampler dropping finished rows)."""
+        for i in range(self.n_layer):
+            if self.k[i] is not None:
+                idx = torch.tensor(rows, dtype=torch.long, device=self.k[i].device)
+                self.k[i], self.v[i] = self.k[i][idx], self.v[i][idx]
+        if self.valid is not None:
+            self.valid = self.valid[torch.tensor(rows, dtype=torch.long, device=self.valid.device)]
+        self.batch_size = len(rows)
 
     def __len__(self) -> int:
         return 0 if self.valid is None else int(self.valid.shape[1])
