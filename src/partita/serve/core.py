@@ -655,6 +655,8 @@ class Explorer:
         """The models here that were trained to fill a span (``GPTConfig.fim``)."""
         import json
 
+        if _infill_module() is None:
+            return []
         out = []
         for name, path in sorted(self.model_paths.items()):
             try:
@@ -686,8 +688,10 @@ class Explorer:
 
     def start_infill(self, piece: Piece, settings: dict) -> "Job":
         """Check the settings, then queue the infilling (``partita.generate.infill``)."""
-        from partita.generate.infill import parse_span
-
+        module = _infill_module()
+        if module is None:
+            raise PartitaError("infilling is not in this version of partita")
+        parse_span = module.parse_span
         s = dict(settings)
         n = _samples(s.pop("n", 1))
         bars, seconds = s.pop("bars", None), s.pop("seconds", None)
@@ -781,9 +785,7 @@ class Explorer:
         return out
 
     def _infill(self, progress, piece: Piece, model: Path, config, n: int, bars, seconds) -> list:
-        from partita.generate import infill
-
-        results = infill(self.gpt(model), str(piece.path), bars=bars, seconds=seconds, n=n, config=config, progress=progress)
+        results = _infill_module().infill(self.gpt(model), str(piece.path), bars=bars, seconds=seconds, n=n, config=config, progress=progress)
         stem = piece.name.rsplit(".", 1)[0]
         out = []
         for r in results:
@@ -838,6 +840,17 @@ class Job:
             "state": self.state, "progress": {"done": self.done, "total": self.total}, "pieces": pieces,
             "empty_samples": self.empty, "error": self.error, "links": {"self": f"/api/jobs/{self.id}"},
         }
+
+
+def _infill_module():
+    """``partita.generate.infill`` (the infilling function and its span parser), or None in a
+    version of partita without it."""
+    try:
+        import importlib
+
+        return importlib.import_module("partita.generate.infill")
+    except ImportError:
+        return None
 
 
 def _samples(n: Any) -> int:
