@@ -82,10 +82,6 @@ class ModelQueue:
         self._held = 0
         self._seconds = 1.0  # running mean of a call's duration, for Retry-After
 
-    @property
-    def held(self) -> int:
-        return self._held
-
     def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Future:
         with self._lock:
             if self._held >= self.size:
@@ -117,37 +113,11 @@ class LRU:
     """A small thread-safe LRU map; ``get_or_make`` builds a missing value once (other callers
     of the same key wait for it)."""
 
-    def __init__(self, size: int, on_evict: Optional[Callable[[Any, Any], None]] = None):
+    def __init__(self, size: int):
         self.size = size
         self._d: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._making: dict = {}
-        self._on_evict = on_evict
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def get(self, key):
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                return self._d[key]
-            return None
-
-    def put(self, key, value) -> None:
-        evicted = []
-        with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                evicted.append(self._d.popitem(last=False))
-        for k, v in evicted:
-            if self._on_evict:
-                self._on_evict(k, v)
-
-    def values(self) -> list:
-        with self._lock:
-            return list(self._d.values())
 
     def get_or_make(self, key, make: Callable[[], Any]):
         while True:
@@ -156,17 +126,18 @@ class LRU:
                     self._d.move_to_end(key)
                     return self._d[key]
                 event = self._making.get(key)
-                if event is None:
+                mine = event is None
+                if mine:
                     event = self._making[key] = threading.Event()
-                    mine = True
-                else:
-                    mine = False
             if not mine:
                 event.wait()
                 continue
             try:
                 value = make()
-                self.put(key, value)
+                with self._lock:
+                    self._d[key] = value
+                    while len(self._d) > self.size:
+                        self._d.popitem(last=False)
                 return value
             finally:
                 with self._lock:
@@ -192,7 +163,6 @@ class Piece:
     parent: Optional[str] = None
     settings: dict = field(default_factory=dict)
     audio_from: float = 0.0  # where its audio starts (a continuation: shortly before the new music)
-    created: float = field(default_factory=time.time)
     vectors: dict = field(default_factory=dict)  # index key -> its embedding
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -230,9 +200,6 @@ class PieceStore:
         self.limit = int(limit)
         self._pieces: OrderedDict[str, Piece] = OrderedDict()
         self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._pieces)
 
     def file(self, pid: str, suffix: str) -> Path:
         return self.folder / f"{check_id(pid)}{suffix}"
@@ -339,15 +306,12 @@ class Explorer:
         queue: int = 16,
         keep: int = 256,
         audio_seconds: float = 90.0,
-        folder: Optional[Path] = None,
     ):
         from partita.search.index import SHIPPED_INDEXES, choose_index, shipped_index
 
         self.max_upload_bytes = int(max_upload_mb * 2**20)
         self.audio_seconds = float(audio_seconds) if audio_seconds and audio_seconds > 0 else None
-        self.own_folder = folder is None
-        self.folder = Path(tempfile.mkdtemp(prefix="partita-serve-")) if folder is None else Path(folder)
-        self.folder.chmod(0o700)
+        self.folder = Path(tempfile.mkdtemp(prefix="partita-serve-"))  # private: mode 0700
         self.store = PieceStore(self.folder, keep)
         self.queue = ModelQueue(workers, queue)
         self.closing = False
@@ -759,8 +723,6 @@ class Explorer:
 
             logging.getLogger("partita.serve").exception("%s %s failed", job.kind, job.id)
             job.state, job.error = "error", {"error": "internal", "message": f"internal error ({type(e).__name__}); see the server's log"}
-        finally:
-            job.finished = time.time()
 
     def _continue(self, progress, piece: Piece, model: Path, config, n: int, prompt_seconds) -> list:
         from partita.generate import decode_safe, generate_samples
@@ -807,8 +769,7 @@ class Explorer:
     def close(self) -> None:
         self.closing = True
         self.queue.close()
-        if self.own_folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @dataclass
@@ -824,8 +785,6 @@ class Job:
     pieces: list = field(default_factory=list)
     empty: int = 0
     error: Optional[dict] = None
-    created: float = field(default_factory=time.time)
-    finished: Optional[float] = None
     future: Optional[Future] = field(default=None, repr=False)
 
     def public(self, store: PieceStore) -> dict:
