@@ -219,8 +219,8 @@ def create_app(explorer: Optional[Explorer] = None, **options: Any) -> FastAPI:
              response_class=Response, responses={200: {"content": {"audio/mpeg": {}, "audio/ogg": {}, "audio/wav": {}}}})
     async def audio(piece_id: str):
         p = ex.store.get(piece_id)
-        data, mime = await run(ex.audio, p)
-        return Response(data, media_type=mime)
+        path, mime = ex.audio_file(p) or await run(ex.audio, p)  # rendered once, then a file (seekable)
+        return FileResponse(path, media_type=mime)
 
     @app.get("/api/pieces/{piece_id}/midi", summary="Download the MIDI file",
              response_class=Response, responses={200: {"content": {"audio/midi": {}}}})

@@ -345,6 +345,7 @@ class Explorer:
                                 if (pretrained.ROOT / name / "config.json").is_file()}
         self.model_option = model
         self.gpts = LRU(3)
+        self.index_audio_cache = LRU(16)  # rendered index pieces (bytes, MIME), the last 16 played
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self._jobs_lock = threading.Lock()
         self._audio = None
@@ -433,26 +434,32 @@ class Explorer:
             _write(path, pianoroll_png(self.store.score(piece), width_px=1100, height_px=300, title=piece.name))
         return path.read_bytes()
 
-    def audio(self, piece: Piece) -> tuple[bytes, str]:
+    def audio_file(self, piece: Piece) -> Optional[tuple[Path, str]]:
+        """The piece's audio file and MIME type when it was rendered already, else None."""
+        for path in self.folder.glob(f"{check_id(piece.id)}.audio.*"):
+            return path, _MIME.get(path.suffix, "application/octet-stream")
+        return None
+
+    def audio(self, piece: Piece) -> tuple[Path, str]:
         """The piece rendered with the SoundFont (``partita.io.audio.audio_clip``): the first
-        ``audio_seconds``, or for a continuation from shortly before its new music."""
+        ``audio_seconds``, or for a generated piece from 5 s before its new music; kept as a
+        file next to the MIDI file."""
         from partita.io import audio
 
         status = self.audio_status()
         if not status["available"]:
             raise AudioUnavailable(status["reason"])
-        cached = sorted(self.folder.glob(f"{check_id(piece.id)}.audio.*"))
-        if cached:
-            suffix = cached[0].suffix
-            return cached[0].read_bytes(), _MIME.get(suffix, "application/octet-stream")
+        done = self.audio_file(piece)
+        if done is not None:
+            return done
         score = self.store.score(piece)
         if piece.audio_from > 0:
             sec = score.to("second")
             score = sec.clip(piece.audio_from, sec.end() + 1, clip_end=False).shift_time(-piece.audio_from).to("tick")
         data, mime = audio.audio_clip(score, seconds=self.audio_seconds)
-        suffix = {v: k for k, v in _MIME.items()}.get(mime, ".bin")
-        _write(self.store.file(piece.id, f".audio{suffix}"), data)
-        return data, mime
+        path = self.store.file(piece.id, f".audio{ {v: k for k, v in _MIME.items()}.get(mime, '.bin') }")
+        _write(path, data)
+        return path, mime
 
     # ----------------------------------------------------------------- indexes
     def index_key(self, piece: Piece, name: Optional[str]) -> str:
@@ -556,7 +563,7 @@ class Explorer:
         if not status["available"]:
             raise AudioUnavailable(status["reason"])
         _, path = self.index_piece(key, row)
-        return audio.audio_clip(load(path), seconds=self.audio_seconds)
+        return self.index_audio_cache.get_or_make((key, row), lambda: audio.audio_clip(load(path), seconds=self.audio_seconds))
 
     def map_points(self, key: str) -> dict:
         """The index's 2-D map (``partita.search.maps.map_coordinates``: the stored t-SNE map, or
