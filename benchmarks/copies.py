@@ -54,7 +54,7 @@ def run_model(name: str, corpus_dir: str, args) -> dict:
         if len(keep):
             real.append(train_only.longest(bar_hashes(tok, keep)).bars)
     out["real held-out bars vs train"] = real
-    common = dict(bars=args.bars, threads=args.threads, top_p=None)
+    common = dict(bars=args.bars, threads=args.threads, temperature=args.temperature)
     t = time.perf_counter()
     samples = generate_samples(str(path), n=args.n, seed=0, **common)
     out["unconditional"] = [index.check(tok, s.ids, s.prompt_length).bars for s in samples]
@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--prompt-bars", type=int, default=4)
     ap.add_argument("--max-copied-bars", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--temperature", type=float, default=1.0, help="0: greedy, where a model repeats what it learnt most")
     ap.add_argument("--models", default="gpt-piano,gpt-small")
     ap.add_argument("--tmp", default="/tmp/partita-copies")
     ap.add_argument("--json", default=None)

@@ -95,3 +95,26 @@ def test_eval_continuation_command(setup, tmp_path):
     assert "target pch_similarity_to_prompt" in proc.stdout and "target density_ratio_to_real" in proc.stdout
     out = json.loads((tmp_path / "c.json").read_text())
     assert out["settings"]["pieces"] == 1 and len(out["pieces"]) == 1
+
+
+def test_shipped_piano_model_same_tokens_on_1_and_2_threads():
+    """The shipped gpt-piano (XL + kNN memory) continuing a real piano prompt longer than its
+    context (read window by window into the memories): the same seed gives the same tokens with
+    1 thread, 2 threads and the automatic choice."""
+    from partita.generate import build_prompt, resolve_model
+    from partita.generate.sampling import sample
+    from partita.pretrained import GPT_PIANO, bundle_path
+
+    model, tok, _ = resolve_model(bundle_path(GPT_PIANO), device="cpu")
+    prompt = build_prompt(tok, FIXTURES / "performance" / "Maestro_3.mid", prompt_tokens=1100)
+    assert len(prompt) > 2 * model.config.context
+    n = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, None):
+            torch.set_num_threads(2)
+            outs.append(sample(model, tok, prompts=prompt, n=2, seed=5, max_new_tokens=16, threads=threads))
+    finally:
+        torch.set_num_threads(n)
+    for other in outs[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(outs[0], other))

@@ -78,12 +78,14 @@ def _shifted(notes: np.ndarray, by: float) -> np.ndarray:
 
 
 def _one_per_work(corpus: Any, split: str) -> list[int]:
+    """The first piece of each work of ``split``: one per group and per (label, title), since a
+    source may file one work in two folders (ASAP's ``18-2`` and ``18-2_no_repeat``)."""
     seen, chosen = set(), []
     for i in corpus.indices(split=split):
         row = corpus.pieces[i]
-        work = row.get("group") or row["id"]
-        if work not in seen:
-            seen.add(work)
+        keys = {("group", row.get("group") or row["id"]), ("title", row["label"], row.get("title") or row["id"])}
+        if not keys & seen:
+            seen |= keys
             chosen.append(i)
     return chosen
 
