@@ -17,29 +17,29 @@ from partita.errors import PartitaError
 def render(
     midi: Path = typer.Argument(..., help="The MIDI file to render."),
     out: Path = typer.Option(..., "--out", "-o", help="Audio file to write: .wav, .flac (.ogg, .mp3 where libsndfile is installed)."),
-    soundfont: Optional[Path] = typer.Option(None, "--soundfont", "-s", help="SoundFont (.sf2) to play with (default: $PARTITA_SOUNDFONT, else one installed on the system)."),
+    soundfont: Optional[Path] = typer.Option(None, "--soundfont", "-s", help="SoundFont (.sf2 or .sf3) to play with (default: $PARTITA_SOUNDFONT, else one installed on the system)."),
     sample_rate: int = typer.Option(44100, "--sample-rate", "-r", help="Samples per second."),
     mono: bool = typer.Option(False, "--mono", help="One channel instead of two."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Render only the first S seconds."),
-    engine: str = typer.Option("auto", "--engine", help="auto, symusic or sampler (see partita.io.audio)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write what was done as JSON."),
 ) -> None:
-    """Render a MIDI file to audio through a SoundFont (the sustain pedal is applied)."""
+    """Render a MIDI file to audio through a SoundFont (the sustain pedal is applied), in blocks
+    written as they are made: any length fits in memory."""
     import time
 
-    from partita.io.audio import find_soundfont, render as render_audio
+    from partita.io.audio import find_soundfont, render_file
 
     font = find_soundfont(soundfont)  # before reading anything: the commonest mistake says so at once
     t0 = time.perf_counter()
-    audio = render_audio(midi, out, soundfont=font, sample_rate=sample_rate, stereo=not mono, seconds=seconds, engine=engine)
+    info = render_file(midi, out, soundfont=font, sample_rate=sample_rate, stereo=not mono, seconds=seconds)
     took = time.perf_counter() - t0
-    length = audio.shape[1] / sample_rate
+    length = info["seconds"]
     result = {
         "midi": str(midi), "out": str(out), "soundfont": str(font), "sample_rate": sample_rate,
-        "channels": int(audio.shape[0]), "seconds": round(length, 3), "render_seconds": round(took, 3),
+        "channels": info["channels"], "seconds": round(length, 3), "render_seconds": round(took, 3),
         "bytes": out.stat().st_size,
     }
-    console.print(f"wrote {out}: {length:.1f} s of audio, {audio.shape[0]} channel(s) at {sample_rate} Hz, "
+    console.print(f"wrote {out}: {length:.1f} s of audio, {info['channels']} channel(s) at {sample_rate} Hz, "
                   f"{result['bytes'] / 1e6:.1f} MB, in {took:.1f} s (SoundFont {font.name})", highlight=False)
     write_json(json_path, result)
 
