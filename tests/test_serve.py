@@ -202,6 +202,13 @@ def test_oversize_upload_is_413_by_length_and_while_streaming():
         assert len(list(app.state.explorer.folder.iterdir())) == 1  # nothing of the refused uploads kept
 
 
+def test_a_bug_is_a_json_line_without_its_details():
+    from partita.serve.core import error_body
+
+    status, body = error_body(KeyError("/home/someone/secret path\nline 2"))
+    assert status == 500 and body == {"error": "internal", "message": "internal error (KeyError); see the server's log"}
+
+
 # ------------------------------------------------------------------ path traversal
 TRAVERSALS = [
     "..", "../..", "../../../../../../etc/passwd", "../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "%2Fetc%2Fpasswd",

@@ -114,3 +114,16 @@ def test_explorer_in_a_browser(tmp_path):
             assert elsewhere == [], elsewhere  # nothing fetched from anywhere but this server
         finally:
             browser.close()
+
+
+def test_the_real_server_answers_oversize_uploads_with_413():
+    """Through uvicorn and a socket (not only the ASGI client): by Content-Length and chunked."""
+    httpx = pytest.importorskip("httpx")
+    big = b"MThd" + bytes(3 * 2**20)
+    with serving(pieces=[], max_upload_mb=1) as (url, app):
+        r = httpx.post(url + "/api/pieces", content=big, timeout=120)
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        r = httpx.post(url + "/api/pieces", content=(big[i:i + 65536] for i in range(0, len(big), 65536)), timeout=120)
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        assert httpx.get(url + "/api/info", timeout=60).status_code == 200  # still serving
+        assert list(app.state.explorer.folder.iterdir()) == []
