@@ -2,13 +2,15 @@
 
 1. Time to the first new token for a 10-minute piano prompt (the first 600 s of
    ``tests/fixtures/midi/performance/Maestro_2.mid``, 15 min of a MAESTRO performance): read the
-   MIDI file, load the shipped model, encode, read the prompt window by window (XL + kNN memory)
-   and sample one token, as ``partita generate --prompt FILE`` does. Best of ``--rounds``.
-2. Decoding speed (new tokens/s, batch 1) with 1 thread, with all threads and with the automatic
-   choice (``SamplingConfig.threads=None``), on the machine as it is and with ``--busy`` other
+   MIDI file, load the shipped model for it (``gpt-piano``), encode, read the prompt window by
+   window (XL + kNN memory) and sample one token, as ``partita generate --prompt FILE`` does.
+   Best of ``--rounds``.
+2. Decoding speed of ``gpt-piano`` (new tokens/s, batch 1, after the first ``--prompt-tokens``
+   of the same piano file) with 1 thread, with all threads and with the automatic choice
+   (``SamplingConfig.threads=None``), on the machine as it is and with ``--busy`` other
    processes spinning on the cores; the tokens are checked to be the same in every setting.
 
-    python benchmarks/prompt.py [--rounds 3] [--busy 1] [--tokens 256]
+    python benchmarks/prompt.py [--rounds 3] [--busy 1] [--tokens 256] [--prompt-tokens 1500]
 
 Results go to the "Long prompts and threads" section of benchmarks/RESULTS.md (by hand).
 """
@@ -41,7 +43,7 @@ def first_token(seconds: float = 600.0) -> tuple[float, int]:
     t = time.perf_counter()
     score = load(PROMPT)
     score = score.clip(0, _tick_at_seconds(score, seconds), clip_end=False)
-    model, tok, _ = resolve_model(None, device="cpu")
+    model, tok, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
     ids = build_prompt(tok, score)
     sample(model, tok, prompts=ids, max_new_tokens=1, seed=0)
     return time.perf_counter() - t, len(ids)
@@ -51,7 +53,7 @@ def decode_speed(threads, tokens: int, prompt) -> tuple[float, np.ndarray]:
     from partita.generate import resolve_model
     from partita.generate.sampling import sample
 
-    model, tok, _ = resolve_model(None, device="cpu")
+    model, tok, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
     t = time.perf_counter()
     out = sample(model, tok, prompts=prompt, max_new_tokens=tokens, seed=0, threads=threads)[0]
     return tokens / (time.perf_counter() - t), out
@@ -62,16 +64,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--busy", type=int, default=1, help="spinning processes for the loaded case")
     ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--prompt-tokens", type=int, default=1500)
     args = ap.parse_args()
     n = torch.get_num_threads()
     print(f"{os.cpu_count()} CPUs, {n} intra-op threads, load average {os.getloadavg()[0]:.2f}")
+    from partita.pretrained import default_gpt
+
+    print(f"model: {default_gpt(str(PROMPT)).name}")
     best, length = min(first_token() for _ in range(args.rounds))
     print(f"time to first new token, 10-minute piano prompt ({length:,} tokens): {best:.2f} s (best of {args.rounds})")
 
     from partita.generate import build_prompt, resolve_model
 
-    _, tok, _ = resolve_model(None, device="cpu")
-    prompt = build_prompt(tok, str(PROMPT), prompt_tokens=200)
+    _, tok, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
+    prompt = build_prompt(tok, str(PROMPT), prompt_tokens=args.prompt_tokens)
     settings = [("1 thread", 1), (f"{n} threads", n), ("auto", None)]
     for case in ("as it is", f"{args.busy} busy process(es)"):
         pool = None
@@ -89,7 +95,7 @@ def main() -> None:
                     speed[name] = max(speed[name], s)
             same = all(np.array_equal(outs[settings[0][0]], o) for o in outs.values())
             print(f"decoding, {case}: " + ", ".join(f"{k} {v:.0f} tokens/s" for k, v in speed.items())
-                  + f"; same tokens: {same}")
+                  + f"; same tokens: {same}; load average {os.getloadavg()[0]:.2f}")
         finally:
             for p in pool or []:
                 p.terminate()

@@ -29,10 +29,15 @@ def gpt_cmd(
     for col in ("model", "bits/token", "bits/note", "bits/token far into pieces"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, r in results.items():
-        if isinstance(r, dict):
+        if isinstance(r, dict) and "bits_per_token" in r:
             far = r.get("far_bits_per_token")
             table.add_row(name, f"{r['bits_per_token']:.3f}", f"{r['bits_per_note']:.3f}", "" if far is None else f"{far:.3f} ({r['far_tokens']:,} tokens)")
     console.print(table)
+    if "spans" in results:  # a model trained for infilling
+        sp = results["spans"]
+        console.print(f"infilling, {sp['spans']} spans of {sp['span_bars']} bars ({sp['tokens']:,} tokens): "
+                      f"{sp['with_future_bits_per_token']:.3f} bits/token with the music after the span, "
+                      f"{sp['without_future_bits_per_token']:.3f} without it")
     write_json(json_out, results)
 
 
@@ -87,6 +92,10 @@ def continuation_cmd(
                          ("pitch_range", "semitones", "{:.1f}"), ("polyphony", "notes at once", "{:.2f}"),
                          ("ioi", "s between onsets", "{:.3f}")):
         table.add_row(f"{f.replace('_', ' ')} ({unit}), mean", *[cell(s[c][f], fmt) for c in CANDIDATES])
+        if f == "mean_pitch":  # a ratio of MIDI numbers means nothing: the distance in semitones
+            table.add_row("  mean |difference to real| (semitones)", "",
+                          *[cell(s[c][f + "_abs_diff_to_real"], "{:.1f}") for c in CANDIDATES[1:]])
+            continue
         table.add_row("  median ratio to real / share within +-30%", "",
                       *[f"{cell(s[c][f + '_ratio_to_real_median'], '{:.2f}')} / {cell(s[c][f + '_within_30pct_of_real'], '{:.0%}')}"
                         for c in CANDIDATES[1:]])
