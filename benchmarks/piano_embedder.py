@@ -38,10 +38,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from sklearn.metrics import roc_auc_score
-
     from partita.data.corpus import Corpus
     from partita.evaluate.baselines import corpus_features, feature_classifier, recall_at_k, standardised_unit
+    from partita.evaluate.pairs import roc_auc
     from partita.pretrained import FEATNET, bundle_path
     from partita.represent.features import piano_descriptor
     from partita.search.embed import embed_corpus
@@ -73,7 +72,7 @@ def main() -> None:
         sims = v[sub] @ v[sub].T
         iu = np.triu_indices(len(sub), 1)
         same = (label[sub][:, None] == label[sub][None, :])[iu]
-        return float(roc_auc_score(same, sims[iu]))
+        return roc_auc(sims[iu], same.astype(np.int64))
 
     def retrieval(v):
         return recall_at_k(v[queries], v[scores], group[queries], group[scores], (1, 5))

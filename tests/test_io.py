@@ -159,3 +159,29 @@ def test_empty_score_is_refused_unless_allowed():
     with pytest.raises(MidiError):
         load(data)
     assert load(data, allow_empty=True).note_num() == 0
+
+
+def test_atomic_writes_are_whole_or_not_at_all(tmp_path):
+    from partita.io.files import atomic_path, atomic_write
+
+    path = atomic_write(tmp_path / "sub" / "a.txt", "one")  # the folder is made
+    assert path.read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("the writer failed")
+    assert path.read_text() == "one" and [p.name for p in path.parent.iterdir()] == ["a.txt"]  # no temporary file left
+    atomic_write(path, b"two")
+    assert path.read_bytes() == b"two"
+
+
+def test_pitched_drops_drums_and_refuses_other_arrays():
+    from partita.errors import PartitaError
+    from partita.io.midi import NOTE_DTYPE, pitched
+
+    notes = np.zeros(3, NOTE_DTYPE)
+    notes["onset"], notes["pitch"], notes["is_drum"] = [2.0, 1.0, 1.0], [60, 64, 36], [False, False, True]
+    assert pitched(notes)["pitch"].tolist() == [60, 64]
+    assert pitched(notes, sort=True)["pitch"].tolist() == [64, 60]
+    with pytest.raises(PartitaError, match="expected a note array"):
+        pitched(np.zeros(3))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, make_score
+from partita.errors import PartitaError
 from partita.io.midi import NOTE_DTYPE, load, note_array
 from partita.represent.pianoroll import (
     DEFAULT_DECAY_FLOOR,
@@ -245,7 +246,7 @@ def test_bad_arguments_are_refused():
         pianoroll(notes, out_of_range="clip")
     with pytest.raises(ValueError):
         pianoroll(notes, frame_seconds=0)
-    with pytest.raises(TypeError):
+    with pytest.raises(PartitaError, match="expected a note array"):
         pianoroll(np.zeros(3))
 
 

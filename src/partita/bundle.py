@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from partita.errors import PartitaError
+from partita.io.files import atomic_write
 
 __all__ = ["Bundle", "BundleError", "FAMILIES", "load", "load_bundle", "register_family", "save_bundle"]
 
@@ -85,18 +86,6 @@ def _model_class(family: str, where: Path) -> Any:
         entry = getattr(importlib.import_module(module), name)
         FAMILIES[family] = entry
     return entry
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` whole or not at all (a temporary file, then a rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _json_bytes(obj: Any) -> bytes:

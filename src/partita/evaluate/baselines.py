@@ -57,6 +57,7 @@ from typing import Any, Union
 import numpy as np
 
 from partita.errors import PartitaError
+from partita.io.files import atomic_write
 
 __all__ = [
     "NGramLM",
@@ -475,13 +476,7 @@ class NGramLM:
             arrays[f"gamma{L}"] = self._gamma[L - 1]
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_bytes(buf.getvalue())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write(path, buf.getvalue())
         return path
 
     @classmethod

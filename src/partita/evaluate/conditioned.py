@@ -17,8 +17,8 @@ trained on the training split); plus the accuracy of single windows.
   *relative cosine similarity* (mean cosine similarity of pairs with the same label over the mean
   of pairs with different labels, both mapped to [0, 1] as ``(1 + cos) / 2`` so that the ratio is
   defined: 1 means no composer structure, 2 is the most there can be) and the
-  *silhouette* (scikit-learn, Euclidean) of the latents grouped by label, each next to the same
-  numbers for the hand-made feature vectors of the same windows (the baseline); a 2-D map PNG
+  *silhouette* (cosine distance, ``partita.evaluate.pairs.silhouette``) of the latents grouped
+  by label, each next to the same numbers for the hand-made feature vectors of the same windows (the baseline); a 2-D map PNG
   (t-SNE, or PCA) of the latents coloured by composer.
 
 Only held-out pieces enter these numbers (the test split by default); nothing here trains except
@@ -34,6 +34,7 @@ import numpy as np
 
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
+from partita.evaluate.pairs import silhouette
 
 __all__ = [
     "classify_files",
@@ -217,14 +218,6 @@ def relative_cosine_similarity(x: np.ndarray, labels: np.ndarray) -> dict:
     return {"within": within, "across": across, "relative": (1.0 + within) / (1.0 + across)}
 
 
-def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import silhouette_score
-
-    if len(set(np.asarray(labels).tolist())) < 2 or len(x) <= len(set(np.asarray(labels).tolist())):
-        return float("nan")
-    return float(silhouette_score(x, labels, metric="euclidean"))
-
-
 def confusion_png(matrix: np.ndarray, labels: Sequence[str], path: str | Path, *, title: str = "",
                   predicted: Optional[Sequence[str]] = None) -> Path:
     """A confusion matrix (rows: asked-for / true label, columns: predicted) as a PNG; cells show
@@ -403,8 +396,8 @@ def evaluate_conditioned(
             mu = np.concatenate([vae.encode(torch.from_numpy(wid[s : s + 64]))[0].numpy() for s in range(0, len(wid), 64)])
         feats = _window_features(tb.tokenizer, wid, vae.config.pad_id)
         feats = (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-6)
-        latent["vae"] = {"relative_cosine": relative_cosine_similarity(mu, wy), "silhouette": _silhouette(mu, wy)}
-        latent["features"] = {"relative_cosine": relative_cosine_similarity(feats, wy), "silhouette": _silhouette(feats, wy)}
+        latent["vae"] = {"relative_cosine": relative_cosine_similarity(mu, wy), "silhouette": silhouette(mu, wy)}
+        latent["features"] = {"relative_cosine": relative_cosine_similarity(feats, wy), "silhouette": silhouette(feats, wy)}
         if out_dir is not None:
             latent["map_png"] = str(latent_map_png(mu, wy, vnames, out_dir / "latent_map.png", method=map_method, seed=seed,
                                                    title=f"TVAE latents of {split} windows ({map_method})"))

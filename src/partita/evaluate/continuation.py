@@ -50,9 +50,10 @@ def window_features(notes: np.ndarray, start: float, end: float) -> dict[str, An
     """The features of the notes starting in ``[start, end)`` (seconds; drum notes ignored):
     ``pch`` (12 shares), ``density`` (notes/s over the window), ``mean_pitch``, ``pitch_range``,
     ``polyphony``, ``ioi`` (median gap between onset groups; NaN with fewer than 2 groups)."""
-    from partita.represent.features import _onset_groups, _pitched, pitch_class_histogram, polyphony
+    from partita.io.midi import pitched
+    from partita.represent.features import _onset_groups, pitch_class_histogram, polyphony
 
-    w = _pitched(_window(notes, start, end))
+    w = pitched(_window(notes, start, end), sort=True)
     out: dict[str, Any] = {"notes": int(len(w)), "density": len(w) / max(end - start, 1e-9)}
     if len(w) == 0:
         return {**out, "pch": np.zeros(12), "mean_pitch": math.nan, "pitch_range": math.nan, "polyphony": math.nan,

@@ -54,7 +54,7 @@ from partita.evaluate.baselines import (
     standardised_unit,
     topk_accuracy,
 )
-from partita.evaluate.pairs import all_pairs, balanced_pairs, best_threshold, distances, roc_auc
+from partita.evaluate.pairs import all_pairs, balanced_pairs, best_threshold, distances, roc_auc, silhouette
 
 #: Default task: every known label. Callers pass ``tasks`` for subsets ({name: [labels]}).
 TASKS: dict[str, list[str] | None] = {"all labels": None}
@@ -88,14 +88,6 @@ def map_at_k(queries: np.ndarray, q_labels: np.ndarray, ref: np.ndarray, r_label
     return float(np.mean(aps)) if aps else float("nan")
 
 
-def _silhouette(x: np.ndarray, y: np.ndarray) -> float:
-    from sklearn.metrics import silhouette_score
-
-    if len(set(y.tolist())) < 2 or len(y) <= len(set(y.tolist())):
-        return float("nan")
-    return float(silhouette_score(x, y, metric="cosine"))
-
-
 def task_metrics(vec: dict[str, np.ndarray], lab: dict[str, np.ndarray], *, attribution: Callable, seed: int,
                  probabilities: bool = False) -> dict:
     """Pair, attribution, calibration, retrieval and cluster metrics of one representation on one task.
@@ -120,7 +112,7 @@ def task_metrics(vec: dict[str, np.ndarray], lab: dict[str, np.ndarray], *, attr
     out["per_label"] = per_label_top1(scores, classes, lab["test"])
     out["ece"] = _ece(scores, classes, lab["test"], None if probabilities else attribution("valid"), lab["valid"])
     out["map@10"] = map_at_k(vec["test"], lab["test"], vec["ref"], lab["ref"])
-    out["silhouette"] = _silhouette(vec["test"], lab["test"])
+    out["silhouette"] = silhouette(vec["test"], lab["test"])
     return out
 
 

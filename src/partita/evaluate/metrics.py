@@ -31,9 +31,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from partita.errors import PartitaError
+from partita.io.midi import pitched
 from partita.represent.features import (
     _onset_groups,
-    _pitched,
     duration_histogram,
     ioi_histogram,
     note_density,
@@ -88,14 +88,14 @@ def pitch_entropy(notes: np.ndarray) -> float:
 
     0 for one repeated pitch, ``log2 k`` for k pitches used equally often; NaN without notes.
     """
-    pitch = _pitched(notes)["pitch"].astype(np.int64)
+    pitch = pitched(notes, sort=True)["pitch"].astype(np.int64)
     return _entropy_bits(np.bincount(pitch, minlength=128).astype(np.float64))
 
 
 def pitch_class_entropy(notes: np.ndarray) -> float:
     """Shannon entropy (bits) of the pitch-class histogram, counting notes (muspy
     ``pitch_class_entropy``): 0 for one repeated note, ``log2 12`` = 3.585 for all twelve equally."""
-    pitch = _pitched(notes)["pitch"].astype(np.int64)
+    pitch = pitched(notes, sort=True)["pitch"].astype(np.int64)
     return _entropy_bits(np.bincount(pitch % 12, minlength=12).astype(np.float64))
 
 
@@ -107,7 +107,7 @@ def pitch_in_scale_rate(notes: np.ndarray, root: int, mode: str = "major") -> fl
     scale = {"major": MAJOR, "minor": MINOR}.get(mode)
     if scale is None:
         raise ValueError(f"mode must be 'major' or 'minor', not {mode!r}")
-    pc = _pitched(notes)["pitch"].astype(np.int64) % 12
+    pc = pitched(notes, sort=True)["pitch"].astype(np.int64) % 12
     if len(pc) == 0:
         return float("nan")
     return float(np.roll(scale, root)[pc].mean())
@@ -116,7 +116,7 @@ def pitch_in_scale_rate(notes: np.ndarray, root: int, mode: str = "major") -> fl
 def scale_consistency(notes: np.ndarray) -> float:
     """The largest :func:`pitch_in_scale_rate` over the 24 major and minor scales (muspy
     ``scale_consistency``, after Mogren's C-RNN-GAN): 1.0 for any diatonic melody."""
-    pc_counts = np.bincount(_pitched(notes)["pitch"].astype(np.int64) % 12, minlength=12).astype(np.float64)
+    pc_counts = np.bincount(pitched(notes, sort=True)["pitch"].astype(np.int64) % 12, minlength=12).astype(np.float64)
     total = pc_counts.sum()
     if total == 0:
         return float("nan")
@@ -127,7 +127,7 @@ def scale_consistency(notes: np.ndarray) -> float:
 
 def _sweep(notes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(span lengths, notes sounding in each span) between consecutive note events of pitched notes."""
-    notes = _pitched(notes)
+    notes = pitched(notes, sort=True)
     notes = notes[notes["duration"] > 0]
     if len(notes) == 0:
         return np.zeros(0), np.zeros(0, np.int64)
@@ -151,7 +151,7 @@ def polyphony_rate(notes: np.ndarray, threshold: int = 2) -> float:
 
 
 def _group_starts(notes: np.ndarray) -> np.ndarray:
-    onset = _pitched(notes)["onset"].astype(np.float64)
+    onset = pitched(notes, sort=True)["onset"].astype(np.float64)
     if len(onset) == 0:
         return onset
     groups = _onset_groups(onset, CHORD_TOLERANCE)
@@ -168,7 +168,7 @@ def avg_ioi(notes: np.ndarray) -> float:
 def avg_pitch_shift(notes: np.ndarray) -> float:
     """Mean absolute interval in semitones between consecutive notes in onset-then-pitch order
     (MGEval ``avg_pitch_shift``). NaN with fewer than two notes."""
-    pitch = _pitched(notes)["pitch"].astype(np.float64)
+    pitch = pitched(notes, sort=True)["pitch"].astype(np.float64)
     return float(np.abs(np.diff(pitch)).mean()) if len(pitch) > 1 else float("nan")
 
 
@@ -180,7 +180,7 @@ def pitch_class_transition_matrix(notes: np.ndarray) -> np.ndarray:
     MGEval takes pretty_midi's matrix, which links notes whose end is within 50 ms of another's
     start; onset groups per track do not depend on articulation or tempo. Zeros without transitions.
     """
-    notes = _pitched(notes)
+    notes = pitched(notes, sort=True)
     out = np.zeros((12, 12))
     if len(notes) < 2:
         return out
@@ -261,13 +261,10 @@ def piece_metrics(notes: np.ndarray, *, beats_per_bar: float = 4.0) -> dict[str,
     are note values: under a 1/32 beat, [1/32, 1/16), ... [2, 4), 4 beats and more (a quarter note
     falls in [1, 2), a dotted quarter too).
     """
-    notes = np.asarray(notes)
-    if notes.dtype.names is None or not {"onset", "duration", "pitch"} <= set(notes.dtype.names):
-        raise PartitaError("expected a note array (partita.io.note_array(score, unit='beat'))")
-    pitched = _pitched(notes)
-    has = len(pitched) > 0
+    kept = pitched(notes, sort=True)  # PartitaError for anything but a note array
+    has = len(kept) > 0
     nan = float("nan")
-    pitch = pitched["pitch"].astype(np.int64)
+    pitch = kept["pitch"].astype(np.int64)
     return {
         "pitch_range": float(pitch_range(notes)[2]) if has else nan,
         "n_pitches_used": float(len(np.unique(pitch))) if has else nan,

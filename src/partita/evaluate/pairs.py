@@ -1,11 +1,12 @@
-"""Pairs of pieces: same label or not, their distances, the best threshold, ROC-AUC. Shared by
-the embedder's training validation (``partita.train.embedder``) and its evaluation."""
+"""Pairs and clusters of pieces: same label or not, their distances, the best threshold, ROC-AUC,
+the silhouette. Shared by the embedder's training validation (``partita.train.embedder``), its
+evaluation and the conditioned models' latent-space evaluation."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["all_pairs", "balanced_pairs", "best_threshold", "distances", "roc_auc"]
+__all__ = ["all_pairs", "balanced_pairs", "best_threshold", "distances", "roc_auc", "silhouette"]
 
 
 def roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
@@ -15,6 +16,19 @@ def roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
     if len(y) == 0 or y.min() == y.max():
         return float("nan")
     return float(roc_auc_score(y, scores))
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+    """Silhouette of the rows of ``x`` grouped by ``labels``, with cosine distance (partita compares
+    embeddings and latents by cosine everywhere: search, attribution, relative cosine similarity).
+    NaN with fewer than two labels, or no more rows than labels."""
+    from sklearn.metrics import silhouette_score
+
+    labels = np.asarray(labels)
+    n_labels = len(set(labels.tolist()))
+    if n_labels < 2 or len(labels) <= n_labels:
+        return float("nan")
+    return float(silhouette_score(x, labels, metric="cosine"))
 
 
 def all_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from partita.errors import PartitaError
+from partita.io.files import atomic_path, atomic_write
 
 __all__ = ["COPY_FILE", "COPY_META", "CopyIndex", "CopyMatch", "bar_hashes", "build_copy_index", "new_bar_start"]
 
@@ -181,14 +182,10 @@ class CopyIndex:
 
     def save(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (COPY_FILE + ".tmp.npz")
-        np.savez_compressed(tmp, hashes=self.hashes, offsets=self.offsets, bar_numbers=self.bar_numbers)
-        os.replace(tmp, folder / COPY_FILE)
+        with atomic_path(folder / COPY_FILE, suffix=".npz") as tmp:
+            np.savez_compressed(tmp, hashes=self.hashes, offsets=self.offsets, bar_numbers=self.bar_numbers)
         meta = {**self.meta, "pieces": self.pieces, "bars": self.bars}
-        tmp = folder / (COPY_META + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-        os.replace(tmp, folder / COPY_META)
+        atomic_write(folder / COPY_META, json.dumps(meta, indent=1, ensure_ascii=False))
         self.path = folder
         return folder
 
@@ -331,9 +328,7 @@ def build_copy_index(corpus_dir: str | os.PathLike, model: str | os.PathLike, *,
         card = json.loads((model / "card.json").read_text(encoding="utf-8"))
         card["copy_index"] = {k: meta[k] for k in ("corpus", "split", "command") if k in meta}
         card["copy_index"].update({"pieces": len(index), "bars": index.bars, "files": [COPY_FILE, COPY_META]})
-        tmp = model / "card.json.tmp"
-        tmp.write_text(json.dumps(card, indent=2, ensure_ascii=False))
-        os.replace(tmp, model / "card.json")
+        atomic_write(model / "card.json", json.dumps(card, indent=2, ensure_ascii=False))
     return index
 
 

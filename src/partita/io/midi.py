@@ -17,6 +17,7 @@ import symusic
 from symusic import Note, Pedal, Score, Track
 
 from partita.errors import PartitaError
+from partita.io.files import atomic_path
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
@@ -161,14 +162,8 @@ def load(
 def save(score: Score, path: str | os.PathLike) -> Path:
     """Write ``score`` as a standard MIDI file; the file appears whole or not at all."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         score.dump_midi(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -290,6 +285,17 @@ def note_array(score: Score, unit: str = "second") -> np.ndarray:
         return np.zeros(0, NOTE_DTYPE)
     notes = np.concatenate(parts)
     return notes[np.lexsort((notes["pitch"], notes["onset"]))]
+
+
+def pitched(notes: np.ndarray, *, require: tuple[str, ...] = ("onset", "duration", "pitch"), sort: bool = False) -> np.ndarray:
+    """The non-drum notes of a ``NOTE_DTYPE`` array (``is_drum`` is optional); ``sort``: by onset,
+    then pitch. ``PartitaError`` for anything that is not a note array with the fields in ``require``."""
+    notes = np.asarray(notes)
+    if notes.dtype.names is None or not set(require) <= set(notes.dtype.names):
+        raise PartitaError(f"expected a note array with fields {', '.join(require)} (partita.io.note_array or Corpus.notes)")
+    if "is_drum" in notes.dtype.names:
+        notes = notes[~notes["is_drum"]]
+    return notes[np.lexsort((notes["pitch"], notes["onset"]))] if sort else notes
 
 
 def duration_seconds(score: Score) -> float:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from partita.io.midi import pitched
+
 #: Interval histogram bins: -12..+12 semitones, larger leaps clipped to the end bins.
 MAX_INTERVAL = 12
 N_INTERVAL_BINS = 2 * MAX_INTERVAL + 1
@@ -33,16 +35,6 @@ N_TIME_BINS = len(TIME_EDGES) + 1
 DEFAULT_CHORD_TOLERANCE = 0.03
 
 PITCH_CLASS_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-
-
-def _pitched(notes: np.ndarray) -> np.ndarray:
-    """The non-drum notes, sorted by onset then pitch (``is_drum`` is optional)."""
-    notes = np.asarray(notes)
-    if notes.dtype.names is None or not {"onset", "duration", "pitch"} <= set(notes.dtype.names):
-        raise TypeError("expected a NOTE_DTYPE note array (see partita.io.midi.note_array)")
-    if "is_drum" in notes.dtype.names:
-        notes = notes[~notes["is_drum"]]
-    return notes[np.lexsort((notes["pitch"], notes["onset"]))]
 
 
 def _normalise(counts: np.ndarray) -> np.ndarray:
@@ -67,7 +59,7 @@ def pitch_class_histogram(notes: np.ndarray, *, by_duration: bool = False) -> np
     ear hears held, rather than how many times a key is struck). Note that the pianoroll's
     pitch-class axis starts at F; this one follows the usual C convention.
     """
-    notes = _pitched(notes)
+    notes = pitched(notes, sort=True)
     weights = notes["duration"].astype(np.float64) if by_duration else None
     counts = np.bincount(notes["pitch"].astype(np.int64) % 12, weights=weights, minlength=12)
     return _normalise(counts.astype(np.float64))
@@ -82,7 +74,7 @@ def melodic_line(
     contributes its top note, so chord tones do not count as leaps). ``"all"``: every note in order
     of onset, then pitch (a chord then reads as a rising arpeggio).
     """
-    notes = _pitched(notes)
+    notes = pitched(notes, sort=True)
     pitch = notes["pitch"].astype(np.int64)
     if line == "all":
         return pitch
@@ -113,7 +105,7 @@ def interval_histogram(
 
 def pitch_range(notes: np.ndarray) -> np.ndarray:
     """``[lowest, highest, highest - lowest]`` MIDI pitch (zeros for no notes)."""
-    pitch = _pitched(notes)["pitch"].astype(np.float64)
+    pitch = pitched(notes, sort=True)["pitch"].astype(np.float64)
     if len(pitch) == 0:
         return np.zeros(3)
     lo, hi = pitch.min(), pitch.max()
@@ -126,7 +118,7 @@ def note_density(notes: np.ndarray) -> float:
     Leading silence is not counted, so an offset in a file does not change the density; a piece
     of zero length (only zero-duration notes at one time) has density 0.
     """
-    notes = _pitched(notes)
+    notes = pitched(notes, sort=True)
     if len(notes) == 0:
         return 0.0
     span = float((notes["onset"] + notes["duration"]).max() - notes["onset"].min())
@@ -140,7 +132,7 @@ def _time_histogram(values: np.ndarray) -> np.ndarray:
 
 def duration_histogram(notes: np.ndarray) -> np.ndarray:
     """Share of note durations in each of the log-spaced ``TIME_EDGES`` bins (9 bins, seconds)."""
-    return _time_histogram(_pitched(notes)["duration"].astype(np.float64))
+    return _time_histogram(pitched(notes, sort=True)["duration"].astype(np.float64))
 
 
 def ioi_histogram(notes: np.ndarray, *, chord_tolerance: float = DEFAULT_CHORD_TOLERANCE) -> np.ndarray:
@@ -149,7 +141,7 @@ def ioi_histogram(notes: np.ndarray, *, chord_tolerance: float = DEFAULT_CHORD_T
     An IOI is the time between consecutive onset groups (a group's time is its first onset), so
     the zero gaps inside chords do not swamp the histogram.
     """
-    onset = _pitched(notes)["onset"].astype(np.float64)
+    onset = pitched(notes, sort=True)["onset"].astype(np.float64)
     groups = _onset_groups(onset, chord_tolerance)
     starts = onset[np.r_[True, groups[1:] != groups[:-1]]] if len(onset) else onset
     return _time_histogram(np.diff(starts))
@@ -164,7 +156,7 @@ def polyphony(notes: np.ndarray) -> np.ndarray:
     held chord of n notes gives ``[n, n]``, a melody with rests ``[1, 1]``. Zero-length notes sound
     for no time and are left out. Zeros for no notes.
     """
-    notes = _pitched(notes)
+    notes = pitched(notes, sort=True)
     notes = notes[notes["duration"] > 0]
     if len(notes) == 0:
         return np.zeros(2)
@@ -190,7 +182,7 @@ def velocity_stats(notes: np.ndarray) -> np.ndarray:
     (a Liszt fortissimo, a Bach fugue's even touch). A quantised score written at one velocity has
     a standard deviation of 0 and equal percentiles.
     """
-    velocity = _pitched(notes)["velocity"].astype(np.float64)
+    velocity = pitched(notes, sort=True)["velocity"].astype(np.float64)
     if len(velocity) == 0:
         return np.zeros(5)
     return np.r_[velocity.mean(), velocity.std(), np.percentile(velocity, [10, 50, 90])]
@@ -205,7 +197,7 @@ def harmonic_interval_histogram(notes: np.ndarray, *, chord_tolerance: float = D
     tritones). The vertical counterpart of the interval histogram, it tells a harmony of stacked
     thirds from one of fourths, seconds and tritones. Sums to 1 (zeros with no chord).
     """
-    notes = _pitched(notes)
+    notes = pitched(notes, sort=True)
     if len(notes) < 2:
         return np.zeros(7)
     groups = _onset_groups(notes["onset"].astype(np.float64), chord_tolerance)
@@ -310,7 +302,7 @@ def _hist(values: np.ndarray, bins: int, offset: int, weights: np.ndarray | None
 def estimate_key(notes: np.ndarray) -> tuple[int, bool]:
     """``(tonic pitch class, minor)`` by the Krumhansl-Schmuckler method (duration-weighted,
     durations capped at 4 s so a held pedal note does not decide the key)."""
-    notes = _pitched(notes)
+    notes = pitched(notes, sort=True)
     weights = np.minimum(notes["duration"].astype(np.float64), 4.0)
     profile = np.bincount(notes["pitch"].astype(np.int64) % 12, weights=weights, minlength=12)
     if not profile.any():
@@ -333,7 +325,7 @@ def piano_descriptor(notes: np.ndarray, *, chord_tolerance: float = 0.05) -> np.
     Onsets within ``chord_tolerance`` seconds form one chord (performed chords are never exact).
     Raises ``ValueError`` for fewer than 2 pitched notes.
     """
-    notes = _pitched(notes)
+    notes = pitched(notes, sort=True)
     if len(notes) < 2:
         raise ValueError("fewer than 2 pitched notes to describe")
     onset = notes["onset"].astype(np.float64)

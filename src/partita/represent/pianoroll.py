@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from partita.io.midi import pitched
+
 #: The lowest and highest MIDI pitch the roll holds (F1 and E7).
 LOWEST_PITCH = 29
 HIGHEST_PITCH = 100
@@ -40,6 +42,8 @@ N_PITCHES = N_PITCH_CLASSES * N_OCTAVES  # 72
 PITCH_CLASS_NAMES = ("F", "F#", "G", "G#", "A", "A#", "B", "C", "C#", "D", "D#", "E")
 
 MODES = ("binary", "velocity", "decay")
+#: The fields a note array needs for a pianoroll.
+_FIELDS = ("onset", "duration", "pitch", "velocity")
 OUT_OF_RANGE = ("fold", "drop")
 
 DEFAULT_FRAME_SECONDS = 0.05
@@ -74,16 +78,6 @@ def fold_pitches(pitch: np.ndarray) -> np.ndarray:
     above = np.maximum(p - HIGHEST_PITCH, 0)
     # ceil(k / 12) octaves up or down, with integer arithmetic: -(-k // 12).
     return p + 12 * (-(-below // 12)) - 12 * (-(-above // 12))
-
-
-def _pitched(notes: np.ndarray) -> np.ndarray:
-    """The non-drum notes of a ``NOTE_DTYPE`` array (``is_drum`` is optional)."""
-    notes = np.asarray(notes)
-    if notes.dtype.names is None or not {"onset", "duration", "pitch", "velocity"} <= set(notes.dtype.names):
-        raise TypeError("expected a NOTE_DTYPE note array (see partita.io.midi.note_array)")
-    if "is_drum" in notes.dtype.names:
-        notes = notes[~notes["is_drum"]]
-    return notes
 
 
 def _check(frame_seconds: float, mode: str, out_of_range: str, decay_floor: float) -> None:
@@ -154,7 +148,7 @@ def pianoroll(
     _check(frame_seconds, mode, out_of_range, decay_floor)
     if duration is not None and duration < 0:
         raise ValueError(f"duration must be >= 0, not {duration}")
-    notes = _pitched(notes)
+    notes = pitched(notes, require=_FIELDS)
 
     pitch = notes["pitch"].astype(np.int64)
     if out_of_range == "fold":
@@ -209,7 +203,7 @@ def pianoroll(
 
 def _span_frames(notes: np.ndarray, frame_seconds: float, out_of_range: str) -> tuple[int, int]:
     """First frame of the first note and one past the frame of the last note-off (0, 0 if none)."""
-    notes = _pitched(notes)
+    notes = pitched(notes, require=_FIELDS)
     if out_of_range == "drop":
         notes = notes[(notes["pitch"] >= LOWEST_PITCH) & (notes["pitch"] <= HIGHEST_PITCH)]
     if len(notes) == 0:

@@ -73,6 +73,7 @@ from miditok.utils import get_score_ticks_per_beat
 from symusic import Note, Score
 
 from partita.errors import PartitaError
+from partita.io.files import atomic_path
 from partita.io.midi import MidiSource, load
 
 __all__ = [
@@ -204,14 +205,8 @@ def save_tokenizer(tokenizer: MusicTokenizer, path: PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.json")
-    try:
+    with atomic_path(path, suffix=".json") as tmp:
         tokenizer.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from partita.errors import PartitaError
+from partita.io.files import atomic_write
 
 __all__ = ["Attribution", "UNKNOWN", "fit_attribution", "fit_from_arrays", "load_attribution"]
 
@@ -181,10 +182,7 @@ class Attribution:
 
     def save(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / ATTRIBUTION_FILE
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n")
 
 
 def load_attribution(folder: str | os.PathLike) -> Attribution:

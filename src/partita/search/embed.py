@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from partita.errors import PartitaError
+from partita.io.midi import pitched
 from partita.represent.pianoroll import note_frames, pianoroll
 
 __all__ = ["embed_corpus", "embed_files", "embed_notes", "window_starts"]
@@ -31,21 +32,12 @@ __all__ = ["embed_corpus", "embed_files", "embed_notes", "window_starts"]
 Progress = Optional[Callable[[int, int], None]]
 
 
-def _pitched(notes: np.ndarray) -> np.ndarray:
-    notes = np.asarray(notes)
-    if notes.dtype.names is None or "pitch" not in notes.dtype.names:
-        raise PartitaError("expected a note array (partita.io.note_array or Corpus.notes)")
-    if "is_drum" in notes.dtype.names:
-        notes = notes[~notes["is_drum"]]
-    return notes
-
-
 def window_starts(notes: np.ndarray, *, frame_seconds: float, window_seconds: float, windows: int) -> np.ndarray:
     """Start frames of up to ``windows`` evenly spread windows over the piece (distinct, sorted).
 
     Raises ``PartitaError`` for a piece with no pitched notes.
     """
-    notes = _pitched(notes)
+    notes = pitched(notes)
     if len(notes) == 0:
         raise PartitaError("no pitched notes to embed (empty, or drums only)")
     onset = notes["onset"].astype(np.float64)
@@ -99,7 +91,7 @@ def _descriptors(model, notes: np.ndarray) -> list[np.ndarray]:
     from partita.represent.features import piano_descriptor
 
     try:
-        return [piano_descriptor(_pitched(notes), chord_tolerance=model.config.chord_tolerance)]
+        return [piano_descriptor(pitched(notes), chord_tolerance=model.config.chord_tolerance)]
     except ValueError as e:
         raise PartitaError(f"cannot embed: {e}") from None
 

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from partita.errors import PartitaError
+from partita.io.files import atomic_path, atomic_write
 
 __all__ = [
     "EXACT_MAX", "IVF_MIN", "KINDS", "Hit", "Index", "choose_kind", "embed_into_index",
@@ -333,15 +334,13 @@ class Index:
             raise PartitaError(f"{path}: exists and is not a folder; choose another --index")
         path.mkdir(parents=True, exist_ok=True)
         faiss = _faiss()
-        tmp = path / f".{INDEX_FILE}.tmp{os.getpid()}"
         if self.faiss_index is None:  # an empty index: exact, since there is nothing to train on
             self.kind = "flat"
             self.faiss_index = self._new_faiss("flat", np.zeros((0, self.dim), np.float32))
-        faiss.write_index(self.faiss_index, str(tmp))
-        os.replace(tmp, path / INDEX_FILE)
-        tmp = path / f".{PIECES_FILE}.tmp{os.getpid()}"
-        pq.write_table(pa.Table.from_pylist(self.pieces, schema=SCHEMA), tmp)
-        os.replace(tmp, path / PIECES_FILE)
+        with atomic_path(path / INDEX_FILE) as tmp:
+            faiss.write_index(self.faiss_index, str(tmp))
+        with atomic_path(path / PIECES_FILE) as tmp:
+            pq.write_table(pa.Table.from_pylist(self.pieces, schema=SCHEMA), tmp)
         _write_json(path / META_FILE, self.meta())
         self.path = path
         return path
@@ -393,9 +392,7 @@ class Index:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def read_json(path: Path, what: str) -> Any:

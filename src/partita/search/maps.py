@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from partita.errors import PartitaError
+from partita.io.files import atomic_path, atomic_write
 
 __all__ = ["METHODS", "MapState", "draw_map", "figure_html", "figure_png", "fit_map", "load_map", "place"]
 
@@ -78,10 +79,7 @@ class MapState:
 
     def save(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / map_file(self.method, self.dims)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict()) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, json.dumps(self.to_dict()) + "\n")
 
 
 def load_map(folder: str | os.PathLike, method: str = "tsne", dims: int = 2) -> Optional[MapState]:
@@ -272,12 +270,9 @@ def figure_html(coords: np.ndarray, pieces: Sequence[dict], *, highlights: Seque
 
 def write_html(fig, path: str | os.PathLike) -> Path:
     """A self-contained page: plotly.js is inlined (about 4.5 MB), so it opens without a network."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.write_html(str(tmp), include_plotlyjs=True, full_html=True, include_mathjax=False)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.write_html(str(tmp), include_plotlyjs=True, full_html=True, include_mathjax=False)
+    return Path(path)
 
 
 def figure_png(coords: np.ndarray, pieces: Sequence[dict], path: str | os.PathLike, *, highlights: Sequence[dict] = (),
@@ -317,13 +312,12 @@ def figure_png(coords: np.ndarray, pieces: Sequence[dict], path: str | os.PathLi
     for handle in getattr(legend, "legend_handles", getattr(legend, "legendHandles", [])):
         handle.set_sizes([40])  # one marker size in the legend, whatever the size on the map
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 # ------------------------------------------------------------------------ the whole job

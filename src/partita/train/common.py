@@ -381,7 +381,7 @@ class BestWeights(L.Callback):
         if trainer.is_global_zero:
             from safetensors.torch import save
 
-            from partita.bundle import atomic_write
+            from partita.io.files import atomic_write
 
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write(self.folder / "best.safetensors", save({k: v.contiguous() for k, v in self.weights.items()}))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from partita.io.files import atomic_write
+
 __all__ = ["Report", "Section"]
 
 _STYLE = """
@@ -155,8 +157,4 @@ class Report:
             + "".join(s.render() for s in self.sections)
             + "</body></html>\n"
         )
-        path = self.root / name
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(self.root / name, page)

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from partita.data.piece import Piece
+from partita.io.files import atomic_path, atomic_write
 
 #: Works per label in the default export; sized so that a cold export takes under two minutes
 #: on two CPU cores. ``full=True`` lifts the cap.
@@ -593,16 +594,6 @@ def _settings(labels: tuple[str, ...], max_per_label: int | None) -> dict:
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _load_manifest(out_dir: Path) -> dict | None:
     try:
         return json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
@@ -824,13 +815,11 @@ def _build(
             skipped[w.label] += 1
             reasons[w.ref] = rec["reason"]
 
-    tmp = out / f".{LABELS_CSV}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_path(out / LABELS_CSV) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "title"])
         for p in pieces:
             writer.writerow([p["id"], p["label"], p["title"] or ""])
-    os.replace(tmp, out / LABELS_CSV)
 
     manifest = {
         "settings": settings,
@@ -844,7 +833,7 @@ def _build(
         "pieces": pieces,
     }
     # Last: the manifest is the proof that the export is complete.
-    _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     journal_path.unlink(missing_ok=True)
     return _from_manifest(out, manifest, reused=False, seconds=time.perf_counter() - t0)
 
@@ -854,7 +843,7 @@ def _journal_key() -> str:
 
 
 def _write_journal(path: Path, records: Iterable[dict]) -> None:
-    _atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 # --------------------------------------------------------------------------------------------
