@@ -7,9 +7,16 @@
    token (TchAIkovsky's way).
 3. Real-time factor of a bundle (default: the shipped model): seconds of music generated per
    second of compute.
-4. bf16 MFU when a GPU is present.
+4. The shipped piano model (``gpt-piano``) on piano prompts (``tests/fixtures/midi/performance``),
+   as a user asks for it: ``generate_samples(prompt=FILE, seconds=30)`` at batch 1, timed from
+   loading the bundle and reading the MIDI file (the whole file is the prompt, read window by
+   window) to the 30th second of new music, with 1 thread, 2 threads and the automatic choice
+   taking turns; real-time factor = 30 s over that time (Python's imports not counted).
+5. bf16 MFU when a GPU is present.
 
-    python benchmarks/gpt.py [--model BUNDLE] [--threads N] [--json FILE]
+    python benchmarks/gpt.py [--model BUNDLE] [--threads N] [--parts train,generate,realtime,piano] [--json FILE]
+
+``--parts`` runs some of them (``generate1``: batch 1 only); only a full run rewrites its section.
 
 Results go to the "Music transformer" section of benchmarks/RESULTS.md.
 """
@@ -107,7 +114,7 @@ def generation_throughput(cfg, tokenizer, prompt, batch, new_tokens, rounds=3):
 
     def partita_run():
         outs = sample(ours, tokenizer, prompts=[np.asarray(prompt)], n=batch, max_new_tokens=new_tokens, seed=0,
-                      allow_eos=False)
+                      allow_eos=False, threads=torch.get_num_threads())  # the same threads as HF's
         made["partita (KV cache)"] = sum(len(o) - len(prompt) for o in outs)
 
     def hf_run():
@@ -143,6 +150,41 @@ def realtime_factor(bundle_path, n_tokens=1024, n=4):
         compute += time.perf_counter() - t
         music += float(decode_safe(bundle.tokenizer, ids)[0].to("second").end())
     return music, compute
+
+
+PIANO_PROMPTS = ("Maestro_1.mid", "Chopin, Frédéric, Études, Op.10, g0hoN6_HDVU.mid")
+
+
+def piano_realtime(seconds=30.0, rounds=1, thread_counts=(1, 2, None)):
+    """Per thread setting: [(prompt, prompt tokens, new seconds, wall seconds, load, prefill)]
+    for ``seconds`` of music after each piano prompt, start-up included (module doc)."""
+    from partita.bundle import load_bundle
+    from partita.generate import build_prompt, generate_samples
+    from partita.pretrained import GPT_PIANO, bundle_path
+
+    path = bundle_path(GPT_PIANO)
+    folder = ROOT / "tests" / "fixtures" / "midi" / "performance"
+    out = {t: [] for t in thread_counts}
+    generate_samples(str(path), str(folder / PIANO_PROMPTS[-1]), prompt_tokens=600, seconds=2.0, threads=1)  # warm-up
+    for _ in range(rounds):
+        for name in PIANO_PROMPTS:
+            for t in thread_counts:  # taking turns: a change of load falls on every setting
+                start = time.perf_counter()
+                bundle = load_bundle(path)
+                loaded = time.perf_counter() - start
+                ids = build_prompt(bundle.tokenizer, str(folder / name))
+                [s] = generate_samples(bundle, ids, seconds=seconds, threads=t, seed=0)
+                wall = time.perf_counter() - start
+                new = s.seconds - _prompt_seconds(bundle.tokenizer, ids)
+                out[t].append({"prompt": name, "prompt_tokens": int(len(ids)), "new_tokens": s.new_tokens,
+                               "new_seconds": new, "wall": wall, "load": loaded})
+    return out
+
+
+def _prompt_seconds(tokenizer, ids):
+    from partita.generate.sampling import decode_safe
+
+    return float(decode_safe(tokenizer, ids)[0].to("second").end())
 
 
 def cpu_name():
@@ -201,8 +243,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="bundle for the real-time factor (default: the shipped model)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--parts", default="train,generate,realtime,piano")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
     from partita.bundle import load_bundle
@@ -211,13 +255,14 @@ def main():
 
     model = args.model or str(ROOT / "src" / "partita" / "pretrained" / "gpt-small")
     tokenizer = load_bundle(model).tokenizer if Path(model, "config.json").exists() else make_tokenizer()
-    fixture = ROOT.parent / "shared" / "fixtures" / "midi" / "multitrack" / "POP909_008.mid"
+    fixture = ROOT / "tests" / "fixtures" / "midi" / "multitrack" / "POP909_008.mid"
     prompt = encode(tokenizer, fixture)[:16]
     cfg = GPTConfig.preset("small", vocab_size=len(tokenizer), n_labels=10, dropout=0.0, bar_embeddings=False)
     gen_cfg = cfg
     lines = [SECTION, ""]
     cmd = "python benchmarks/gpt.py" + (f" --threads {args.threads}" if args.threads else "")
-    lines += [f"Command: `{cmd}` (each row: best of 3 rounds after a warm-up, the contenders of a table taking turns "
+    cmd += f" --parts {args.parts}" if parts != {"train", "generate", "realtime", "piano"} else ""
+    lines += [f"Command: `{cmd}`, load average {os.getloadavg()[0]:.2f} at the start (each row: best of 3 rounds after a warm-up, the contenders of a table taking turns "
               f"within each round, so that the machine's changing load falls on all of them). Machine: {os.cpu_count()} cores, "
               f"{cpu_name()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads. Model dimensions: the `small` preset "
@@ -226,6 +271,57 @@ def main():
     results = {}
     from partita.train.common import cpu_bf16_flag, default_precision
 
+    if "train" in parts:
+        lines += train_lines(cfg, results, default_precision, cpu_bf16_flag)
+    if "generate" in parts or "generate1" in parts:  # generate1: batch 1 only (the no-cache batch 16 is slow)
+        lines += generate_lines(gen_cfg, tokenizer, prompt, results, (1,) if "generate" not in parts else (1, 16))
+    if "realtime" in parts and Path(model, "config.json").exists():
+        seconds, compute = realtime_factor(model)
+        results["realtime"] = {"music_seconds": seconds, "compute_seconds": compute}
+        lines += [f"Real-time factor of the shipped model (`{Path(model).name}`): {seconds:.1f} s of music in "
+                  f"{compute:.2f} s of compute (4 pieces of 1024 tokens, batch 1, one after another) = "
+                  f"**{seconds / compute:.1f}x real time**.", ""]
+    if "piano" in parts:
+        lines += piano_lines(results)
+    if torch.cuda.is_available():
+        mfu = gpu_mfu()
+        results["gpu_mfu"] = mfu
+        peak = f"{mfu['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16" if mfu["peak_flops"] else "unknown peak"
+        lines += [f"GPU ({mfu['device']}, {peak}): `base` preset ({mfu['parameters'] / 1e6:.0f}M parameters), "
+                  f"batch {mfu['batch']} x {mfu['context']}, bf16 autocast, fwd+bwd+AdamW: "
+                  f"{mfu['tokens_per_s']:,.0f} tokens/s"
+                  + (f", **MFU {mfu['mfu']:.1%}**." if mfu["mfu"] else "."), ""]
+    lines.append(f"Load average at the end: {os.getloadavg()[0]:.2f}.")
+    text = "\n".join(lines)
+    print(text)
+    if parts == {"train", "generate", "realtime", "piano"}:
+        write_section(text)
+    else:
+        print("(a partial run: RESULTS.md not written)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def piano_lines(results):
+    runs = piano_realtime()
+    results["piano_realtime"] = {str(k): v for k, v in runs.items()}
+    lines = ["| `gpt-piano`, 30 s after a piano prompt, batch 1, start-up included | threads | prompt tokens | "
+             "new tokens | wall s (load) | real-time factor |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for t, rows in runs.items():
+        for r in rows:
+            lines.append(f"| {r['prompt'].split(',')[0]} | {'auto' if t is None else t} | {r['prompt_tokens']:,} | "
+                         f"{r['new_tokens']:,} | {r['wall']:.1f} ({r['load']:.2f}) | {r['new_seconds'] / r['wall']:.2f}x |")
+    lines.append("")
+    for t, rows in runs.items():
+        music, wall = sum(r["new_seconds"] for r in rows), sum(r["wall"] for r in rows)
+        lines.append(f"- {'auto' if t is None else t} thread(s): {music:.0f} s of music in {wall:.1f} s = "
+                     f"**{music / wall:.2f}x real time** (target 20x).")
+    lines.append("")
+    return lines
+
+
+def train_lines(cfg, results, default_precision, cpu_bf16_flag):
+    lines = []
     ours, theirs = training_throughput(cfg, batch=4, steps=3)
     results["train"] = {"partita": ours, "hf_gpt2": theirs}
     default = default_precision(cpu_bf16=True)
@@ -242,34 +338,21 @@ def main():
     lines += ["", (f"This CPU has bf16 instructions (`{bf16_flag}`)" if bf16_flag else "This CPU has no bf16 instructions")
               + f"; `partita train gpt` trains in `{default}` here by default (bf16 autocast on a GPU and on a CPU "
               "with AMX or AVX-512 BF16, fp32 elsewhere).", ""]
+    return lines
+
+
+def generate_lines(gen_cfg, tokenizer, prompt, results, batches=(1, 16)):
+    lines = []
     lines += ["| generation (16-token prompt, 256 new tokens) | batch | new tokens/s | x HF generate | x no cache |",
               "| --- | ---: | ---: | ---: | ---: |"]
-    for batch in (1, 16):
+    for batch in batches:
         g = generation_throughput(gen_cfg, tokenizer, prompt, batch, 256, rounds=5 if batch == 1 else 3)
         results[f"generate_b{batch}"] = g
         hf, nc = g["HF generate (cache)"], g["no cache (TchAIkovsky)"]
         for name, tps in g.items():
             lines.append(f"| {name} | {batch} | {tps:,.0f} | {tps / hf:.2f} | {tps / nc:.2f} |")
     lines.append("")
-    if Path(model, "config.json").exists():
-        seconds, compute = realtime_factor(model)
-        results["realtime"] = {"music_seconds": seconds, "compute_seconds": compute}
-        lines += [f"Real-time factor of the shipped model (`{Path(model).name}`): {seconds:.1f} s of music in "
-                  f"{compute:.2f} s of compute (4 pieces of 1024 tokens, batch 1, one after another) = "
-                  f"**{seconds / compute:.1f}x real time**.", ""]
-    if torch.cuda.is_available():
-        mfu = gpu_mfu()
-        results["gpu_mfu"] = mfu
-        peak = f"{mfu['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16" if mfu["peak_flops"] else "unknown peak"
-        lines += [f"GPU ({mfu['device']}, {peak}): `base` preset ({mfu['parameters'] / 1e6:.0f}M parameters), "
-                  f"batch {mfu['batch']} x {mfu['context']}, bf16 autocast, fwd+bwd+AdamW: "
-                  f"{mfu['tokens_per_s']:,.0f} tokens/s"
-                  + (f", **MFU {mfu['mfu']:.1%}**." if mfu["mfu"] else "."), ""]
-    text = "\n".join(lines)
-    print(text)
-    write_section(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    return lines
 
 
 if __name__ == "__main__":
