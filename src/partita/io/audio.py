@@ -33,7 +33,9 @@ import ctypes
 import ctypes.util
 import os
 import tempfile
+import threading
 import wave
+from contextlib import closing
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -72,6 +74,7 @@ MAX_RENDER_SECONDS = 3600
 MAX_FILE_SECONDS = 12 * 3600
 #: The tail after the last sample louder than this (relative to the peak) is cut.
 _TAIL_DB = -90.0
+_LOCK = threading.Lock()
 
 ScoreLike = Any  # a path, MIDI bytes, a symusic Score, a NOTE_DTYPE array, or an object with .score
 
@@ -219,9 +222,14 @@ def _blocks(score, font: Path, sample_rate: int, stereo: bool, seconds: float | 
     """The rendering as ``(frames, channels)`` float32 blocks of at most ``BLOCK`` frames: the
     music, then its release tail until it falls silent (at most ``MAX_RELEASE`` seconds, faded at
     the end when cut); with ``seconds``, no more than the first ``seconds``."""
+    sf = load_soundfont(font)
+    with _LOCK:  # one loaded font is shared: one rendering at a time uses it (threads in partita serve)
+        yield from _play(sf, score, sample_rate, stereo, seconds)
+
+
+def _play(sf, score, sample_rate: int, stereo: bool, seconds: float | None) -> Iterator[np.ndarray]:
     import tinysoundfont
 
-    sf = load_soundfont(font)
     mode = tinysoundfont._tinysoundfont.OutputMode
     sf.reset()
     sf.set_output(mode.StereoInterleaved if stereo else mode.Mono, sample_rate, 0.0)
@@ -401,9 +409,10 @@ def render_file(
     maxima: list[float] = []
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out_path.parent, prefix=".partita-render-") as f:
-        for block in _blocks(score, font, sample_rate, stereo, seconds):  # pass 1: render, keep each block's peak
-            f.write(block.tobytes())
-            maxima.append(float(np.abs(block).max()))
+        with closing(_blocks(score, font, sample_rate, stereo, seconds)) as blocks:  # ends the rendering on an error here
+            for block in blocks:  # pass 1: render, keep each block's peak
+                f.write(block.tobytes())
+                maxima.append(float(np.abs(block).max()))
         peak = max(maxima, default=0.0)
         threshold = peak * 10 ** (_TAIL_DB / 20)
         loud = [i for i, m in enumerate(maxima) if m > threshold]
