@@ -106,6 +106,16 @@ def test_no_soundfont_is_one_line_that_says_what_to_do(tmp_path, monkeypatch):
         find_soundfont(tmp_path / "missing.sf2")
 
 
+def test_without_the_synthesizer_package_audio_is_skipped_with_one_line(monkeypatch, sine_sf2):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tinysoundfont", None)  # as if not installed: import raises ImportError
+    assert not have_soundfont()
+    with pytest.raises(PartitaError) as e:
+        render(make_score([(0, 480, 60, 80)]), soundfont=sine_sf2)
+    assert "pip install --no-deps 'tinysoundfont" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_soundfont_search_order(tmp_path, monkeypatch, sine_sf2):
     folder = tmp_path / "fonts"
     folder.mkdir()

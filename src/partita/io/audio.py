@@ -127,9 +127,23 @@ def find_soundfont(soundfont: str | os.PathLike | None = None, *, search: list |
     )
 
 
-def have_soundfont() -> bool:
-    """True when :func:`find_soundfont` finds a font (so audio can be rendered)."""
+def _tinysoundfont():
+    """The synthesizer package, or a one-line error saying how to install it."""
     try:
+        import tinysoundfont
+    except ImportError:
+        raise PartitaError(
+            "audio needs the tinysoundfont package: pip install --no-deps 'tinysoundfont>=0.3.7,<0.4' "
+            "(./install does; --no-deps skips PyAudio, which only live playback uses)"
+        ) from None
+    return tinysoundfont
+
+
+def have_soundfont() -> bool:
+    """True when audio can be rendered: the synthesizer is installed and :func:`find_soundfont`
+    finds a font."""
+    try:
+        _tinysoundfont()
         find_soundfont()
         return True
     except PartitaError:
@@ -152,7 +166,7 @@ def _check_soundfont_file(path: Path) -> None:
 
 @lru_cache(maxsize=2)
 def _soundfont(path: str, mtime: float):
-    import tinysoundfont
+    tinysoundfont = _tinysoundfont()
 
     _check_soundfont_file(Path(path))
     try:
@@ -228,7 +242,7 @@ def _blocks(score, font: Path, sample_rate: int, stereo: bool, seconds: float | 
 
 
 def _play(sf, score, sample_rate: int, stereo: bool, seconds: float | None) -> Iterator[np.ndarray]:
-    import tinysoundfont
+    tinysoundfont = _tinysoundfont()
 
     mode = tinysoundfont._tinysoundfont.OutputMode
     sf.reset()
