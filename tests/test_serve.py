@@ -406,8 +406,12 @@ def test_continuation_job_progress_pieces_and_settings(client):
     n = client.get(job["pieces"][0]["links"]["notes"]).json()
     start, end = n["new_music"]  # the new music: from the prompt's end (in the new piece's timeline) to its end
     assert 0 < start < end <= n["seconds"] + 1e-6 and end - start >= 2 - 1e-3  # at least the 2 s asked
+    ex = client.app.state.explorer
+    piano = ex.gpt(ex.model_paths["gpt-piano"])
     small = _wait(client, client.post(f"/api/pieces/{pid}/continue", json={"bars": 1, "model": "gpt-small"}).json())
     assert small["state"] == "done" and small["model"] == "gpt-small"
+    # Each model was loaded once and is kept (a bounded cache): the same object serves every job.
+    assert ex.gpt(ex.model_paths["gpt-piano"]) is piano and len(ex.gpts._d) == 2 <= ex.gpts.size
     # Bad settings: one JSON line each, nothing queued.
     for settings, status, code in (
         ({"temperature": -1}, 400, "bad_request"), ({"n": 9}, 400, "bad_request"), ({"seconds": 600}, 400, "bad_request"),
@@ -419,12 +423,25 @@ def test_continuation_job_progress_pieces_and_settings(client):
                     422, "invalid_request")
 
 
-def test_infill_with_a_model_trained_for_it_or_a_clear_error(client, fur_elise):
-    """Infilling needs a model trained with fill-in-the-middle tokens (GPTConfig.fim): with one
-    among the server's models, bars 5-8 are regenerated and every other note is kept; without,
-    the request is one JSON line that says so, and so is a job on a model without them."""
-    from partita.io import load
+@pytest.fixture(scope="module")
+def fim_bundle(tmp_path_factory):
+    """A tiny transformer trained for a few steps with fill-in-the-middle segments (as
+    tests/test_infill.py trains one): enough to exercise infilling through the API."""
+    pytest.importorskip("partita.generate.infill", reason="this version of partita has no infilling")
+    from conftest import labelled_folder, tokenize
+    from partita.data.prepare import prepare
+    from partita.train.gpt import train_gpt
 
+    root = tmp_path_factory.mktemp("serve-infill") / "midi"
+    labelled_folder(root, {"Piano": sorted((FIXTURES / "performance").glob("Maestro_[1-6].mid"))})
+    out = root.parent / "corpus"
+    prepare(root, out, workers=1, valid=0.2, test=0.2)
+    tokenize(out)
+    train_gpt(out, root.parent / "fim", preset="tiny", fim=0.5, batch_size=2, max_steps=4, val_every=100, warmup=2, progress=False)
+    return root.parent / "fim" / "bundle"
+
+
+def test_infill_is_a_clear_error_without_a_model_trained_for_it(client, fur_elise):
     pid, capable = fur_elise["id"], client.get("/api/info").json()["infill"]
     try:
         import partita.generate.infill  # noqa: F401
@@ -432,25 +449,39 @@ def test_infill_with_a_model_trained_for_it_or_a_clear_error(client, fur_elise):
         body = _one_line_error(client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8"}), 400, "bad_request")
         assert capable == [] and "not in this version" in body["message"]
         return
-    for settings in ({}, {"bars": "5-8", "seconds": "1-2"}, {"bars": "8-5"}, {"bars": "x"}):
+    for settings in ({}, {"bars": "5-8", "seconds": "1-2"}, {"bars": "8-5"}, {"bars": "x"}, {"bars": "1-99"}):
         _one_line_error(client.post(f"/api/pieces/{pid}/infill", json=settings), 400, "bad_request")
+    _one_line_error(client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8", "sconds": 1}), 422, "invalid_request")
     if not capable:
         body = _one_line_error(client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8"}), 400, "bad_request")
         assert "trained for infilling" in body["message"]
-        job = _wait(client, client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8", "model": "gpt-small"}).json())
-        assert job["state"] == "error" and "infilling" in job["error"]["message"] and "\n" not in job["error"]["message"]
-        return
-    job = _wait(client, client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8", "seed": 1}).json())
-    assert job["state"] == "done", job
-    p = job["pieces"][0]
-    assert p["kind"] == "infill" and p["settings"]["filled_bars"] == [5, 8]
-    a, b = p["settings"]["span_seconds"]
-    original, filled = load(FUR_ELISE).to("second"), load(client.get(p["links"]["midi"]).content).to("second")
+    job = _wait(client, client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8", "model": "gpt-small"}).json())
+    assert job["state"] == "error" and "infilling" in job["error"]["message"] and "\n" not in job["error"]["message"]
 
-    def outside(score):
-        return sorted((round(n.time, 3), n.pitch) for t in score.tracks for n in t.notes if not a - 1e-3 <= n.time < b - 1e-3)
 
-    assert outside(original) == outside(filled)  # every note outside the span is kept
+def test_infill_with_a_model_trained_for_it_keeps_every_note_outside_the_span(fim_bundle):
+    from partita.io import load
+
+    app = create_app(pieces=[], model=str(fim_bundle))
+    with TestClient(app) as c:
+        info = c.get("/api/info").json()
+        assert info["models"] == ["fim"] and info["infill"] == ["fim"]
+        piece = _upload(c, FUR_ELISE).json()
+        job = _wait(c, c.post(piece["links"]["infill"], json={"bars": "5-8", "seed": 1, "n": 2}).json())
+        assert job["state"] == "done", job
+        assert job["kind"] == "infill" and len(job["pieces"]) == 2 and job["progress"]["done"] > 0
+        original = load(FUR_ELISE).to("second")
+        for p in job["pieces"]:
+            assert p["kind"] == "infill" and p["parent"] == piece["id"] and p["settings"]["filled_bars"] == [5, 8]
+            a, b = p["settings"]["span_seconds"]
+            assert 0 < a < b < piece["seconds"]
+            assert c.get(p["links"]["notes"]).json()["new_music"] == [a, b]
+            filled = load(c.get(p["links"]["midi"]).content).to("second")
+
+            def outside(score):
+                return sorted((round(n.time, 3), n.pitch) for t in score.tracks for n in t.notes if not a - 1e-3 <= n.time < b - 1e-3)
+
+            assert outside(original) == outside(filled)  # every note outside the span is kept
 
 
 def test_stopping_the_server_stops_a_running_continuation():

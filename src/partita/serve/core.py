@@ -339,7 +339,7 @@ class Explorer:
             path = Path(model).expanduser()
             if not (path / "config.json").is_file():
                 path = pretrained.bundle_path(str(model))
-            self.model_paths = {path.name: path}
+            self.model_paths = {path.parent.name if path.name == "bundle" else path.name: path}  # runs/x/bundle: "x"
         else:
             self.model_paths = {name: pretrained.bundle_path(name) for name in (pretrained.GPT, pretrained.GPT_PIANO)
                                 if (pretrained.ROOT / name / "config.json").is_file()}
@@ -631,7 +631,8 @@ class Explorer:
         out = []
         for name, path in sorted(self.model_paths.items()):
             try:
-                if json.loads((path / "config.json").read_text()).get("fim"):
+                config = json.loads((path / "config.json").read_text())
+                if config.get("config", config).get("fim"):  # a bundle's config.json holds the model's under "config"
                     out.append(name)
             except (OSError, ValueError):
                 pass
