@@ -432,13 +432,19 @@ def fim_bundle(tmp_path_factory):
     from partita.data.prepare import prepare
     from partita.train.gpt import train_gpt
 
-    root = tmp_path_factory.mktemp("serve-infill") / "midi"
-    labelled_folder(root, {"Piano": sorted((FIXTURES / "performance").glob("Maestro_[1-6].mid"))})
-    out = root.parent / "corpus"
-    prepare(root, out, workers=1, valid=0.2, test=0.2)
-    tokenize(out)
-    train_gpt(out, root.parent / "fim", preset="tiny", fim=0.5, batch_size=2, max_steps=4, val_every=100, warmup=2, progress=False)
-    return root.parent / "fim" / "bundle"
+    # One per test session (this module and the browser test's), in a fixed folder of the
+    # session's temporary root. Short pieces, so that the one validation pass is short too.
+    base = tmp_path_factory.getbasetemp() / "serve-fim"
+    bundle = base / "run" / "bundle"
+    if (bundle / "model.safetensors").is_file():
+        return bundle
+    short = ["chords", "durations", "key-signatures", "pitches", "time-signatures", "tempos", "multitrack", "fur-elise"]
+    labelled_folder(base / "midi", {"Piano": [FIXTURES / "edge" / f"{name}.mid" for name in short]})
+    prepare(base / "midi", base / "corpus", workers=1, valid=0.2, test=0.2)
+    tokenize(base / "corpus")
+    train_gpt(base / "corpus", base / "run", preset="tiny", fim=0.5, batch_size=2, max_steps=4, val_every=100, warmup=2,
+              progress=False)
+    return bundle
 
 
 def test_infill_is_a_clear_error_without_a_model_trained_for_it(client, fur_elise):
@@ -465,7 +471,7 @@ def test_infill_with_a_model_trained_for_it_keeps_every_note_outside_the_span(fi
     app = create_app(pieces=[], model=str(fim_bundle))
     with TestClient(app) as c:
         info = c.get("/api/info").json()
-        assert info["models"] == ["fim"] and info["infill"] == ["fim"]
+        assert info["models"] == ["run"] and info["infill"] == ["run"]  # runs/x/bundle is named x
         piece = _upload(c, FUR_ELISE).json()
         job = _wait(c, c.post(piece["links"]["infill"], json={"bars": "5-8", "seed": 1, "n": 2}).json())
         assert job["state"] == "done", job

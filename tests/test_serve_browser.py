@@ -127,3 +127,34 @@ def test_the_real_server_answers_oversize_uploads_with_413():
         assert r.status_code == 413 and r.json()["error"] == "too_large"
         assert httpx.get(url + "/api/info", timeout=60).status_code == 200  # still serving
         assert list(app.state.explorer.folder.iterdir()) == []
+
+
+from test_serve import fim_bundle  # noqa: E402,F401  (a tiny model trained for infilling)
+
+
+def test_infill_in_the_browser(fim_bundle, tmp_path):
+    """The page's infilling form, with a model trained for it: bars 5-8 regenerated, the result
+    listed with its player and download link."""
+    playwright, exe = _browser()
+    piece = FIXTURES / "edge" / "fur-elise.mid"
+    with serving(pieces=[], model=str(fim_bundle)) as (url, app), playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(accept_downloads=True)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/", wait_until="load")
+            page.set_input_files("#file", str(piece))
+            page.wait_for_selector("#infill-form:not([hidden])", timeout=60_000)
+            page.fill("#infill-form input[name=from]", "5")
+            page.fill("#infill-form input[name=to]", "8")
+            page.click("#infill")
+            page.wait_for_selector(".result a[download]", timeout=300_000)
+            assert "done: 1 version" in page.inner_text("#infill-status")
+            assert "fur-elise-filled-5-8-1.mid" in page.inner_text("#results")
+            with page.expect_download() as dl:
+                page.click(".result a[download]")
+            assert dl.value.suggested_filename == "fur-elise-filled-5-8-1.mid"
+            assert errors == [], errors
+        finally:
+            browser.close()
