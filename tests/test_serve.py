@@ -209,6 +209,17 @@ def test_a_bug_is_a_json_line_without_its_details():
     assert status == 500 and body == {"error": "internal", "message": "internal error (KeyError); see the server's log"}
 
 
+def test_a_piece_gone_from_its_folder_is_a_json_line_without_the_folder():
+    app = create_app(pieces=[])
+    ex = app.state.explorer
+    with TestClient(app) as c:
+        p = _upload(c, FIXTURES / "edge" / "chords.mid").json()
+        (ex.folder / f"{p['id']}.mid").unlink()  # as if removed behind the server's back
+        for r, status, code in ((c.get(p["links"]["notes"]), 422, "bad_midi"), (c.get(p["links"]["attribution"]), 400, "bad_request")):
+            body = _one_line_error(r, status, code)
+            assert "no such file" in body["message"] and str(ex.folder) not in body["message"] and "partita-serve-" not in body["message"]
+
+
 # ------------------------------------------------------------------ path traversal
 TRAVERSALS = [
     "..", "../..", "../../../../../../etc/passwd", "../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "%2Fetc%2Fpasswd",

@@ -135,7 +135,7 @@ def create_app(explorer: Optional[Explorer] = None, **options: Any) -> FastAPI:
 
     # ------------------------------------------------------------- errors
     def _json_error(e: BaseException) -> JSONResponse:
-        status, body = error_body(e)
+        status, body = error_body(e, ex.folder)
         headers = {"Retry-After": str(e.retry_after)} if isinstance(e, QueueFull) else None
         if status == 500:
             log.error("internal error", exc_info=e)

@@ -10,6 +10,7 @@ continues, ``partita.viz.pianoroll`` draws and ``partita.io.audio`` renders.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
@@ -725,7 +726,7 @@ class Explorer:
         except Stopped:
             job.state, job.error = "error", {"error": "stopped", "message": "the server stopped"}
         except PartitaError as e:
-            job.state, job.error = "error", error_body(e)[1]
+            job.state, job.error = "error", error_body(e, self.folder)[1]
         except Exception as e:  # a bug: said in one line, the traceback stays in the server's log
             import logging
 
@@ -853,11 +854,14 @@ def _write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def error_body(e: BaseException) -> tuple[int, dict]:
-    """HTTP status and JSON body of an error: one line, never a traceback."""
+def error_body(e: BaseException, private: Optional[Path] = None) -> tuple[int, dict]:
+    """HTTP status and JSON body of an error: one line, never a traceback, and never the path of
+    the ``private`` folder (a piece's file is named by its id there)."""
     from partita.io import MidiError
 
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if private is not None:
+        msg = msg.replace(f"{private}{os.sep}", "").replace(str(private), "")
     if isinstance(e, NotFound):
         return 404, {"error": "not_found", "message": msg}
     if isinstance(e, QueueFull):
