@@ -116,7 +116,9 @@ async function show(piece) {
   setPlayerState("stopped");
   if (INFO && INFO.audio.available) {
     player.src = piece.links.audio;
-    $("audio-note").textContent = `Audio: rendered on the server with the SoundFont (first ${INFO.limits.audio_seconds || "all"} s).`;
+    const span = INFO.limits.audio_seconds ? `${INFO.limits.audio_seconds} s` : "all of it";
+    $("audio-note").textContent = `Audio: rendered on the server with the SoundFont (${span}` +
+      (piece.kind === "upload" ? " from the start)." : ` from ${piece.audio_from.toFixed(0)} s, 5 s before the new music).`);
     $("play").disabled = false; $("stop").disabled = false;
   } else {
     player.removeAttribute("src");
