@@ -70,3 +70,125 @@ def test_stream_rearranges_a_fraction_of_full_segments_deterministically():
         assert (bars[1:i] == song[: i - 1] % 1000 // 4).all()  # real bars of the prefix
         assert (bars[i + 1 : j] == ids[i + 1 : j] % 1000 // 4).all()  # and of the suffix
         assert tgt[j] == ids[j + 1] and tgt[-1] == ids[i + 1]  # MIDDLE -> middle[0]; the end -> suffix[0]
+
+
+# --- infilling with a model ------------------------------------------------------------------
+
+from conftest import FIXTURES, labelled_folder, tokenize  # noqa: E402
+
+PIECE = FIXTURES / "performance" / "Maestro_1.mid"
+
+
+@pytest.fixture(scope="module")
+def fim_bundle(tmp_path_factory):
+    """A tiny transformer trained for a few steps with half of its segments arranged for FIM."""
+    from partita.data.prepare import prepare
+    from partita.train.gpt import train_gpt
+
+    root = tmp_path_factory.mktemp("infill") / "midi"
+    labelled_folder(root, {"Piano": sorted((FIXTURES / "performance").glob("Maestro_[1-6].mid"))})
+    out = root.parent / "corpus"
+    prepare(root, out, workers=1, valid=0.2, test=0.2)
+    tokenize(out)
+    card = train_gpt(out, root.parent / "run", preset="tiny", overrides={"bar_embeddings": True, "xl_memory": True, "context": 192},
+                     fim=0.5, batch_size=2, max_steps=6, val_every=100, warmup=2, progress=False)
+    assert card["fim"] == 0.5
+    return root.parent / "run" / "bundle", out
+
+
+def _notes(score, t0=None, t1=None):
+    out = []
+    for track in score.tracks:
+        for n in track.notes:
+            if t0 is None or not (t0 <= n.time < t1):
+                out.append((track.program, n.time, n.duration, n.pitch, n.velocity))
+    return sorted(out)
+
+
+def test_tiny_fim_model_infills_and_keeps_every_note_outside_the_span(fim_bundle):
+    from partita.generate import infill
+    from partita.io.midi import load
+
+    bundle, _ = fim_bundle
+    original = load(PIECE)
+    results = infill(bundle, PIECE, bars="5-6", n=2, seed=1)
+    assert len(results) == 2
+    for r in results:
+        assert r.bars == (5, 6) and r.ticks[0] < r.ticks[1] and r.stop in ("bars", "tokens")
+        assert r.notes_removed > 0
+        assert _notes(r.score, *r.ticks) == _notes(original, *r.ticks)  # outside the span: as it was
+        inside = [n for n in _notes(r.score) if r.ticks[0] <= n[1] < r.ticks[1]]
+        assert len(inside) == r.notes_added
+    again = infill(bundle, PIECE, bars=(5, 6), n=2, seed=1)
+    assert [_notes(r.score) for r in again] == [_notes(r.score) for r in results]  # same seed, same notes
+    by_time = infill(bundle, PIECE, seconds="8.5-11", seed=1)[0]  # 120 bpm 4/4: bars of 2 s, 5 and 6
+    assert by_time.bars == (5, 6)
+
+
+def test_span_bits_with_and_without_future(fim_bundle):
+    from partita.bundle import load_bundle
+    from partita.data.corpus import Corpus
+    from partita.data.streams import SongData, token_streams
+    from partita.evaluate.gpt import span_bits
+
+    bundle, corpus = fim_bundle
+    model = load_bundle(bundle).model
+    streams = token_streams(Corpus(corpus))
+    pieces = SongData(Corpus(corpus), streams).split["train"][:2]
+    spans = span_bits(model, streams, pieces, [model.label_token(0)] * len(pieces), span_bars=1, spans_per_piece=3)
+    assert spans["spans"] > 0 and spans["tokens"] > 0
+    assert np.isfinite(spans["with_future_bits_per_token"]) and np.isfinite(spans["without_future_bits_per_token"])
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("--bars", "12-9"), "ends before it starts"),
+        (("--bars", "0-3"), "whole bar numbers from 1"),
+        (("--bars", "nine"), "a range like 9-12"),
+        (("--seconds", "5-5"), "ends before it starts"),
+        (("--bars", "2-3", "--seconds", "1-2"), "one of them"),
+        ((), "one of them"),
+        (("--bars", "900-901"), "nothing after bar"),
+    ],
+)
+def test_cli_span_mistakes_are_one_line(fim_bundle, tmp_path, capsys, args, expected):
+    from partita.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["infill", str(PIECE), "--model", str(fim_bundle[0]), "--out", str(tmp_path / "o"), *args])
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_without_fim_tokens_is_one_line(tmp_path, capsys):
+    from partita.cli import main
+    from partita.pretrained import bundle_path
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["infill", str(PIECE), "--model", str(bundle_path("gpt-small")), "--bars", "2-3", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not trained for infilling" in lines[0], lines
+
+
+def test_cli_writes_the_infilled_files(fim_bundle, tmp_path):
+    from partita.cli import main
+    from partita.io.midi import load
+
+    try:
+        main(["infill", str(PIECE), "--model", str(fim_bundle[0]), "--bars", "3-4", "-n", "2", "--seed", "3",
+              "--out", str(tmp_path / "o"), "--json", str(tmp_path / "r.json")])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    files = sorted((tmp_path / "o").glob("*.mid"))
+    assert [f.name for f in files] == ["Maestro_1-infill-000.mid", "Maestro_1-infill-001.mid"]
+    import json
+
+    rows = json.loads((tmp_path / "r.json").read_text())["samples"]
+    original = load(PIECE)
+    for f, row in zip(files, rows):
+        t0, t1 = row["ticks"]
+        assert _notes(load(f), t0, t1) == _notes(original, t0, t1)

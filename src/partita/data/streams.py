@@ -201,16 +201,18 @@ class SongStream:
         return max(1, int(np.ceil(segments / (self.B * self.world_size))))
 
 
-def fim_cut(bars: np.ndarray, rng: np.random.Generator, max_bars: int = 8) -> tuple[int, int] | None:
+def fim_cut(bars: np.ndarray, rng: np.random.Generator, max_bars: int = 8, *, exact: int | None = None
+            ) -> tuple[int, int] | None:
     """Two bar starts ``a < c`` of a token window (indices where the bar changes; ``a >= 1``,
-    ``c <= len - 1``), 1 to ``max_bars`` bars apart, drawn with ``rng``; None when the window
-    holds fewer than two bar starts."""
+    ``c <= len - 1``), 1 to ``max_bars`` bar starts apart (``exact``: that many), drawn with
+    ``rng``; None when the window holds too few bar starts."""
     starts = np.flatnonzero(np.diff(np.asarray(bars)) != 0) + 1
     starts = starts[starts < len(bars) - 1]
-    if len(starts) < 2:
+    gap = 1 if exact is None else int(exact)
+    if len(starts) < gap + 1:
         return None
-    i = int(rng.integers(0, len(starts) - 1))
-    j = int(rng.integers(i + 1, min(i + max_bars, len(starts) - 1) + 1))
+    i = int(rng.integers(0, len(starts) - gap))
+    j = i + gap if exact is not None else int(rng.integers(i + 1, min(i + max_bars, len(starts) - 1) + 1))
     return int(starts[i]), int(starts[j])
 
 

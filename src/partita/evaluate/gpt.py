@@ -6,6 +6,11 @@ contiguous segments of its context length, as in training; "with memory" carries
 memories from segment to segment, "without" starts every segment from nothing, so the two differ
 only in what the memories add. Tokens at least one context length into a piece ("far") are where
 memory can matter, so they are reported separately.
+
+For a model trained for infilling (``fim``), ``span_bits`` scores spans of ``span_bars`` bars cut
+from windows of the split's pieces, twice: with the future (the training arrangement ``[label,
+prefix, SUFFIX, suffix, MIDDLE, middle]``) and without it (``[label, prefix, middle]``), the same
+middle tokens from the same prefix, no memory.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
-from partita.data.streams import IGNORE, SongData, SongStream, token_streams
+from partita.data.streams import IGNORE, SongData, SongStream, fim_arrange, fim_cut, token_streams
 
 LN2 = float(np.log(2.0))
 
@@ -52,6 +57,64 @@ def transformer_nll(model, streams, pieces: list[int], label_tokens: list[int], 
         depth.append(pos[m])
         offsets += c.context - 1
     return np.concatenate(nll), np.concatenate(depth)
+
+
+@torch.no_grad()
+def span_bits(model, streams, pieces: list[int], label_tokens: list[int], *, span_bars: int = 4,
+              spans_per_piece: int = 4, seed: int = 0, batch_size: int = 8) -> dict:
+    """Bits per token of infilled spans with the future context (FIM) and without it (module doc)."""
+    model.eval()
+    c = model.config
+    W = c.context - 3  # song tokens of a window: label + 2 markers + W = context
+    fim_tokens = (model.fill_token("suffix"), model.fill_token("middle"))
+    rows_fim, rows_plain = [], []
+    for p, label in zip(pieces, label_tokens):
+        song, bars, pos = (np.asarray(x, np.int64) for x in (streams.piece(p), streams.bars(p), streams.positions(p)))
+        if len(song) < W:
+            continue
+        rng = np.random.default_rng([seed, int(p)])
+        for _ in range(spans_per_piece):
+            o = int(rng.integers(0, len(song) - W + 1))
+            cut = fim_cut(bars[o : o + W], rng, exact=span_bars)
+            if cut is None:
+                continue
+            a, cc = cut
+            s, b, q = song[o : o + W], bars[o : o + W], pos[o : o + W]
+            ids, tgt, fb, fp = fim_arrange(s, b, q, cut, fim_tokens)
+            tgt = tgt.copy()
+            tgt[-1] = IGNORE  # the middle's tokens only (not the suffix bar that ends it)
+            tgt[: len(tgt) - 1 - (cc - a)] = IGNORE
+            rows_fim.append((np.r_[label, ids], np.r_[IGNORE, tgt], np.r_[b[0], fb], np.r_[0, fp]))
+            plain_t = np.full(cc, IGNORE, np.int64)
+            plain_t[a - 1 : cc - 1] = s[a:cc]
+            rows_plain.append((np.r_[label, s[: cc - 1]], np.r_[IGNORE, plain_t[: cc - 1]], np.r_[b[0], b[: cc - 1]],
+                               np.r_[0, q[: cc - 1]]))
+
+    def score(rows) -> tuple[float, int]:
+        total, count = 0.0, 0
+        for k in range(0, len(rows), batch_size):
+            chunk = rows[k : k + batch_size]
+            T = max(len(r[0]) for r in chunk)
+            arr = [np.zeros((len(chunk), T), np.int64) for _ in range(4)]
+            arr[1][:] = IGNORE
+            for i, r in enumerate(chunk):
+                for x, v in zip(arr, r):
+                    x[i, : len(v)] = v
+            ids, tgt, b, q = (torch.from_numpy(x) for x in arr)
+            kw = {"bars": b, "positions": q} if c.bar_embeddings else {}
+            logits, _ = model(ids, **kw)
+            lp = torch.log_softmax(logits.float(), dim=-1)
+            mask = tgt != IGNORE
+            nll = -lp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
+            total += float(nll.sum())
+            count += int(mask.sum())
+        return total / max(count, 1) / LN2, count
+
+    with_future, n = score(rows_fim)
+    without, n2 = score(rows_plain)
+    assert n == n2
+    return {"span_bars": span_bars, "spans": len(rows_fim), "tokens": n,
+            "with_future_bits_per_token": with_future, "without_future_bits_per_token": without}
 
 
 def evaluate_gpt(model_path: str | Path, corpus_dir: str | Path, *, split: str = "test", orders=(1, 2, 3, 4, 5),
@@ -97,6 +160,8 @@ def evaluate_gpt(model_path: str | Path, corpus_dir: str | Path, *, split: str =
             "far_bits_per_token": float(nll[far].mean() / LN2) if far.any() else None,
             "far_tokens": int(far.sum()),
         }
+    if getattr(model.config, "fim", False):
+        results["spans"] = span_bits(model, streams, pieces, labels, batch_size=batch_size)
 
     train = [np.asarray(streams.piece(p)) for p in data.split.get("train", [])]
     valid = [np.asarray(streams.piece(p)) for p in data.split.get("valid", [])]

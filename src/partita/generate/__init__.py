@@ -71,6 +71,7 @@ __all__ = [
     "filter_logits",
     "generate",
     "generate_samples",
+    "infill",
     "repair_tokens",
     "resolve_label",
     "resolve_model",
@@ -373,6 +374,9 @@ def generate(
     a score with ``note_num() == 0`` (``generate_samples`` says which).
     """
     return [s.score for s in generate_samples(model, prompt, n=n, **kwargs)]
+
+
+from partita.generate.infill import infill  # noqa: E402  (partita.generate.infill: the function)
 
 
 class _CallableModule(types.ModuleType):

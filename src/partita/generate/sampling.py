@@ -139,6 +139,7 @@ from partita.represent.tokens import TokenizerError, _expansion, special_id, tok
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
+    "FillPrompt",
     "SECONDS_CHECK_EVERY",
     "IncrementalTiming",
     "SampledIds",
@@ -718,6 +719,30 @@ class SampledIds:
         return self.ids[self.prompt_length :]
 
 
+@dataclass
+class FillPrompt:
+    """A prompt laid out for infilling (``partita.generate.infill``): ``ids`` are the model inputs
+    after the label, ``[prefix, SUFFIX, suffix, MIDDLE]`` (the markers are ``GPT.fill_token``
+    ids), with their real ``bars`` and ``positions``; the new tokens follow ``prefix`` (their
+    bars and positions continue it) and a row stops before its first token in bar ``end_bar``
+    (where the suffix starts). ``song`` (prefix and suffix) gives the instruments for
+    ``programs="auto"``. The sampled ids are ``ids`` then the middle."""
+
+    ids: np.ndarray
+    bars: np.ndarray
+    positions: np.ndarray
+    prefix: np.ndarray
+    song: np.ndarray
+    end_bar: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _ids_of(prompt: Any) -> np.ndarray:
+    return prompt.ids if isinstance(prompt, FillPrompt) else prompt
+
+
 @contextlib.contextmanager
 def _eval_mode(model: Any):
     was_training = model.training
@@ -770,6 +795,9 @@ def _clean_prompts(tokenizer: Any, prompts: Any) -> list[np.ndarray]:
     strip = set(np.flatnonzero(_expansion(tokenizer).special).tolist()) - {bos}  # EOS, PAD...: not at a prompt's end
     clean: list[np.ndarray] = []
     for p in _as_prompt_list(prompts):
+        if isinstance(p, FillPrompt):
+            clean.append(p)
+            continue
         ids = np.zeros(0, np.int64) if p is None else _ids_array(p)
         if ids.size and (ids.min() < 0 or ids.max() >= V):
             raise PartitaError(
@@ -844,7 +872,7 @@ def sample(
     for ids in clean:
         allowed = cfg.programs
         if allowed == "auto":
-            allowed = tuple(sorted(programs.programs_in(ids))) or None
+            allowed = tuple(sorted(programs.programs_in(ids.song if isinstance(ids, FillPrompt) else ids))) or None
         bans.append(base_ban | programs.banned(allowed))
 
     runner = _Runner(model, tokenizer, cfg, cap=max_new_tokens, label_id=model.label_token(label), eos=eos,
@@ -1199,26 +1227,31 @@ class _Runner:
         size = L + self.cap
         self.seq = torch.full((B, size), self.eos, dtype=torch.long, device=dev)
         self.seq[:, 0] = self.label_id
-        self.seq[:, 1:L] = torch.from_numpy(np.stack([prompts[pi] for pi, _ in rows])).to(dev)
+        self.seq[:, 1:L] = torch.from_numpy(np.stack([_ids_of(prompts[pi]) for pi, _ in rows])).to(dev)
+        fill = isinstance(prompts[rows[0][0]], FillPrompt)
         self.bars_seq = torch.zeros((B, size), dtype=torch.long, device=dev)
         self.pos_seq = torch.zeros((B, size), dtype=torch.long, device=dev)
         self.tracker = None
-        if self.timed:
+        if self.timed or fill:
             self.tracker = IncrementalTiming(self.tokenizer)
-            timings = self.tracker.start([prompts[pi] for pi, _ in rows])
+            timings = self.tracker.start([prompts[pi].prefix if fill else prompts[pi] for pi, _ in rows])
+            if fill:  # the layout's own timing; the tracker continues the prefix
+                timings = [(prompts[pi].bars, prompts[pi].positions) for pi, _ in rows]
             self.bars_seq[:, 1:L] = torch.from_numpy(np.stack([t[0] for t in timings]).astype(np.int64)).to(dev)
             self.pos_seq[:, 1:L] = torch.from_numpy(np.stack([t[1] for t in timings]).astype(np.int64)).to(dev)
             self.bars_seq[:, 0] = self.bars_seq[:, 1]  # the label: (bar of the next token, 0)
         self.gens = [row_generator(self.seed, pi, si, dev) for pi, si in rows]
         self.meta = list(range(B))
         self.bar_limit = [None] * B
-        if self.bars is not None:
+        if fill:
+            self.bar_limit = [int(prompts[pi].end_bar) for pi, _ in rows]
+        elif self.bars is not None:
             special = _expansion(self.tokenizer).special
             for b, (pi, _) in enumerate(rows):
                 has_music = bool((~special[prompts[pi]]).any())
                 self.bar_limit[b] = int(self.bars_seq[b, L - 1]) + self.bars + (1 if has_music else 0)
         self.prompt_sec = [0.0] * B
-        if self.seconds is not None:
+        if self.seconds is not None and not fill:
             self.prompt_sec = [self._prompt_seconds_of(pi, prompts[pi]) for pi, _ in rows]
         self.cache = model.new_cache()
         # RoPE models keep their XL memory in the cache (_close_segment); learned positions do not

@@ -1,0 +1,53 @@
+"""``partita infill``: regenerate a span of bars of a MIDI file (thin over ``partita.generate.infill``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from partita.cli.common import console, progress_bar, write_json
+from partita.errors import PartitaError
+
+
+def infill(
+    file: Path = typer.Argument(..., help="The MIDI file to fill."),
+    bars: Optional[str] = typer.Option(None, "--bars", help="Bars to regenerate, 1-based and inclusive: --bars 9-12."),
+    seconds: Optional[str] = typer.Option(None, "--seconds", help="Or a time range: --seconds 20-30 regenerates the bars it touches."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A GPT bundle trained with --fim (default: gpt-piano)."),
+    n: int = typer.Option(1, "-n", "--num-samples", help="How many versions to write."),
+    out: Path = typer.Option(Path("infilled"), "--out", "-o", help="Folder for FILE-infill-000.mid, ..."),
+    composer: Optional[str] = typer.Option(None, "--composer", "-c", help="A label of the model's card (any letter case)."),
+    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Sampling temperature (0 = greedy)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K most likely tokens."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this probability."),
+    min_p: Optional[float] = typer.Option(None, "--min-p", help="Keep tokens at least this fraction as likely as the best one."),
+    programs: str = typer.Option("auto", "--programs", help="Instruments of the new notes: auto (the file's), all, or GM numbers like 0,33."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for decoding (default: chosen while decoding; the same notes either way)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same notes."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda..."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+) -> None:
+    """Regenerate bars of a MIDI file given the music before and after them (fill-in-the-middle);
+    every note outside the span is kept as it was."""
+    from partita.generate import SamplingConfig
+    from partita.generate.infill import infill as run_infill
+    from partita.io.midi import save
+
+    if out.exists() and not out.is_dir():
+        raise PartitaError(f"{out}: exists and is not a folder (choose another --out)")
+    config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                            programs=programs, threads=threads).checked()
+    with progress_bar("infilling", unit="tokens") as update:
+        results = run_infill(None if model is None else str(model), str(file), bars=bars, seconds=seconds, n=n,
+                             config=config, composer=composer, device=device, progress=update)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in results:
+        path = save(r.score, out / f"{file.stem}-infill-{r.index:03d}.mid")
+        rows.append({"file": str(path), "bars": list(r.bars), "ticks": list(r.ticks), "tokens": int(len(r.middle)),
+                     "notes_removed": r.notes_removed, "notes_added": r.notes_added, "stop": r.stop})
+        console.print(f"{path}: bars {r.bars[0]}-{r.bars[1]} regenerated ({r.notes_removed} notes replaced by "
+                      f"{r.notes_added}, {len(r.middle)} tokens)", markup=False, highlight=False)
+    write_json(json_path, {"file": str(file), "model": None if model is None else str(model), "samples": rows})

@@ -1,0 +1,280 @@
+"""Infilling: regenerate a span of bars of a piece, given the music before and after it.
+
+::
+
+    import partita.generate
+    results = partita.generate.infill("gpt-piano", "piece.mid", bars=(9, 12), n=2, seed=0)
+    results[0].score  # the whole piece, bars 9-12 regenerated, every other note as it was
+
+The model must have been trained with the fill-in-the-middle arrangement (``partita train gpt
+--fim``; ``partita.data.streams``): it reads ``[label, prefix, SUFFIX, suffix, MIDDLE]``, every
+token with its real bar and position in bar, and writes the middle, which ``sample`` (the one
+sampling path, ``SamplingConfig``'s options) stops before its first token in the bar where the
+suffix starts. The prompt is laid out as in training: the prefix is read window by window into
+the memories, the last window holds the end of the prefix, the markers and the suffix (at most
+``SUFFIX_TOKENS`` of it) and leaves room for the middle.
+
+The output is the input score with the notes that start in the span removed and the new
+middle's notes added (ticks rescaled from the tokenizer's resolution to the file's); every note
+outside the span is kept exactly. ``seconds=(a, b)`` selects the bars that the time range
+touches (whole bars are regenerated: the model writes bars). Bars are the tokenizer's (its time
+signatures, 4/4 when the file has none), mapped back to the file's ticks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import symusic
+from symusic import Score
+
+from partita.errors import PartitaError
+from partita.generate.sampling import FillPrompt, SamplingConfig, decode_safe, sample
+
+__all__ = ["Infilled", "SUFFIX_TOKENS", "bar_starts", "fill_layout", "infill", "parse_span"]
+
+#: At most this many suffix tokens are shown to the model (about 4-8 bars of piano music).
+SUFFIX_TOKENS = 160
+
+
+@dataclass
+class Infilled:
+    """One infilled piece: ``score`` (the whole piece), the span and what was written in it."""
+
+    score: Score
+    bars: tuple[int, int]  # the regenerated bars, 1-based, inclusive
+    ticks: tuple[int, int]  # their time range in the file's ticks, [start, end)
+    middle: np.ndarray  # the sampled middle's token ids
+    notes_removed: int
+    notes_added: int
+    stop: str
+    index: int = 0
+
+
+def parse_span(text: Any, what: str) -> tuple[float, float]:
+    """``"9-12"`` (or a pair) -> ``(9, 12)``; a one-line error for anything else."""
+    if isinstance(text, (tuple, list)) and len(text) == 2:
+        a, b = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*[-:]\s*([0-9]+(?:\.[0-9]*)?)\s*", str(text))
+        if not m:
+            raise PartitaError(f"--{what} takes a range like 9-12, not {text!r}")
+        a, b = m.groups()
+    try:
+        a, b = float(a), float(b)
+    except (TypeError, ValueError):
+        raise PartitaError(f"--{what} takes a range like 9-12, not {text!r}") from None
+    if what == "bars":
+        if a != int(a) or b != int(b) or a < 1:
+            raise PartitaError(f"--bars takes whole bar numbers from 1, like 9-12, not {text!r}")
+    elif a < 0:
+        raise PartitaError(f"--seconds takes times from 0, like 10-20, not {text!r}")
+    if b < a or (what == "seconds" and b == a):
+        raise PartitaError(f"--{what} {text!r}: the range ends before it starts")
+    return a, b
+
+
+def bar_starts(score: Score, n_bars: int = 0, *, until: int = -1) -> np.ndarray:
+    """Tick of the start of bars ``0..n_bars`` (and on until one starts after tick ``until``) from
+    the score's time signatures (4/4 before the first, as the tokenizer counts them)."""
+    tpq = int(score.ticks_per_quarter)
+    sigs = sorted(((int(t.time), int(t.numerator), int(t.denominator)) for t in score.time_signatures))
+    if not sigs or sigs[0][0] > 0:
+        sigs.insert(0, (0, 4, 4))
+    starts = [0]
+    k = 0
+    while len(starts) <= n_bars or starts[-1] <= until:
+        tick = starts[-1]
+        while k + 1 < len(sigs) and sigs[k + 1][0] <= tick:
+            k += 1
+        _, num, den = sigs[k]
+        starts.append(tick + max(tpq * 4 * num // den, 1))
+    return np.asarray(starts, np.int64)
+
+
+def _bar_of(starts: np.ndarray, ticks: np.ndarray) -> np.ndarray:
+    return np.searchsorted(starts, ticks, side="right") - 1
+
+
+def fill_layout(model: Any, tokenizer: Any, ids: np.ndarray, first_bar: int, end_bar: int,
+                *, suffix_tokens: int = SUFFIX_TOKENS) -> tuple[FillPrompt, np.ndarray]:
+    """The ``FillPrompt`` that fills bars ``[first_bar, end_bar)`` (0-based) of the song ``ids``
+    (``[BOS, ..., EOS]``), and the original middle's ids. The prefix is cut so that the last
+    training-sized window starts with the end of the prefix (module doc)."""
+    from partita.represent.tokens import token_timing
+
+    ids = np.asarray(ids, np.int64)
+    bars, positions = token_timing(tokenizer, ids)
+    music = ~_special(tokenizer)[ids]
+    a = int(np.searchsorted(bars, first_bar, side="left"))
+    c = int(np.searchsorted(bars, end_bar, side="left"))
+    a = max(a, 1)  # BOS stays in the prefix
+    if c >= len(ids) or not music[c:].any():
+        raise PartitaError(f"nothing after bar {end_bar}: infilling needs music after the span (use partita generate to continue a piece)")
+    if not music[:a].any():
+        raise PartitaError(f"nothing before bar {first_bar + 1}: infilling needs music before the span")
+    end = len(ids) - (1 if ids[-1] == _eos(tokenizer) else 0)
+    s_end = min(end, c + int(suffix_tokens))
+    suf, mid = model.fill_token("suffix"), model.fill_token("middle")
+    C = int(model.config.context)
+    fill = 2 + (s_end - c)
+    room = max(16, (C - 1) - fill - min(c - a, C // 2))  # prefix tokens in the last window
+    start = 0
+    if a > room:  # earlier prefix windows go whole into the memories, the last one holds `room`
+        start = (a - room) % (C - 1)
+    layout = np.concatenate([ids[start:a], [suf], ids[c:s_end], [mid]]).astype(np.int64)
+    lb = np.concatenate([bars[start:a], [bars[c]], bars[c:s_end], [bars[a]]]).astype(np.int64)
+    lp = np.concatenate([positions[start:a], [0], positions[c:s_end], [0]]).astype(np.int64)
+    prompt = FillPrompt(ids=layout, bars=lb, positions=lp, prefix=ids[:a], song=np.concatenate([ids[:a], ids[c:end]]),
+                        end_bar=int(end_bar))
+    return prompt, ids[a:c]
+
+
+def _special(tokenizer: Any) -> np.ndarray:
+    from partita.represent.tokens import _expansion
+
+    return _expansion(tokenizer).special
+
+
+def _eos(tokenizer: Any) -> int:
+    from partita.represent.tokens import special_id
+
+    return special_id(tokenizer, "EOS")
+
+
+def _span_bars(score: Score, ref: Score, bars: Any, seconds: Any) -> tuple[int, int]:
+    """0-based ``[first, end)`` bars from ``bars=(9, 12)`` (1-based, inclusive) or seconds (bars
+    as the tokenizer counts them: those of ``ref``, the score decoded from the tokens)."""
+    if (bars is None) == (seconds is None):
+        raise PartitaError("give the span to regenerate as --bars A-B or --seconds A-B (one of them)")
+    if bars is not None:
+        a, b = parse_span(bars, "bars")
+        return int(a) - 1, int(b)
+    from partita.generate import _tick_at_seconds
+
+    a, b = parse_span(seconds, "seconds")
+    scale = int(ref.ticks_per_quarter) / int(score.ticks_per_quarter)
+    t0, t1 = _tick_at_seconds(score, a) * scale, _tick_at_seconds(score, b) * scale
+    starts = bar_starts(ref, until=int(t1))
+    first, last = int(_bar_of(starts, np.array([t0]))[0]), int(_bar_of(starts, np.array([max(t1 - 1, t0)]))[0])
+    return first, last + 1
+
+
+def infill(
+    model: Any = None,
+    midi: Any = None,
+    *,
+    bars: Any = None,
+    seconds: Any = None,
+    n: int = 1,
+    config: Optional[SamplingConfig] = None,
+    tokenizer: Any = None,
+    composer: Any = None,
+    device: Any = None,
+    progress: Any = None,
+    **options: Any,
+) -> list[Infilled]:
+    """``n`` versions of ``midi`` (a path, bytes or ``symusic.Score``) with a span regenerated.
+
+    ``bars=(9, 12)`` or ``"9-12"``: bars 9 to 12 (1-based, inclusive); ``seconds=(10, 20)``: the
+    bars that time range touches. ``model``: a bundle folder, a ``Bundle``, a shipped name or a
+    GPT with ``tokenizer=``; None: ``gpt-piano``. Sampling options are ``SamplingConfig`` fields
+    (``temperature``, ``top_k``, ``top_p``, ``min_p``, ``seed``, ``programs``, ``threads``...);
+    the length is the span's. A model trained without fill-in-the-middle tokens is a one-line
+    error.
+    """
+    from partita.generate import resolve_label, resolve_model
+    from partita.io.midi import load
+    from partita.represent.tokens import encode
+
+    if midi is None:
+        raise PartitaError("infill needs a MIDI file (or a symusic Score) to fill")
+    if model is None:
+        from partita.pretrained import GPT_PIANO, bundle_path
+
+        model = str(bundle_path(GPT_PIANO))
+    model, tokenizer, labels = resolve_model(model, tokenizer=tokenizer, device=device)
+    if not getattr(model.config, "fim", False):
+        raise PartitaError("this model was not trained for infilling (no fill-in-the-middle tokens): "
+                           "use gpt-piano or a model trained with 'partita train gpt --fim 0.5'")
+    label = resolve_label(composer, labels, int(getattr(model.config, "n_labels", 0)))
+    if isinstance(midi, (str, os.PathLike, bytes, bytearray)):
+        score = load(midi)
+    elif isinstance(midi, (symusic.core.ScoreTick, symusic.core.ScoreQuarter, symusic.core.ScoreSecond)):
+        score = midi if isinstance(midi, symusic.core.ScoreTick) else midi.to("tick")
+    else:
+        raise PartitaError(f"infill fills a MIDI file or a symusic Score, not {type(midi).__name__}")
+    ids = encode(tokenizer, score, bos_eos=True)
+    ref, _ = decode_safe(tokenizer, ids)  # the piece as the tokenizer sees it: its bars
+    first, end = _span_bars(score, ref, bars, seconds)
+    prompt, _ = fill_layout(model, tokenizer, ids, first, end)
+
+    cfg = (config or SamplingConfig()).replace(**options)
+    cfg = cfg.replace(bars=end - first, seconds=None, prompt_read=None, allow_early_end=False)
+    raw = sample(model, tokenizer, prompts=[prompt], n=n, config=cfg, label=label, progress=progress,
+                 return_details=True)
+
+    starts = bar_starts(ref, end + 1) * (int(score.ticks_per_quarter) / int(ref.ticks_per_quarter))
+    t0, t1 = int(round(starts[first])), int(round(starts[end]))
+    kept, removed = _without_span(score, t0, t1)
+    out = []
+    for i, r in enumerate(raw):
+        middle = r.new_ids
+        piece, _ = decode_safe(tokenizer, np.concatenate([prompt.prefix, middle]))
+        added = _span_notes(piece, first, end, int(score.ticks_per_quarter))
+        result = kept.copy()
+        for track, notes in added.items():
+            _add_notes(result, track, notes)
+        out.append(Infilled(score=result, bars=(first + 1, end), ticks=(t0, t1), middle=middle,
+                            notes_removed=removed, notes_added=sum(len(v) for v in added.values()), stop=r.stop,
+                            index=i))
+    return out
+
+
+def _without_span(score: Score, t0: int, t1: int) -> tuple[Score, int]:
+    """A copy of ``score`` without the notes that start in ``[t0, t1)``, and how many they were."""
+    out = score.copy()
+    removed = 0
+    for track in out.tracks:
+        notes = track.notes.numpy()
+        keep = (notes["time"] < t0) | (notes["time"] >= t1)
+        removed += int((~keep).sum())
+        track.notes = symusic.Note.from_numpy(**{k: v[keep] for k, v in notes.items()})
+    return out, removed
+
+
+def _span_notes(piece: Score, first: int, end: int, tpq: int) -> dict:
+    """Notes of ``piece`` (decoded in the tokenizer's ticks) that start in bars ``[first, end)``,
+    in ticks of resolution ``tpq``, by (program, is_drum)."""
+    starts = bar_starts(piece, end + 1)
+    t0, t1 = int(starts[first]), int(starts[end])
+    scale = tpq / int(piece.ticks_per_quarter)
+    out: dict = {}
+    for track in piece.tracks:
+        notes = track.notes.numpy()
+        keep = (notes["time"] >= t0) & (notes["time"] < t1)
+        if not keep.any():
+            continue
+        sel = {k: v[keep] for k, v in notes.items()}
+        sel["time"] = np.round(sel["time"] * scale).astype(sel["time"].dtype)
+        sel["duration"] = np.maximum(np.round(sel["duration"] * scale), 1).astype(sel["duration"].dtype)
+        out.setdefault((int(track.program), bool(track.is_drum)), []).append(sel)
+    return {k: {f: np.concatenate([s[f] for s in v]) for f in v[0]} for k, v in out.items()}
+
+
+def _add_notes(score: Score, key: tuple[int, bool], notes: dict) -> None:
+    """Add ``notes`` to the first track of ``score`` with that program (a new track if none)."""
+    program, drum = key
+    track = next((t for t in score.tracks if int(t.program) == program and bool(t.is_drum) == drum), None)
+    if track is None:
+        track = symusic.core.TrackTick(name="infill", program=program, is_drum=drum)
+        score.tracks.append(track)
+        track = score.tracks[-1]
+    old = track.notes.numpy()
+    merged = {k: np.concatenate([old[k], notes[k].astype(old[k].dtype)]) for k in old}
+    order = np.argsort(merged["time"], kind="stable")
+    track.notes = symusic.Note.from_numpy(**{k: v[order] for k, v in merged.items()})
