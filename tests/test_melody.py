@@ -303,3 +303,44 @@ def test_music21_corpus_melodies(name, number, tracks, tmp_path):
         assert np.array_equal(through_midi(melody.events, tpq=score.tpq), melody.events)
         assert np.array_equal(score_to_events(melody.to_score()), melody.events)
     assert extract_windows(score, bars=2, skyline=False).shape[1] == 32
+
+
+def test_drop_windows_removes_held_out_windows_in_any_key():
+    from partita.represent.melody import drop_windows
+
+    train = np.array([[60, HOLD, 62, NOTE_OFF], [70, HOLD, 72, NOTE_OFF], [60, 64, HOLD, HOLD], [HOLD] * 4], np.int16)
+    held = np.array([[65, HOLD, 67, NOTE_OFF], [HOLD] * 4], np.int16)
+    assert drop_windows(train, held).tolist() == [[60, 64, HOLD, HOLD]]  # same shape a fourth up, and the empty one
+    assert drop_windows(train, held[:0]).tolist() == train.tolist()
+
+
+def test_corpus_windows_reads_each_split_and_counts_what_it_skips(tmp_path):
+    from conftest import labelled_folder
+    from partita.data.corpus import Corpus
+    from partita.data.prepare import prepare
+    from partita.errors import PartitaError
+    from partita.represent.melody import corpus_windows
+
+    root = tmp_path / "midi"
+    labelled_folder(root, {"Edge": [FIXTURES / "edge" / f"{n}.mid" for n in ("fur-elise", "pitches", "durations")]})
+    prepare(root, tmp_path / "c", workers=1, valid=0.0, test=0.0)
+    corpus = Corpus(tmp_path / "c")
+    w, info = corpus_windows(corpus, "train", 2, labels=["edge"])  # case ignored
+    assert w.dtype == np.int16 and w.shape[1] == 32 and info["windows"] == len(w) > 0
+    assert info["pieces"] + sum(info["skipped"].values()) == 3 and info["labels"] == ["Edge"]
+    expected = np.concatenate([extract_windows(corpus.score(i), bars=2) for i in corpus.indices(split="train")
+                               if len(_windows_or_none(corpus.score(i)))])
+    assert np.array_equal(w, expected)
+    empty, info = corpus_windows(corpus, "test", 2)
+    assert empty.shape == (0, 32) and info["pieces"] == 0
+    with pytest.raises(PartitaError, match="label 'Jazz' is not in"):
+        corpus_windows(corpus, "train", 2, labels=["Jazz"])
+
+
+def _windows_or_none(score):
+    from partita.io.midi import MidiError
+
+    try:
+        return extract_windows(score, bars=2)
+    except MidiError:
+        return []

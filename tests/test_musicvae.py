@@ -77,6 +77,54 @@ def test_shapes(decoder):
         model.encode(torch.zeros(3, 30, dtype=torch.long))
 
 
+def test_hierarchical_encoder_reads_bars_then_the_sequence_of_bars():
+    model = tiny(bars=4, decoder="hierarchical", encoder="hierarchical")
+    x = torch.randint(0, NUM_CLASSES, (3, 64))
+    with torch.no_grad():
+        mu, sigma = model.encode(x)
+        assert mu.shape == sigma.shape == (3, 16)
+        # Every bar reaches the code, and so does the order of the bars.
+        for bar in range(4):
+            y = x.clone()
+            y[:, bar * 16 + 5] = (y[:, bar * 16 + 5] + 1) % NUM_CLASSES
+            assert not torch.allclose(model.encode(y)[0], mu)
+        swapped = torch.cat([x[:, 16:32], x[:, :16], x[:, 32:]], 1)
+        assert not torch.allclose(model.encode(swapped)[0], mu)
+    with pytest.raises(PartitaError, match="encoder"):
+        MusicVAEConfig(encoder="tree")
+
+
+def test_conductor_with_bar_position_reads_the_bar_index():
+    model = tiny(bars=4, decoder="hierarchical", bar_position=True)
+    assert model.conductor.input_size == 16 + 4
+    with torch.no_grad():
+        # Zero the recurrence: each output then depends on its own input only, z and the bar index.
+        for name, w in model.conductor.named_parameters():
+            if name.startswith("weight_hh"):
+                w.zero_()
+        c = model.conduct(torch.randn(2, 16))
+    assert c.shape == (2, 4, 32) and not torch.allclose(c[:, 1], c[:, 2])
+
+
+def test_word_dropout_replaces_decoder_inputs_in_training_only():
+    model = tiny(bars=2, decoder="flat", word_dropout=0.5)
+    x = torch.randint(0, NUM_CLASSES, (4, 32))
+    z = torch.randn(4, 16)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with torch.no_grad():
+        plain = model.decode_logits(z, x)
+        dropped = model.decode_logits(z, x, word_dropout=0.5, generator=g())
+        # Only the start token is read at a dropped step, so the first step (always the start) agrees.
+        assert torch.allclose(dropped[:, 0], plain[:, 0]) and not torch.allclose(dropped, plain)
+        assert torch.equal(dropped, model.decode_logits(z, x, word_dropout=0.5, generator=g()))
+        model.eval()  # evaluation never drops inputs, whatever the config says
+        _, a = model(x, sample_z=False)
+        _, b = model(x, sample_z=False)
+    assert torch.equal(a["recon"], b["recon"])
+    with pytest.raises(PartitaError, match="word_dropout"):
+        MusicVAEConfig(word_dropout=1.0)
+
+
 def test_kl_and_free_bits_arithmetic():
     zero = kl_divergence(torch.zeros(2, 5), torch.ones(2, 5))
     assert torch.equal(zero, torch.zeros(2))
@@ -135,8 +183,9 @@ def test_scheduled_sampling_probability_follows_its_schedule():
     assert torch.allclose(model.decode_logits(z, x, p_sample=1e-12), model.decode_logits(z, x), atol=1e-5)
 
 
-def test_hierarchical_bar_depends_only_on_its_conductor_output():
-    model = tiny(bars=4, decoder="hierarchical")
+@pytest.mark.parametrize("bar_position", [False, True])
+def test_hierarchical_bar_depends_only_on_its_conductor_output(bar_position):
+    model = tiny(bars=4, decoder="hierarchical", bar_position=bar_position)
     x = torch.randint(0, NUM_CLASSES, (2, 64))
     with torch.no_grad():
         c = model.conduct(model.encode(x)[0])

@@ -60,7 +60,7 @@ def test_train_vae_writes_a_bundle_and_refuses_to_overwrite(run, corpus, capsys)
 
 
 def test_eval_vae_reports_models_baselines_and_interpolation(run, corpus, tmp_path):
-    from partita.train.vae import corpus_windows
+    from partita.represent.melody import corpus_windows
     from partita.data.corpus import Corpus
 
     out = tmp_path / "eval.json"
@@ -72,11 +72,30 @@ def test_eval_vae_reports_models_baselines_and_interpolation(run, corpus, tmp_pa
     (m,) = r["models"]
     assert m["decoder"] == "flat" and 0 <= m["sampled"]["accuracy"] <= 1 and m["kl_nats"] >= 0
     assert {b["name"] for b in r["baselines"]} == {"majority class per step", "bigram next event"}
+    assert len(m["sampled_by_bar"]) == 2 and 0 <= m["sampled_other_code"]["accuracy"] <= 1
+    assert 0 <= m["kl_dims_over_0.1_nats"] <= 16 and m["kl_largest_dim_nats"] <= m["kl_nats"] + 1e-9
     latent, data = r["interpolation"]
     assert latent["kind"] == "latent slerp" and data["kind"] == "data crossfade"
     assert len(latent["distance_to_a"]) == len(latent["musical"]) == 5
     # The crossfade starts exactly at A and ends exactly at B.
     assert data["distance_to_a"][0] == 0 and data["distance_to_b"][-1] == 0
+    assert data["endpoint_accuracy"] == 1.0 and data["endpoint_pitch_agreement"] == 1.0
+    assert 0 < data["change_per_step"] <= data["largest_step"] <= 1
+    assert 0 <= latent["endpoint_accuracy"] <= 1 and latent["change_per_step"] >= 0
+
+
+def test_train_vae_holdout_keeps_another_corpus_test_windows_out(corpus, tmp_path):
+    from partita.data.corpus import Corpus
+    from partita.represent.melody import corpus_windows
+
+    out = tmp_path / "run"
+    main(["train", "vae", "--data", str(corpus), "--out", str(out), "--preset", "tiny", "--max-steps", "2",
+          "-b", "4", "--val-every", "2", "--holdout", str(corpus)])
+    card = json.loads((out / "bundle" / "card.json").read_text())
+    train, _ = corpus_windows(Corpus(corpus), "train", 2)
+    held = card["holdout"]
+    assert set(held) == {f"{Corpus(corpus).path}:valid", f"{Corpus(corpus).path}:test"}
+    assert card["windows"]["train"] == len(train) - sum(h["dropped_from_train"] for h in held.values())
 
 
 def test_vae_commands_write_readable_midi(run, tmp_path, request):

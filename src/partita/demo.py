@@ -12,7 +12,8 @@ Steps (each one's failure is reported in its section, not fatal to the others):
    two of them on the corpus map;
 3. continue a Bach chorale opening, a folk tune and a chord progression with the shipped
    transformer, and sample in the style of a composer;
-4. interpolate between two folk melodies with the shipped 2-bar MusicVAE;
+4. interpolate between two folk melodies with the shipped 2-bar MusicVAE, and between two 16-bar
+   dance tunes with the shipped hierarchical 16-bar MusicVAE;
 5. compare the generated set with the real pieces on the musical metrics;
 6. attribute real piano music with the shipped piano index: four GiantMIDI-Piano transcriptions
    that ship in the package, and, given an ASAP folder (``--asap``), performances of works the
@@ -219,33 +220,39 @@ def _tvae_sample(composer: str) -> list[Music]:
     return [Music(f"tvae-{composer.lower()}", f"a sample of the composer-conditioned VAE, composer {composer}", score, "generated")]
 
 
-def _interpolate(rows: list[dict], steps: int) -> list[Music]:
-    from partita.generate.vae import interpolate_files
+def _interpolate(rows: list[dict], steps: int, bars: int = 2) -> list[Music]:
+    from partita.generate.vae import interpolate_files, melody_of
 
-    from partita.generate.vae import melody_of
+    size = bars * 16
+    target = 6 * bars  # about six notes a bar: a melody that moves, not runs of sixteenths nor held notes
 
     def opening_notes(row: dict) -> int:
         try:
-            return int((np.asarray(melody_of(row["file"])[0].events[:32]) < 128).sum())
+            events = np.asarray(melody_of(row["file"])[0].events)
         except PartitaError:
-            return -100
+            return -1000
+        return int((events[:size] < 128).sum()) if len(events) >= size else -1000
 
-    def most_eighth_notes(group: list[dict]) -> Optional[dict]:
-        # The opening nearest 12 notes in 2 bars: a melody that moves, not sixteenth-note runs
-        # (which the small shipped model reconstructs poorly) and not a held note.
-        return min(group, key=lambda r: abs(opening_notes(r) - 12), default=None)
+    def pick(group: list[dict]) -> Optional[dict]:
+        best = min(group, key=lambda r: abs(opening_notes(r) - target), default=None)
+        return best if best is not None and opening_notes(best) > 0 else None
 
     folk = [r for r in rows if r["label"] in ("Essen", "O'Neill's", "Ryan's Mammoth")]
-    a = most_eighth_notes([r for r in folk if r["label"] == "Essen"])
-    b = most_eighth_notes([r for r in folk if r["label"] != "Essen"])
+    if bars == 2:
+        a = pick([r for r in folk if r["label"] == "Essen"])
+        b = pick([r for r in folk if r["label"] != "Essen"])
+    else:  # two 16-bar dance tunes, one from each Irish collection
+        a = pick([r for r in folk if r["label"] == "O'Neill's"])
+        b = pick([r for r in folk if r["label"] == "Ryan's Mammoth"])
     if a is None or b is None:
-        raise PartitaError("the demo set has no two folk tunes to interpolate between")
-    scores = interpolate_files(a["file"], b["file"], steps=steps)
+        raise PartitaError(f"the demo set has no two {bars}-bar folk tunes to interpolate between")
+    scores = interpolate_files(a["file"], b["file"], steps=steps, bars=bars)
     out = []
+    prefix = "interpolation" if bars == 2 else f"interpolation-{bars}bar"
     for i, score in enumerate(scores):
         t = i / (len(scores) - 1)
         where = "A" if i == 0 else "B" if i == len(scores) - 1 else f"{t:.2f} of the way"
-        out.append(Music(f"interpolation-{i}", f"{where}: {a['title']} -> {b['title']}", score, "interpolation"))
+        out.append(Music(f"{prefix}-{i}", f"{bars} bars, {where}: {a['title']} -> {b['title']}", score, "interpolation"))
     return out
 
 
@@ -297,6 +304,7 @@ def run_demo(
     music += attempt("generation", _generate, rows, 2 if fast else bars) or []
     music += attempt("composer-conditioned VAE", _tvae_sample, "Bach") or []
     music += attempt("interpolation", _interpolate, rows, 3 if fast else 7) or []
+    music += attempt("interpolation", _interpolate, rows, 3 if fast else 5, 16) or []
     res.music = music
 
     generated = out / "generated"
@@ -375,7 +383,7 @@ def _write_report(res: DemoResult, files: dict, sound: bool) -> Path:
     for group, title, intro in (
         ("generated", "Generation", "The shipped transformer continues held-out openings and a chord progression, "
          "and samples in the style of a composer." + ("" if sound else " (No SoundFont on this machine: no audio.)")),
-        ("interpolation", "Interpolation", "The shipped 2-bar MusicVAE walks its latent space from one folk melody to another."),
+        ("interpolation", "Interpolation", "The shipped MusicVAEs walk their latent space from one folk melody to another: 2 bars, then 16 bars (hierarchical)."),
     ):
         sec = report.section(title, intro)
         for m in res.music:

@@ -41,6 +41,7 @@ def train_vae_cmd(
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set z_size=256 (repeatable)."),
     labels: list[str] = typer.Option([], "--labels", "-l", help="Train only on pieces with these labels (repeatable), e.g. -l Essen."),
     transpose: int = typer.Option(5, "--transpose", help="Random transposition of each training window, up to +-N semitones (0: off)."),
+    holdout: list[Path] = typer.Option([], "--holdout", help="A prepared corpus whose valid and test windows stay out of training, in any key (repeatable)."),
 ) -> None:
     """Train a MusicVAE on melody windows of a corpus; writes checkpoints, logs and a bundle into --out."""
     from partita.models.musicvae import MusicVAEConfig
@@ -51,7 +52,7 @@ def train_vae_cmd(
     with progress_bar("melody windows") as update:
         card = train_vae(
             data, out, run_config, bars=bars, decoder=decoder, preset=preset, overrides=overrides,
-            labels=labels or None, transpose=transpose, data_progress=update, command=command_line(),
+            labels=labels or None, holdout=holdout, transpose=transpose, data_progress=update, command=command_line(),
         )
     console.print(f"{card['decoder']} decoder, {card['bars']} bars, {card['windows']['train']:,} training windows")
     print_trained(card, out / "bundle", f"partita vae sample --model {out / 'bundle'}")
@@ -216,28 +217,35 @@ def eval_vae_cmd(
     table = Table(title=f"Reconstruction accuracy per step, {r['split']} split ({sizes} windows)", title_justify="left",
                   caption="TF: teacher-forced; sampled: greedy from mu; 'ev': only steps whose true event is a note-on/off",
                   caption_justify="left")
-    for col in ("model", "TF", "TF ev", "sampled", "sampled ev", "KL"):
+    for col in ("model", "TF", "TF ev", "sampled", "sampled ev", "other z", "KL", "dims"):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for m in r["models"]:
         tf, s = m["teacher_forced"], m["sampled"]
         table.add_row(f"{m['name']} ({m['bars']}-bar {m['decoder'][:4]})", _pct(tf["accuracy"]), _pct(tf["accuracy_non_hold"]),
-                      _pct(s["accuracy"]), _pct(s["accuracy_non_hold"]), f"{m['kl_nats']:.1f}")
+                      _pct(s["accuracy"]), _pct(s["accuracy_non_hold"]), _pct(m["sampled_other_code"]["accuracy"]),
+                      f"{m['kl_nats']:.1f}", str(m["kl_dims_over_0.1_nats"]))
     short = {"majority class per step": "majority/step", "bigram next event": "bigram"}
     for bl in r["baselines"]:
         cells = [_pct(bl["accuracy"]), _pct(bl["accuracy_non_hold"])]
         row = cells + ["", ""] if bl["compare_with"] == "teacher_forced" else ["", ""] + cells
-        table.add_row(f"{short.get(bl['name'], bl['name'])} ({bl['bars']}-bar)", *row, "")
+        table.add_row(f"{short.get(bl['name'], bl['name'])} ({bl['bars']}-bar)", *row, "", "", "")
     console.print(table)
+    console.print("other z: sampled accuracy decoding another window's code; dims: latent dimensions over 0.1 nats")
+    for m in r["models"]:
+        if m["bars"] > 2:
+            console.print(f"{m['name']}: sampled accuracy by bar " + " ".join(f"{100 * x:.0f}" for x in m["sampled_by_bar"]))
     if r["interpolation"]:
         it = Table(title=f"Interpolation, {r['interpolation'][0]['pairs']} pairs of {r['split']} windows",
                    title_justify="left", caption="distance: share of steps whose sounding pitch differs; monotone: "
-                   "Spearman of distance with t; musical: inner points with real-melody statistics", caption_justify="left")
-        for col in ("method", "to A, t=0->1", "to B, t=0->1", "monotone A/B", "musical"):
+                   "Spearman of distance with t; musical: inner points with real-melody statistics; endpoints: "
+                   "event accuracy of t=0 and t=1 against A and B", caption_justify="left")
+        for col in ("method", "to A, t=0->1", "to B, t=0->1", "monotone A/B", "musical", "endpoints", "change/step"):
             it.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
         for x in r["interpolation"]:
             da, db = x["distance_to_a"], x["distance_to_b"]
             name = "data crossfade" if x["kind"] == "data crossfade" else x["name"]
             it.add_row(f"{name} ({x['bars']}-bar)", f"{da[0]:.2f}->{da[-1]:.2f}", f"{db[0]:.2f}->{db[-1]:.2f}",
-                       f"{x['monotone_a']:+.2f}/{x['monotone_b']:+.2f}", _pct(x["musical_inner"]))
+                       f"{x['monotone_a']:+.2f}/{x['monotone_b']:+.2f}", _pct(x["musical_inner"]),
+                       _pct(x["endpoint_accuracy"]), f"{x['change_per_step']:.2f}")
         console.print(it)
     write_json(json_out, r)

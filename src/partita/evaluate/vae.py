@@ -9,7 +9,11 @@ every bar, rests of a bar or more left out), from the posterior mean ``mu``:
   the paper's "full sampling" column: what ``partita vae reconstruct`` returns;
 * both also on the steps whose true event is not HOLD (note-ons and note-offs), since HOLD is
   most of the steps and a model that only says HOLD already scores well;
-* the reconstruction cross-entropy (nats per window) and the KL of the posterior (nats).
+* sampled accuracy per 16-step bar (does the end of a 16-bar window hold up?), and sampled accuracy
+  when each window's code is decoded for another window's target (how much the decoder reads z:
+  near the real score means it ignores the code);
+* the reconstruction cross-entropy (nats per window) and the KL of the posterior (nats), in total
+  and per latent dimension (how many carry over 0.1 nats: posterior collapse leaves few).
 
 Baselines from the train split's windows (same labels): the **majority class per step position**
 (what a decoder that ignores the input can reach: compare with sampled accuracy), and the
@@ -24,7 +28,11 @@ to the code of B in ``steps`` steps and every point decoded greedily. Reported f
   is the mean Spearman correlation of the distance with t (+1 for A, -1 for B is perfect);
 * musicality: the fraction of melodies whose statistics all lie within the 5th-95th percentile of
   real test windows: notes per bar, share of onsets on the eighth-note grid, share of notes in the
-  best-fitting major scale (pitch classes), pitch range and mean absolute interval.
+  best-fitting major scale (pitch classes), pitch range and mean absolute interval;
+* endpoints: per-step event accuracy of the t=0 and t=1 melodies against A and B (the codes are
+  the posterior means, so this is reconstruction) and their sounding-pitch agreement;
+* smoothness: the note-level distance between consecutive points (mean, and the largest step
+  of a path, averaged over pairs): a smooth path changes a little at every step.
 
 The baseline for interpolation is the data-space crossfade: at point t each step's event comes
 from B with probability t, else from A (the paper's "data interpolation").
@@ -39,7 +47,7 @@ import numpy as np
 
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
-from partita.represent.melody import HOLD, NOTE_OFF, NUM_CLASSES, STEPS_PER_BAR, canonicalize, sounding
+from partita.represent.melody import HOLD, NOTE_OFF, NUM_CLASSES, STEPS_PER_BAR, canonicalize, corpus_windows, sounding
 
 _MAJOR = np.array([1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1], bool)
 STATS = ("notes_per_bar", "on_eighth_grid", "in_scale", "pitch_range", "mean_interval")
@@ -111,7 +119,12 @@ def interpolation_report(paths: np.ndarray, a: np.ndarray, b: np.ndarray, lo: np
     t = np.linspace(0, 1, points)
     stats = melody_stats(paths.reshape(pairs * points, -1)).reshape(pairs, points, -1)
     inside = np.all((stats >= lo) & (stats <= hi), axis=-1)  # NaN (no notes) counts as outside
+    steps = np.stack([note_distance(paths[:, k], paths[:, k + 1]) for k in range(points - 1)], 1)
     return {
+        "endpoint_accuracy": float(np.mean([(paths[:, 0] == a).mean(), (paths[:, -1] == b).mean()])),
+        "endpoint_pitch_agreement": float(1 - (d_a[:, 0].mean() + d_b[:, -1].mean()) / 2),
+        "change_per_step": float(steps.mean()),
+        "largest_step": float(steps.max(1).mean()),
         "t": [round(float(x), 4) for x in t],
         "distance_to_a": [float(x) for x in d_a.mean(0)],
         "distance_to_b": [float(x) for x in d_b.mean(0)],
@@ -138,31 +151,41 @@ def _batches(n: int, size: int):
         yield slice(s, min(n, s + size))
 
 
-def _evaluate_model(model, windows: np.ndarray, batch_size: int, progress=None) -> dict:
+def _evaluate_model(model, windows: np.ndarray, batch_size: int, seed: int = 0, progress=None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    tf_pred, s_pred, recon, kl = [], [], 0.0, 0.0
+    from partita.models.musicvae import kl_divergence
+
+    # Each window's code decoded for another window: how much the decoder reads from z at all.
+    perm = np.random.default_rng(seed).permutation(len(windows))
+    mus, tf_pred, s_pred, recon, kl_dims = [], [], [], 0.0, 0.0
     with torch.no_grad():
         for sl in _batches(len(windows), batch_size):
             x = torch.as_tensor(windows[sl].astype(np.int64))
             mu, sigma = model.encode(x)
+            mus.append(mu)
             logits = model.decode_logits(mu, x)
             tf_pred.append(logits.argmax(-1).numpy())
             s_pred.append(model.decode(mu).numpy())
-            ce = F.cross_entropy(logits.reshape(-1, NUM_CLASSES), x.reshape(-1), reduction="sum")
-            recon += float(ce)
-            from partita.models.musicvae import kl_divergence
-
-            kl += float(kl_divergence(mu, sigma).sum())
+            recon += float(F.cross_entropy(logits.reshape(-1, NUM_CLASSES), x.reshape(-1), reduction="sum"))
+            kl_dims = kl_dims + kl_divergence(mu[..., None], sigma[..., None]).sum(0).numpy()
             if progress:
                 progress(sl.stop, len(windows))
+        mu = torch.cat(mus)
+        shuffled = np.concatenate([model.decode(mu[perm[sl]]).numpy() for sl in _batches(len(windows), batch_size)])
     tf_pred, s_pred = np.concatenate(tf_pred), canonicalize(np.concatenate(s_pred).astype(np.int16))
+    kl_dims = kl_dims / len(windows)
+    hit = s_pred == windows
     return {
         "teacher_forced": _accuracies(tf_pred, windows),
         "sampled": _accuracies(s_pred, windows),
+        "sampled_by_bar": [float(x) for x in hit.reshape(len(windows), -1, STEPS_PER_BAR).mean((0, 2))],
+        "sampled_other_code": _accuracies(canonicalize(shuffled.astype(np.int16)), windows),
         "recon_nats_per_window": recon / len(windows),
-        "kl_nats": kl / len(windows),
+        "kl_nats": float(kl_dims.sum()),
+        "kl_dims_over_0.1_nats": int((kl_dims > 0.1).sum()),
+        "kl_largest_dim_nats": float(kl_dims.max()),
     }
 
 
@@ -201,7 +224,6 @@ def evaluate_vae(
     seeded random subset of each window set; ``pairs`` interpolation pairs per model (0: none).
     """
     from partita.generate.vae import load_vae
-    from partita.train.vae import corpus_windows
 
     corpus = Corpus(corpus_dir)
     bundles = [load_vae(m) for m in models]
@@ -241,7 +263,7 @@ def evaluate_vae(
             name = bundle.path.parent.name
         row = {"name": name, "path": str(bundle.path) if bundle.path else None, "bars": c.bars,
                "decoder": c.decoder, "parameters": model.num_parameters(),
-               **_evaluate_model(model, d["test"], batch_size, progress)}
+               **_evaluate_model(model, d["test"], batch_size, seed, progress)}
         result["models"].append(row)
         if pairs > 0:
             rng = np.random.default_rng(seed)

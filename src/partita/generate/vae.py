@@ -277,6 +277,7 @@ def interpolate(
     return [Melody(row, 0, ma.program, 0, f"interpolation-{k}") for k, row in enumerate(out)]
 
 
-def interpolate_files(a, b, steps: int = 7, bundle: Any = None, seed: int = 0, temperature: float = 0.0) -> list[Score]:
-    """The demo's interpolation: ``interpolate`` with the shipped 2-bar model by default, as Scores."""
-    return [m.to_score() for m in interpolate(bundle, a, b, steps, temperature=temperature, seed=seed)]
+def interpolate_files(a, b, steps: int = 7, bundle: Any = None, seed: int = 0, temperature: float = 0.0,
+                      bars: int = 2) -> list[Score]:
+    """The demo's interpolation: ``interpolate`` with the shipped model for ``bars`` by default, as Scores."""
+    return [m.to_score() for m in interpolate(bundle, a, b, steps, temperature=temperature, seed=seed, bars=bars)]

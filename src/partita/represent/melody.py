@@ -34,13 +34,17 @@ melodies) and ``strict_meter=True`` refuses them, as MusicVAE does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 import numpy as np
 import symusic
 from symusic import Note, Score, Tempo, TextMeta, TimeSignature, Track
 
+from partita.errors import PartitaError
 from partita.io.midi import MidiError
+
+if TYPE_CHECKING:  # corpora are read through their methods only: this layer imports no data code
+    from partita.data.corpus import Corpus
 
 NOTE_OFF = 128
 HOLD = 129
@@ -464,6 +468,71 @@ def extract_windows(
     return rows
 
 
+# ----------------------------------------------------------------------------- corpora
+
+
+def resolve_labels(corpus: "Corpus", labels: Optional[Iterable[str]]) -> Optional[list[str]]:
+    """The corpus's own spelling of each asked label (case ignored); None keeps every label."""
+    if not labels:
+        return None
+    known = {name.lower(): name for name in corpus.labels}
+    out = []
+    for name in labels:
+        hit = known.get(str(name).strip().lower())
+        if hit is None:
+            raise PartitaError(f"label {name!r} is not in {corpus.path} (labels: {', '.join(corpus.labels)})")
+        out.append(hit)
+    return out
+
+
+def corpus_windows(
+    corpus: "Corpus",
+    split: str,
+    bars: int,
+    *,
+    labels: Optional[Iterable[str]] = None,
+    hop_bars: int = 1,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> tuple[np.ndarray, dict]:
+    """Melody windows ``[n, bars * 16]`` (int16) of a prepared corpus's split, and what was used.
+
+    Every line of every piece (``extract_windows``: one line per track, skyline for polyphonic
+    parts, so every voice of a chorale or quartet); training and evaluation read the same windows.
+    Pieces without a usable window (no melody, too short, too sparse) are skipped and counted.
+    ``labels`` (case ignored; None: all) keeps only those labels' pieces.
+    """
+    wanted = resolve_labels(corpus, labels)
+    pieces = [i for i in corpus.indices(split=split) if wanted is None or corpus.pieces[i]["label"] in wanted]
+    rows, used, skipped = [], 0, {}
+    for n, i in enumerate(pieces, 1):
+        try:
+            rows.append(extract_windows(corpus.score(i), bars=bars, hop_bars=hop_bars))
+            used += 1
+        except MidiError as e:
+            skipped[e.reason] = skipped.get(e.reason, 0) + 1
+        if progress:
+            progress(n, len(pieces))
+    size = bars * STEPS_PER_BAR
+    out = np.concatenate(rows).astype(EVENT_DTYPE) if rows else np.zeros((0, size), EVENT_DTYPE)
+    return out, {"split": split, "pieces": used, "skipped": skipped, "windows": int(len(out)), "labels": wanted}
+
+
+def drop_windows(windows: np.ndarray, held_out: np.ndarray) -> np.ndarray:
+    """``windows`` without the rows equal to a row of ``held_out``, or to one of its transpositions
+    (windows compared as interval-and-rhythm shapes): a tune in two collections, or in two exports
+    of one collection, stays on one side of a split."""
+    def shapes(w: np.ndarray) -> np.ndarray:
+        w = np.asarray(w).astype(np.int64)
+        is_note = w < NOTE_OFF
+        lowest = np.where(is_note, w, 127).min(axis=1, keepdims=True)
+        shape = np.where(is_note, w - np.where(lowest == 127, 0, lowest), w)
+        return np.ascontiguousarray(shape.astype(np.int16)).view(f"V{2 * w.shape[1]}").ravel()
+
+    if len(windows) == 0 or len(held_out) == 0:
+        return windows
+    return windows[~np.isin(shapes(windows), shapes(held_out))]
+
+
 __all__ = [
     "END_MARKER",
     "EVENT_DTYPE",
@@ -474,11 +543,14 @@ __all__ = [
     "STEPS_PER_QUARTER",
     "Melody",
     "canonicalize",
+    "corpus_windows",
+    "drop_windows",
     "events_to_score",
     "extract_melodies",
     "extract_windows",
     "is_canonical",
     "meter_steps",
+    "resolve_labels",
     "score_to_events",
     "sounding",
     "validate",

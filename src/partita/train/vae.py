@@ -1,9 +1,12 @@
 """Training MusicVAE (``partita train vae``) with Lightning.
 
-Data: 2-bar or 16-bar melody windows (``partita.represent.melody.extract_windows``: one line per
+Data: 2-bar or 16-bar melody windows (``partita.represent.melody.corpus_windows``: one line per
 track, skyline for polyphonic parts, windows every bar, rests of a bar or more left out, repeats
 within a piece kept once) from a prepared corpus's pieces, optionally only some labels (the folk
 collections, Essen / O'Neill's / Ryan's Mammoth, are nearly all single-line tunes: ideal).
+``holdout`` corpora keep their valid and test windows unseen: training windows equal to one of
+them, in any transposition, are dropped (a larger export of the same collections can then train
+a model that is scored on the standard corpus's test split).
 Training batches are drawn at random with replacement, each window transposed by a random number
 of semitones in ``[-transpose, transpose]`` (clipped so every pitch stays in 0..127): melodies
 are heard in every key, not only the few keys folk tunes are written in. Batch k is a function
@@ -26,57 +29,12 @@ import torch
 from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
-from partita.io.midi import MidiError
 from partita.models.musicvae import MusicVAE, MusicVAEConfig
-from partita.represent.melody import NOTE_OFF, extract_windows
+from partita.represent.melody import NOTE_OFF, corpus_windows, drop_windows
 from partita.train.common import ResumableModule, RunConfig, run, start_run, warmup_cosine_optimizer
 
 
 # --- corpus -> melody windows ------------------------------------------------------------------
-
-
-def resolve_labels(corpus: Corpus, labels: Optional[Iterable[str]]) -> Optional[list[str]]:
-    """The corpus's own spelling of each asked label (case ignored); None keeps every label."""
-    if not labels:
-        return None
-    known = {name.lower(): name for name in corpus.labels}
-    out = []
-    for name in labels:
-        hit = known.get(str(name).strip().lower())
-        if hit is None:
-            raise PartitaError(f"label {name!r} is not in {corpus.path} (labels: {', '.join(corpus.labels)})")
-        out.append(hit)
-    return out
-
-
-def corpus_windows(
-    corpus: Corpus,
-    split: str,
-    bars: int,
-    *,
-    labels: Optional[Iterable[str]] = None,
-    hop_bars: int = 1,
-    progress: Optional[Callable[[int, int], None]] = None,
-) -> tuple[np.ndarray, dict]:
-    """Melody windows ``[n, bars * 16]`` (int16) of the split's pieces, and counts of what was used.
-
-    Pieces without a usable window (no melody, too short, too sparse) are skipped and counted.
-    """
-    wanted = resolve_labels(corpus, labels)
-    pieces = [i for i in corpus.indices(split=split) if wanted is None or corpus.pieces[i]["label"] in wanted]
-    rows, used, skipped = [], 0, {}
-    for n, i in enumerate(pieces, 1):
-        try:
-            rows.append(extract_windows(corpus.score(i), bars=bars, hop_bars=hop_bars))
-            used += 1
-        except MidiError as e:
-            skipped[e.reason] = skipped.get(e.reason, 0) + 1
-        if progress:
-            progress(n, len(pieces))
-    size = bars * 16
-    windows = np.concatenate(rows) if rows else np.zeros((0, size), np.int16)
-    return windows, {"split": split, "pieces": used, "skipped": skipped, "windows": int(len(windows)),
-                     "labels": wanted}
 
 
 def transpose_windows(windows: np.ndarray, shifts: np.ndarray) -> np.ndarray:
@@ -193,6 +151,7 @@ def train_vae(
     preset: str = "small",
     overrides: dict | None = None,
     labels: Optional[Iterable[str]] = None,
+    holdout: Iterable[str | Path] = (),
     transpose: int = 5,
     max_valid: int = 1024,
     data_progress: Optional[Callable[[int, int], None]] = None,
@@ -219,6 +178,15 @@ def train_vae(
 
     train, train_info = corpus_windows(corpus, "train", bars, labels=labels, progress=data_progress)
     valid, valid_info = corpus_windows(corpus, "valid", bars, labels=labels)
+    held_out = {}
+    for other in holdout:
+        other = Corpus(other)
+        for split in ("valid", "test"):
+            w, _ = corpus_windows(other, split, bars)
+            before = len(train)
+            train = drop_windows(train, w)
+            held_out[f"{other.path}:{split}"] = {"windows": int(len(w)), "dropped_from_train": before - len(train)}
+    train_info["windows"] = int(len(train))
     if len(train) == 0:
         raise PartitaError(f"{corpus.path}: no {bars}-bar melody windows in the train split (try other --labels or fewer --bars)")
     if len(valid) == 0:
@@ -252,6 +220,7 @@ def train_vae(
         "batch_size": config_run.batch_size,
         "transpose": transpose,
         "windows": {"train": train_info["windows"], "valid": valid_info["windows"]},
+        "holdout": held_out,
         "notes": "metrics are on the corpus's validation split; see 'partita eval vae' for test-split numbers",
     }
     return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks)
