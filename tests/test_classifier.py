@@ -110,7 +110,7 @@ def test_padding_does_not_change_a_segments_logits():
 
 def test_segments_are_label_balanced_bar_aligned_and_seeded(corpus):
     from partita.data.segments import LabelledSegments, choose_labels
-    from partita.data.streams import token_streams
+    from partita.represent.tokens import token_streams
 
     c = Corpus(corpus)
     streams = token_streams(c)

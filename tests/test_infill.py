@@ -128,7 +128,8 @@ def test_tiny_fim_model_infills_and_keeps_every_note_outside_the_span(fim_bundle
 def test_span_bits_with_and_without_future(fim_bundle):
     from partita.bundle import load_bundle
     from partita.data.corpus import Corpus
-    from partita.data.streams import SongData, token_streams
+    from partita.data.streams import SongData
+    from partita.represent.tokens import token_streams
     from partita.evaluate.gpt import span_bits
 
     bundle, corpus = fim_bundle
@@ -192,3 +193,16 @@ def test_cli_writes_the_infilled_files(fim_bundle, tmp_path):
     for f, row in zip(files, rows):
         t0, t1 = row["ticks"]
         assert _notes(load(f), t0, t1) == _notes(original, t0, t1)
+
+
+def test_shipped_piano_model_infills_a_fixture():
+    from partita.generate import infill
+    from partita.io.midi import load
+    from partita.pretrained import GPT_PIANO, bundle_path
+
+    original = load(PIECE)
+    (r,) = infill(bundle_path(GPT_PIANO), PIECE, bars="3-4", seed=0)
+    assert r.bars == (3, 4) and r.stop == "bars"  # the middle ended where the music after it starts
+    assert r.notes_added > 0
+    assert _notes(r.score, *r.ticks) == _notes(original, *r.ticks)
+    assert all(t.program == 0 and not t.is_drum for t in r.score.tracks)  # piano stays piano

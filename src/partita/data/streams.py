@@ -1,6 +1,6 @@
 """A corpus's token streams and how they are played (no training code here: evaluation reads them too).
 
-``token_streams(corpus)`` opens the tokens, ``SongData`` says which piece is in which split, and
+``partita.represent.tokens.token_streams(corpus)`` opens the tokens, ``SongData`` says which piece is in which split, and
 ``SongStream`` plays them as contiguous batches (MIDIGen): every batch row streams whole songs, segment after segment.
 
 Row ``b`` of batch ``s + 1`` continues the song of row ``b`` of batch ``s``, so a model can carry
@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from partita.data.corpus import Corpus
-from partita.errors import PartitaError
 
 IGNORE = -100
 
@@ -243,18 +242,6 @@ def fim_arrange(song: np.ndarray, bars: np.ndarray, positions: np.ndarray, cut: 
     out_bars = b[at]
     out_pos = np.where(order >= 0, p[np.maximum(order, 0)], 0)
     return ids.astype(np.int64), tgt, out_bars, out_pos
-
-
-def token_streams(corpus: Corpus):
-    """The corpus's token streams; a missing tokenisation is a one-line error naming the command
-    that makes it (training and evaluation never change a corpus)."""
-    from partita.represent.tokens import TokenStreams
-
-    path = corpus.path / "tokens"
-    if not (path / "streams.json").exists():
-        raise PartitaError(f"{corpus.path} has no token streams yet: run 'partita data tokenize {corpus.path}' first "
-                           f"(after 'partita data tokenizer train {corpus.path}' for a BPE vocabulary)")
-    return TokenStreams(path)
 
 
 class SongData:

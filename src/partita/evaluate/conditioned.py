@@ -62,7 +62,7 @@ def _load(model: Any, family: str):
 def _streams(corpus: Corpus, streams: Any):
     if streams is not None:
         return streams
-    from partita.data.streams import token_streams
+    from partita.represent.tokens import token_streams
 
     return token_streams(corpus)
 

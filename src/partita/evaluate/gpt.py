@@ -22,7 +22,8 @@ import torch
 
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
-from partita.data.streams import IGNORE, SongData, SongStream, fim_arrange, fim_cut, token_streams
+from partita.data.streams import IGNORE, SongData, SongStream, fim_arrange, fim_cut
+from partita.represent.tokens import token_streams
 
 LN2 = float(np.log(2.0))
 

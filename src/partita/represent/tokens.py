@@ -88,6 +88,7 @@ __all__ = [
     "save_tokenizer",
     "special_id",
     "token_timing",
+    "token_streams",
     "train_tokenizer",
     "write_token_streams",
 ]
@@ -874,3 +875,13 @@ class TokenStreams:
 
     def __repr__(self) -> str:
         return f"TokenStreams({str(self.path)!r}: {len(self)} pieces, {int(self.meta['n_tokens'])} tokens)"
+
+
+def token_streams(corpus) -> "TokenStreams":
+    """The corpus's token streams; a missing tokenisation is a one-line error naming the command
+    that makes it (training and evaluation never change a corpus)."""
+    path = corpus.path / "tokens"
+    if not (path / "streams.json").exists():
+        raise PartitaError(f"{corpus.path} has no token streams yet: run 'partita data tokenize {corpus.path}' first "
+                           f"(after 'partita data tokenizer train {corpus.path}' for a BPE vocabulary)")
+    return TokenStreams(path)

@@ -34,7 +34,7 @@ from partita.errors import PartitaError
 from partita.data.segments import LabelledSegments, choose_labels
 from partita.models.classifier import ClassifierConfig, GRUClassifier
 from partita.train.common import ResumableModule, RunConfig, run, start_run
-from partita.data.streams import token_streams
+from partita.represent.tokens import token_streams
 
 __all__ = ["train_classifier"]
 

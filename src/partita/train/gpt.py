@@ -23,7 +23,8 @@ import torch
 
 from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
-from partita.data.streams import IGNORE, SongData, SongStream, token_streams
+from partita.data.streams import IGNORE, SongData, SongStream
+from partita.represent.tokens import token_streams
 from partita.errors import PartitaError
 from partita.models.gpt import GPT, GPTConfig
 from partita.train.common import RunConfig, adamw_warmup_cosine, run, start_run

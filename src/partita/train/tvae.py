@@ -35,7 +35,7 @@ from partita.models.tvae import TVAE, TVAEConfig
 from partita.data.segments import LabelledSegments, choose_labels
 from partita.train.classifier import SeededBatches, fixed_loader
 from partita.train.common import ResumableModule, RunConfig, run, start_run
-from partita.data.streams import token_streams
+from partita.represent.tokens import token_streams
 
 __all__ = ["TVAEModule", "train_tvae", "kl_weight", "component_log_density"]
 
