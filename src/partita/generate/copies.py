@@ -29,7 +29,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -330,8 +330,3 @@ def build_copy_index(corpus_dir: str | os.PathLike, model: str | os.PathLike, *,
         card["copy_index"].update({"pieces": len(index), "bars": index.bars, "files": [COPY_FILE, COPY_META]})
         atomic_write(model / "card.json", json.dumps(card, indent=2, ensure_ascii=False))
     return index
-
-
-def check_samples(index: CopyIndex, tokenizer: Any, samples: Iterable[Any]) -> list[CopyMatch]:
-    """``CopyMatch`` of each ``Sample`` (``ids`` and ``prompt_length``) of ``partita.generate``."""
-    return [index.check(tokenizer, s.ids, s.prompt_length) for s in samples]
