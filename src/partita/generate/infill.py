@@ -230,7 +230,7 @@ def infill(
         for track, notes in added.items():
             _add_notes(result, track, notes)
         out.append(Infilled(score=result, bars=(first + 1, end), ticks=(t0, t1), middle=middle,
-                            notes_removed=removed, notes_added=sum(len(v) for v in added.values()), stop=r.stop,
+                            notes_removed=removed, notes_added=sum(len(v["time"]) for v in added.values()), stop=r.stop,
                             index=i))
     return out
 
