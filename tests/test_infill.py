@@ -206,3 +206,31 @@ def test_shipped_piano_model_infills_a_fixture():
     assert r.notes_added > 0
     assert _notes(r.score, *r.ticks) == _notes(original, *r.ticks)
     assert all(t.program == 0 and not t.is_drum for t in r.score.tracks)  # piano stays piano
+
+
+def test_init_copies_a_bundles_weights_and_adds_the_fim_rows():
+    import torch
+
+    from partita.models.gpt import GPT, GPTConfig
+    from partita.train.gpt import _load_initial
+
+    torch.manual_seed(0)
+    source = GPT(GPTConfig.preset("tiny", vocab_size=40, n_labels=2))
+    model = GPT(GPTConfig.preset("tiny", vocab_size=40, n_labels=2, fim=True))
+    _load_initial(model, source)
+    src, dst = source.state_dict(), model.state_dict()
+    assert all(torch.equal(src[k], dst[k]) for k in src if k != "wte.weight")
+    rows = src["wte.weight"].shape[0]
+    assert torch.equal(dst["wte.weight"][:rows], src["wte.weight"])
+    assert torch.equal(dst["wte.weight"][rows:], src["wte.weight"][-1:].expand(2, -1))  # copies of "no label"
+    assert model.fill_token("middle") == model.config.n_embeddings - 1
+
+
+def test_train_init_from_a_bundle(fim_bundle, tmp_path):
+    from partita.bundle import load_bundle
+    from partita.train.gpt import train_gpt
+
+    bundle, corpus = fim_bundle
+    card = train_gpt(corpus, tmp_path / "ft", init=bundle, fim=0.5, batch_size=2, max_steps=1, warmup=1, progress=False)
+    assert card["init"] == str(bundle) and card["fim"] == 0.5 and card["preset"] is None
+    assert load_bundle(tmp_path / "ft" / "bundle").model.config == load_bundle(bundle).model.config
