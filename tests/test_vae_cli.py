@@ -141,7 +141,8 @@ def test_vae_mistakes_are_one_line(run, tmp_path, capsys, request):
     assert proc.returncode == 2 and len(lines) == 1 and "no melody to extract" in lines[0], proc.stderr
 
 
-@pytest.mark.parametrize("name, bars, decoder", [("musicvae-2bar", 2, "flat"), ("musicvae-16bar", 16, "hierarchical")])
+@pytest.mark.parametrize("name, bars, decoder", [("musicvae-2bar", 2, "flat"), ("musicvae-16bar", 16, "hierarchical"),
+                                                 ("musicvae-16bar-flat", 16, "flat")])
 def test_shipped_musicvae_bundles(name, bars, decoder, tmp_path):
     import partita
     from partita.generate.vae import sample
@@ -155,8 +156,8 @@ def test_shipped_musicvae_bundles(name, bars, decoder, tmp_path):
     card = bundle.card
     assert card["command"].startswith("partita train vae") and card["metrics"]["test"]["split"] == "test"
     assert card["metrics"]["test"]["teacher_forced"]["accuracy"] > card["metrics"]["test"]["baseline_bigram"]["accuracy"]
-    melodies = sample(None, n=2, seed=0, bars=bars)  # the default model for the length is this one
-    assert all(len(m) == bars * 16 and m.n_notes > 0 for m in melodies)
+    melodies = sample(None if decoder == "hierarchical" or bars == 2 else path, n=2, seed=0, bars=bars)
+    assert all(len(m) == bars * 16 and m.n_notes > 0 for m in melodies)  # without a model: the default for the length
 
 
 def test_vae_sample_with_a_tvae_bundle_takes_a_composer(tmp_path):

@@ -193,7 +193,7 @@ def _pct(x) -> str:
 
 @eval_app.command("vae")
 def eval_vae_cmd(
-    model: list[Path] = typer.Option([], "--model", "-m", help="MusicVAE bundle(s) side by side (repeatable; default: both shipped)."),
+    model: list[Path] = typer.Option([], "--model", "-m", help="MusicVAE bundle(s) side by side (repeatable; default: the three shipped)."),
     data: Path = typer.Option(..., "--data", help="The prepared corpus."),
     split: str = typer.Option("test", "--split", help="Which split to score."),
     labels: list[str] = typer.Option([], "--labels", "-l", help="Only these labels (default: the first model's training labels)."),
@@ -207,9 +207,9 @@ def eval_vae_cmd(
     from partita.evaluate.vae import evaluate_vae
 
     if not model:
-        from partita.pretrained import MUSICVAE_2BAR, MUSICVAE_16BAR, bundle_path
+        from partita.pretrained import MUSICVAE_2BAR, MUSICVAE_16BAR, MUSICVAE_16BAR_FLAT, bundle_path
 
-        model = [bundle_path(MUSICVAE_2BAR), bundle_path(MUSICVAE_16BAR)]
+        model = [bundle_path(MUSICVAE_2BAR), bundle_path(MUSICVAE_16BAR), bundle_path(MUSICVAE_16BAR_FLAT)]
     with progress_bar("evaluating") as update:
         r = evaluate_vae([str(m) for m in model], data, split=split, labels=labels or None, max_windows=max_windows,
                          pairs=pairs, steps=steps, seed=seed, progress=update)

@@ -18,6 +18,7 @@ CLASSIFIER = "classifier-small"
 TVAE = "tvae-small"
 MUSICVAE_2BAR = "musicvae-2bar"
 MUSICVAE_16BAR = "musicvae-16bar"
+MUSICVAE_16BAR_FLAT = "musicvae-16bar-flat"  # the flat decoder of the same size, for the comparison
 SIAVIT = "siavit-small"
 FEATNET = "featnet-piano"
 INDEX = "bundled-index"
