@@ -1170,19 +1170,9 @@ class _Runner:
 
     def _select(self, keep: list[int]) -> None:
         idx = torch.tensor(keep, dtype=torch.long, device=self.device)
-        c = self.cache
-        for i in range(c.n_layer):
-            if c.k[i] is not None:
-                c.k[i], c.v[i] = c.k[i][idx], c.v[i][idx]
-        if self.xl is not None:
-            for i in range(self.xl.n_layer):
-                if self.xl.k[i] is not None:
-                    self.xl.k[i], self.xl.v[i] = self.xl.k[i][idx], self.xl.v[i][idx]
-            if self.xl.valid is not None:
-                self.xl.valid = self.xl.valid[idx]
-            self.xl.batch_size = len(keep)
-        if self.knn is not None:
-            self.knn.select(keep)
+        for memory in (self.cache, self.xl, self.knn):
+            if memory is not None:
+                memory.select(keep)
         self.seq, self.bars_seq, self.pos_seq = self.seq[idx], self.bars_seq[idx], self.pos_seq[idx]
         self.banned = self.banned[idx]
         if self.tracker is not None:
