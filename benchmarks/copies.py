@@ -31,8 +31,8 @@ def spread(values: list[int], limit: int) -> str:
 def run_model(name: str, corpus_dir: str, args) -> dict:
     from partita.errors import PartitaError
     from partita.data.corpus import Corpus
-    from partita.generate import generate_samples
-    from partita.generate.copies import CopyIndex, bar_hashes, build_copy_index
+    from partita.generation import generate_samples
+    from partita.generation.copies import CopyIndex, bar_hashes, build_copy_index
     from partita.pretrained import bundle_path
     from partita.represent.tokens import encode, load_tokenizer, token_timing
 

@@ -103,7 +103,7 @@ def training_throughput(cfg, batch, steps, bf16=False, rounds=3):
 @torch.no_grad()
 def generation_throughput(cfg, tokenizer, prompt, batch, new_tokens, rounds=3):
     """New tokens per second, every contender making exactly ``new_tokens`` per row."""
-    from partita.generate.sampling import sample
+    from partita.generation.sampling import sample
     from partita.models.gpt import GPT
 
     torch.manual_seed(0)
@@ -140,7 +140,7 @@ def realtime_factor(bundle_path, n_tokens=1024, n=4):
     """Seconds of music over seconds of compute: ``n`` pieces of ``n_tokens`` sampled one after
     another at batch 1 (EOS not allowed, so every piece has the same length)."""
     from partita.bundle import load_bundle
-    from partita.generate.sampling import decode_safe, sample
+    from partita.generation.sampling import decode_safe, sample
 
     bundle = load_bundle(bundle_path)
     music = compute = 0.0
@@ -159,7 +159,7 @@ def piano_realtime(seconds=30.0, rounds=1, thread_counts=(1, 2, None)):
     """Per thread setting: [(prompt, prompt tokens, new seconds, wall seconds, load, prefill)]
     for ``seconds`` of music after each piano prompt, start-up included (module doc)."""
     from partita.bundle import load_bundle
-    from partita.generate import build_prompt, generate_samples
+    from partita.generation import build_prompt, generate_samples
     from partita.pretrained import GPT_PIANO, bundle_path
 
     path = bundle_path(GPT_PIANO)
@@ -182,7 +182,7 @@ def piano_realtime(seconds=30.0, rounds=1, thread_counts=(1, 2, None)):
 
 
 def _prompt_seconds(tokenizer, ids):
-    from partita.generate.sampling import decode_safe
+    from partita.generation.sampling import decode_safe
 
     return float(decode_safe(tokenizer, ids)[0].to("second").end())
 

@@ -37,7 +37,7 @@ import json, sys, time
 import numpy as np, torch
 sys.path.insert(0, sys.argv[1] + "/src")
 from partita.bundle import load_bundle
-from partita.generate.sampling import sample
+from partita.generation.sampling import sample
 from partita.models.gpt import GPT, GPTConfig
 bundle = load_bundle(sys.argv[1] + "/src/partita/pretrained/gpt-small")
 tok = bundle.tokenizer

@@ -36,8 +36,8 @@ def _spin(_):  # a busy process
 
 
 def first_token(seconds: float = 600.0) -> tuple[float, int]:
-    from partita.generate import _tick_at_seconds, build_prompt, resolve_model
-    from partita.generate.sampling import sample
+    from partita.generation import _tick_at_seconds, build_prompt, resolve_model
+    from partita.generation.sampling import sample
     from partita.io import load
 
     t = time.perf_counter()
@@ -50,8 +50,8 @@ def first_token(seconds: float = 600.0) -> tuple[float, int]:
 
 
 def decode_speed(threads, tokens: int, prompt) -> tuple[float, np.ndarray]:
-    from partita.generate import resolve_model
-    from partita.generate.sampling import sample
+    from partita.generation import resolve_model
+    from partita.generation.sampling import sample
 
     model, tok, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
     t = time.perf_counter()
@@ -74,7 +74,7 @@ def main() -> None:
     best, length = min(first_token() for _ in range(args.rounds))
     print(f"time to first new token, 10-minute piano prompt ({length:,} tokens): {best:.2f} s (best of {args.rounds})")
 
-    from partita.generate import build_prompt, resolve_model
+    from partita.generation import build_prompt, resolve_model
 
     _, tok, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
     prompt = build_prompt(tok, str(PROMPT), prompt_tokens=args.prompt_tokens)

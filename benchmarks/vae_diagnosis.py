@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from partita.data.corpus import Corpus
-from partita.generate.vae import load_vae
+from partita.generation.vae import load_vae
 from partita.represent.melody import HOLD, NOTE_OFF, STEPS_PER_BAR, canonicalize, corpus_windows
 
 

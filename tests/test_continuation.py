@@ -101,8 +101,8 @@ def test_shipped_piano_model_same_tokens_on_1_and_2_threads():
     """The shipped gpt-piano (XL + kNN memory) continuing a real piano prompt longer than its
     context (read window by window into the memories): the same seed gives the same tokens with
     1 thread, 2 threads and the automatic choice."""
-    from partita.generate import build_prompt, resolve_model
-    from partita.generate.sampling import sample
+    from partita.generation import build_prompt, resolve_model
+    from partita.generation.sampling import sample
     from partita.pretrained import GPT_PIANO, bundle_path
 
     model, tok, _ = resolve_model(bundle_path(GPT_PIANO), device="cpu")

@@ -15,7 +15,7 @@ from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.data.prepare import prepare
 from partita.errors import PartitaError
-from partita.generate.copies import COPY_FILE, CopyIndex, bar_hashes, build_copy_index, new_bar_start
+from partita.generation.copies import COPY_FILE, CopyIndex, bar_hashes, build_copy_index, new_bar_start
 from partita.models.gpt import GPT, GPTConfig
 from partita.represent import tokens as T
 from conftest import FIXTURES, labelled_folder, make_score

@@ -17,8 +17,8 @@ from conftest import FIXTURES, make_score
 import partita
 from partita.bundle import save_bundle
 from partita.errors import PartitaError
-from partita.generate import build_prompt, generate_samples, resolve_label
-from partita.generate.sampling import (
+from partita.generation import build_prompt, generate_samples, resolve_label
+from partita.generation.sampling import (
     IncrementalTiming,
     SamplingConfig,
     _seconds,
@@ -468,7 +468,8 @@ def test_prompts_midi_chords_composer(tok, bundle):
 
 def test_import_partita_stays_light_and_generate_is_callable():
     code = ("import sys, partita; assert callable(partita.generate); print('torch' in sys.modules); "
-            "import partita.generate.sampling; assert callable(partita.generate)")
+            "import partita.generation.sampling, partita.generation.infill; "
+            "assert callable(partita.generate) and callable(partita.infill)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -581,7 +582,7 @@ def test_long_prompts_are_read_by_windows_as_token_by_token(tok, kind):
     """A prompt is read one forward pass per window; the logits after it are those of feeding it
     one token at a time (as if it had been generated), and for memory models those of training's
     contiguous segments with the memories carried."""
-    from partita.generate.sampling import prompt_logits
+    from partita.generation.sampling import prompt_logits
 
     memory = {"xl": {"xl_memory": True}, "xl+knn": {"xl_memory": True, "knn_memory": True, "knn_topk": 4},
               "knn": {"knn_memory": True, "knn_topk": 4}, "plain": {}, "window": {}}[kind]
@@ -725,7 +726,7 @@ def test_same_seed_same_tokens_whatever_the_thread_count(tok):
 
 
 def prompt_logits_of(model, tok, prompt):
-    from partita.generate.sampling import prompt_logits
+    from partita.generation.sampling import prompt_logits
 
     with model.decode_layout():
         return prompt_logits(model, tok, prompt)

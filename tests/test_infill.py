@@ -106,7 +106,7 @@ def _notes(score, t0=None, t1=None):
 
 
 def test_tiny_fim_model_infills_and_keeps_every_note_outside_the_span(fim_bundle):
-    from partita.generate import infill
+    from partita.generation.infill import infill
     from partita.io.midi import load
 
     bundle, _ = fim_bundle
@@ -196,7 +196,7 @@ def test_cli_writes_the_infilled_files(fim_bundle, tmp_path):
 
 
 def test_shipped_piano_model_infills_a_fixture():
-    from partita.generate import infill
+    from partita.generation.infill import infill
     from partita.io.midi import load
     from partita.pretrained import GPT_PIANO, bundle_path
 

@@ -251,7 +251,7 @@ def test_tiny_model_overfits_a_few_melodies(trained):
 
 
 def test_reconstruct_interpolate_sample(trained, fur_elise, tmp_path):
-    from partita.generate.vae import interpolate, interpolate_files, reconstruct, sample
+    from partita.generation.vae import interpolate, interpolate_files, reconstruct, sample
     from partita.io.midi import load, save
 
     path, windows = trained
@@ -278,7 +278,7 @@ def test_reconstruct_interpolate_sample(trained, fur_elise, tmp_path):
 
 
 def test_bad_inputs_are_one_line_errors(trained, tmp_path, request):
-    from partita.generate.vae import interpolate, reconstruct
+    from partita.generation.vae import interpolate, reconstruct
 
     path, windows = trained
     edge = FIXTURES / "edge"

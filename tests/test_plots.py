@@ -140,7 +140,7 @@ def test_plot_command(tmp_path, capsys):
 
 def test_show_outside_a_notebook_returns_the_figure(tmp_path):
     from matplotlib.figure import Figure
-    from partita.generate import Sample
+    from partita.generation import Sample
 
     score = two_tracks()
     assert isinstance(partita.show(score), Figure)

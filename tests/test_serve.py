@@ -438,7 +438,7 @@ def test_continuation_job_progress_pieces_and_settings(client):
 def fim_bundle(tmp_path_factory):
     """A tiny transformer trained for a few steps with fill-in-the-middle segments (as
     tests/test_infill.py trains one): enough to exercise infilling through the API."""
-    pytest.importorskip("partita.generate.infill", reason="this version of partita has no infilling")
+    pytest.importorskip("partita.generation.infill", reason="this version of partita has no infilling")
     from conftest import labelled_folder, tokenize
     from partita.data.prepare import prepare
     from partita.train.gpt import train_gpt
@@ -461,7 +461,7 @@ def fim_bundle(tmp_path_factory):
 def test_infill_is_a_clear_error_without_a_model_trained_for_it(client, fur_elise):
     pid, capable = fur_elise["id"], client.get("/api/info").json()["infill"]
     try:
-        import partita.generate.infill  # noqa: F401
+        import partita.generation.infill  # noqa: F401
     except ImportError:  # a version without infilling: said in one line
         body = _one_line_error(client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8"}), 400, "bad_request")
         assert capable == [] and "not in this version" in body["message"]

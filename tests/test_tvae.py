@@ -121,7 +121,7 @@ def test_training_lowers_the_loss_and_writes_a_bundle(runs):
 
 
 def test_sample_tvae_is_seeded_and_conditioned(runs):
-    from partita.generate.tvae import sample_tvae, sample_tvae_ids
+    from partita.generation.tvae import sample_tvae, sample_tvae_ids
 
     tvae, _, _ = runs
     a = sample_tvae(tvae, composer="high", n=3, seed=5)
@@ -142,7 +142,7 @@ def test_sample_tvae_is_seeded_and_conditioned(runs):
 
 
 def test_sample_tvae_refuses_other_families(runs):
-    from partita.generate.tvae import sample_tvae
+    from partita.generation.tvae import sample_tvae
 
     _, cls, _ = runs
     with pytest.raises(PartitaError, match="not a tvae one"):
@@ -176,7 +176,7 @@ def test_eval_conditioned_command(runs, corpus, tmp_path, capsys):
 
 def test_shipped_tvae_samples_are_recognised_by_the_shipped_classifier():
     from partita import pretrained
-    from partita.generate.tvae import sample_tvae
+    from partita.generation.tvae import sample_tvae
     from partita.represent.tokens import encode
 
     tvae = load_bundle(pretrained.bundle_path(pretrained.TVAE))

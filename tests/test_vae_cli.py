@@ -145,7 +145,7 @@ def test_vae_mistakes_are_one_line(run, tmp_path, capsys, request):
                                                  ("musicvae-16bar-flat", 16, "flat")])
 def test_shipped_musicvae_bundles(name, bars, decoder, tmp_path):
     import partita
-    from partita.generate.vae import sample
+    from partita.generation.vae import sample
     from partita.pretrained import bundle_path
 
     path = bundle_path(name)

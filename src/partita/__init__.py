@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 from partita.viz.show import show  # noqa: E402  (display a pianoroll and a player in Jupyter)
 
-__all__ = ["__version__", "generate", "load"]
+__all__ = ["__version__", "generate", "infill", "load"]
 
 
 def load(name_or_path, family=None, **kwargs):
@@ -23,7 +23,7 @@ def load(name_or_path, family=None, **kwargs):
 
 
 def generate(model=None, prompt=None, **kwargs):
-    """Generate pieces with a GPT bundle: ``partita.generate.generate`` (same arguments).
+    """Generate pieces with a GPT bundle: ``partita.generation.generate`` (same arguments).
 
     ``model``: a bundle folder, a loaded ``Bundle``, or None for the shipped model; ``prompt``: None, a MIDI file, a
     ``symusic.Score`` or token ids; ``kwargs``: ``n``, ``composer``, ``chords``/``scale``/``motif``,
@@ -31,6 +31,18 @@ def generate(model=None, prompt=None, **kwargs):
     ``min_p``, ``max_new_tokens``/``bars``/``seconds``, ``seed``... Returns a list of
     ``symusic.Score``. torch is imported only when this is called.
     """
-    from partita.generate import generate as _generate
+    from partita.generation import generate as _generate
 
     return _generate(model, prompt, **kwargs)
+
+
+def infill(model=None, midi=None, **kwargs):
+    """Regenerate a span of a MIDI file with a GPT bundle trained with fill-in-the-middle:
+    ``partita.generation.infill.infill`` (same arguments: ``bars=(9, 12)`` or ``seconds=(20, 30)``,
+    ``n``, ``config``/sampling options). ``model``: a bundle folder, a shipped name, or None for
+    ``gpt-piano``. Returns one result per sample (``.score``, ``.bars``, ``.notes_removed``,
+    ``.notes_added``); every note outside the span is kept.
+    """
+    from partita.generation.infill import infill as _infill
+
+    return _infill(model, midi, **kwargs)

@@ -192,7 +192,7 @@ def _piano(asap: Optional[Path], held_out: int = 4) -> dict:
 def _generate(rows: list[dict], bars: int) -> list[Music]:
     """Continuations of held-out openings and of a chord progression, and composer samples."""
     from partita.bundle import load as load_model
-    from partita.generate import generate_samples
+    from partita.generation import generate_samples
     from partita.io.midi import load
     from partita.pretrained import GPT
 
@@ -214,14 +214,14 @@ def _generate(rows: list[dict], bars: int) -> list[Music]:
 
 
 def _tvae_sample(composer: str) -> list[Music]:
-    from partita.generate.tvae import sample_tvae
+    from partita.generation.tvae import sample_tvae
 
     [score] = sample_tvae(None, composer=composer, n=1, seed=0, temperature=1.0, top_p=0.95)
     return [Music(f"tvae-{composer.lower()}", f"a sample of the composer-conditioned VAE, composer {composer}", score, "generated")]
 
 
 def _interpolate(rows: list[dict], steps: int, bars: int = 2) -> list[Music]:
-    from partita.generate.vae import interpolate_files, melody_of
+    from partita.generation.vae import interpolate_files, melody_of
 
     size = bars * 16
     target = 6 * bars  # about six notes a bar: a melody that moves, not runs of sixteenths nor held notes

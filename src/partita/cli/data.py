@@ -207,7 +207,7 @@ def copy_index_cmd(
 ) -> None:
     """Hash every bar of the training pieces (hashes only, no music) so that 'partita generate
     --check-copies' can tell when a sample repeats bars of a training piece."""
-    from partita.generate.copies import build_copy_index
+    from partita.generation.copies import build_copy_index
 
     command = f"partita data copy-index {corpus} --model {model} --split {split}"
     if not model.exists() and "/" not in str(model):

@@ -63,7 +63,7 @@ def continuation_cmd(
 
     from partita.cli.common import progress_bar
     from partita.evaluate.continuation import CANDIDATES, evaluate_continuation
-    from partita.generate import SamplingConfig
+    from partita.generation import SamplingConfig
 
     if model is None:
         from partita.pretrained import GPT_PIANO, bundle_path

@@ -1,4 +1,4 @@
-"""``partita generate``: sample MIDI files from a trained GPT bundle (thin over ``partita.generate``)."""
+"""``partita generate``: sample MIDI files from a trained GPT bundle (thin over ``partita.generation``)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def generate(
 ) -> None:
     """Sample pieces from a trained GPT: unconditionally, continuing a MIDI prompt, from chords, a
     scale or a motif, or in the style of a composer. Writes MIDI files and prints a table."""
-    from partita.generate import generate_samples
+    from partita.generation import generate_samples
 
     fmt = tokens_format.lower().lstrip(".")
     if fmt not in _TOKEN_FORMATS:
@@ -57,11 +57,11 @@ def generate(
         from partita.pretrained import default_gpt
 
         model = default_gpt(prompt)
-    from partita.generate import SamplingConfig
+    from partita.generation import SamplingConfig
 
     copies = copies_tok = None
     if check_copies:  # before sampling: a missing index is a one-line error, not a wasted run
-        from partita.generate.copies import CopyIndex
+        from partita.generation.copies import CopyIndex
         from partita.represent.tokens import load_tokenizer
 
         if max_copied_bars < 0:

@@ -1,4 +1,4 @@
-"""``partita infill``: regenerate a span of bars of a MIDI file (thin over ``partita.generate.infill``)."""
+"""``partita infill``: regenerate a span of bars of a MIDI file (thin over ``partita.generation.infill``)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def infill(
 ) -> None:
     """Regenerate bars of a MIDI file given the music before and after them (fill-in-the-middle);
     every note outside the span is kept as it was."""
-    from partita.generate import SamplingConfig
-    from partita.generate.infill import infill as run_infill
+    from partita.generation import SamplingConfig
+    from partita.generation.infill import infill as run_infill
     from partita.io.midi import save
 
     if out.exists() and not out.is_dir():

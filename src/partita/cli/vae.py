@@ -1,6 +1,6 @@
 """``partita vae ...`` (reconstruct, sample, interpolate), ``partita train vae`` and ``partita eval vae``.
 
-Thin over ``partita.generate.vae``, ``partita.train.vae`` and ``partita.evaluate.vae``. Without
+Thin over ``partita.generation.vae``, ``partita.train.vae`` and ``partita.evaluate.vae``. Without
 ``--model`` the commands use the MusicVAE that ships with partita for the window length
 (``--bars 2``: musicvae-2bar, ``--bars 16``: musicvae-16bar, hierarchical).
 """
@@ -94,7 +94,7 @@ def reconstruct_cmd(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Encode a melody window by window and decode it again; writes the input line and its reconstruction."""
-    from partita.generate.vae import reconstruct
+    from partita.generation.vae import reconstruct
     from partita.io.midi import save
 
     _check_out(out)
@@ -135,13 +135,13 @@ def sample_cmd(
     if model is not None:
         bundle = load(model, ("musicvae", "tvae"))
     if bundle is not None and bundle.family == "tvae":
-        from partita.generate.tvae import sample_tvae
+        from partita.generation.tvae import sample_tvae
 
         items = sample_tvae(bundle, composer=composer, n=n, seed=seed, temperature=temperature)
     else:
         if composer is not None:
             raise PartitaError("--composer needs a composer-conditioned tvae bundle (--model); a MusicVAE samples without one")
-        from partita.generate.vae import sample
+        from partita.generation.vae import sample
 
         items = sample(bundle, n=n, seed=seed, temperature=temperature, bars=bars)
     files = _write(items, out, "sample")
@@ -168,7 +168,7 @@ def interpolate_cmd(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Spherical interpolation in latent space from A to B; writes steps + 2 melodies (A's and B's reconstructions at the ends)."""
-    from partita.generate.vae import interpolate
+    from partita.generation.vae import interpolate
 
     _check_out(out)
     melodies = interpolate(None if model is None else str(model), str(a), str(b), steps, temperature=temperature,

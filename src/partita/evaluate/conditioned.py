@@ -291,7 +291,7 @@ def latent_map_png(x: np.ndarray, labels: np.ndarray, names: Sequence[str], path
 
 
 def _window_features(tokenizer: Any, ids: np.ndarray, pad_id: int) -> np.ndarray:
-    from partita.generate.sampling import decode_safe
+    from partita.generation.sampling import decode_safe
     from partita.io.midi import note_array
     from partita.represent.features import feature_vector
 
@@ -324,9 +324,9 @@ def evaluate_conditioned(
     """
     import torch
 
-    from partita.generate.tvae import sample_tvae_ids
+    from partita.generation.tvae import sample_tvae_ids
     from partita.represent.tokens import encode
-    from partita.generate.sampling import decode_safe
+    from partita.generation.sampling import decode_safe
     from partita.data.segments import LabelledSegments
 
     from partita.bundle import load

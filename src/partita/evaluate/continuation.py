@@ -142,8 +142,8 @@ def evaluate_continuation(
     fields are set here). Returns ``{"settings", "pieces": [per piece], "summary", "targets"}``."""
     from partita.bundle import Bundle, load_bundle
     from partita.data.corpus import Corpus
-    from partita.generate import SamplingConfig, generate_samples
-    from partita.generate.sampling import decode_safe
+    from partita.generation import SamplingConfig, generate_samples
+    from partita.generation.sampling import decode_safe
     from partita.io.midi import note_array
     from partita.represent.tokens import encode
 

@@ -223,7 +223,7 @@ def evaluate_vae(
     ``labels`` defaults to the first model's training labels (its card). ``max_windows`` keeps a
     seeded random subset of each window set; ``pairs`` interpolation pairs per model (0: none).
     """
-    from partita.generate.vae import load_vae
+    from partita.generation.vae import load_vae
 
     corpus = Corpus(corpus_dir)
     bundles = [load_vae(m) for m in models]

@@ -324,7 +324,7 @@ def _loud_end(block: np.ndarray, threshold: float) -> int:
 
 def to_score(x: ScoreLike):
     """A symusic Score (ticks) from a path, MIDI bytes, a Score, a note array (seconds) or a sample
-    object with ``.score`` (what ``partita.generate`` returns). ``PartitaError`` for anything else."""
+    object with ``.score`` (what ``partita.generation`` returns). ``PartitaError`` for anything else."""
     import symusic
 
     from partita.io.midi import load

@@ -8,7 +8,7 @@ Inputs for a batch of ``B`` sequences of ``T`` tokens:
   token (``GPT.label_token(k)``), e.g. ``[label, BOS, ...]``. With ``fim=True`` two more
   input-only ids follow, ``GPT.fill_token("suffix")`` and ``GPT.fill_token("middle")``, the
   markers of the fill-in-the-middle arrangement ``[label, prefix, SUFFIX, suffix, MIDDLE,
-  middle]`` (``partita.data.streams``, ``partita.generate.infill``). The head predicts only the
+  middle]`` (``partita.data.streams``, ``partita.generation.infill``). The head predicts only the
   ``vocab_size`` tokenizer ids, so a label is never generated; targets must be tokenizer ids or
   ``ignore_index``.
 * ``bars [B, T]`` and ``positions [B, T]`` (only with ``bar_embeddings=True``): the bar index and

@@ -10,7 +10,7 @@ map, and continue it with the shipped transformer; every result can be downloade
 
 The page and its scripts ship in the package (``static/``) and load nothing from the network.
 The API is described at ``/api`` (and ``/openapi.json``). The server calls the library's own
-functions (``partita.io``, ``partita.search``, ``partita.generate``, ``partita.viz``), loads each
+functions (``partita.io``, ``partita.search``, ``partita.generation``, ``partita.viz``), loads each
 model once, and runs model calls in a bounded queue off the event loop (``core.ModelQueue``).
 """
 

@@ -55,7 +55,7 @@ class ContinueSettings(BaseModel):
 
 
 class InfillSettings(BaseModel):
-    """The span to regenerate and the sampling settings (``partita.generate.infill``'s)."""
+    """The span to regenerate and the sampling settings (``partita.generation.infill``'s)."""
 
     model_config = ConfigDict(extra="forbid")
     bars: Optional[str] = Field(None, description='Bars to regenerate, 1-based and inclusive: "9-12".')

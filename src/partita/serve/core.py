@@ -4,7 +4,7 @@ indexes (loaded once, kept in small LRU caches), the bounded queue that runs eve
 the event loop, and the jobs (continuations) that report their progress.
 
 Every operation calls the library functions the CLI calls: ``partita.io.load`` checks uploads,
-``partita.search`` embeds, attributes, searches and maps, ``partita.generate.generate_samples``
+``partita.search`` embeds, attributes, searches and maps, ``partita.generation.generate_samples``
 continues, ``partita.viz.pianoroll`` draws and ``partita.io.audio`` renders.
 """
 
@@ -640,7 +640,7 @@ class Explorer:
         return out
 
     def _sampling(self, s: dict):
-        from partita.generate import SamplingConfig
+        from partita.generation import SamplingConfig
 
         return SamplingConfig(**{k: v for k, v in s.items() if v is not None}).checked()
 
@@ -660,7 +660,7 @@ class Explorer:
         return self._queue_job("continuation", piece, model, shown, self._continue, piece, model, config, n, prompt_seconds)
 
     def start_infill(self, piece: Piece, settings: dict) -> "Job":
-        """Check the settings, then queue the infilling (``partita.generate.infill``)."""
+        """Check the settings, then queue the infilling (``partita.generation.infill``)."""
         module = _infill_module()
         if module is None:
             raise PartitaError("infilling is not in this version of partita")
@@ -734,7 +734,7 @@ class Explorer:
             job.state, job.error = "error", {"error": "internal", "message": f"internal error ({type(e).__name__}); see the server's log"}
 
     def _continue(self, progress, piece: Piece, model: Path, config, n: int, prompt_seconds) -> list:
-        from partita.generate import decode_safe, generate_samples
+        from partita.generation import decode_safe, generate_samples
         from partita.io import duration_seconds
 
         # Sampling keeps its state (KV cache, memories) in objects of its own, not in the model,
@@ -811,12 +811,12 @@ class Job:
 
 
 def _infill_module():
-    """``partita.generate.infill`` (the infilling function and its span parser), or None in a
+    """``partita.generation.infill`` (the infilling function and its span parser), or None in a
     version of partita without it."""
     try:
         import importlib
 
-        return importlib.import_module("partita.generate.infill")
+        return importlib.import_module("partita.generation.infill")
     except ImportError:
         return None
 

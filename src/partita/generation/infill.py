@@ -2,8 +2,8 @@
 
 ::
 
-    import partita.generate
-    results = partita.generate.infill("gpt-piano", "piece.mid", bars=(9, 12), n=2, seed=0)
+    import partita.generation
+    results = partita.generation.infill("gpt-piano", "piece.mid", bars=(9, 12), n=2, seed=0)
     results[0].score  # the whole piece, bars 9-12 regenerated, every other note as it was
 
 The model must have been trained with the fill-in-the-middle arrangement (``partita train gpt
@@ -33,7 +33,7 @@ import symusic
 from symusic import Score
 
 from partita.errors import PartitaError
-from partita.generate.sampling import FillPrompt, SamplingConfig, decode_safe, sample
+from partita.generation.sampling import FillPrompt, SamplingConfig, decode_safe, sample
 
 __all__ = ["Infilled", "SUFFIX_TOKENS", "bar_starts", "fill_layout", "infill", "parse_span"]
 
@@ -154,7 +154,7 @@ def _span_bars(score: Score, ref: Score, bars: Any, seconds: Any) -> tuple[int, 
     if bars is not None:
         a, b = parse_span(bars, "bars")
         return int(a) - 1, int(b)
-    from partita.generate import _tick_at_seconds
+    from partita.generation import _tick_at_seconds
 
     a, b = parse_span(seconds, "seconds")
     scale = int(ref.ticks_per_quarter) / int(score.ticks_per_quarter)
@@ -187,7 +187,7 @@ def infill(
     the length is the span's. A model trained without fill-in-the-middle tokens is a one-line
     error.
     """
-    from partita.generate import resolve_label, resolve_model
+    from partita.generation import resolve_label, resolve_model
     from partita.io.midi import load
     from partita.represent.tokens import encode
 

@@ -721,7 +721,7 @@ class SampledIds:
 
 @dataclass
 class FillPrompt:
-    """A prompt laid out for infilling (``partita.generate.infill``): ``ids`` are the model inputs
+    """A prompt laid out for infilling (``partita.generation.infill``): ``ids`` are the model inputs
     after the label, ``[prefix, SUFFIX, suffix, MIDDLE]`` (the markers are ``GPT.fill_token``
     ids), with their real ``bars`` and ``positions``; the new tokens follow ``prefix`` (their
     bars and positions continue it) and a row stops before its first token in bar ``end_bar``

@@ -2,13 +2,13 @@
 
 ::
 
-    from partita.generate.tvae import sample_tvae
+    from partita.generation.tvae import sample_tvae
     scores = sample_tvae("runs/tvae/bundle", composer="Bach", n=8, seed=0)   # list of symusic.Score
 
 For composer ``y`` a sample draws ``z ~ p(z | y)`` (the prior's component of that composer; its
 standard deviation times ``latent_scale``), builds the decoder's memory from ``y`` and ``z``, and
 decodes ``[BOS, ...]`` token by token with a KV cache, at most ``context`` tokens, stopping at EOS
-(kept). Tokens are drawn with ``partita.generate.sampling.choose`` (temperature, top-k, top-p,
+(kept). Tokens are drawn with ``partita.generation.sampling.choose`` (temperature, top-k, top-p,
 min-p; PAD, BOS and other special tokens except EOS are never drawn). Sample ``j`` uses its own
 generator ``row_generator(seed, label, j)`` for its latent and its tokens: the same seed gives
 the same samples, and sample ``j`` does not depend on ``n``. The ids are turned into a score with
@@ -24,7 +24,7 @@ import torch
 from symusic import Score
 
 from partita.errors import PartitaError
-from partita.generate.sampling import choose, decode_safe, row_generator
+from partita.generation.sampling import choose, decode_safe, row_generator
 
 __all__ = ["sample_tvae", "sample_tvae_ids"]
 

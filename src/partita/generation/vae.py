@@ -2,7 +2,7 @@
 
 ::
 
-    from partita.generate.vae import reconstruct, sample, interpolate, interpolate_files
+    from partita.generation.vae import reconstruct, sample, interpolate, interpolate_files
     rec = reconstruct(None, "tune.mid")            # the shipped 2-bar model; rec.score is a Score
     melodies = sample(None, n=8, seed=0)           # Melody objects; .to_score() for MIDI
     path = interpolate(None, "a.mid", "b.mid", steps=7)

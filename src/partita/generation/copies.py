@@ -16,7 +16,7 @@ training pieces by chance is the yardstick (``benchmarks/RESULTS.md``, "Copy che
 
 ::
 
-    from partita.generate.copies import CopyIndex, build_copy_index
+    from partita.generation.copies import CopyIndex, build_copy_index
     index = build_copy_index("corpora/asap", "runs/gpt/bundle", split="train")   # writes into the bundle
     match = CopyIndex.load("runs/gpt/bundle").check(tokenizer, sample.ids, sample.prompt_length)
     match.bars, match.piece, match.piece_bars

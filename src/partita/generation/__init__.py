@@ -24,20 +24,18 @@ Prompts (at most one source of music, optionally a composer):
 A prompt score is encoded with the bundle's tokenizer, framed with BOS and without its EOS, so the
 model continues it. Every output is the prompt followed by the continuation.
 
-Outputs are decoded with ``decode_safe`` (``partita.generate.sampling``): whatever the model
+Outputs are decoded with ``decode_safe`` (``partita.generation.sampling``): whatever the model
 sampled, the result is a score that writes to a MIDI file partita reads back. A sample in which
 the model wrote no note at all gives a score without notes: ``Sample.ok`` is False, and
 ``partita generate`` reports it in its table instead of writing an empty file.
 
-``partita.generate`` is both this package and its ``generate`` function: calling the module calls
+``partita.generation`` is both this package and its ``generate`` function: calling the module calls
 the function.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import types
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -46,7 +44,7 @@ import symusic
 from symusic import Score
 
 from partita.errors import PartitaError
-from partita.generate.sampling import (
+from partita.generation.sampling import (
     DEFAULT_MAX_NEW_TOKENS,
     IncrementalTiming,
     SampledIds,
@@ -374,17 +372,3 @@ def generate(
     a score with ``note_num() == 0`` (``generate_samples`` says which).
     """
     return [s.score for s in generate_samples(model, prompt, n=n, **kwargs)]
-
-
-from partita.generate.infill import infill  # noqa: E402  (partita.generate.infill: the function)
-
-
-class _CallableModule(types.ModuleType):
-    """``partita.generate(...)`` works whether ``partita.generate`` is the lazy function of
-    ``partita/__init__.py`` or, once imported, this package (Python's import replaces the attribute)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> list[Score]:
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
