@@ -105,3 +105,17 @@ def test_prepare_labels_options_in_the_summary(fixtures, tmp_path):
     assert "labels left out (< 4 pieces)" in proc.stdout and "Band (3)" in proc.stdout
     line = _one_line_error(run("data", "prepare", band, "--out", tmp_path / "c", "--labels", "Jazz"))
     assert "no piece of" in line and "labelled 'Jazz'" in line
+
+
+def test_progress_bar_runs_no_thread_of_its_own():
+    """The worker pool forks while a command's progress bar is shown: the bar must not keep a
+    refresh thread (a fork copies the locks other threads hold)."""
+    import threading
+
+    from partita.cli.common import progress_bar
+
+    before = threading.active_count()
+    with progress_bar("working") as update:
+        for k in range(1, 4):
+            update(k, 3)
+            assert threading.active_count() == before

@@ -22,7 +22,8 @@ def progress_bar(description: str, unit: str | None = None):
     of that unit and its rate per second, e.g. tokens/s).
 
     The bar appears at the first call, so an error found before any work starts (a missing
-    folder, say) is printed alone.
+    folder, say) is printed alone. It redraws from the calls (at most 10 times a second), not
+    from a refresh thread, so the worker pool never forks while another thread holds a lock.
     """
     state: dict = {}
 
@@ -39,11 +40,16 @@ def progress_bar(description: str, unit: str | None = None):
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=err_console,
+                auto_refresh=False,
             )
             bar.start()
             state.update(bar=bar, task=bar.add_task(description, total=total, rate=""), t0=time.perf_counter())
         rate = f"{done / max(time.perf_counter() - state['t0'], 1e-9):,.0f} {unit}/s" if unit else ""
-        state["bar"].update(state["task"], completed=done, total=max(total, 1), rate=rate)
+        now = time.perf_counter()
+        redraw = done >= total or now - state.get("drawn", 0.0) >= 0.1
+        state["bar"].update(state["task"], completed=done, total=max(total, 1), rate=rate, refresh=redraw)
+        if redraw:
+            state["drawn"] = now
 
     try:
         yield update
