@@ -64,3 +64,19 @@ def fixtures() -> Path:
     if not FIXTURES.is_dir():
         pytest.fail(f"the MIDI fixtures are missing: expected them at {FIXTURES}")
     return FIXTURES
+
+
+class FakeStreams:
+    """Token streams of pieces with the given lengths: 4 tokens a bar, piece i's tokens 1000*i + k."""
+
+    def __init__(self, lengths):
+        self.data = [np.arange(n) + 1000 * i for i, n in enumerate(lengths)]
+
+    def piece(self, i):
+        return self.data[i]
+
+    def bars(self, i):
+        return np.arange(len(self.data[i])) // 4
+
+    def positions(self, i):
+        return np.arange(len(self.data[i])) % 4

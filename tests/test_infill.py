@@ -37,22 +37,8 @@ def test_fim_cut_is_bar_aligned():
     assert fim_cut(np.zeros(20, int), rng) is None
 
 
-class _Streams:
-    def __init__(self, lengths):
-        self.data = [np.arange(n) + 1000 * i for i, n in enumerate(lengths)]
-
-    def piece(self, i):
-        return self.data[i]
-
-    def bars(self, i):
-        return np.arange(len(self.data[i])) // 4
-
-    def positions(self, i):
-        return np.arange(len(self.data[i])) % 4
-
-
 def test_stream_rearranges_a_fraction_of_full_segments_deterministically():
-    streams = _Streams([200, 150, 90])
+    streams = FakeStreams([200, 150, 90])
     kw = dict(batch_size=2, seq_len=32, loop=True, fim_rate=0.5, fim_tokens=(9998, 9999), seed=3)
     a = [next(s) for s in [SongStream(streams, [0, 1, 2], [7, 8, 9], **kw)] for _ in range(12)]
     b = [next(s) for s in [SongStream(streams, [0, 1, 2], [7, 8, 9], **kw)] for _ in range(12)]
@@ -74,7 +60,7 @@ def test_stream_rearranges_a_fraction_of_full_segments_deterministically():
 
 # --- infilling with a model ------------------------------------------------------------------
 
-from conftest import FIXTURES, labelled_folder, tokenize  # noqa: E402
+from conftest import FIXTURES, FakeStreams, labelled_folder, tokenize  # noqa: E402
 
 PIECE = FIXTURES / "performance" / "Maestro_1.mid"
 

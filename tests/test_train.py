@@ -15,7 +15,7 @@ from partita.data.prepare import prepare
 from partita.train.common import warmup_cosine
 from partita.train.gpt import train_gpt
 from partita.data.streams import IGNORE, SongStream
-from conftest import FIXTURES, labelled_folder, tokenize
+from conftest import FIXTURES, FakeStreams, labelled_folder, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +29,6 @@ def corpus(tmp_path_factory, request):
     out = root.parent / "corpus"
     prepare(root, out, workers=1, valid=0.34, test=0.34)
     return tokenize(out)
-
-
-class FakeStreams:
-    def __init__(self, lengths):
-        self.data = [np.arange(n) + 1000 * i for i, n in enumerate(lengths)]
-
-    def piece(self, i):
-        return self.data[i]
-
-    def bars(self, i):
-        return np.arange(len(self.data[i])) // 4
-
-    def positions(self, i):
-        return np.arange(len(self.data[i])) % 4
 
 
 def test_stream_predicts_every_token_once_and_flags_song_starts():
