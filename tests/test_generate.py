@@ -21,7 +21,7 @@ from partita.generation import build_prompt, generate_samples, resolve_label
 from partita.generation.sampling import (
     IncrementalTiming,
     SamplingConfig,
-    _seconds,
+    SecondsClock,
     choose,
     decode_safe,
     filter_logits,
@@ -332,6 +332,29 @@ class Scripted(GPT):
         forced = torch.full_like(logits, -1e4)
         forced[:, torch.arange(len(pos)), want] = 1e4
         return forced, loss
+
+
+def _seconds(tok, ids) -> float:
+    """End of the last note of the whole decoded sequence (what ``SecondsClock`` must agree with)."""
+    score = decode_safe(tok, ids, check=False)[0]
+    return float(score.to("second").end()) if score.note_num() else 0.0
+
+
+@pytest.mark.parametrize("path", [POP, FIXTURES / "multitrack" / "POP909_010.mid", ELISE,
+                                  FIXTURES / "multitrack" / "In Too Deep.mid"])
+def test_seconds_clock_agrees_with_decoding_everything(tok, path):
+    # tempo and metre changes: the clock decodes only the prompt's last bars and the new tokens,
+    # with the metre and tempo in force put back, and must measure what a full decode measures
+    ids = T.encode(tok, load(path))
+    for cut in (len(ids) // 3, 2 * len(ids) // 3):
+        prompt = ids[:cut]
+        clock = SecondsClock(tok, prompt)
+        assert clock.anchor > 0  # a bar well before the prompt's end, not the start
+        base = _seconds(tok, prompt)
+        assert clock.prompt_end < base
+        for m in range(cut + 1, min(cut + 400, len(ids)), 37):
+            full = _seconds(tok, ids[:m]) - base
+            assert clock.end(ids[clock.anchor : m]) - clock.prompt_end == pytest.approx(full, abs=1e-3)  # float32 seconds
 
 
 def test_stops_in_bars_seconds_tokens_and_eos(tok):

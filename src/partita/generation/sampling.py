@@ -88,10 +88,10 @@ when asked (``SamplingConfig``):
 * ``bars=N``: before the first token of the (N+1)-th new bar (that token is not kept). New bars are
   counted with ``token_timing``'s bar index: a prompt with music ends in bar ``b``, whose rest may
   still be filled, and bars ``b+1 .. b+N`` are the new ones; without a prompt bars ``0 .. N-1``.
-* ``seconds=S``: the sample is decoded every ``SECONDS_CHECK_EVERY`` tokens (``decode_safe``,
-  tempo changes included); once the piece lasts ``S`` seconds longer than its prompt (both measured
-  to their last note-off) the ids are cut at the shortest prefix that does (a binary search over
-  the last few tokens).
+* ``seconds=S``: the sample is decoded every ``SECONDS_CHECK_EVERY`` tokens (``SecondsClock``:
+  the prompt's last bars and the new tokens, tempo changes included); once the piece lasts ``S``
+  seconds longer than its prompt (both measured to their last note-off) the ids are cut at the
+  shortest prefix that does (a binary search over the last few tokens).
 
 Without ``max_new_tokens`` a sample gets at most ``DEFAULT_MAX_NEW_TOKENS`` new tokens, or, with
 ``bars``/``seconds``, ``max(512, 256 * bars)`` / ``max(512, 256 * seconds)`` as a safety cap.
@@ -561,9 +561,80 @@ def decode_safe(tokenizer: Any, ids: Any, *, check: bool = True) -> tuple[Score,
     return score, dropped
 
 
-def _seconds(tokenizer: Any, ids: np.ndarray) -> float:
-    score, _ = decode_safe(tokenizer, ids, check=False)
-    return float(score.to("second").end()) if score.note_num() else 0.0
+#: Bars of a prompt's end that ``SecondsClock`` decodes with the new tokens (at least one note).
+CLOCK_BARS = 4
+
+
+class SecondsClock:
+    """How many seconds of music a row has, decoding only the prompt's last bars and the new tokens.
+
+    Decoding the whole sequence at every length check made a 30 s request after an hour-long file
+    spend most of its time in miditok (41 decodes of 104,000 tokens). For Bar/Position tokenizers
+    (REMI) the clock decodes from ``anchor``, the start of a bar at least ``CLOCK_BARS`` bars (and
+    one note) before the prompt's end, with the metre and tempo in force there put back at its
+    start; time in that frame is the whole piece's time shifted by the anchor's, so
+    ``end(ids) - prompt_end`` is what a full decode gives (``tests/test_sampling.py``). Other
+    tokenizers decode from the start (``anchor`` 0, no state to restore).
+    """
+
+    def __init__(self, tokenizer: Any, prompt: np.ndarray):
+        self.tokenizer = tokenizer
+        prompt = _ids_array(prompt)
+        self.anchor, self.state = 0, []
+        table, g = _grammar(tokenizer)
+        if table.has_position and len(prompt):
+            self.anchor, self.state = self._find_anchor(table, g, prompt)
+        self.prompt_end = self.end(prompt[self.anchor :])
+
+    @staticmethod
+    def _find_anchor(table: Any, g: Any, prompt: np.ndarray) -> tuple[int, list[str]]:
+        lengths = table.lengths[prompt]
+        base, first = table.expand(prompt)
+        starts_bar = (lengths > 0) & table.is_bar[base[np.minimum(first, max(len(base) - 1, 0))]]
+        bar_ids = np.flatnonzero(starts_bar)  # ids whose first base token is a Bar
+        is_note = np.array([t in ("Pitch", "PitchDrum", "NoteOn") for t in g.types])[base]
+        notes_after = np.cumsum(is_note[::-1])[::-1]  # notes from each base token to the end
+        anchor = 0
+        for j in range(len(bar_ids) - CLOCK_BARS, -1, -1):
+            if notes_after[first[bar_ids[j]]] > 0:
+                anchor = int(bar_ids[j])
+                break
+        if anchor == 0:
+            return 0, []
+        before = base[: first[anchor]]
+        state = []
+        for kind in ("TimeSig", "Tempo"):
+            hits = [i for i in np.flatnonzero(np.array([t == kind for t in g.types])[before])]
+            state.append(g.strings[before[hits[-1]]] if hits else None)
+        return anchor, state
+
+    def _restore(self, tokens: list[str]) -> list[str]:
+        """``tokens`` (from a Bar) with the metre and tempo in force at the anchor put back."""
+        if not self.state or not tokens:
+            return tokens
+        timesig, tempo = self.state
+        out = list(tokens)
+        at = 1
+        if len(out) > 1 and out[1].startswith("TimeSig_"):
+            at = 2
+        elif timesig:
+            out.insert(1, timesig)
+            at = 2
+        first_pos = next((i for i in range(at, len(out)) if out[i].startswith("Position_")), None)
+        own_tempo_at_0 = (first_pos is not None and out[first_pos] == "Position_0" and first_pos + 1 < len(out)
+                          and out[first_pos + 1].startswith("Tempo_"))
+        if tempo and not own_tempo_at_0:
+            out[at:at] = ["Position_0", tempo]
+        return out
+
+    def end(self, ids: np.ndarray) -> float:
+        """Seconds from the anchor to the last note-off of ``ids`` (the row's ids from the anchor on)."""
+        tokens = self._restore(repair_tokens(self.tokenizer, ids))
+        try:
+            score = _decode_tokens(self.tokenizer, tokens)
+        except Exception:  # miditok's decoders are tolerant; never let a length check end a run
+            score, _ = decode_safe(self.tokenizer, ids, check=False)
+        return float(score.to("second").end()) if score.note_num() else 0.0
 
 
 # --------------------------------------------------------------------------- the sampler
@@ -1000,7 +1071,7 @@ class _Runner:
         self.C = int(mc.context)
         self.xl_len = int(mc.xl_length or mc.context) if getattr(mc, "xl_memory", False) else 0
         self._label_kv: Optional[list] = None
-        self._prompt_seconds: dict[int, float] = {}
+        self._clocks: dict[int, SecondsClock] = {}
 
     # ------------------------------------------------------------------ model calls
 
@@ -1177,26 +1248,27 @@ class _Runner:
         self.banned = self.banned[idx]
         if self.tracker is not None:
             self.tracker.select(keep)
-        for name in ("gens", "meta", "bar_limit", "prompt_sec"):
+        for name in ("gens", "meta", "bar_limit", "clocks"):
             setattr(self, name, [getattr(self, name)[j] for j in keep])
 
     def _report(self) -> None:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
-    def _prompt_seconds_of(self, pi: int, prompt: np.ndarray) -> float:
-        if pi not in self._prompt_seconds:
-            self._prompt_seconds[pi] = _seconds(self.tokenizer, prompt)
-        return self._prompt_seconds[pi]
+    def _clock_of(self, pi: int, prompt: np.ndarray) -> SecondsClock:
+        if pi not in self._clocks:
+            self._clocks[pi] = SecondsClock(self.tokenizer, prompt)
+        return self._clocks[pi]
 
     def _seconds_cut(self, b: int, lo: int, hi: int) -> Optional[int]:
         """The shortest length ``m`` in ``[lo, hi]`` (of ``seq[b]``, label included) whose piece lasts
         ``seconds`` more than its prompt, or None when even ``hi`` does not."""
-        row = self.seq[b].cpu().numpy()
-        target = self.prompt_sec[b] + self.seconds
+        clock = self.clocks[b]
+        row = self.seq[b].cpu().numpy()[1 + clock.anchor :]
+        target = clock.prompt_end + self.seconds
 
         def long_enough(m: int) -> bool:
-            return _seconds(self.tokenizer, row[1:m]) >= target
+            return clock.end(row[: m - 1 - clock.anchor]) >= target
 
         if not long_enough(hi):
             return None
@@ -1240,9 +1312,9 @@ class _Runner:
             for b, (pi, _) in enumerate(rows):
                 has_music = bool((~special[prompts[pi]]).any())
                 self.bar_limit[b] = int(self.bars_seq[b, L - 1]) + self.bars + (1 if has_music else 0)
-        self.prompt_sec = [0.0] * B
+        self.clocks = [None] * B
         if self.seconds is not None and not fill:
-            self.prompt_sec = [self._prompt_seconds_of(pi, prompts[pi]) for pi, _ in rows]
+            self.clocks = [self._clock_of(pi, prompts[pi]) for pi, _ in rows]
         self.cache = model.new_cache()
         # RoPE models keep their XL memory in the cache (_close_segment); learned positions do not
         learned = cfg.positions == "learned"
