@@ -38,8 +38,12 @@ def test_demo_does_every_step(demo):
     assert metrics["n_generated"] == len(made) and metrics["n_reference"] >= 10
     assert (out / "map.png").stat().st_size > 0
     assert "Piano music never seen by the piano models" in stdout
+    piano = {p.name: load(p) for p in (out / "piano").glob("*.mid")}  # gpt-piano: continued and infilled
+    assert set(piano) == {"piano-continuation.mid", "piano-infill.mid"}
+    assert all(s.note_num() > 0 for s in piano.values())
     html = (out / "index.html").read_text()
     assert "Piano music" in html and "Hungarian Rhapsody" in html and "Liszt" in html
+    assert "Piano generation" in html and "bars 5-6 rewritten by gpt-piano" in html
 
 
 def test_piano_demo_finds_held_out_performances_scores(tmp_path):

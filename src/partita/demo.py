@@ -11,7 +11,9 @@ Steps (each one's failure is reported in its section, not fatal to the others):
 2. attribute the pieces with the shipped embedder and index (accuracy next to chance) and place
    two of them on the corpus map;
 3. continue a Bach chorale opening, a folk tune and a chord progression with the shipped
-   transformer, and sample in the style of a composer;
+   transformer, and sample in the style of a composer; continue the opening of a piano piece and
+   rewrite four bars of another with the shipped piano model (``gpt-piano``, on two of the
+   GiantMIDI-Piano transcriptions, which it never saw);
 4. interpolate between two folk melodies with the shipped 2-bar MusicVAE, and between two 16-bar
    dance tunes with the shipped hierarchical 16-bar MusicVAE;
 5. compare the generated set with the real pieces on the musical metrics;
@@ -58,6 +60,12 @@ class Music:
     caption: str
     score: Any
     group: str
+
+
+def music_file(out: Path, m: Music) -> Path:
+    """Where the demo writes ``m``'s MIDI: ``generated/`` (compared with the demo set by the
+    metrics) or, for the piano pieces, ``piano/``."""
+    return Path(out) / ("piano" if m.group == "piano" else "generated") / f"{m.name}.mid"
 
 
 @dataclass
@@ -213,6 +221,31 @@ def _generate(rows: list[dict], bars: int) -> list[Music]:
     return made
 
 
+def _piano_music(fast: bool) -> list[Music]:
+    """gpt-piano on real piano music it never saw: an opening continued, four bars infilled."""
+    from partita.bundle import load as load_model
+    from partita.generation import generate_samples
+    from partita.generation.infill import infill
+    from partita.io.midi import load
+    from partita.pretrained import GPT_PIANO
+
+    bundle = load_model(GPT_PIANO, "gpt")
+    ravel = next(PIANO_SET.glob("Ravel*.mid"))
+    handel = next(PIANO_SET.glob("Handel*.mid"))
+    prompt_s, new_s = (6.0, 4.0) if fast else (15.0, 15.0)
+    [s] = generate_samples(bundle, prompt=load(ravel), prompt_seconds=prompt_s, seconds=new_s, seed=0)
+    made = []
+    if s.ok:
+        made.append(Music("piano-continuation", f"Ravel, Jeux d'eau (a GiantMIDI-Piano transcription): the first "
+                          f"{prompt_s:.0f} s, continued for {new_s:.0f} s by gpt-piano", s.score, "piano"))
+    span = (5, 6) if fast else (5, 8)
+    [f] = infill(bundle, load(handel), bars=span, seed=0)
+    made.append(Music("piano-infill", f"Handel, Air in E major HWV 425 (a GiantMIDI-Piano transcription): bars "
+                      f"{span[0]}-{span[1]} rewritten by gpt-piano given the music before and after them "
+                      f"({f.notes_removed} notes replaced by {f.notes_added}; every other note as played)", f.score, "piano"))
+    return made
+
+
 def _tvae_sample(composer: str) -> list[Music]:
     from partita.generation.tvae import sample_tvae
 
@@ -302,6 +335,7 @@ def run_demo(
     res.piano = attempt("piano", _piano, asap) or {}
     music: list[Music] = []
     music += attempt("generation", _generate, rows, 2 if fast else bars) or []
+    music += attempt("piano generation", _piano_music, fast) or []
     music += attempt("composer-conditioned VAE", _tvae_sample, "Bach") or []
     music += attempt("interpolation", _interpolate, rows, 3 if fast else 7) or []
     music += attempt("interpolation", _interpolate, rows, 3 if fast else 5, 16) or []
@@ -313,7 +347,7 @@ def run_demo(
     fmt = clip_format() if sound else None
     files = {}
     for m in music:
-        midi = save(m.score, generated / f"{m.name}.mid")
+        midi = save(m.score, music_file(out, m))
         png = save_pianoroll_png(m.score, rolls / f"{m.name}.png", width_px=720, height_px=220, title=m.name)
         clip = save_clip(m.score, audio / f"{m.name}{fmt}", seconds=8 if fast else 30) if sound else None
         files[m.name] = (midi, png, clip)
@@ -383,6 +417,9 @@ def _write_report(res: DemoResult, files: dict, sound: bool) -> Path:
     for group, title, intro in (
         ("generated", "Generation", "The shipped transformer continues held-out openings and a chord progression, "
          "and samples in the style of a composer." + ("" if sound else " (No SoundFont on this machine: no audio.)")),
+        ("piano", "Piano generation", "The shipped piano model (gpt-piano, trained on ASAP's performances) continues "
+         "the opening of a real piano performance and rewrites four bars of another given what comes before and after "
+         "them, both transcriptions it never saw."),
         ("interpolation", "Interpolation", "The shipped MusicVAEs walk their latent space from one folk melody to another: 2 bars, then 16 bars (hierarchical)."),
     ):
         sec = report.section(title, intro)
@@ -391,7 +428,8 @@ def _write_report(res: DemoResult, files: dict, sound: bool) -> Path:
                 midi, png, clip = files[m.name]
                 sec.item(m.caption, image=png, audio=clip, midi=midi)
         for step, why in res.problems:
-            if (group == "generated" and step in ("generation", "composer-conditioned VAE")) or (group == "interpolation" and step == "interpolation"):
+            if step in {"generated": ("generation", "composer-conditioned VAE"), "piano": ("piano generation",),
+                        "interpolation": ("interpolation",)}[group]:
                 sec.text(f"{step} skipped: {why}")
 
     sec = report.section("Musical metrics", "The generated set against the real held-out pieces (MGEval): "

@@ -21,7 +21,7 @@ def demo(
     """Attribute held-out pieces, generate, interpolate, measure, and write OUT/index.html."""
     from contextlib import ExitStack
 
-    from partita.demo import run_demo
+    from partita.demo import music_file, run_demo
 
     with ExitStack() as stack:
         def progress(desc):  # one bar at a time: a new step closes the previous step's bar
@@ -53,7 +53,7 @@ def demo(
         table.add_column("file")
         table.add_column("what")
         for m in res.music:
-            table.add_row(str(out / "generated" / f"{m.name}.mid"), m.caption)
+            table.add_row(str(music_file(out, m)), m.caption)
         console.print(table)
     if res.metrics:
         f = res.metrics["features"]
