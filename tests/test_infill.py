@@ -61,6 +61,7 @@ def test_stream_rearranges_a_fraction_of_full_segments_deterministically():
 # --- infilling with a model ------------------------------------------------------------------
 
 from conftest import FIXTURES, FakeStreams, labelled_folder, tokenize  # noqa: E402
+from partita.errors import PartitaError  # noqa: E402
 
 PIECE = FIXTURES / "performance" / "Maestro_1.mid"
 
@@ -109,6 +110,34 @@ def test_tiny_fim_model_infills_and_keeps_every_note_outside_the_span(fim_bundle
     assert [_notes(r.score) for r in again] == [_notes(r.score) for r in results]  # same seed, same notes
     by_time = infill(bundle, PIECE, seconds="8.5-11", seed=1)[0]  # 120 bpm 4/4: bars of 2 s, 5 and 6
     assert by_time.bars == (5, 6)
+
+
+def test_candidates_pick_the_middle_that_leads_best_into_the_suffix(fim_bundle):
+    from partita.bundle import load_bundle
+    from partita.generation.infill import SUFFIX_TOKENS, fill_layout, infill, suffix_bits
+    from partita.io.midi import load
+    from partita.represent.tokens import encode
+
+    bundle, _ = fim_bundle
+    b = load_bundle(bundle)
+    singles = infill(bundle, PIECE, bars="5-6", n=6, seed=2)  # rows 0-5: the candidates of two groups of 3
+    chosen = infill(bundle, PIECE, bars="5-6", n=2, candidates=3, seed=2)
+    ids = encode(b.tokenizer, load(PIECE), bos_eos=True)
+    prompt, original = fill_layout(b.model, b.tokenizer, ids, 4, 6)
+    c = len(prompt.prefix) + len(original)
+    suffix = ids[c : c + SUFFIX_TOKENS]
+    suffix = suffix[suffix != ids[-1]]
+    bits = [suffix_bits(b.model, b.tokenizer, prompt.prefix, r.middle, suffix) for r in singles]
+    assert len(set(np.round(bits, 6))) > 1  # the candidates differ, so the choice matters
+    for g, r in enumerate(chosen):
+        j = 3 * g + int(np.argmin(bits[3 * g : 3 * g + 3]))
+        assert r.candidates == 3 and r.suffix_bits == pytest.approx(bits[j])
+        np.testing.assert_array_equal(r.middle, singles[j].middle)
+        assert _notes(r.score) == _notes(singles[j].score)
+    real = suffix_bits(b.model, b.tokenizer, prompt.prefix, original, suffix)
+    assert np.isfinite(real) and real > 0
+    with pytest.raises(PartitaError, match="candidates"):
+        infill(bundle, PIECE, bars="5-6", candidates=0)
 
 
 def test_span_bits_with_and_without_future(fim_bundle):
@@ -166,7 +195,7 @@ def test_cli_writes_the_infilled_files(fim_bundle, tmp_path):
     from partita.io.midi import load
 
     try:
-        main(["infill", str(PIECE), "--model", str(fim_bundle[0]), "--bars", "3-4", "-n", "2", "--seed", "3",
+        main(["infill", str(PIECE), "--model", str(fim_bundle[0]), "--bars", "3-4", "-n", "2", "-k", "2", "--seed", "3",
               "--out", str(tmp_path / "o"), "--json", str(tmp_path / "r.json")])
     except SystemExit as e:
         assert e.code in (0, None)
@@ -177,6 +206,7 @@ def test_cli_writes_the_infilled_files(fim_bundle, tmp_path):
     rows = json.loads((tmp_path / "r.json").read_text())["samples"]
     original = load(PIECE)
     for f, row in zip(files, rows):
+        assert row["candidates"] == 2 and row["suffix_bits"] > 0
         t0, t1 = row["ticks"]
         assert _notes(load(f), t0, t1) == _notes(original, t0, t1)
 

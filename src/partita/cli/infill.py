@@ -17,6 +17,7 @@ def infill(
     seconds: Optional[str] = typer.Option(None, "--seconds", help="Or a time range: --seconds 20-30 regenerates the bars it touches."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A GPT bundle trained with --fim (default: gpt-piano)."),
     n: int = typer.Option(1, "-n", "--num-samples", help="How many versions to write."),
+    candidates: int = typer.Option(1, "--candidates", "-k", help="Sample K middles per version and keep the one after which the model finds the music after the span most likely."),
     out: Path = typer.Option(Path("infilled"), "--out", "-o", help="Folder for FILE-infill-000.mid, ..."),
     composer: Optional[str] = typer.Option(None, "--composer", "-c", help="A label of the model's card (any letter case)."),
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="Sampling temperature (0 = greedy)."),
@@ -41,13 +42,14 @@ def infill(
                             programs=programs, threads=threads).checked()
     with progress_bar("infilling", unit="tokens") as update:
         results = run_infill(None if model is None else str(model), str(file), bars=bars, seconds=seconds, n=n,
-                             config=config, composer=composer, device=device, progress=update)
+                             candidates=candidates, config=config, composer=composer, device=device, progress=update)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in results:
         path = save(r.score, out / f"{file.stem}-infill-{r.index:03d}.mid")
         rows.append({"file": str(path), "bars": list(r.bars), "ticks": list(r.ticks), "tokens": int(len(r.middle)),
-                     "notes_removed": r.notes_removed, "notes_added": r.notes_added, "stop": r.stop})
+                     "notes_removed": r.notes_removed, "notes_added": r.notes_added, "stop": r.stop,
+                     "candidates": r.candidates, "suffix_bits": r.suffix_bits})
         console.print(f"{path}: bars {r.bars[0]}-{r.bars[1]} regenerated ({r.notes_removed} notes replaced by "
                       f"{r.notes_added}, {len(r.middle)} tokens)", markup=False, highlight=False)
     write_json(json_path, {"file": str(file), "model": None if model is None else str(model), "samples": rows})

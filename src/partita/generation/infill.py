@@ -35,7 +35,7 @@ from symusic import Score
 from partita.errors import PartitaError
 from partita.generation.sampling import FillPrompt, SamplingConfig, decode_safe, sample
 
-__all__ = ["Infilled", "SUFFIX_TOKENS", "bar_starts", "fill_layout", "infill", "parse_span"]
+__all__ = ["Infilled", "SUFFIX_TOKENS", "bar_starts", "fill_layout", "infill", "parse_span", "suffix_bits"]
 
 #: At most this many suffix tokens are shown to the model (about 4-8 bars of piano music).
 SUFFIX_TOKENS = 160
@@ -53,6 +53,8 @@ class Infilled:
     notes_added: int
     stop: str
     index: int = 0
+    candidates: int = 1  # sampled middles this one was chosen from (by suffix_bits)
+    suffix_bits: Optional[float] = None  # bits/token of the music after the span after this middle (candidates > 1)
 
 
 def parse_span(text: Any, what: str) -> tuple[float, float]:
@@ -171,6 +173,7 @@ def infill(
     bars: Any = None,
     seconds: Any = None,
     n: int = 1,
+    candidates: int = 1,
     config: Optional[SamplingConfig] = None,
     tokenizer: Any = None,
     composer: Any = None,
@@ -184,8 +187,11 @@ def infill(
     bars that time range touches. ``model``: a bundle folder, a ``Bundle``, a shipped name or a
     GPT with ``tokenizer=``; None: ``gpt-piano``. Sampling options are ``SamplingConfig`` fields
     (``temperature``, ``top_k``, ``top_p``, ``min_p``, ``seed``, ``programs``, ``threads``...);
-    the length is the span's. A model trained without fill-in-the-middle tokens is a one-line
-    error.
+    the length is the span's. ``candidates=k``: each version is the best of ``k`` sampled
+    middles, the one after which the model finds the music that follows the span most likely
+    (``suffix_bits``): the choice uses the suffix even where the fill-in-the-middle training has
+    not taught the model to (version ``i`` with ``k=1`` is candidate 0 of its group). A model
+    trained without fill-in-the-middle tokens is a one-line error.
     """
     from partita.generation import resolve_label, resolve_model
     from partita.io.midi import load
@@ -211,12 +217,23 @@ def infill(
     ids = encode(tokenizer, score, bos_eos=True)
     ref, _ = decode_safe(tokenizer, ids)  # the piece as the tokenizer sees it: its bars
     first, end = _span_bars(score, ref, bars, seconds)
-    prompt, _ = fill_layout(model, tokenizer, ids, first, end)
+    prompt, original = fill_layout(model, tokenizer, ids, first, end)
 
+    k = int(candidates)
+    if k < 1:
+        raise PartitaError(f"candidates must be >= 1, got {candidates}")
     cfg = (config or SamplingConfig()).replace(**options)
     cfg = cfg.replace(bars=end - first, seconds=None, prompt_read=None, allow_early_end=False)
-    raw = sample(model, tokenizer, prompts=[prompt], n=n, config=cfg, label=label, progress=progress,
+    raw = sample(model, tokenizer, prompts=[prompt], n=n * k, config=cfg, label=label, progress=progress,
                  return_details=True)
+    bits: list[Optional[float]] = [None] * len(raw)
+    if k > 1:  # the music after the span, as the model was shown it
+        c = len(prompt.prefix) + len(original)
+        shown = ids[c : c + SUFFIX_TOKENS]
+        shown = shown[shown != _eos(tokenizer)]
+        bits = [suffix_bits(model, tokenizer, prompt.prefix, r.new_ids, shown, label=label) for r in raw]
+        best = [min(range(g * k, (g + 1) * k), key=lambda j: bits[j]) for g in range(n)]
+        raw, bits = [raw[j] for j in best], [bits[j] for j in best]
 
     starts = bar_starts(ref, end + 1) * (int(score.ticks_per_quarter) / int(ref.ticks_per_quarter))
     t0, t1 = int(round(starts[first])), int(round(starts[end]))
@@ -231,8 +248,48 @@ def infill(
             _add_notes(result, track, notes)
         out.append(Infilled(score=result, bars=(first + 1, end), ticks=(t0, t1), middle=middle,
                             notes_removed=removed, notes_added=sum(len(v["time"]) for v in added.values()), stop=r.stop,
-                            index=i))
+                            index=i, candidates=k, suffix_bits=bits[i]))
     return out
+
+
+def suffix_bits(model: Any, tokenizer: Any, prefix: np.ndarray, middle: np.ndarray, suffix: np.ndarray,
+                *, label: Optional[int] = None) -> float:
+    """Bits per token of ``suffix`` after ``prefix`` + ``middle``, read as one plain continuation
+    window (the model's context; no memories): how well a candidate middle leads into the music
+    after the span. Lower is better."""
+    import torch
+    import torch.nn.functional as F
+
+    from partita.represent.tokens import token_timing
+
+    suffix = np.asarray(suffix, np.int64)
+    if len(suffix) == 0:
+        return 0.0
+    C = int(model.config.context)
+    before = np.concatenate([np.asarray(prefix, np.int64), np.asarray(middle, np.int64)])
+    keep = max(1, C - 1 - len(suffix))
+    song = np.concatenate([before, suffix])
+    start = max(0, len(before) - keep)
+    window = song[start : start + C - 1]
+    n_suffix = len(window) - (len(before) - start)
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(np.concatenate([[model.label_token(label)], window]), device=device)[None]
+    kw = {}
+    if model.config.bar_embeddings:
+        bars, positions = token_timing(tokenizer, song)
+        b = np.concatenate([bars[start : start + 1], bars[start : start + len(window)]])
+        p = np.concatenate([[0], positions[start : start + len(window)]])
+        kw = {"bars": torch.as_tensor(b, device=device)[None], "positions": torch.as_tensor(p, device=device)[None]}
+    was = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits, _ = model(ids, **kw)
+    finally:
+        model.train(was)
+    logp = F.log_softmax(logits[0, -n_suffix - 1 : -1].float(), dim=-1)
+    target = ids[0, -n_suffix:]
+    return float(-logp.gather(1, target[:, None]).mean() / np.log(2))
 
 
 def _without_span(score: Score, t0: int, t1: int) -> tuple[Score, int]:
