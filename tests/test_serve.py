@@ -466,7 +466,8 @@ def test_infill_is_a_clear_error_without_a_model_trained_for_it(client, fur_elis
         body = _one_line_error(client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8"}), 400, "bad_request")
         assert capable == [] and "not in this version" in body["message"]
         return
-    for settings in ({}, {"bars": "5-8", "seconds": "1-2"}, {"bars": "8-5"}, {"bars": "x"}, {"bars": "1-99"}):
+    for settings in ({}, {"bars": "5-8", "seconds": "1-2"}, {"bars": "8-5"}, {"bars": "x"}, {"bars": "1-99"},
+                     {"bars": "5-8", "candidates": 0}, {"bars": "5-8", "candidates": 9}):
         _one_line_error(client.post(f"/api/pieces/{pid}/infill", json=settings), 400, "bad_request")
     _one_line_error(client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8", "sconds": 1}), 422, "invalid_request")
     if not capable:
@@ -484,8 +485,9 @@ def test_infill_with_a_model_trained_for_it_keeps_every_note_outside_the_span(fi
         info = c.get("/api/info").json()
         assert info["models"] == ["run"] and info["infill"] == ["run"]  # runs/x/bundle is named x
         piece = _upload(c, FUR_ELISE).json()
-        job = _wait(c, c.post(piece["links"]["infill"], json={"bars": "5-8", "seed": 1, "n": 2}).json())
+        job = _wait(c, c.post(piece["links"]["infill"], json={"bars": "5-8", "seed": 1, "n": 2, "candidates": 2}).json())
         assert job["state"] == "done", job
+        assert job["settings"]["candidates"] == 2
         assert job["kind"] == "infill" and len(job["pieces"]) == 2 and job["progress"]["done"] > 0
         original = load(FUR_ELISE).to("second")
         for p in job["pieces"]:

@@ -61,6 +61,7 @@ class InfillSettings(BaseModel):
     bars: Optional[str] = Field(None, description='Bars to regenerate, 1-based and inclusive: "9-12".')
     seconds: Optional[str] = Field(None, description='Or the bars a time range touches: "10-20".')
     n: int = Field(1, description="How many versions (1-4).")
+    candidates: int = Field(1, description="Middles sampled per version, the one that leads best into the music after the span kept (1-8).")
     temperature: float = 1.0
     top_k: Optional[int] = None
     top_p: Optional[float] = None

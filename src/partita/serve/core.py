@@ -31,6 +31,7 @@ from partita.errors import PartitaError
 ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 #: Settings a continuation may ask for, at most (the server is shared).
 MAX_SAMPLES, MAX_SECONDS, MAX_BARS, MAX_TOKENS = 4, 60.0, 32, 4096
+MAX_CANDIDATES = 8  # infilling: middles sampled per version
 #: Notes sent to the page's pianoroll at most (a 20 MB file can hold millions).
 MAX_NOTES_SENT = 200_000
 
@@ -667,6 +668,9 @@ class Explorer:
         parse_span = module.parse_span
         s = dict(settings)
         n = _samples(s.pop("n", 1))
+        candidates = s.pop("candidates", 1)
+        if int(candidates) != candidates or not 1 <= int(candidates) <= MAX_CANDIDATES:
+            raise PartitaError(f"candidates must be 1 to {MAX_CANDIDATES}, not {candidates}")
         bars, seconds = s.pop("bars", None), s.pop("seconds", None)
         if (bars is None) == (seconds is None):
             raise PartitaError('give the span to fill as bars ("9-12") or seconds ("10-20"), one of them')
@@ -682,8 +686,10 @@ class Explorer:
             name = default if default in capable else capable[0]
         model = self.model_path(piece, name)
         config = self._sampling(s)
-        shown = {"n": n, "model": model.name, "bars": bars, "seconds": seconds, **{k: v for k, v in s.items() if v is not None}}
-        return self._queue_job("infill", piece, model, shown, self._infill, piece, model, config, n, bars, seconds)
+        shown = {"n": n, "candidates": int(candidates), "model": model.name, "bars": bars, "seconds": seconds,
+                 **{k: v for k, v in s.items() if v is not None}}
+        return self._queue_job("infill", piece, model, shown, self._infill, piece, model, config, n, bars, seconds,
+                               int(candidates))
 
     def _queue_job(self, kind: str, piece: Piece, model: Path, shown: dict, fn: Callable, *args: Any) -> "Job":
         job = Job(secrets.token_hex(8), kind, piece.id, model=model.name, settings=shown)
@@ -755,8 +761,9 @@ class Explorer:
                         max(0.0, prompt_end - 5.0)))
         return out
 
-    def _infill(self, progress, piece: Piece, model: Path, config, n: int, bars, seconds) -> list:
-        results = _infill_module().infill(self.gpt(model), str(piece.path), bars=bars, seconds=seconds, n=n, config=config, progress=progress)
+    def _infill(self, progress, piece: Piece, model: Path, config, n: int, bars, seconds, candidates: int = 1) -> list:
+        results = _infill_module().infill(self.gpt(model), str(piece.path), bars=bars, seconds=seconds, n=n,
+                                          candidates=candidates, config=config, progress=progress)
         stem = piece.name.rsplit(".", 1)[0]
         out = []
         for r in results:
