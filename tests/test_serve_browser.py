@@ -148,10 +148,13 @@ def test_infill_in_the_browser(fim_bundle, tmp_path):
             page.wait_for_selector("#infill-form:not([hidden])", timeout=60_000)
             page.fill("#infill-form input[name=from]", "5")
             page.fill("#infill-form input[name=to]", "8")
+            page.fill("#infill-form input[name=candidates]", "2")
             page.click("#infill")
             page.wait_for_selector(".result a[download]", timeout=300_000)
             assert "done: 1 version" in page.inner_text("#infill-status")
             assert "fur-elise-filled-5-8-1.mid" in page.inner_text("#results")
+            [job] = [j for j in app.state.explorer.jobs.values() if j.kind == "infill"]
+            assert job.settings["candidates"] == 2  # the form's candidates reached the job
             with page.expect_download() as dl:
                 page.click(".result a[download]")
             assert dl.value.suggested_filename == "fur-elise-filled-5-8-1.mid"

@@ -303,8 +303,8 @@ function setupGenerate() {
     e.preventDefault();
     if (!CURRENT) return;
     const f = new FormData(e.target);
-    const body = { bars: `${num(f, "from")}-${num(f, "to")}`, n: num(f, "n"), temperature: num(f, "temperature"),
-      seed: num(f, "seed"), model: f.get("model") };
+    const body = { bars: `${num(f, "from")}-${num(f, "to")}`, n: num(f, "n"), candidates: num(f, "candidates"),
+      temperature: num(f, "temperature"), seed: num(f, "seed"), model: f.get("model") };
     runJob(CURRENT.piece.links.infill, body, $("infill"), $("infill-progress"), $("infill-status"), "version(s)");
   });
 }
