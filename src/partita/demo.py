@@ -238,11 +238,12 @@ def _piano_music(fast: bool) -> list[Music]:
     if s.ok:
         made.append(Music("piano-continuation", f"Ravel, Jeux d'eau (a GiantMIDI-Piano transcription): the first "
                           f"{prompt_s:.0f} s, continued for {new_s:.0f} s by gpt-piano", s.score, "piano"))
-    span = (5, 6) if fast else (5, 8)
-    [f] = infill(bundle, load(handel), bars=span, seed=0)
+    span, k = ((5, 6), 2) if fast else ((5, 8), 4)
+    [f] = infill(bundle, load(handel), bars=span, seed=0, candidates=k)
     made.append(Music("piano-infill", f"Handel, Air in E major HWV 425 (a GiantMIDI-Piano transcription): bars "
-                      f"{span[0]}-{span[1]} rewritten by gpt-piano given the music before and after them "
-                      f"({f.notes_removed} notes replaced by {f.notes_added}; every other note as played)", f.score, "piano"))
+                      f"{span[0]}-{span[1]} rewritten by gpt-piano given the music before and after them, the best "
+                      f"of {k} candidates ({f.notes_removed} notes replaced by {f.notes_added}; every other note as "
+                      "played)", f.score, "piano"))
     return made
 
 
