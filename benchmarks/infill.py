@@ -58,7 +58,7 @@ def main() -> None:
     from partita.bundle import load as load_model
     from partita.data.corpus import Corpus
     from partita.evaluate.continuation import _one_per_work
-    from partita.generation.infill import SUFFIX_TOKENS, fill_layout, infill, parse_span, suffix_bits
+    from partita.generation.infill import fill_layout, infill, parse_span, suffix_bits
     from partita.pretrained import GPT_PIANO
     from partita.represent.tokens import encode
 
@@ -84,9 +84,7 @@ def main() -> None:
             continue
         ids = encode(tok, score, bos_eos=True)
         prompt, original = fill_layout(model, tok, ids, a - 1, b)
-        c = len(prompt.prefix) + len(original)
-        shown = ids[c : c + SUFFIX_TOKENS]
-        shown = shown[shown != ids[-1]] if len(ids) else shown
+        shown = prompt.suffix
         real_feats = span_features(score, *one.ticks)
         row = {"piece": info.get("title") or info["id"], "label": info["label"], "real_notes": real_feats["notes"],
                "suffix_bits": {"real middle": suffix_bits(model, tok, prompt.prefix, original, shown, label=label),

@@ -124,9 +124,8 @@ def test_candidates_pick_the_middle_that_leads_best_into_the_suffix(fim_bundle):
     chosen = infill(bundle, PIECE, bars="5-6", n=2, candidates=3, seed=2)
     ids = encode(b.tokenizer, load(PIECE), bos_eos=True)
     prompt, original = fill_layout(b.model, b.tokenizer, ids, 4, 6)
-    c = len(prompt.prefix) + len(original)
-    suffix = ids[c : c + SUFFIX_TOKENS]
-    suffix = suffix[suffix != ids[-1]]
+    suffix = prompt.suffix
+    np.testing.assert_array_equal(suffix, ids[len(prompt.prefix) + len(original) :][:SUFFIX_TOKENS])
     bits = [suffix_bits(b.model, b.tokenizer, prompt.prefix, r.middle, suffix) for r in singles]
     assert len(set(np.round(bits, 6))) > 1  # the candidates differ, so the choice matters
     for g, r in enumerate(chosen):

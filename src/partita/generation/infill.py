@@ -132,7 +132,7 @@ def fill_layout(model: Any, tokenizer: Any, ids: np.ndarray, first_bar: int, end
     lb = np.concatenate([bars[start:a], [bars[c]], bars[c:s_end], [bars[a]]]).astype(np.int64)
     lp = np.concatenate([positions[start:a], [0], positions[c:s_end], [0]]).astype(np.int64)
     prompt = FillPrompt(ids=layout, bars=lb, positions=lp, prefix=ids[:a], song=np.concatenate([ids[:a], ids[c:end]]),
-                        end_bar=int(end_bar))
+                        end_bar=int(end_bar), suffix=ids[c:s_end])
     return prompt, ids[a:c]
 
 
@@ -217,7 +217,7 @@ def infill(
     ids = encode(tokenizer, score, bos_eos=True)
     ref, _ = decode_safe(tokenizer, ids)  # the piece as the tokenizer sees it: its bars
     first, end = _span_bars(score, ref, bars, seconds)
-    prompt, original = fill_layout(model, tokenizer, ids, first, end)
+    prompt, _ = fill_layout(model, tokenizer, ids, first, end)
 
     k = int(candidates)
     if k < 1:
@@ -227,11 +227,8 @@ def infill(
     raw = sample(model, tokenizer, prompts=[prompt], n=n * k, config=cfg, label=label, progress=progress,
                  return_details=True)
     bits: list[Optional[float]] = [None] * len(raw)
-    if k > 1:  # the music after the span, as the model was shown it
-        c = len(prompt.prefix) + len(original)
-        shown = ids[c : c + SUFFIX_TOKENS]
-        shown = shown[shown != _eos(tokenizer)]
-        bits = [suffix_bits(model, tokenizer, prompt.prefix, r.new_ids, shown, label=label) for r in raw]
+    if k > 1:
+        bits = [suffix_bits(model, tokenizer, prompt.prefix, r.new_ids, prompt.suffix, label=label) for r in raw]
         best = [min(range(g * k, (g + 1) * k), key=lambda j: bits[j]) for g in range(n)]
         raw, bits = [raw[j] for j in best], [bits[j] for j in best]
 

@@ -582,17 +582,16 @@ class SecondsClock:
         prompt = _ids_array(prompt)
         self.anchor, self.state = 0, []
         table, g = _grammar(tokenizer)
-        if table.has_position and len(prompt):
+        if table.has_position and table.lengths[prompt].sum():
             self.anchor, self.state = self._find_anchor(table, g, prompt)
         self.prompt_end = self.end(prompt[self.anchor :])
 
     @staticmethod
     def _find_anchor(table: Any, g: Any, prompt: np.ndarray) -> tuple[int, list[str]]:
-        lengths = table.lengths[prompt]
         base, first = table.expand(prompt)
-        starts_bar = (lengths > 0) & table.is_bar[base[np.minimum(first, max(len(base) - 1, 0))]]
-        bar_ids = np.flatnonzero(starts_bar)  # ids whose first base token is a Bar
-        is_note = np.array([t in ("Pitch", "PitchDrum", "NoteOn") for t in g.types])[base]
+        types = np.asarray(g.types)
+        bar_ids = np.flatnonzero((table.lengths[prompt] > 0) & table.is_bar[base[np.minimum(first, len(base) - 1)]])
+        is_note = np.isin(types, ("Pitch", "PitchDrum", "NoteOn"))[base]
         notes_after = np.cumsum(is_note[::-1])[::-1]  # notes from each base token to the end
         anchor = 0
         for j in range(len(bar_ids) - CLOCK_BARS, -1, -1):
@@ -603,9 +602,9 @@ class SecondsClock:
             return 0, []
         before = base[: first[anchor]]
         state = []
-        for kind in ("TimeSig", "Tempo"):
-            hits = [i for i in np.flatnonzero(np.array([t == kind for t in g.types])[before])]
-            state.append(g.strings[before[hits[-1]]] if hits else None)
+        for kind in ("TimeSig", "Tempo"):  # the last of each before the anchor
+            hits = np.flatnonzero(types[before] == kind)
+            state.append(g.strings[before[hits[-1]]] if len(hits) else None)
         return anchor, state
 
     def _restore(self, tokens: list[str]) -> list[str]:
@@ -797,7 +796,8 @@ class FillPrompt:
     ids), with their real ``bars`` and ``positions``; the new tokens follow ``prefix`` (their
     bars and positions continue it) and a row stops before its first token in bar ``end_bar``
     (where the suffix starts). ``song`` (prefix and suffix) gives the instruments for
-    ``programs="auto"``. The sampled ids are ``ids`` then the middle."""
+    ``programs="auto"``; ``suffix`` is the part of the music after the span that ``ids`` show.
+    The sampled ids are ``ids`` then the middle."""
 
     ids: np.ndarray
     bars: np.ndarray
@@ -805,6 +805,7 @@ class FillPrompt:
     prefix: np.ndarray
     song: np.ndarray
     end_bar: int
+    suffix: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
