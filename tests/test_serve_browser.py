@@ -117,14 +117,18 @@ def test_explorer_in_a_browser(tmp_path):
 
 
 def test_the_real_server_answers_oversize_uploads_with_413():
-    """Through uvicorn and a socket (not only the ASGI client): by Content-Length and chunked."""
+    """Through uvicorn and a socket (not only the ASGI client): by Content-Length and chunked.
+    The answer reaches the client whole although it comes while the client is still sending
+    (unread bytes at close reset the connection: about 1 request in 4 lost its 413 before the
+    server read the rest), so it is asked 10 times each way."""
     httpx = pytest.importorskip("httpx")
     big = b"MThd" + bytes(3 * 2**20)
     with serving(pieces=[], max_upload_mb=1) as (url, app):
-        r = httpx.post(url + "/api/pieces", content=big, timeout=120)
-        assert r.status_code == 413 and r.json()["error"] == "too_large"
-        r = httpx.post(url + "/api/pieces", content=(big[i:i + 65536] for i in range(0, len(big), 65536)), timeout=120)
-        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        for _ in range(10):
+            r = httpx.post(url + "/api/pieces", content=big, timeout=120)
+            assert r.status_code == 413 and r.json()["error"] == "too_large"
+            r = httpx.post(url + "/api/pieces", content=(big[i:i + 65536] for i in range(0, len(big), 65536)), timeout=120)
+            assert r.status_code == 413 and r.json()["error"] == "too_large"
         assert httpx.get(url + "/api/info", timeout=60).status_code == 200  # still serving
         assert list(app.state.explorer.folder.iterdir()) == []
 

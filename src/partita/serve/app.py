@@ -73,7 +73,14 @@ class InfillSettings(BaseModel):
 class _BodyLimit:
     """ASGI middleware: a request body over the limit (the upload limit on POST /api/pieces,
     64 KiB elsewhere) is refused with 413, by its Content-Length before reading, or while it
-    streams in."""
+    streams in.
+
+    A 413 goes out while the client may still be sending: closing the socket with its body
+    unread would make the kernel reset the connection and the client lose the answer. So the
+    answer's bytes are sent, the rest of the body is read and dropped (up to
+    ``DRAIN_LIMIT`` bytes), and only then is the response ended and the connection closed."""
+
+    DRAIN_LIMIT = 256 * 2**20
 
     def __init__(self, app, max_upload: int):
         self.app, self.max_upload = app, max_upload
@@ -82,21 +89,47 @@ class _BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         limit = self.max_upload if scope["path"].rstrip("/") == "/api/pieces" else MAX_OTHER_BODY
+        seen, body_done, status = 0, False, None
+
+        async def drain_then_end():
+            drained = 0
+            while not body_done and drained < self.DRAIN_LIMIT:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                drained += len(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            await send({"type": "http.response.body", "body": b""})
+
+        async def send_413_whole(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status == 413:
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            elif status == 413 and message["type"] == "http.response.body" and not message.get("more_body"):
+                await send({**message, "more_body": True})
+                return await drain_then_end()
+            await send(message)
+
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            return await _send_json(send, 413, _too_large(int(length), limit))
-        seen = 0
+            return await _send_json(send_413_whole, 413, _too_large(int(length), limit))
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, body_done
             message = await receive()
             if message["type"] == "http.request":
+                body_done = not message.get("more_body")
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise TooLarge(_too_large(seen, limit)["message"])
+            else:
+                body_done = True
             return message
 
-        return await self.app(scope, limited, send)
+        return await self.app(scope, limited, send_413_whole)
 
 
 def _too_large(size: int, limit: int) -> dict:
@@ -109,8 +142,7 @@ async def _send_json(send, status: int, body: dict) -> None:
 
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                            (b"connection", b"close")]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
     await send({"type": "http.response.body", "body": data})
 
 
