@@ -51,6 +51,7 @@ def open_page(path: Path, *, wait_for_frames: str | None = None) -> dict:
         browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
+            page.set_default_timeout(120_000)
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(path.resolve().as_uri(), wait_until="load")

@@ -249,3 +249,49 @@ def test_train_init_from_a_bundle(fim_bundle, tmp_path):
     card = train_gpt(corpus, tmp_path / "ft", init=bundle, fim=0.5, batch_size=2, max_steps=1, warmup=1, progress=False)
     assert card["init"] == str(bundle) and card["fim"] == 0.5 and card["preset"] is None
     assert load_bundle(tmp_path / "ft" / "bundle").model.config == load_bundle(bundle).model.config
+
+
+def test_init_adds_bar_embeddings_that_start_at_zero():
+    """A bundle without bar embeddings fine-tuned with them: the new tables start at zero, so the
+    model computes what the bundle computed until training moves them."""
+    import torch
+
+    from partita.models.gpt import GPT, GPTConfig
+    from partita.train.gpt import _load_initial
+
+    torch.manual_seed(0)
+    source = GPT(GPTConfig.preset("tiny", vocab_size=40, n_labels=2)).eval()
+    model = GPT(GPTConfig.preset("tiny", vocab_size=40, n_labels=2, bar_embeddings=True)).eval()
+    _load_initial(model, source)
+    assert float(model.bar_emb.weight.abs().sum()) == 0 and float(model.pos_emb.weight.abs().sum()) == 0
+    ids = torch.randint(0, 40, (2, 12))
+    bars, pos = torch.randint(0, 8, (2, 12)), torch.randint(0, 16, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(model(ids, bars=bars, positions=pos)[0], source(ids)[0])
+
+
+def test_train_init_adds_bar_embeddings_and_refuses_other_changes(fim_bundle, tmp_path):
+    from partita.bundle import load_bundle
+    from partita.errors import PartitaError
+    from partita.train.gpt import train_gpt
+
+    from partita.bundle import save_bundle
+    from partita.models.gpt import GPT, GPTConfig
+
+    with_bars, corpus = fim_bundle
+    source = load_bundle(with_bars)
+    plain = GPT(GPTConfig.from_dict({**source.model.config.to_dict(), "bar_embeddings": False}))
+    plain.load_state_dict({k: v for k, v in source.model.state_dict().items() if not k.startswith(("bar_emb", "pos_emb"))})
+    bundle = tmp_path / "plain"
+    save_bundle(plain, bundle, tokenizer=source.tokenizer, card=source.card)
+    card = train_gpt(corpus, tmp_path / "bars", init=bundle, fim=0.5, overrides={"bar_embeddings": True, "max_bars": 32},
+                     batch_size=2, max_steps=1, warmup=1, progress=False)
+    trained = load_bundle(tmp_path / "bars" / "bundle").model
+    assert trained.config.bar_embeddings and trained.config.max_bars == 32
+    assert float(trained.bar_emb.weight.abs().sum()) > 0  # one step moved the new table
+    assert card["init"] == str(bundle)
+    with pytest.raises(PartitaError, match="n_layer"):
+        train_gpt(corpus, tmp_path / "layers", init=bundle, overrides={"n_layer": 3}, batch_size=2, max_steps=1, progress=False)
+    with pytest.raises(PartitaError, match="already has bar embeddings"):
+        train_gpt(corpus, tmp_path / "again", init=tmp_path / "bars" / "bundle", overrides={"max_bars": 16},
+                  batch_size=2, max_steps=1, progress=False)

@@ -84,10 +84,13 @@ def test_killed_run_resumes_to_the_same_corpus(corpus_dir, tmp_path):
     script = textwrap.dedent(
         f"""
         import time
+        from pathlib import Path
         from partita.data.prepare import prepare, read_piece
 
-        def slow_reader(path, options):
+        def slow_reader(path, options):  # once 3 pieces are saved, the rest wait for the kill
             time.sleep(0.3)
+            if len(list(Path({str(out / "parts")!r}).glob("part-*"))) >= 3:
+                time.sleep(3600)
             return read_piece(path, options)
 
         prepare({str(corpus_dir)!r}, {str(out)!r}, workers=2, flush_every=1, reader=slow_reader)

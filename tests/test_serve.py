@@ -543,3 +543,34 @@ def test_partita_serve_bad_options_are_one_line():
         r = subprocess.run([sys.executable, "-m", "partita", *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_finished_call_has_given_its_place_back_when_its_caller_wakes():
+    """A client that calls again as soon as its answer arrives must not be refused as busy: the
+    queue's place is free when a caller waiting on ``result()`` is woken. A waiter added to the
+    future (as ``result()`` and ``concurrent.futures.wait`` wait) records the queue's count at
+    that moment; freeing the place in a done callback (which runs after waiters wake) left it
+    taken, and a call made at once was refused now and then."""
+    import threading
+    from concurrent.futures._base import _Waiter
+
+    from partita.serve.core import ModelQueue
+
+    queue = ModelQueue(workers=1, size=1)
+    seen, go = [], threading.Event()
+
+    class Woken(_Waiter):
+        def add_result(self, future):
+            seen.append(queue._held)
+            super().add_result(future)
+
+    try:
+        fut = queue.submit(lambda: go.wait(60) and 7)
+        with fut._condition:
+            fut._waiters.append(Woken())
+        go.set()
+        assert fut.result(timeout=60) == 7
+        assert seen == [0]
+        assert queue.submit(lambda: 8).result(timeout=60) == 8
+    finally:
+        queue.close()

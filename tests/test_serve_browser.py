@@ -61,6 +61,7 @@ def test_explorer_in_a_browser(tmp_path):
         browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS + ["--autoplay-policy=no-user-gesture-required"])
         try:
             page = browser.new_page(accept_downloads=True)
+            page.set_default_timeout(120_000)  # a loaded 2-core machine is slow to answer a click
             errors, elsewhere = [], []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else elsewhere.append(r.url))
@@ -145,6 +146,7 @@ def test_infill_in_the_browser(fim_bundle, tmp_path):
         browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(accept_downloads=True)
+            page.set_default_timeout(120_000)  # a loaded 2-core machine is slow to answer a click
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url + "/", wait_until="load")

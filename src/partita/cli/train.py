@@ -111,7 +111,8 @@ def gpt_cmd(
     fim: float = typer.Option(0.0, "--fim", help="Fraction of training segments arranged for fill-in-the-middle "
                               "(infilling, partita infill); 0.5 is a good start. Validation stays continuation."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this gpt bundle's weights and config "
-                                        "(fine-tuning; same tokenizer and labels as --data). --preset/--set are not used."),
+                                        "(fine-tuning; same tokenizer and labels as --data). --preset is not used; --set may only add "
+                                        "bar embeddings (bar_embeddings=true, max_bars, positions_per_bar), which start at zero."),
 ) -> None:
     """Train the music transformer; writes checkpoints, logs and a bundle into --out."""
     from partita.models.gpt import GPTConfig

@@ -92,19 +92,32 @@ class ModelQueue:
                                 retry_after=max(wait, 1))
             self._held += 1
         start = time.perf_counter()
+        released = False
 
-        def done(_):
+        def release() -> None:
+            nonlocal released
             with self._lock:
-                self._held -= 1
-                self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - start)
+                if not released:
+                    released = True
+                    self._held -= 1
+                    self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - start)
+
+        def call():
+            # The place is given back in the worker, before the future completes: a caller
+            # woken by ``result()`` may submit again at once and must find it free (a done
+            # callback runs after waiters wake).
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                release()
 
         try:
-            fut = self._pool.submit(fn, *args, **kwargs)
+            fut = self._pool.submit(call)
         except RuntimeError:  # shut down
             with self._lock:
                 self._held -= 1
             raise QueueFull("the server is stopping", retry_after=5) from None
-        fut.add_done_callback(done)
+        fut.add_done_callback(lambda _: release())  # a call cancelled before it ran
         return fut
 
     def close(self) -> None:

@@ -259,9 +259,10 @@ def train_gpt(
     ``batch_size=``, ``lr=``, ...) describes the run; the rest describes the model.
     ``fim``: the fraction of training segments arranged for fill-in-the-middle (infilling;
     ``partita.data.streams``); > 0 gives the model its two marker tokens (``fim=True``).
-    ``init``: a gpt bundle to start from (fine-tuning): its config is the model's (``preset`` and
-    ``overrides`` are not used, except ``fim``), its weights the starting point; FIM marker rows
-    it lacks start as copies of its "no label" row."""
+    ``init``: a gpt bundle to start from (fine-tuning): its config is the model's (``preset`` is
+    not used), its weights the starting point; FIM marker rows it lacks start as copies of its
+    "no label" row. ``overrides`` may only add what ``INIT_ADDS`` lists (bar and position-in-bar
+    embeddings: new tables that start at zero, so step 0 computes what the bundle computes)."""
     config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
     corpus = Corpus(corpus_dir)
     streams = token_streams(corpus)
@@ -269,7 +270,8 @@ def train_gpt(
     tokenizer = streams.tokenizer()
     start = _init_bundle(init, streams, data.labels) if init is not None else None
     if start is not None:
-        config = GPTConfig.from_dict({**start.model.config.to_dict(), "fim": start.model.config.fim or fim > 0})
+        config = GPTConfig.from_dict({**start.model.config.to_dict(), **_init_additions(start.model.config, overrides),
+                                      "fim": start.model.config.fim or fim > 0})
     else:
         config = GPTConfig.preset(preset, **{"vocab_size": len(tokenizer), "n_labels": len(data.labels),
                                              **({"fim": True} if fim > 0 else {}), **(overrides or {})})
@@ -324,14 +326,39 @@ def _init_bundle(path, streams, labels: list[str]):
     return bundle
 
 
+#: Config fields ``--set`` may change when a run starts from a bundle (``--init``): the bar and
+#: position-in-bar embeddings, added to a model that has none.
+INIT_ADDS = ("bar_embeddings", "max_bars", "positions_per_bar")
+
+
+def _init_additions(source: GPTConfig, overrides: dict | None) -> dict:
+    """The fields of ``overrides`` a run from a bundle takes (``INIT_ADDS``); anything else, or
+    bar settings for a bundle that already has bar embeddings, is a one-line error."""
+    overrides = dict(overrides or {})
+    changed = {k: v for k, v in overrides.items() if getattr(source, k, None) != v}
+    other = sorted(set(changed) - set(INIT_ADDS))
+    if other:
+        raise PartitaError(f"--init: the model's config is the bundle's; --set {', '.join(other)} cannot change it "
+                           f"(only {', '.join(INIT_ADDS)} can be added to a bundle without bar embeddings)")
+    if changed and source.bar_embeddings:
+        raise PartitaError(f"--init: the bundle already has bar embeddings; --set {', '.join(sorted(changed))} cannot change them")
+    if changed and not overrides.get("bar_embeddings", False):
+        raise PartitaError("--init: --set max_bars/positions_per_bar need --set bar_embeddings=true")
+    return changed
+
+
 def _load_initial(model: GPT, source: GPT) -> None:
-    """Copy ``source``'s weights into ``model`` (same config but perhaps ``fim``): the embedding
-    rows ``source`` lacks (FIM markers) start as copies of its "no label" row."""
+    """Copy ``source``'s weights into ``model`` (same config but perhaps ``fim`` and bar
+    embeddings): the embedding rows ``source`` lacks (FIM markers) start as copies of its
+    "no label" row, bar and position-in-bar tables it lacks start at zero (adding nothing)."""
     state = {k: v.float() for k, v in source.state_dict().items()}
     wte = state["wte.weight"]
     rows = model.wte.weight.shape[0]
     if wte.shape[0] < rows:
         state["wte.weight"] = torch.cat([wte, wte[-1:].expand(rows - wte.shape[0], -1)], dim=0)
+    for name in ("bar_emb.weight", "pos_emb.weight"):
+        if name not in state and name in model.state_dict():
+            state[name] = torch.zeros_like(model.state_dict()[name])
     model.load_state_dict(state)
 
 

@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 let INFO = null;
+let INFO_READY = null; // the /api/info request: a piece shown before it answers waits for it
 let CURRENT = null;
 const PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880",
   "#ff97ff", "#fecb52", "#1f77b4", "#8c564b", "#2ca02c", "#d62728", "#9467bd", "#7f7f7f", "#bcbd22", "#17becf"];
@@ -103,6 +104,7 @@ function drawRoll(canvas, notes, position) {
 
 // ------------------------------------------------------------------ the piece
 async function show(piece) {
+  if (!INFO && INFO_READY) await INFO_READY.catch(() => null);
   CURRENT = { piece, notes: null };
   $("main").hidden = false;
   $("piece-title").textContent = piece.name;
@@ -329,7 +331,8 @@ function addResult(p) {
 async function start() {
   setupDrop(); setupPlayer(); setupGenerate();
   try {
-    INFO = await api("/api/info");
+    INFO_READY = api("/api/info");
+    INFO = await INFO_READY;
     const sel = $("model");
     INFO.models.forEach((m) => sel.append(make("option", { value: m }, m)));
     if (!INFO.audio.available) setStatus("Audio is not available on this server: " + INFO.audio.reason);
