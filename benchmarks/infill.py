@@ -10,7 +10,7 @@ starting in the span, in ticks: pitch-class cosine similarity, note count ratio,
 difference, polyphony ratio), and the suffix's bits/token are reported after the real middle,
 after the single sample and after the chosen one.
 
-    python benchmarks/infill.py --corpus /tmp/asap-perf [--pieces 20] [--k 8] [--json out.json]
+    python benchmarks/infill.py --corpus /tmp/asap-perf [--pieces 20] [--k 8] [--model BUNDLE] [--json out.json]
 
 Results go to the "Piano transformer and infilling" section of benchmarks/RESULTS.md (by hand).
 """
@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--bars", default="9-12")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default=None, help="a GPT bundle trained for infilling (default: the shipped gpt-piano)")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -63,7 +64,7 @@ def main() -> None:
     from partita.represent.tokens import encode
 
     torch.set_num_threads(args.threads)
-    bundle = load_model(GPT_PIANO, "gpt")
+    bundle = load_model(args.model or GPT_PIANO, "gpt")
     model, tok = bundle.model.eval(), bundle.tokenizer
     labels = list(bundle.card.get("labels") or [])
     corpus = Corpus(args.corpus)
