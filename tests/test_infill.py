@@ -15,14 +15,14 @@ def test_fim_arrange_positions_tokens_and_loss_mask():
     pos = np.array([0, 5, 0, 5, 0, 5, 0, 5])
     SUF, MID = 100, 101
     ids, tgt, b, p = fim_arrange(song, bars, pos, (2, 6), (SUF, MID))
-    # [prefix] SUFFIX [suffix] MIDDLE [middle]
-    assert ids.tolist() == [10, 11, SUF, 16, 17, MID, 12, 13, 14, 15]
-    # prefix and suffix predict their next token (the last of each nothing); the markers their
-    # first token; the middle its next one, the last middle token the bar that ends the middle
-    assert tgt.tolist() == [11, IGNORE, 16, 17, IGNORE, 12, 13, 14, 15, 16]
+    # SUFFIX [suffix] MIDDLE [prefix][middle]: the prefix and the middle one contiguous stretch
+    assert ids.tolist() == [SUF, 16, 17, MID, 10, 11, 12, 13, 14, 15]
+    # the markers predict the first token they announce; the suffix its next token (its last
+    # one nothing); prefix and middle their next token, the last middle token the bar that ends it
+    assert tgt.tolist() == [16, 17, IGNORE, 10, 11, 12, 13, 14, 15, 16]
     # real bars and positions; a marker takes the bar of the token it announces
-    assert b.tolist() == [0, 0, 3, 3, 3, 1, 1, 1, 2, 2]
-    assert p.tolist() == [0, 5, 0, 0, 5, 0, 0, 5, 0, 5]
+    assert b.tolist() == [3, 3, 3, 0, 0, 0, 1, 1, 2, 2]
+    assert p.tolist() == [0, 0, 5, 0, 0, 5, 0, 5, 0, 5]
     with pytest.raises(ValueError):
         fim_arrange(song, bars, pos, (0, 6), (SUF, MID))
 
@@ -49,13 +49,14 @@ def test_stream_rearranges_a_fraction_of_full_segments_deterministically():
     for batch, r in fim:
         ids, tgt = batch["ids"][r].numpy(), batch["targets"][r].numpy()
         i, j = int(np.flatnonzero(ids == 9998)[0]), int(np.flatnonzero(ids == 9999)[0])
-        assert ids[0] in (7, 8, 9) and i < j
-        song = np.concatenate([ids[1:i], ids[j + 1 :], ids[i + 1 : j]])  # prefix, middle, suffix
+        assert ids[0] in (7, 8, 9) and i == 1 and i < j  # [label, SUFFIX, suffix, MIDDLE, prefix + middle]
+        song = np.concatenate([ids[j + 1 :], ids[i + 1 : j]])  # prefix and middle, then the suffix
         assert (np.diff(song) == 1).all()  # a contiguous stretch of the song, every token once
         bars = batch["bars"][r].numpy()
-        assert (bars[1:i] == song[: i - 1] % 1000 // 4).all()  # real bars of the prefix
+        assert (bars[j + 1 :] == ids[j + 1 :] % 1000 // 4).all()  # real bars of prefix and middle
         assert (bars[i + 1 : j] == ids[i + 1 : j] % 1000 // 4).all()  # and of the suffix
-        assert tgt[j] == ids[j + 1] and tgt[-1] == ids[i + 1]  # MIDDLE -> middle[0]; the end -> suffix[0]
+        assert tgt[j] == ids[j + 1] and tgt[-1] == ids[i + 1]  # MIDDLE -> prefix[0]; the end -> suffix[0]
+        assert bars[0] == bars[1]  # the label takes the bar of the input after it, as in generation
 
 
 # --- infilling with a model ------------------------------------------------------------------
@@ -295,3 +296,31 @@ def test_train_init_adds_bar_embeddings_and_refuses_other_changes(fim_bundle, tm
     with pytest.raises(PartitaError, match="already has bar embeddings"):
         train_gpt(corpus, tmp_path / "again", init=tmp_path / "bars" / "bundle", overrides={"max_bars": 16},
                   batch_size=2, max_steps=1, progress=False)
+
+
+def test_fill_layout_puts_suffix_first_in_the_last_window(fim_bundle):
+    """A span late in a long piece: the start of the prefix in whole windows (as many as the
+    memories hold), then one window that starts with SUFFIX, the suffix, MIDDLE and the end of
+    the prefix, which the middle continues."""
+    from partita.bundle import load_bundle
+    from partita.generation.infill import _memory_windows, fill_layout
+    from partita.io.midi import load
+    from partita.represent.tokens import encode, token_timing
+
+    bundle, _ = fim_bundle
+    b = load_bundle(bundle)
+    model, tok = b.model, b.tokenizer
+    ids = encode(tok, load(PIECE), bos_eos=True)
+    bars, _ = token_timing(tok, ids)
+    first = int(bars[len(ids) * 3 // 4])
+    prompt, original = fill_layout(model, tok, ids, first, first + 2)
+    C1 = model.config.context - 1
+    suf, mid = model.fill_token("suffix"), model.fill_token("middle")
+    i, j = int(np.flatnonzero(prompt.ids == suf)[0]), int(np.flatnonzero(prompt.ids == mid)[0])
+    assert i > 0 and i % C1 == 0  # whole windows before it: the last one starts with SUFFIX
+    assert i <= _memory_windows(model.config) * C1 < len(prompt.prefix)  # no more than the memories hold
+    np.testing.assert_array_equal(prompt.ids[:i], prompt.prefix[len(prompt.prefix) - (len(prompt.ids) - j - 1) - i :][:i])
+    np.testing.assert_array_equal(prompt.ids[i + 1 : j], prompt.suffix)
+    np.testing.assert_array_equal(prompt.ids[j + 1 :], prompt.prefix[len(prompt.prefix) - (len(prompt.ids) - j - 1) :])
+    assert len(prompt.ids) - i < C1  # the last window holds it with room for the middle to start
+    assert prompt.bars[i] == bars[len(prompt.prefix) + len(original)]  # SUFFIX: the bar where the suffix starts

@@ -18,13 +18,16 @@ The tail of a song's last segment is padding with ``ignore`` targets.
 
 Fill-in-the-middle (``fim_rate > 0``, infilling): that fraction of full training segments is
 rearranged (``fim_arrange``): the segment's song tokens ``s`` are cut at two bar starts ``a < c``
-(1 to ``fim_max_bars`` bars apart) and played as ``[label, s[:a], SUFFIX, s[c:], MIDDLE, s[a:c]]``
-with every token keeping its real bar and position-in-bar input (SUFFIX and MIDDLE take the bar
-of the token they announce, position 0). Targets: the prefix and the suffix predict their next
-token as usual (the last token of each predicts nothing), SUFFIX predicts ``s[c]``, MIDDLE
-predicts ``s[a]`` and the middle predicts its next token, its last one predicting ``s[c]`` (the
-bar where the middle must end). The choice is drawn from ``(seed, batch, row)``, so a resumed
-run rearranges the same segments.
+(1 to ``fim_max_bars`` bars apart) and played suffix first (FIM's "SPM" order) as ``[label,
+SUFFIX, s[c:], MIDDLE, s[:a], s[a:c]]``: the music before the gap and the gap itself stay one
+contiguous stretch, so the middle is a continuation of the prefix as in plain training (a model
+fine-tuned from a continuation model starts from what it knows) and the music after the gap is
+in view earlier in the window. Every token keeps its real bar and position-in-bar input (SUFFIX
+and MIDDLE take the bar of the token they announce, position 0). Targets: SUFFIX predicts
+``s[c]``, the suffix its next token (its last one nothing), MIDDLE predicts ``s[0]``, then every
+token of ``s[:c]`` its next one, the last middle token predicting ``s[c]`` (the bar where the
+middle must end). The choice is drawn from ``(seed, batch, row)``, so a resumed run rearranges
+the same segments.
 
 The order is deterministic: in epoch ``e`` the pieces are shuffled with ``seed + e`` and dealt to
 the ``world_size * batch_size`` rows of all processes round robin (process ``rank`` owns rows
@@ -182,6 +185,7 @@ class SongStream:
                     row_ids, row_targets, row_bars, row_pos = fim_arrange(
                         tok[: T - 3], bar[: T - 3], pos[: T - 3], cut, self.fim_tokens)
                     ids[b, 1:], targets[b, 1:], bars[b, 1:], positions[b, 1:] = row_ids, row_targets, row_bars, row_pos
+                    bars[b, 0] = row_bars[0]  # the label takes the bar of the input after it (SUFFIX's)
             label[b] = j
             self._advance(row, b)
         self.batches += 1
@@ -218,27 +222,26 @@ def fim_cut(bars: np.ndarray, rng: np.random.Generator, max_bars: int = 8, *, ex
 def fim_arrange(song: np.ndarray, bars: np.ndarray, positions: np.ndarray, cut: tuple[int, int],
                 fim_tokens: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(ids, targets, bars, positions)`` of ``len(song) + 2`` inputs: ``song`` (tokens of a
-    window, with their bars and positions) cut at ``cut = (a, c)`` and arranged as ``[song[:a],
-    SUFFIX, song[c:], MIDDLE, song[a:c]]`` (the module doc gives the targets; the label token
-    that starts a segment is not included)."""
+    window, with their bars and positions) cut at ``cut = (a, c)`` and arranged as ``[SUFFIX,
+    song[c:], MIDDLE, song[:a], song[a:c]]`` (the module doc gives the targets; the label token
+    that starts a segment is not included). The middle's inputs and targets are the last
+    ``c - a`` of the row."""
     a, c = cut
     s = np.asarray(song, np.int64)
     n = len(s)
     if not 0 < a < c < n:
         raise ValueError(f"a fill-in-the-middle cut needs 0 < a < c < {n}, got {cut}")
     suf, mid = fim_tokens
-    order = np.concatenate([np.arange(a), [-1], np.arange(c, n), [-2], np.arange(a, c)])
+    order = np.concatenate([[-1], np.arange(c, n), [-2], np.arange(0, c)])
     ids = np.where(order >= 0, s[np.maximum(order, 0)], np.where(order == -1, suf, mid))
     tgt = np.full(n + 2, IGNORE, np.int64)
-    tgt[: a - 1] = s[1:a]  # prefix
-    tgt[a] = s[c]  # SUFFIX -> first suffix token
-    tgt[a + 1 : a + n - c] = s[c + 1 :]  # suffix (its last token predicts nothing)
-    m = a + 1 + n - c  # the MIDDLE marker
-    tgt[m : m + c - a] = s[a:c]  # MIDDLE -> middle[0], ..., then each middle token its next
-    tgt[m + c - a] = s[c]  # the last middle token -> the bar that ends the middle
+    tgt[0] = s[c]  # SUFFIX -> first suffix token
+    tgt[1 : n - c] = s[c + 1 :]  # the suffix (its last token predicts nothing)
+    m = n - c + 1  # the MIDDLE marker
+    tgt[m : m + c + 1] = s[: c + 1]  # MIDDLE -> s[0], then prefix and middle their next token, up to s[c]
     b = np.asarray(bars, np.int64)
     p = np.asarray(positions, np.int64)
-    at = np.where(order >= 0, order, np.where(order == -1, c, a))
+    at = np.where(order >= 0, order, np.where(order == -1, c, 0))
     out_bars = b[at]
     out_pos = np.where(order >= 0, p[np.maximum(order, 0)], 0)
     return ids.astype(np.int64), tgt, out_bars, out_pos

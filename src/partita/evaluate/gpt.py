@@ -9,7 +9,7 @@ memory can matter, so they are reported separately.
 
 For a model trained for infilling (``fim``), ``span_bits`` scores spans of ``span_bars`` bars cut
 from windows of the split's pieces, twice: with the future (the training arrangement ``[label,
-prefix, SUFFIX, suffix, MIDDLE, middle]``) and without it (``[label, prefix, middle]``), the same
+SUFFIX, suffix, MIDDLE, prefix, middle]``) and without it (``[label, prefix, middle]``), the same
 middle tokens from the same prefix, no memory.
 """
 
@@ -85,7 +85,7 @@ def span_bits(model, streams, pieces: list[int], label_tokens: list[int], *, spa
             tgt = tgt.copy()
             tgt[-1] = IGNORE  # the middle's tokens only (not the suffix bar that ends it)
             tgt[: len(tgt) - 1 - (cc - a)] = IGNORE
-            rows_fim.append((np.r_[label, ids], np.r_[IGNORE, tgt], np.r_[b[0], fb], np.r_[0, fp]))
+            rows_fim.append((np.r_[label, ids], np.r_[IGNORE, tgt], np.r_[fb[0], fb], np.r_[0, fp]))
             plain_t = np.full(cc, IGNORE, np.int64)
             plain_t[a - 1 : cc - 1] = s[a:cc]
             rows_plain.append((np.r_[label, s[: cc - 1]], np.r_[IGNORE, plain_t[: cc - 1]], np.r_[b[0], b[: cc - 1]],

@@ -7,12 +7,13 @@
     results[0].score  # the whole piece, bars 9-12 regenerated, every other note as it was
 
 The model must have been trained with the fill-in-the-middle arrangement (``partita train gpt
---fim``; ``partita.data.streams``): it reads ``[label, prefix, SUFFIX, suffix, MIDDLE]``, every
-token with its real bar and position in bar, and writes the middle, which ``sample`` (the one
-sampling path, ``SamplingConfig``'s options) stops before its first token in the bar where the
-suffix starts. The prompt is laid out as in training: the prefix is read window by window into
-the memories, the last window holds the end of the prefix, the markers and the suffix (at most
-``SUFFIX_TOKENS`` of it) and leaves room for the middle.
+--fim``; ``partita.data.streams``): it reads ``[label, SUFFIX, suffix, MIDDLE, prefix]``, every
+token with its real bar and position in bar, and writes the middle as the prefix's continuation;
+``sample`` (the one sampling path, ``SamplingConfig``'s options) stops it before its first token
+in the bar where the suffix starts. The prompt is laid out as in training: the start of a long
+prefix is read window by window into the memories (as much as they hold), the last window holds
+the markers, the suffix (at most ``SUFFIX_TOKENS`` of it) and the end of the prefix, and leaves
+room for the middle.
 
 The output is the input score with the notes that start in the span removed and the new
 middle's notes added (ticks rescaled from the tokenizer's resolution to the file's); every note
@@ -125,15 +126,28 @@ def fill_layout(model: Any, tokenizer: Any, ids: np.ndarray, first_bar: int, end
     C = int(model.config.context)
     fill = 2 + (s_end - c)
     room = max(16, (C - 1) - fill - min(c - a, C // 2))  # prefix tokens in the last window
-    start = 0
-    if a > room:  # earlier prefix windows go whole into the memories, the last one holds `room`
-        start = (a - room) % (C - 1)
-    layout = np.concatenate([ids[start:a], [suf], ids[c:s_end], [mid]]).astype(np.int64)
-    lb = np.concatenate([bars[start:a], [bars[c]], bars[c:s_end], [bars[a]]]).astype(np.int64)
-    lp = np.concatenate([positions[start:a], [0], positions[c:s_end], [0]]).astype(np.int64)
+    last = start = 0  # the last window's prefix starts at `last`, the layout at `start`
+    if a > room:  # earlier prefix windows go whole into the memories, as many as they hold
+        last = a - room
+        start = max(last % (C - 1), last - _memory_windows(model.config) * (C - 1))
+    layout = np.concatenate([ids[start:last], [suf], ids[c:s_end], [mid], ids[last:a]]).astype(np.int64)
+    lb = np.concatenate([bars[start:last], [bars[c]], bars[c:s_end], [bars[last]], bars[last:a]]).astype(np.int64)
+    lp = np.concatenate([positions[start:last], [0], positions[c:s_end], [0], positions[last:a]]).astype(np.int64)
     prompt = FillPrompt(ids=layout, bars=lb, positions=lp, prefix=ids[:a], song=np.concatenate([ids[:a], ids[c:end]]),
                         end_bar=int(end_bar), suffix=ids[c:s_end])
     return prompt, ids[a:c]
+
+
+def _memory_windows(config: Any) -> int:
+    """Whole prefix windows worth reading before the last one: what the memories hold (the kNN
+    memory's keys, or every layer's XL memory), so that the sampler reads the layout from its
+    start and the last window begins with SUFFIX, as in training."""
+    C1 = int(config.context) - 1
+    if getattr(config, "knn_memory", False):
+        return int(config.knn_max_memory) // C1
+    if getattr(config, "xl_memory", False):
+        return int(config.n_layer) * int(config.xl_length or config.context) // C1
+    return 0
 
 
 def _special(tokenizer: Any) -> np.ndarray:

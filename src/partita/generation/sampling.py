@@ -792,9 +792,10 @@ class SampledIds:
 @dataclass
 class FillPrompt:
     """A prompt laid out for infilling (``partita.generation.infill``): ``ids`` are the model inputs
-    after the label, ``[prefix, SUFFIX, suffix, MIDDLE]`` (the markers are ``GPT.fill_token``
-    ids), with their real ``bars`` and ``positions``; the new tokens follow ``prefix`` (their
-    bars and positions continue it) and a row stops before its first token in bar ``end_bar``
+    after the label, ``[SUFFIX, suffix, MIDDLE, prefix]`` (the markers are ``GPT.fill_token``
+    ids; a long prefix's start comes first, in whole windows for the memories), with their real
+    ``bars`` and ``positions``; the new tokens follow ``prefix`` (their bars and positions
+    continue it) and a row stops before its first token in bar ``end_bar``
     (where the suffix starts). ``song`` (prefix and suffix) gives the instruments for
     ``programs="auto"``; ``suffix`` is the part of the music after the span that ``ids`` show.
     The sampled ids are ``ids`` then the middle."""

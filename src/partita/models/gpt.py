@@ -7,7 +7,7 @@ Inputs for a batch of ``B`` sequences of ``T`` tokens:
   ``vocab_size + n_labels`` means "no label". A conditioned sequence starts with its label
   token (``GPT.label_token(k)``), e.g. ``[label, BOS, ...]``. With ``fim=True`` two more
   input-only ids follow, ``GPT.fill_token("suffix")`` and ``GPT.fill_token("middle")``, the
-  markers of the fill-in-the-middle arrangement ``[label, prefix, SUFFIX, suffix, MIDDLE,
+  markers of the fill-in-the-middle arrangement ``[label, SUFFIX, suffix, MIDDLE, prefix,
   middle]`` (``partita.data.streams``, ``partita.generation.infill``). The head predicts only the
   ``vocab_size`` tokenizer ids, so a label is never generated; targets must be tokenizer ids or
   ``ignore_index``.
