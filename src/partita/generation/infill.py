@@ -121,9 +121,11 @@ def fill_layout(model: Any, tokenizer: Any, ids: np.ndarray, first_bar: int, end
     if not music[:a].any():
         raise PartitaError(f"nothing before bar {first_bar + 1}: infilling needs music before the span")
     end = len(ids) - (1 if ids[-1] == _eos(tokenizer) else 0)
-    s_end = min(end, c + int(suffix_tokens))
     suf, mid = model.fill_token("suffix"), model.fill_token("middle")
     C = int(model.config.context)
+    # the last window holds the markers, the suffix, at least 16 prefix tokens and room for the
+    # middle: a small context shows less of the suffix
+    s_end = min(end, c + int(suffix_tokens), c + max(1, (C - 1) - 2 - 16 - min(c - a, C // 2)))
     fill = 2 + (s_end - c)
     room = max(16, (C - 1) - fill - min(c - a, C // 2))  # prefix tokens in the last window
     last = start = 0  # the last window's prefix starts at `last`, the layout at `start`

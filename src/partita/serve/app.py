@@ -91,12 +91,15 @@ class _BodyLimit:
         limit = self.max_upload if scope["path"].rstrip("/") == "/api/pieces" else MAX_OTHER_BODY
         seen, body_done, status = 0, False, None
 
+        # A client that waits for "100 Continue" sends no body once the answer has started.
+        expects = dict(scope.get("headers") or []).get(b"expect", b"").lower() == b"100-continue"
+
         async def drain_then_end():
             drained = 0
-            while not body_done and drained < self.DRAIN_LIMIT:
+            while not body_done and not expects and drained < self.DRAIN_LIMIT:
                 message = await receive()
                 if message["type"] != "http.request":
-                    break
+                    return  # the client is gone: nothing more to send
                 drained += len(message.get("body", b""))
                 if not message.get("more_body"):
                     break
