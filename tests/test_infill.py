@@ -265,7 +265,7 @@ def test_init_adds_bar_embeddings_that_start_at_zero():
     source = GPT(GPTConfig.preset("tiny", vocab_size=40, n_labels=2)).eval()
     model = GPT(GPTConfig.preset("tiny", vocab_size=40, n_labels=2, bar_embeddings=True)).eval()
     _load_initial(model, source)
-    assert float(model.bar_emb.weight.abs().sum()) == 0 and float(model.pos_emb.weight.abs().sum()) == 0
+    assert not model.bar_emb.weight.detach().any() and not model.pos_emb.weight.detach().any()
     ids = torch.randint(0, 40, (2, 12))
     bars, pos = torch.randint(0, 8, (2, 12)), torch.randint(0, 16, (2, 12))
     with torch.no_grad():
@@ -290,7 +290,7 @@ def test_train_init_adds_bar_embeddings_and_refuses_other_changes(fim_bundle, tm
                      batch_size=2, max_steps=1, warmup=1, progress=False)
     trained = load_bundle(tmp_path / "bars" / "bundle").model
     assert trained.config.bar_embeddings and trained.config.max_bars == 32
-    assert float(trained.bar_emb.weight.abs().sum()) > 0  # one step moved the new table
+    assert trained.bar_emb.weight.detach().any()  # one step moved the new table
     assert card["init"] == str(bundle)
     with pytest.raises(PartitaError, match="n_layer"):
         train_gpt(corpus, tmp_path / "layers", init=bundle, overrides={"n_layer": 3}, batch_size=2, max_steps=1, progress=False)
