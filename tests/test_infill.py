@@ -273,12 +273,10 @@ def test_init_adds_bar_embeddings_that_start_at_zero():
 
 
 def test_train_init_adds_bar_embeddings_and_refuses_other_changes(fim_bundle, tmp_path):
-    from partita.bundle import load_bundle
+    from partita.bundle import load_bundle, save_bundle
     from partita.errors import PartitaError
-    from partita.train.gpt import train_gpt
-
-    from partita.bundle import save_bundle
     from partita.models.gpt import GPT, GPTConfig
+    from partita.train.gpt import train_gpt
 
     with_bars, corpus = fim_bundle
     source = load_bundle(with_bars)
@@ -294,6 +292,8 @@ def test_train_init_adds_bar_embeddings_and_refuses_other_changes(fim_bundle, tm
     assert card["init"] == str(bundle)
     with pytest.raises(PartitaError, match="n_layer"):
         train_gpt(corpus, tmp_path / "layers", init=bundle, overrides={"n_layer": 3}, batch_size=2, max_steps=1, progress=False)
+    with pytest.raises(PartitaError, match="tokeni"):  # a shipped name is found; its tokens are not this corpus's
+        train_gpt(corpus, tmp_path / "shipped", init="gpt-piano", batch_size=2, max_steps=1, progress=False)
     with pytest.raises(PartitaError, match="already has bar embeddings"):
         train_gpt(corpus, tmp_path / "again", init=tmp_path / "bars" / "bundle", overrides={"max_bars": 16},
                   batch_size=2, max_steps=1, progress=False)

@@ -125,9 +125,9 @@ def fill_layout(model: Any, tokenizer: Any, ids: np.ndarray, first_bar: int, end
     C = int(model.config.context)
     # the last window holds the markers, the suffix, at least 16 prefix tokens and room for the
     # middle: a small context shows less of the suffix
-    s_end = min(end, c + int(suffix_tokens), c + max(1, (C - 1) - 2 - 16 - min(c - a, C // 2)))
-    fill = 2 + (s_end - c)
-    room = max(16, (C - 1) - fill - min(c - a, C // 2))  # prefix tokens in the last window
+    middle_room = min(c - a, C // 2)
+    s_end = min(end, c + int(suffix_tokens), c + max(1, (C - 1) - 2 - 16 - middle_room))
+    room = max(16, (C - 1) - 2 - (s_end - c) - middle_room)  # prefix tokens in the last window
     last = start = 0  # the last window's prefix starts at `last`, the layout at `start`
     if a > room:  # earlier prefix windows go whole into the memories, as many as they hold
         last = a - room

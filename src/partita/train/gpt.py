@@ -313,13 +313,12 @@ def train_gpt(
 
 
 def _init_bundle(path, streams, labels: list[str]):
-    """The bundle a run starts from, checked against the corpus (same tokens, same labels)."""
-    from partita.bundle import load_bundle
+    """The bundle a run starts from (a bundle folder or a shipped name such as ``gpt-piano``),
+    checked against the corpus (same tokens, same labels)."""
+    from partita.bundle import load
     from partita.evaluate.conditioned import _check_tokenizer
 
-    bundle = load_bundle(path)
-    if bundle.family != "gpt":
-        raise PartitaError(f"--init {path}: a {bundle.family!r} bundle, not a gpt one")
+    bundle = load(str(path), "gpt")
     _check_tokenizer(bundle.tokenizer, streams, "--init bundle")
     if list(bundle.card.get("labels") or []) != list(labels):
         raise PartitaError(f"--init {path}: its labels {bundle.card.get('labels')} are not the corpus's {labels}")
