@@ -203,6 +203,78 @@ def test_hierarchical_bar_depends_only_on_its_conductor_output(bar_position):
     assert not torch.allclose(logits[:, bar], base_logits[:, bar])
 
 
+def _segment_code_model(**kw) -> tuple[MusicVAE, MusicVAE]:
+    """A tiny 2-bar flat model and an 8-bar model that codes its 2-bar segments with it."""
+    segment = tiny(bars=2, decoder="flat")
+    torch.manual_seed(1)
+    model = MusicVAE(MusicVAEConfig.preset("tiny", bars=8, decoder="hierarchical", segment_bars=2,
+                                           segment_z=segment.config.z_size, top_size=8, **kw))
+    model.segment.load_state_dict(segment.state_dict())
+    return segment, model.eval()
+
+
+def test_segment_code_model_reads_and_writes_the_segment_models_codes(fur_elise):
+    from partita.represent.melody import canonicalize
+
+    segment, model = _segment_code_model(bar_position=True)
+    x = torch.as_tensor(extract_windows(fur_elise, bars=8)[:6].astype(np.int64))
+    rows = x.reshape(-1, 32).numpy()
+    # Some segment starts by ending the note of the segment before: alone, that NOTE_OFF reads as HOLD.
+    assert not np.array_equal(canonicalize(rows), rows)
+    with torch.no_grad():
+        mu, sigma = model.encode_segments(x)
+        ref_mu, ref_sigma = segment.encode(torch.as_tensor(canonicalize(rows).astype(np.int64)))
+        assert mu.shape == (6, 4, 16) and torch.allclose(mu.reshape(-1, 16), ref_mu, atol=1e-6)
+        assert torch.allclose(sigma.reshape(-1, 16), ref_sigma, atol=1e-6)
+        z, _ = model.encode(x)
+        assert z.shape == (6, model.config.z_size)
+        codes = model.segment_codes(z)
+        out = model.decode(z)
+        # Each segment is what the segment model decodes from the code the conductor wrote for it.
+        for k in range(4):
+            assert torch.equal(out[:, 32 * k:32 * (k + 1)], segment.decode(codes[:, k]))
+        assert model.decode_logits(z, x).shape == (6, 128, NUM_CLASSES)
+    with pytest.raises(PartitaError, match="hierarchical"):
+        MusicVAEConfig(bars=16, decoder="flat", segment_bars=2)
+    with pytest.raises(PartitaError, match="do not split"):
+        MusicVAEConfig(bars=6, decoder="hierarchical", segment_bars=4)
+    with pytest.raises(PartitaError, match="no segment model"):
+        MusicVAEConfig().segment_config()
+
+
+def test_frozen_segments_train_only_the_top_on_the_likelihood_of_the_codes(fur_elise):
+    from partita.train.vae import SegmentPosteriors
+
+    _, model = _segment_code_model()
+    x = torch.as_tensor(extract_windows(fur_elise, bars=8)[:6].astype(np.int64))
+    frozen = {k: v.clone() for k, v in model.segment.state_dict().items()}
+    known = SegmentPosteriors(model)
+    with torch.no_grad():
+        mu, sigma = model.encode_segments(x)
+    cached = known(torch.cat([x, x]))  # the second copy of each segment is looked up, not encoded
+    assert len(known.known) == len({r.tobytes() for r in model._segments(x).numpy().astype(np.int16)})
+    assert torch.allclose(cached[0], torch.cat([mu, mu]), atol=1e-6) and torch.allclose(cached[1], torch.cat([sigma, sigma]), atol=1e-6)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    first = None
+    for step in range(60):
+        _, losses = model(x, step=step, sample_z=False, segment_posterior=known(x))
+        assert "accuracy" not in losses  # training mode computes no logits
+        if first is None:
+            codes = model.segment_codes(model.encode(x)[0])
+            nll = (0.5 * ((codes - mu) / sigma) ** 2).sum((1, 2)).mean()
+            assert float(losses["recon"].detach()) == pytest.approx(float(nll.detach()), rel=1e-4)
+            first = float(losses["recon"].detach())
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    assert float(losses["recon"].detach()) < 0.5 * first
+    assert all(torch.equal(frozen[k], v) for k, v in model.segment.state_dict().items())
+    model.eval()
+    logits, losses = model(x, sample_z=False)
+    assert logits.shape == (6, 128, NUM_CLASSES) and 0 <= float(losses["accuracy"]) <= 1
+
+
 def test_slerp_endpoints_and_norms():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(1, 8, generator=g), torch.randn(1, 8, generator=g)

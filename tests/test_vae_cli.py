@@ -98,6 +98,33 @@ def test_train_vae_holdout_keeps_another_corpus_test_windows_out(corpus, tmp_pat
     assert card["windows"]["train"] == len(train) - sum(h["dropped_from_train"] for h in held.values())
 
 
+def test_train_vae_on_the_codes_of_a_short_window_model(run, corpus, tmp_path, capsys):
+    import torch
+
+    import partita
+
+    out = tmp_path / "seg"
+    main(["train", "vae", "--data", str(corpus), "--out", str(out), "--bars", "4", "--segments", str(run / "bundle"),
+          "--preset", "tiny", "--max-steps", "4", "-b", "4", "--val-every", "4", "--seed", "1"])
+    card = json.loads((out / "bundle" / "card.json").read_text())
+    assert card["decoder"] == "hierarchical" and card["segments"] == str(run / "bundle")
+    model, short = partita.load(out / "bundle").model, partita.load(run / "bundle").model
+    assert (model.config.segment_bars, model.config.units) == (2, 2)
+    # The segment model stayed as trained (frozen); the bundle holds it, so it loads on its own.
+    assert all(torch.equal(a, b) for a, b in zip(model.segment.state_dict().values(), short.state_dict().values()))
+    assert "val/accuracy" in card["metrics"]["valid"]
+    r = tmp_path / "eval.json"
+    main(["eval", "vae", "--model", str(out / "bundle"), "--data", str(corpus), "--pairs", "2", "--steps", "1",
+          "--json", str(r)])
+    (m,) = json.loads(r.read_text())["models"]
+    assert len(m["sampled_by_bar"]) == 4 and 0 <= m["sampled"]["accuracy"] <= 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["train", "vae", "--data", str(corpus), "--out", str(tmp_path / "x"), "--bars", "8", "--segments",
+              str(out / "bundle"), "--preset", "tiny"])
+    assert e.value.code == 2 and "flat short-window MusicVAE" in _one_line(capsys)
+
+
 def test_vae_commands_write_readable_midi(run, tmp_path, request):
     bundle = str(run / "bundle")
     fixtures = FIXTURES

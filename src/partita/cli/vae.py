@@ -42,6 +42,7 @@ def train_vae_cmd(
     labels: list[str] = typer.Option([], "--labels", "-l", help="Train only on pieces with these labels (repeatable), e.g. -l Essen."),
     transpose: int = typer.Option(5, "--transpose", help="Random transposition of each training window, up to +-N semitones (0: off)."),
     holdout: list[Path] = typer.Option([], "--holdout", help="A prepared corpus whose valid and test windows stay out of training, in any key (repeatable)."),
+    segments: Optional[str] = typer.Option(None, "--segments", help="A trained short-window MusicVAE (e.g. musicvae-2bar) that codes each segment; the new hierarchical model learns the sequence of its codes."),
 ) -> None:
     """Train a MusicVAE on melody windows of a corpus; writes checkpoints, logs and a bundle into --out."""
     from partita.models.musicvae import MusicVAEConfig
@@ -52,7 +53,7 @@ def train_vae_cmd(
     with progress_bar("melody windows") as update:
         card = train_vae(
             data, out, run_config, bars=bars, decoder=decoder, preset=preset, overrides=overrides,
-            labels=labels or None, holdout=holdout, transpose=transpose, data_progress=update, command=command_line(),
+            labels=labels or None, holdout=holdout, transpose=transpose, segments=segments, data_progress=update, command=command_line(),
         )
     console.print(f"{card['decoder']} decoder, {card['bars']} bars, {card['windows']['train']:,} training windows")
     print_trained(card, out / "bundle", f"partita vae sample --model {out / 'bundle'}")

@@ -21,6 +21,18 @@ in [0, 130) (0..127 note-on, 128 note-off, 129 hold), ``T = bars * 16``.
   hierarchy (the paper's fix for "posterior collapse" on 16-bar sequences). All bars of a batch
   are decoded at once as a batch of ``B * bars`` rows.
 
+* **Segment codes** (``segment_bars > 0``, hierarchical only): the window is cut into
+  ``segment_bars``-bar segments, and a whole flat ``segment_bars``-bar MusicVAE (``self.segment``:
+  trained first on short windows, where a flat VAE learns fast and well) encodes and decodes each
+  of them. The 16-bar model is a VAE over the sequence of segment codes: a BiLSTM reads the
+  segments' posterior means (``top_size`` units) into z, the conductor writes one vector per
+  segment and a Linear turns it into that segment's code, which the segment model's decoder
+  decodes. Trained with the segment model frozen (``freeze_segments``), the reconstruction term
+  is the negative log-likelihood of each segment's posterior mean under
+  ``N(written code, segment sigma^2)``: the conductor has to hit the codes the segment decoder
+  reads, closely along the dimensions the segment posterior is sure of, loosely along the ones
+  it ignores. Unfrozen, it is the event cross-entropy as in the other models.
+
 Loss (Magenta's ``MusicVAE._compute_model_loss``): reconstruction cross-entropy summed over the
 steps of a window, plus ``beta * max(KL - free_bits, 0)``, both averaged over the batch. Free bits
 (given in bits, as in Magenta) let the first ``free_bits`` of information through for free, so
@@ -49,7 +61,7 @@ from torch import Tensor, nn
 
 from partita.errors import PartitaError
 from partita.models.config import ModelConfig
-from partita.represent.melody import NUM_CLASSES, STEPS_PER_BAR
+from partita.represent.melody import HOLD, NOTE_OFF, NUM_CLASSES, STEPS_PER_BAR
 
 __all__ = [
     "MusicVAE",
@@ -93,6 +105,10 @@ class MusicVAEConfig(ModelConfig):
     beta_rate: float = 0.99999  # beta = (1 - beta_rate ** step) * max_beta; 0 = max_beta from the start
     sampling_schedule: str = "none"  # "none" (teacher forcing) | "constant" | "inverse_sigmoid"
     sampling_rate: float = 1000.0  # k of the inverse sigmoid (steps), or the constant probability
+    segment_bars: int = 0  # > 0: a segment_bars-bar MusicVAE codes each segment; z codes the segment codes
+    segment_z: int = 128  # the segment model's z_size
+    top_size: int = 256  # units per direction of the BiLSTM over the segment codes
+    freeze_segments: bool = True  # train only the top; loss: segment codes' likelihood, not events
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -113,6 +129,26 @@ class MusicVAEConfig(ModelConfig):
             raise PartitaError(f"a constant sampling_rate is a probability in [0, 1], got {self.sampling_rate}")
         if self.sampling_schedule == "inverse_sigmoid" and self.sampling_rate < 1:
             raise PartitaError(f"the inverse-sigmoid sampling_rate k must be >= 1, got {self.sampling_rate}")
+        if self.segment_bars < 0 or (self.segment_bars and (self.segment_z < 1 or self.top_size < 1)):
+            raise PartitaError("segment_bars must be >= 0, segment_z and top_size >= 1")
+        if self.segment_bars:
+            if self.decoder != "hierarchical":
+                raise PartitaError("segment codes (segment_bars > 0) need the hierarchical decoder")
+            if self.bars % self.segment_bars or self.bars == self.segment_bars:
+                raise PartitaError(f"{self.bars} bars do not split into several {self.segment_bars}-bar segments")
+
+    @property
+    def units(self) -> int:
+        """How many vectors the conductor writes: one per bar, or one per segment."""
+        return self.bars // self.segment_bars if self.segment_bars else self.bars
+
+    def segment_config(self) -> "MusicVAEConfig":
+        """The flat short-window MusicVAE inside a segment-code model."""
+        if not self.segment_bars:
+            raise PartitaError("this MusicVAE has no segment model (segment_bars = 0)")
+        return MusicVAEConfig(bars=self.segment_bars, decoder="flat", encoder="flat", z_size=self.segment_z,
+                              embed_size=self.embed_size, enc_size=self.enc_size, enc_layers=self.enc_layers,
+                              dec_size=self.dec_size, dec_layers=self.dec_layers, dropout=self.dropout)
 
     @property
     def steps(self) -> int:
@@ -293,6 +329,16 @@ class MusicVAE(nn.Module):
     def __init__(self, config: MusicVAEConfig):
         super().__init__()
         self.config = c = config
+        if c.segment_bars:
+            self.segment = MusicVAE(c.segment_config())
+            self.top_encoder = nn.LSTM(c.segment_z, c.top_size, 1, batch_first=True, bidirectional=True)
+            self.to_mu = nn.Linear(2 * c.top_size, c.z_size)
+            self.to_sigma = nn.Linear(2 * c.top_size, c.z_size)
+            self._conductor(c)
+            self.to_segment = nn.Linear(c.conductor_size, c.segment_z)
+            if c.freeze_segments:
+                self.segment.requires_grad_(False)
+            return
         self.embed = nn.Embedding(NUM_CLASSES, c.embed_size)
         self.encoder = nn.LSTM(c.embed_size, c.enc_size, c.enc_layers, batch_first=True, bidirectional=True,
                                dropout=c.dropout if c.enc_layers > 1 else 0.0)
@@ -303,11 +349,14 @@ class MusicVAE(nn.Module):
         if c.decoder == "flat":
             self.decoder = _Decoder(c.z_size, c.embed_size, c.dec_size, c.dec_layers, c.dropout)
         else:
-            self.conductor_init = _InitState(c.z_size, c.conductor_size, c.conductor_layers)
-            self.conductor = nn.LSTM(c.z_size + (c.bars if c.bar_position else 0), c.conductor_size,
-                                     c.conductor_layers, batch_first=True,
-                                     dropout=c.dropout if c.conductor_layers > 1 else 0.0)
+            self._conductor(c)
             self.decoder = _Decoder(c.conductor_size, c.embed_size, c.dec_size, c.dec_layers, c.dropout)
+
+    def _conductor(self, c: MusicVAEConfig) -> None:
+        self.conductor_init = _InitState(c.z_size, c.conductor_size, c.conductor_layers)
+        self.conductor = nn.LSTM(c.z_size + (c.units if c.bar_position else 0), c.conductor_size,
+                                 c.conductor_layers, batch_first=True,
+                                 dropout=c.dropout if c.conductor_layers > 1 else 0.0)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -325,12 +374,36 @@ class MusicVAE(nn.Module):
         """``(mu, sigma)``, each ``[B, z_size]``, of the posterior of windows ``x [B, T]``."""
         x = self._check(x)
         c = self.config
+        if c.segment_bars:
+            return self._encode_codes(self.encode_segments(x)[0])
         if c.encoder == "hierarchical":  # each bar on its own (B * bars rows), then the bars in order
             top = _ends(self.encoder(self.embed(x.reshape(-1, STEPS_PER_BAR)))[0], c.enc_size)
             top = _ends(self.bar_encoder(top.reshape(x.shape[0], c.bars, -1))[0], c.enc_size)
         else:
             top = _ends(self.encoder(self.embed(x))[0], c.enc_size)
         return self.to_mu(top), F.softplus(self.to_sigma(top)) + 1e-6
+
+    def _segments(self, x: Tensor) -> Tensor:
+        """Windows ``[B, T]`` as segment rows ``[B * units, segment steps]``, each spelt as a window of
+        its own: a NOTE_OFF before the segment's first note-on (the end of a note from the segment
+        before) reads as HOLD, as in the short windows the segment model learnt from."""
+        rows = x.reshape(-1, self.config.segment_bars * STEPS_PER_BAR)
+        started = torch.cumsum((rows < NOTE_OFF).long(), 1) > 0
+        return torch.where((rows == NOTE_OFF) & ~started, torch.full_like(rows, HOLD), rows)
+
+    def encode_segments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The segment model's posterior ``(mu, sigma)`` of each segment, each ``[B, units, segment_z]``."""
+        c = self.config
+        mu, sigma = self.segment.encode(self._segments(self._check(x)))
+        return mu.view(x.shape[0], c.units, -1), sigma.view(x.shape[0], c.units, -1)
+
+    def _encode_codes(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        top = _ends(self.top_encoder(codes)[0], self.config.top_size)
+        return self.to_mu(top), F.softplus(self.to_sigma(top)) + 1e-6
+
+    def segment_codes(self, z: Tensor) -> Tensor:
+        """The codes the conductor writes for the segments, ``[B, units, segment_z]``."""
+        return self.to_segment(self.conduct(z))
 
     # --- decoders ----------------------------------------------------------------------------
 
@@ -339,9 +412,9 @@ class MusicVAE(nn.Module):
         if self.config.decoder != "hierarchical":
             raise PartitaError("conduct() belongs to the hierarchical decoder; this model's decoder is flat")
         c = self.config
-        inputs = z[:, None, :].expand(-1, c.bars, -1)
+        inputs = z[:, None, :].expand(-1, c.units, -1)
         if c.bar_position:
-            where = torch.eye(c.bars, dtype=z.dtype, device=z.device)[None].expand(z.shape[0], -1, -1)
+            where = torch.eye(c.units, dtype=z.dtype, device=z.device)[None].expand(z.shape[0], -1, -1)
             inputs = torch.cat([inputs, where], -1)
         out, _ = self.conductor(inputs, self.conductor_init(z))
         return out
@@ -365,6 +438,10 @@ class MusicVAE(nn.Module):
                       generator: Optional[torch.Generator] = None, word_dropout: float = 0.0) -> Tensor:
         """Logits ``[B, T, 130]`` of targets ``x`` given codes ``z`` (teacher forcing unless ``p_sample``)."""
         x = self._check(x)
+        if self.config.segment_bars:
+            rows = self.segment_codes(z).reshape(-1, self.config.segment_z)
+            logits = self.segment.decoder.forced(rows, x.reshape(rows.shape[0], -1), p_sample, generator, word_dropout)
+            return logits.reshape(x.shape[0], self.config.steps, NUM_CLASSES)
         if self.config.decoder == "flat":
             return self.decoder.forced(z, x, p_sample, generator, word_dropout)
         return self.decode_bars(self.conduct(z), x, p_sample=p_sample, generator=generator, word_dropout=word_dropout)
@@ -372,6 +449,11 @@ class MusicVAE(nn.Module):
     @torch.no_grad()
     def decode(self, z: Tensor, *, temperature: float = 0.0, generator: Optional[torch.Generator] = None) -> Tensor:
         """Events ``[B, T]`` from codes ``z [B, z_size]``: greedy at temperature 0, else sampled."""
+        c = self.config
+        if c.segment_bars:
+            rows = self.segment_codes(z).reshape(-1, c.segment_z)
+            events = self.segment.decoder.generate(rows, c.segment_bars * STEPS_PER_BAR, temperature, generator)
+            return events.reshape(z.shape[0], c.steps)
         if self.config.decoder == "flat":
             return self.decoder.generate(z, self.config.steps, temperature, generator)
         return self.decode_bars(self.conduct(z), temperature=temperature, generator=generator)
@@ -379,17 +461,29 @@ class MusicVAE(nn.Module):
     # --- training ----------------------------------------------------------------------------
 
     def forward(self, x: Tensor, *, step: int = 0, sample_z: bool = True, p_sample: Optional[float] = None,
-                generator: Optional[torch.Generator] = None) -> tuple[Tensor, dict[str, Tensor]]:
+                generator: Optional[torch.Generator] = None,
+                segment_posterior: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Optional[Tensor], dict[str, Tensor]]:
         """``(logits [B, T, 130], losses)`` for windows ``x [B, T]`` at training step ``step``.
 
         ``losses``: ``loss`` (what to minimise), ``recon`` (cross-entropy per window, nats),
         ``kl`` (nats per window), ``kl_cost`` (after free bits), ``beta``, ``p_sample`` and
         ``accuracy`` (per step, argmax vs target). ``sample_z=False`` decodes from ``mu`` (evaluation);
         ``p_sample`` overrides the scheduled-sampling probability of the config's schedule.
+        With frozen segments, ``segment_posterior`` may give ``encode_segments(x)`` already computed,
+        and in training mode no logits are computed (``None``; no ``accuracy``): the loss does not
+        read them, and the decoder pass would cost 5x the rest of the step.
         """
         c = self.config
         x = self._check(x)
-        mu, sigma = self.encode(x)
+        codes_only = c.segment_bars and c.freeze_segments  # the loss is the segment codes' likelihood
+        if codes_only:
+            if segment_posterior is None:
+                with torch.no_grad():
+                    segment_posterior = self.encode_segments(x)
+            seg_mu, seg_sigma = segment_posterior
+            mu, sigma = self._encode_codes(seg_mu)
+        else:
+            mu, sigma = self.encode(x)
         if sample_z:
             eps = torch.randn(mu.shape, generator=generator,
                               device=mu.device if generator is None else generator.device).to(mu.device)
@@ -398,15 +492,22 @@ class MusicVAE(nn.Module):
             z = mu
         if p_sample is None:
             p_sample = sampling_probability(step, c.sampling_schedule, c.sampling_rate) if self.training else 0.0
-        logits = self.decode_logits(z, x, p_sample=p_sample, generator=generator,
-                                    word_dropout=c.word_dropout if self.training else 0.0)
-        recon = F.cross_entropy(logits.reshape(-1, NUM_CLASSES), x.reshape(-1), reduction="none")
-        recon = recon.view(x.shape).sum(1).mean()
+        if codes_only:
+            codes = self.segment_codes(z)
+            recon = (0.5 * ((codes - seg_mu) / seg_sigma).pow(2)).sum((1, 2)).mean()
+            logits = None
+            if not self.training:  # for the accuracy only: the frozen decoder, teacher-forced
+                with torch.no_grad():
+                    rows = codes.reshape(-1, c.segment_z)
+                    logits = self.segment.decoder.forced(rows, x.reshape(rows.shape[0], -1)).reshape(*x.shape, NUM_CLASSES)
+        else:
+            logits = self.decode_logits(z, x, p_sample=p_sample, generator=generator,
+                                        word_dropout=c.word_dropout if self.training else 0.0)
+            recon = F.cross_entropy(logits.reshape(-1, NUM_CLASSES), x.reshape(-1), reduction="none")
+            recon = recon.view(x.shape).sum(1).mean()
         kl = kl_divergence(mu, sigma)
         kl_cost = free_bits_kl(kl, c.free_bits).mean()
         beta = beta_at(step, c.max_beta, c.beta_rate)
-        with torch.no_grad():
-            accuracy = (logits.argmax(-1) == x).float().mean()
         losses = {
             "loss": recon + beta * kl_cost,
             "recon": recon,
@@ -414,6 +515,8 @@ class MusicVAE(nn.Module):
             "kl_cost": kl_cost,
             "beta": torch.tensor(beta),
             "p_sample": torch.tensor(float(p_sample)),
-            "accuracy": accuracy,
         }
+        if logits is not None:
+            with torch.no_grad():
+                losses["accuracy"] = (logits.argmax(-1) == x).float().mean()
         return logits, losses

@@ -57,6 +57,33 @@ def training_batch(windows: np.ndarray, k: int, *, batch_size: int, seed: int, t
     return torch.from_numpy(transpose_windows(windows[idx], shifts))
 
 
+class SegmentPosteriors:
+    """The frozen segment model's posterior of each distinct segment, computed once.
+
+    A segment recurs in every overlapping window (windows start every bar) and in every
+    transposition drawn again, so after the first epochs nearly every segment of a batch is known
+    and a training step costs only the top model (the segment encoder was 40% of a step).
+    """
+
+    def __init__(self, model: MusicVAE):
+        self.model = model
+        self.known: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        rows = m._segments(m._check(x))
+        keys = [r.tobytes() for r in rows.to(torch.int16).cpu().numpy()]
+        new = list(dict.fromkeys(k for k in keys if k not in self.known))
+        if new:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            with torch.no_grad():
+                mu, sigma = m.segment.encode(rows[[first[k] for k in new]])
+            self.known.update(zip(new, zip(mu, sigma)))
+        mu = torch.stack([self.known[k][0] for k in keys]).view(x.shape[0], m.config.units, -1)
+        sigma = torch.stack([self.known[k][1] for k in keys]).view(x.shape[0], m.config.units, -1)
+        return mu, sigma
+
+
 # --- the Lightning module ----------------------------------------------------------------------
 
 
@@ -76,6 +103,8 @@ class VAEModule(ResumableModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = MusicVAE(MusicVAEConfig.from_dict(config))
+        c = self.model.config
+        self.segment_posteriors = SegmentPosteriors(self.model) if c.segment_bars and c.freeze_segments else None
         self.train_windows: np.ndarray | None = None
         self.valid_windows: np.ndarray | None = None
         self.batches_seen = 0
@@ -103,11 +132,13 @@ class VAEModule(ResumableModule):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(w), batch_size=256)
 
     def training_step(self, batch, batch_idx):
-        _, losses = self.model(batch, step=int(self.global_step))
+        known = self.segment_posteriors(batch) if self.segment_posteriors is not None else None
+        _, losses = self.model(batch, step=int(self.global_step), segment_posterior=known)
         self.batches_seen += 1
         self.log("train/loss", losses["loss"], prog_bar=True)
         for name in ("recon", "kl", "accuracy", "beta", "p_sample"):
-            self.log(f"train/{name}", losses[name], prog_bar=name == "accuracy")
+            if name in losses:
+                self.log(f"train/{name}", losses[name], prog_bar=name == "accuracy")
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return losses["loss"]
 
@@ -153,6 +184,7 @@ def train_vae(
     labels: Optional[Iterable[str]] = None,
     holdout: Iterable[str | Path] = (),
     transpose: int = 5,
+    segments: str | Path | None = None,
     max_valid: int = 1024,
     data_progress: Optional[Callable[[int, int], None]] = None,
     callbacks: list | None = None,
@@ -162,7 +194,11 @@ def train_vae(
     """Train a MusicVAE on a prepared corpus's melody windows; returns the card written with the bundle.
 
     ``decoder`` defaults to flat for windows of up to 4 bars and hierarchical above (MusicVAE's
-    choice). ``run_config`` or ``RunConfig`` fields as keyword arguments describe the run.
+    choice). ``segments``: a trained flat short-window MusicVAE (a bundle folder or a shipped name,
+    e.g. ``musicvae-2bar``) that codes each segment of the window; the new model learns the
+    sequence of its codes (``segment_bars`` in ``partita.models.musicvae``), the segment model kept
+    frozen unless ``freeze_segments=False``. ``run_config`` or ``RunConfig`` fields as keyword
+    arguments describe the run.
     """
     config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
     corpus = Corpus(corpus_dir)
@@ -172,7 +208,19 @@ def train_vae(
         raise PartitaError(f"--transpose must be >= 0 semitones, got {transpose}")
     if decoder is None:
         decoder = "flat" if bars <= 4 else "hierarchical"
-    config = MusicVAEConfig.preset(preset, **{"bars": bars, "decoder": decoder, **(overrides or {})})
+    segment_model = None
+    overrides = dict(overrides or {})
+    if segments is not None:
+        from partita.generation.vae import load_vae
+
+        segment_model = load_vae(str(segments)).model
+        sc = segment_model.config
+        if sc.decoder != "flat" or sc.segment_bars:
+            raise PartitaError(f"{segments}: --segments takes a flat short-window MusicVAE (e.g. musicvae-2bar)")
+        decoder = "hierarchical"
+        overrides.update(segment_bars=sc.bars, segment_z=sc.z_size, embed_size=sc.embed_size, enc_size=sc.enc_size,
+                         enc_layers=sc.enc_layers, dec_size=sc.dec_size, dec_layers=sc.dec_layers, dropout=sc.dropout)
+    config = MusicVAEConfig.preset(preset, **{"bars": bars, "decoder": decoder, **overrides})
     if config.bars != bars:
         raise PartitaError("set the window length with --bars, not with --set bars=...")
 
@@ -201,6 +249,8 @@ def train_vae(
     def make_module(r: RunConfig) -> VAEModule:
         module = VAEModule(config.to_dict(), lr=r.lr, warmup=r.warmup, max_steps=r.max_steps,
                            min_lr_ratio=r.min_lr_ratio, batch_size=r.batch_size, transpose=transpose, seed=r.seed)
+        if segment_model is not None:  # a resumed run then loads its own weights over these
+            module.model.segment.load_state_dict(segment_model.state_dict())
         module.attach(train, valid)
         return module
 
@@ -214,6 +264,7 @@ def train_vae(
         "labels": train_info["labels"] or corpus.labels,
         "bars": bars,
         "decoder": decoder,
+        **({"segments": str(segments)} if segments is not None else {}),
         "command": command or "partita.train.vae.train_vae(...)",
         "preset": preset,
         "parameters": MusicVAE(config).num_parameters(),
