@@ -275,6 +275,17 @@ def test_frozen_segments_train_only_the_top_on_the_likelihood_of_the_codes(fur_e
     assert logits.shape == (6, 128, NUM_CLASSES) and 0 <= float(losses["accuracy"]) <= 1
 
 
+def test_unfrozen_segments_train_on_the_events(fur_elise):
+    _, model = _segment_code_model(freeze_segments=False)
+    x = torch.as_tensor(extract_windows(fur_elise, bars=8)[:4].astype(np.int64))
+    model.train()
+    logits, losses = model(x, step=0, sample_z=False)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, NUM_CLASSES), x.reshape(-1), reduction="sum") / 4
+    assert float(losses["recon"].detach()) == pytest.approx(float(ce.detach()), rel=1e-5) and "accuracy" in losses
+    losses["loss"].backward()
+    assert model.segment.decoder.out.weight.grad is not None and model.to_segment.weight.grad is not None
+
+
 def test_slerp_endpoints_and_norms():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(1, 8, generator=g), torch.randn(1, 8, generator=g)
