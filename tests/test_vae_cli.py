@@ -74,6 +74,9 @@ def test_eval_vae_reports_models_baselines_and_interpolation(run, corpus, tmp_pa
     assert {b["name"] for b in r["baselines"]} == {"majority class per step", "bigram next event"}
     assert len(m["sampled_by_bar"]) == 2 and 0 <= m["sampled_other_code"]["accuracy"] <= 1
     assert 0 <= m["kl_dims_over_0.1_nats"] <= 16 and m["kl_largest_dim_nats"] <= m["kl_nats"] + 1e-9
+    ps = m["prior_samples"]
+    assert ps["n"] == 100 and 0 <= ps["within_real_statistics"] <= min(ps["within_by_statistic"].values()) <= 1
+    assert ps["notes_per_bar"] >= 0 and ps["real_notes_per_bar"] > 0
     latent, data = r["interpolation"]
     assert latent["kind"] == "latent slerp" and data["kind"] == "data crossfade"
     assert len(latent["distance_to_a"]) == len(latent["musical"]) == 5

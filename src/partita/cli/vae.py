@@ -201,6 +201,7 @@ def eval_vae_cmd(
     max_windows: Optional[int] = typer.Option(None, "--max-windows", help="A seeded random subset of N windows per length."),
     pairs: int = typer.Option(50, "--pairs", help="Interpolation pairs per model (0: skip)."),
     steps: int = typer.Option(7, "--steps", help="Interpolation points between A and B."),
+    samples: int = typer.Option(100, "--samples", help="Melodies sampled from the prior per model (0: skip)."),
     seed: int = typer.Option(0, "--seed"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
 ) -> None:
@@ -213,7 +214,7 @@ def eval_vae_cmd(
         model = [bundle_path(MUSICVAE_2BAR), bundle_path(MUSICVAE_16BAR), bundle_path(MUSICVAE_16BAR_FLAT)]
     with progress_bar("evaluating") as update:
         r = evaluate_vae([str(m) for m in model], data, split=split, labels=labels or None, max_windows=max_windows,
-                         pairs=pairs, steps=steps, seed=seed, progress=update)
+                         pairs=pairs, steps=steps, samples=samples, seed=seed, progress=update)
     sizes = ", ".join(f"{b}-bar: {v['test']:,}" for b, v in r["windows"].items())
     table = Table(title=f"Reconstruction accuracy per step, {r['split']} split ({sizes} windows)", title_justify="left",
                   caption="TF: teacher-forced; sampled: greedy from mu; 'ev': only steps whose true event is a note-on/off",
@@ -235,6 +236,11 @@ def eval_vae_cmd(
     for m in r["models"]:
         if m["bars"] > 2:
             console.print(f"{m['name']}: sampled accuracy by bar " + " ".join(f"{100 * x:.0f}" for x in m["sampled_by_bar"]))
+    for m in r["models"]:
+        if "prior_samples" in m:
+            p = m["prior_samples"]
+            console.print(f"{m['name']}: {p['n']} melodies sampled from the prior, {_pct(p['within_real_statistics'])} "
+                          f"within real statistics; {p['notes_per_bar']:.1f} notes per bar (real {p['real_notes_per_bar']:.1f})")
     if r["interpolation"]:
         it = Table(title=f"Interpolation, {r['interpolation'][0]['pairs']} pairs of {r['split']} windows",
                    title_justify="left", caption="distance: share of steps whose sounding pitch differs; monotone: "

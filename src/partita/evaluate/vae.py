@@ -34,6 +34,12 @@ to the code of B in ``steps`` steps and every point decoded greedily. Reported f
 * smoothness: the note-level distance between consecutive points (mean, and the largest step
   of a path, averaged over pairs): a smooth path changes a little at every step.
 
+Sampling, per model: ``samples`` codes drawn from the prior N(0, I) (seeded) and decoded greedily,
+as ``partita vae sample`` does; reported: the share of samples whose statistics all lie within the
+real test windows' 5th-95th percentiles (as for interpolations), per statistic, and notes per bar.
+A model whose codes drift away from the prior (free bits let the KL grow) reconstructs well and
+samples badly: this is where it shows.
+
 The baseline for interpolation is the data-space crossfade: at point t each step's event comes
 from B with probability t, else from A (the paper's "data interpolation").
 """
@@ -189,6 +195,21 @@ def _evaluate_model(model, windows: np.ndarray, batch_size: int, seed: int = 0, 
     }
 
 
+def prior_samples_report(model, n: int, lo: np.ndarray, hi: np.ndarray, seed: int = 0, batch_size: int = 64) -> dict:
+    """Statistics of ``n`` melodies decoded greedily from codes drawn from the prior N(0, I)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, model.config.z_size, generator=g)
+    with torch.no_grad():
+        ev = np.concatenate([model.decode(z[sl]).numpy() for sl in _batches(n, batch_size)])
+    stats = melody_stats(canonicalize(ev.astype(np.int16)))
+    inside = (stats >= lo) & (stats <= hi)  # NaN (no notes) counts as outside
+    return {"n": int(n), "within_real_statistics": float(np.all(inside, -1).mean()),
+            "within_by_statistic": {k: float(v) for k, v in zip(STATS, inside.mean(0))},
+            "notes_per_bar": float(np.nan_to_num(stats[:, 0]).mean())}
+
+
 def _interpolate_pairs(model, a: np.ndarray, b: np.ndarray, points: int, batch_size: int) -> np.ndarray:
     import torch
 
@@ -214,6 +235,7 @@ def evaluate_vae(
     max_windows: Optional[int] = None,
     pairs: int = 50,
     steps: int = 7,
+    samples: int = 100,
     batch_size: int = 64,
     seed: int = 0,
     progress: Optional[Callable[[int, int], None]] = None,
@@ -221,7 +243,8 @@ def evaluate_vae(
     """Reconstruction and interpolation metrics of MusicVAE bundles (folders or ``Bundle``) on a split.
 
     ``labels`` defaults to the first model's training labels (its card). ``max_windows`` keeps a
-    seeded random subset of each window set; ``pairs`` interpolation pairs per model (0: none).
+    seeded random subset of each window set; ``pairs`` interpolation pairs per model (0: none);
+    ``samples`` melodies sampled from the prior per model (0: none).
     """
     from partita.generation.vae import load_vae
 
@@ -264,6 +287,9 @@ def evaluate_vae(
         row = {"name": name, "path": str(bundle.path) if bundle.path else None, "bars": c.bars,
                "decoder": c.decoder, "parameters": model.num_parameters(),
                **_evaluate_model(model, d["test"], batch_size, seed, progress)}
+        if samples > 0:
+            row["prior_samples"] = prior_samples_report(model, samples, d["lo"], d["hi"], seed, batch_size)
+            row["prior_samples"]["real_notes_per_bar"] = float(np.nanmean(melody_stats(d["test"])[:, 0]))
         result["models"].append(row)
         if pairs > 0:
             rng = np.random.default_rng(seed)
