@@ -286,6 +286,33 @@ def test_unfrozen_segments_train_on_the_events(fur_elise):
     assert model.segment.decoder.out.weight.grad is not None and model.to_segment.weight.grad is not None
 
 
+def test_fitted_prior_samples_where_the_training_codes_are(fur_elise, tmp_path):
+    from partita.train.vae import fit_prior
+
+    plain = tiny(bars=2)
+    g = torch.Generator().manual_seed(5)
+    assert torch.equal(plain.sample_prior(4, torch.Generator().manual_seed(5)), torch.randn(4, 16, generator=g))
+    with pytest.raises(PartitaError, match="prior_components"):
+        fit_prior(plain, np.zeros((8, 32), np.int64))
+    windows = extract_windows(fur_elise, bars=2)
+    model = tiny(bars=2, prior_components=2)
+    with torch.no_grad():  # shift the codes far from N(0, I), as large free bits let them drift
+        model.to_mu.bias.fill_(4.0)
+    info = fit_prior(model, windows, seed=0)
+    assert info["components"] == 2 and info["windows"] == len(windows)
+    assert float(model.prior_weights.sum()) == pytest.approx(1.0) and model.prior_scales.shape == (2, 16, 16)
+    with torch.no_grad():
+        codes = model.encode(torch.as_tensor(windows.astype(np.int64)))[0]
+    z = model.sample_prior(4000, torch.Generator().manual_seed(0))
+    assert torch.allclose(z.mean(0), codes.mean(0), atol=0.1)  # near the codes (mean 4), not N(0, I)
+    assert torch.allclose(z.std(0), codes.std(0), rtol=0.25, atol=0.05)
+    path = save_bundle(model, tmp_path / "b", card={})
+    again = load_bundle(path).model
+    assert torch.equal(again.sample_prior(3, torch.Generator().manual_seed(1)), model.sample_prior(3, torch.Generator().manual_seed(1)))
+    with pytest.raises(PartitaError, match="too few"):
+        fit_prior(model, windows[:3])
+
+
 def test_slerp_endpoints_and_norms():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(1, 8, generator=g), torch.randn(1, 8, generator=g)

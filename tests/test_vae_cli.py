@@ -108,9 +108,10 @@ def test_train_vae_on_the_codes_of_a_short_window_model(run, corpus, tmp_path, c
 
     out = tmp_path / "seg"
     main(["train", "vae", "--data", str(corpus), "--out", str(out), "--bars", "4", "--segments", str(run / "bundle"),
-          "--preset", "tiny", "--max-steps", "4", "-b", "4", "--val-every", "4", "--seed", "1"])
+          "--preset", "tiny", "--max-steps", "4", "-b", "4", "--val-every", "4", "--seed", "1", "--set", "prior_components=2"])
     card = json.loads((out / "bundle" / "card.json").read_text())
     assert card["decoder"] == "hierarchical" and card["segments"] == str(run / "bundle")
+    assert card["prior"]["components"] == 2 and card["prior"]["windows"] == card["windows"]["train"]
     model, short = partita.load(out / "bundle").model, partita.load(run / "bundle").model
     assert (model.config.segment_bars, model.config.units) == (2, 2)
     # The segment model stayed as trained (frozen); the bundle holds it, so it loads on its own.

@@ -34,7 +34,8 @@ to the code of B in ``steps`` steps and every point decoded greedily. Reported f
 * smoothness: the note-level distance between consecutive points (mean, and the largest step
   of a path, averaged over pairs): a smooth path changes a little at every step.
 
-Sampling, per model: ``samples`` codes drawn from the prior N(0, I) (seeded) and decoded greedily,
+Sampling, per model: ``samples`` codes drawn from the prior (N(0, I), or the mixture fitted to the
+training codes, ``prior_components``; seeded) and decoded greedily,
 as ``partita vae sample`` does; reported: the share of samples whose statistics all lie within the
 real test windows' 5th-95th percentiles (as for interpolations), per statistic, and notes per bar.
 A model whose codes drift away from the prior (free bits let the KL grow) reconstructs well and
@@ -196,11 +197,10 @@ def _evaluate_model(model, windows: np.ndarray, batch_size: int, seed: int = 0, 
 
 
 def prior_samples_report(model, n: int, lo: np.ndarray, hi: np.ndarray, seed: int = 0, batch_size: int = 64) -> dict:
-    """Statistics of ``n`` melodies decoded greedily from codes drawn from the prior N(0, I)."""
+    """Statistics of ``n`` melodies decoded greedily from codes drawn from the model's prior."""
     import torch
 
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, model.config.z_size, generator=g)
+    z = model.sample_prior(n, torch.Generator().manual_seed(seed))
     with torch.no_grad():
         ev = np.concatenate([model.decode(z[sl]).numpy() for sl in _batches(n, batch_size)])
     stats = melody_stats(canonicalize(ev.astype(np.int16)))

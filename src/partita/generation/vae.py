@@ -224,7 +224,7 @@ def sample(
     *,
     bars: int = 2,
 ) -> list[Melody]:
-    """``n`` melodies decoded from codes drawn from the prior N(0, I); sample j is the same whatever ``n``."""
+    """``n`` melodies decoded from codes drawn from the model's prior (``sample_prior``); sample j is the same whatever ``n``."""
     import torch
 
     if n < 1:
@@ -237,7 +237,7 @@ def sample(
     out = []
     for j in range(n):  # one generator per sample: sample j does not depend on n
         g = _generator(seed * 1_000_003 + j, "cpu")
-        z = torch.randn(1, model.config.z_size, generator=g).to(device)
+        z = model.sample_prior(1, g).to(device)
         with torch.no_grad():
             ev = model.decode(z, temperature=temperature, generator=g if temperature > 0 else None)
         out.append(Melody(canonicalize(ev[0].cpu().numpy().astype(np.int16)), 0, 0, 0, f"sample-{j}"))

@@ -109,6 +109,7 @@ class MusicVAEConfig(ModelConfig):
     segment_z: int = 128  # the segment model's z_size
     top_size: int = 256  # units per direction of the BiLSTM over the segment codes
     freeze_segments: bool = True  # train only the top; loss: segment codes' likelihood, not events
+    prior_components: int = 0  # 0: sample z from N(0, I); K: from a K-Gaussian mixture fitted to the training codes
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -129,6 +130,8 @@ class MusicVAEConfig(ModelConfig):
             raise PartitaError(f"a constant sampling_rate is a probability in [0, 1], got {self.sampling_rate}")
         if self.sampling_schedule == "inverse_sigmoid" and self.sampling_rate < 1:
             raise PartitaError(f"the inverse-sigmoid sampling_rate k must be >= 1, got {self.sampling_rate}")
+        if self.prior_components < 0:
+            raise PartitaError(f"prior_components must be >= 0, got {self.prior_components}")
         if self.segment_bars < 0 or (self.segment_bars and (self.segment_z < 1 or self.top_size < 1)):
             raise PartitaError("segment_bars must be >= 0, segment_z and top_size >= 1")
         if self.segment_bars:
@@ -329,6 +332,11 @@ class MusicVAE(nn.Module):
     def __init__(self, config: MusicVAEConfig):
         super().__init__()
         self.config = c = config
+        if c.prior_components:  # filled by fit_prior after training (partita.train.vae)
+            k = c.prior_components
+            self.register_buffer("prior_weights", torch.full((k,), 1.0 / k))
+            self.register_buffer("prior_means", torch.zeros(k, c.z_size))
+            self.register_buffer("prior_scales", torch.eye(c.z_size).repeat(k, 1, 1))
         if c.segment_bars:
             self.segment = MusicVAE(c.segment_config())
             self.top_encoder = nn.LSTM(c.segment_z, c.top_size, 1, batch_first=True, bidirectional=True)
@@ -360,6 +368,19 @@ class MusicVAE(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def sample_prior(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """``n`` codes ``[n, z_size]`` to decode into new melodies: from N(0, I), or from the mixture
+        fitted to the training windows' codes (``prior_components``; ex-post density estimation,
+        Ghosh et al. 2020). With free bits the codes a model uses can sit far from N(0, I): it then
+        reconstructs and interpolates well and decodes random N(0, I) codes badly."""
+        device = next(self.parameters()).device
+        eps = torch.randn(n, self.config.z_size, generator=generator)
+        if not self.config.prior_components:
+            return eps.to(device)
+        k = torch.multinomial(self.prior_weights.float().cpu(), n, replacement=True, generator=generator)
+        means, scales = self.prior_means.float().cpu()[k], self.prior_scales.float().cpu()[k]
+        return (means + (scales @ eps[..., None])[..., 0]).to(device)
 
     # --- encoder -----------------------------------------------------------------------------
 

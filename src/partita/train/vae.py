@@ -84,6 +84,29 @@ class SegmentPosteriors:
         return mu, sigma
 
 
+def fit_prior(model: MusicVAE, windows: np.ndarray, *, seed: int = 0, batch_size: int = 512) -> dict:
+    """Fit the model's ``prior_components``-Gaussian mixture (full covariances) to the posterior
+    means of ``windows`` and store it in the model's prior buffers; returns what was fitted."""
+    from sklearn.mixture import GaussianMixture
+
+    k = model.config.prior_components
+    if not k:
+        raise PartitaError("this MusicVAE samples from N(0, I): set prior_components to fit a prior")
+    model.eval()
+    with torch.no_grad():
+        mu = torch.cat([model.encode(torch.as_tensor(windows[s:s + batch_size].astype(np.int64)))[0]
+                        for s in range(0, len(windows), batch_size)]).double().numpy()
+    if len(mu) < 2 * k:
+        raise PartitaError(f"{len(mu)} training windows are too few to fit a {k}-component prior")
+    gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-3, random_state=seed, max_iter=100).fit(mu)
+    with torch.no_grad():
+        model.prior_weights.copy_(torch.as_tensor(gm.weights_))
+        model.prior_means.copy_(torch.as_tensor(gm.means_))
+        model.prior_scales.copy_(torch.linalg.cholesky(torch.as_tensor(gm.covariances_)))
+    return {"components": k, "windows": int(len(mu)), "converged": bool(gm.converged_),
+            "mean_log_likelihood": float(gm.score(mu))}
+
+
 # --- the Lightning module ----------------------------------------------------------------------
 
 
@@ -255,6 +278,8 @@ def train_vae(
         return module
 
     def export(module: VAEModule, card: dict) -> None:
+        if config.prior_components:
+            card["prior"] = fit_prior(module.model.cpu().float(), train, seed=config_run.seed)
         save_bundle(module.model.cpu().float(), out / "bundle", card=card, fp16=config_run.fp16_bundle)
 
     card = {
