@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from partita.nn.attention import TORCH_SEARCH_QUERIES
 from partita.nn import (
     CausalSelfAttention,
     KNNMemory,
@@ -277,15 +278,39 @@ def test_knn_retrieval_is_the_true_topk(backend):
 
 def test_knn_faiss_and_torch_agree_and_auto_switches():
     keys = torch.randn(1, 2, 300, DH, generator=gen(4))
-    q = torch.randn(1, 2, 6, DH, generator=gen(5))
-    results = []
-    for backend in ("torch", "faiss", "auto"):
-        mem = KNNMemory(1, 2, DH, topk=8, backend=backend, faiss_min=100)
-        mem.add(keys, keys)
-        results.append(mem.topk_indices(q)[1])
-        if backend == "auto":
-            assert mem._faiss[0] is not None  # 300 >= faiss_min: FAISS did the search
-    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+    many = torch.randn(1, 2, TORCH_SEARCH_QUERIES + 1, DH, generator=gen(5))
+    for q, auto_uses_faiss in ((many, True), (many[:, :, :1], False)):  # decoding: one query
+        results = []
+        for backend in ("torch", "faiss", "auto"):
+            mem = KNNMemory(1, 2, DH, topk=8, backend=backend, faiss_min=100)
+            mem.add(keys[:, :, :200], keys[:, :, :200])
+            mem.topk_indices(q)
+            mem.add(keys[:, :, 200:], keys[:, :, 200:])  # an index built earlier takes the new keys
+            results.append(mem.topk_indices(q)[1])
+            if backend == "auto":
+                assert (mem._faiss[0] is not None) == auto_uses_faiss  # 300 >= faiss_min
+        assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_knn_attend_is_attention_over_what_search_finds(backend):
+    mem = KNNMemory(3, H, DH, topk=5, max_memory=40, backend=backend)
+    mem.add(torch.randn(3, H, 30, DH, generator=gen(1)), torch.randn(3, H, 30, DH, generator=gen(2)))
+    mem.add(torch.randn(3, H, 25, DH, generator=gen(3)), torch.randn(3, H, 25, DH, generator=gen(4)))  # drops 15
+    mem.reset(torch.tensor([False, True, False]))  # row 1 empty
+    mem.add(torch.randn(3, H, 3, DH, generator=gen(5)), torch.randn(3, H, 3, DH, generator=gen(6)))  # row 1: 3 < topk
+    q = torch.randn(3, H, 4, DH, generator=gen(7))
+    y, has = mem.attend(q, 0.25)
+    k, v, valid = mem.search(q)
+    assert has.all()
+    ref = torch.nn.functional.scaled_dot_product_attention(q.unsqueeze(-2), k, v, attn_mask=valid.unsqueeze(-2), scale=0.25)
+    torch.testing.assert_close(y, ref.squeeze(-2))
+    empty = KNNMemory(2, H, DH, topk=5)
+    assert empty.attend(q[:2], 0.25) is None
+    empty.add(torch.randn(2, H, 2, DH, generator=gen(8)), torch.randn(2, H, 2, DH, generator=gen(9)))
+    empty.reset(torch.tensor([True, False]))
+    y, has = empty.attend(q[:2], 0.25)
+    assert not has[0].any() and has[1].all() and torch.equal(y[0], torch.zeros_like(y[0]))
 
 
 def test_knn_memory_keeps_the_last_keys_of_each_row():

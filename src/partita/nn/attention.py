@@ -42,6 +42,7 @@ them (``stage`` during the pass, ``commit`` at the end, both called by the model
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -169,6 +170,7 @@ class KVCache:
         self.k: list[Optional[Tensor]] = [None] * n_layer
         self.v: list[Optional[Tensor]] = [None] * n_layer
         self._buffers: list[Optional[tuple[Tensor, Tensor, int]]] = [None] * n_layer  # (k, v, start)
+        self._views: list[Optional[tuple[Tensor, Tensor]]] = [None] * n_layer  # the views it made last
 
     def __len__(self) -> int:
         return 0 if self.k[0] is None else int(self.k[0].shape[2])
@@ -190,6 +192,10 @@ class KVCache:
         buf, old_k, old_v = self._buffers[layer], self.k[layer], self.v[layer]
         if buf is None or old_k is None:
             return None
+        views = self._views[layer]
+        if views is not None and views[0] is old_k and views[1] is old_v and old_k.shape[:2] == like.shape[:2] \
+                and old_k.dtype == like.dtype:
+            return buf  # still the views this cache made last: the checks below, at a decoding step's price
         kb, vb, start = buf
         if old_k.shape[2] == 0 or start >= kb.shape[2]:
             return None
@@ -222,8 +228,12 @@ class KVCache:
         kb, vb, start = buf
         kb[:, :, start + n : start + n + t] = k
         vb[:, :, start + n : start + n + t] = v
-        self.k[layer], self.v[layer] = kb[:, :, start : start + n + t], vb[:, :, start : start + n + t]
-        return self.k[layer], self.v[layer]
+        return self._set_views(layer, kb[:, :, start : start + n + t], vb[:, :, start : start + n + t])
+
+    def _set_views(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.k[layer], self.v[layer] = k, v
+        self._views[layer] = (k, v)
+        return k, v
 
     def prepend(self, layer: int, k: Tensor, v: Tensor) -> None:
         """Put keys/values ``[B, H, 1, Dh]`` in front of ``layer``'s window. Call it for every
@@ -237,7 +247,7 @@ class KVCache:
         kb[:, :, start : start + 1] = k
         vb[:, :, start : start + 1] = v
         self._buffers[layer] = (kb, vb, start)
-        self.k[layer], self.v[layer] = kb[:, :, start : start + n + 1], vb[:, :, start : start + n + 1]
+        self._set_views(layer, kb[:, :, start : start + n + 1], vb[:, :, start : start + n + 1])
 
     def crop(self, keep: int) -> list[tuple[Tensor, Tensor]]:
         """Keep the last ``keep`` positions; returns the dropped ``(k, v)`` of every layer.
@@ -255,9 +265,11 @@ class KVCache:
                 continue
             dropped.append((k[:, :, :drop], v[:, :, :drop]))
             buf = self._own(i, k)
-            self.k[i], self.v[i] = k[:, :, drop:], v[:, :, drop:]
             if buf is not None:
                 self._buffers[i] = (buf[0], buf[1], buf[2] + drop)
+                self._set_views(i, k[:, :, drop:], v[:, :, drop:])
+            else:
+                self.k[i], self.v[i] = k[:, :, drop:], v[:, :, drop:]
         self.offset += drop
         return dropped
 
@@ -266,6 +278,7 @@ class KVCache:
         self.k = [None] * self.n_layer
         self.v = [None] * self.n_layer
         self._buffers = [None] * self.n_layer
+        self._views = [None] * self.n_layer
         self.offset = int(offset)
 
     def __repr__(self) -> str:
@@ -377,6 +390,11 @@ class XLMemory:
 # --------------------------------------------------------------------------- kNN memory
 
 
+#: Up to this many queries per search (decoding), the kNN memory searches with one torch product
+#: per row, faster than a FAISS search per head at every memory size (prefill searches with FAISS).
+TORCH_SEARCH_QUERIES = 16
+
+
 class KNNMemory:
     """Memorizing-Transformers memory of one layer: all past keys/values of each row's song.
 
@@ -386,8 +404,11 @@ class KNNMemory:
 
     ``search(q)`` finds, for every query ``q [B, H, T, Dh]`` of head h, the ``topk`` stored keys
     of the same row and head with the largest inner product ``q . k`` (exact search: a torch
-    matmul + top-k while a row holds fewer than ``faiss_min`` keys, else a FAISS ``IndexFlatIP``
-    per row and head, kept up to date as keys are added). ``backend`` forces "torch" or "faiss".
+    matmul + top-k for a few queries (decoding) or while a row holds fewer than ``faiss_min``
+    keys, else a FAISS ``IndexFlatIP`` per row and head, brought up to date with the keys added
+    since its last search). ``backend`` forces "torch" or "faiss". ``attend(q, scale)`` is the
+    attention over what ``search`` finds, for inference: the search's own scores are the
+    attention logits, so only the values are gathered.
     """
 
     def __init__(self, batch_size: int, n_head: int, head_dim: int, *, topk: int = 32,
@@ -401,6 +422,7 @@ class KNNMemory:
         self.keys: list[Optional[Tensor]] = [None] * batch_size
         self.values: list[Optional[Tensor]] = [None] * batch_size
         self._faiss: list[Optional[list]] = [None] * batch_size  # per row: H indexes, or None = stale
+        self._indexed = [0] * batch_size  # keys of the row in its FAISS indexes (the first ones)
         self._buffers: list[Optional[tuple[Tensor, Tensor, int]]] = [None] * batch_size  # (keys, values, end)
         self._staged: Optional[tuple[Tensor, Tensor]] = None
 
@@ -438,17 +460,14 @@ class KNNMemory:
             size = min(n + t, self.max_memory)
             self.keys[b], self.values[b] = kb[:, end - size : end], vb[:, end - size : end]
             if n + t > self.max_memory:
-                self._faiss[b] = None  # rebuilt at the next search
-            elif self._faiss[b] is not None:
-                new = k[b].float().cpu().numpy()
-                for h, index in enumerate(self._faiss[b]):
-                    index.add(np.ascontiguousarray(new[h]))
+                self._faiss[b] = None  # rebuilt at the next FAISS search
 
     def select(self, rows: list[int]) -> None:
         """Keep only batch rows ``rows``, in that order (a sampler dropping finished rows)."""
         self.keys = [self.keys[j] for j in rows]
         self.values = [self.values[j] for j in rows]
         self._faiss = [self._faiss[j] for j in rows]
+        self._indexed = [self._indexed[j] for j in rows]
         self._buffers = [self._buffers[j] for j in rows]
         self.batch_size = len(rows)
 
@@ -468,20 +487,25 @@ class KNNMemory:
             self.keys[b] = self.values[b] = self._faiss[b] = self._buffers[b] = None
         self._staged = None
 
-    def _use_faiss(self, n: int) -> bool:
-        return self.backend == "faiss" or (self.backend == "auto" and n >= self.faiss_min)
+    def _use_faiss(self, n: int, queries: int) -> bool:
+        if self.backend != "auto":
+            return self.backend == "faiss"
+        return n >= self.faiss_min and queries > TORCH_SEARCH_QUERIES
 
     def _faiss_indexes(self, b: int) -> list:
+        """Row ``b``'s indexes, holding all its keys: built, or given the keys added since."""
+        keys = self.keys[b]
         if self._faiss[b] is None:
             import faiss
 
-            keys = self.keys[b].float().cpu().numpy()
-            indexes = []
-            for h in range(self.n_head):
-                index = faiss.IndexFlatIP(self.head_dim)
-                index.add(np.ascontiguousarray(keys[h]))
-                indexes.append(index)
-            self._faiss[b] = indexes
+            self._faiss[b] = [faiss.IndexFlatIP(self.head_dim) for _ in range(self.n_head)]
+            self._indexed[b] = 0
+        n, done = keys.shape[1], self._indexed[b]
+        if done < n:
+            new = keys[:, done:].float().cpu().numpy()
+            for h, index in enumerate(self._faiss[b]):
+                index.add(np.ascontiguousarray(new[h]))
+            self._indexed[b] = n
         return self._faiss[b]
 
     @torch.no_grad()
@@ -501,14 +525,14 @@ class KNNMemory:
                 continue
             n = keys.shape[1]
             k = min(K, n)
-            if self._use_faiss(n):
+            if self._use_faiss(n, T):
                 qb = q[b].float().cpu().numpy()
                 for h, index in enumerate(self._faiss_indexes(b)):
                     d, i = index.search(np.ascontiguousarray(qb[h]), k)
                     scores[b, h, :, :k] = torch.from_numpy(d).to(q.device)
                     idx[b, h, :, :k] = torch.from_numpy(i).to(q.device)
             else:
-                s = torch.matmul(q[b].float(), keys.float().transpose(1, 2))  # [H, T, N]
+                s = torch.bmm(q[b].float(), keys.float().transpose(1, 2))  # [H, T, N]
                 top = s.topk(k, dim=-1)
                 scores[b, :, :, :k] = top.values
                 idx[b, :, :, :k] = top.indices
@@ -535,6 +559,27 @@ class KNNMemory:
             k_out[b] = self.keys[b][heads, safe[b]].to(q.dtype)  # [H, T, K, Dh]
             v_out[b] = self.values[b][heads, safe[b]].to(q.dtype)
         return k_out, v_out, valid
+
+    @torch.no_grad()
+    def attend(self, q: Tensor, scale: float) -> Optional[tuple[Tensor, Tensor]]:
+        """Inference: ``(y [B, H, T, Dh], has [B, H, T, 1])``, attention of ``q`` over its
+        ``topk`` retrieved keys, ``softmax(scale * q . k) @ v``: what SDPA over ``search``'s keys
+        and values computes, from the search's scores and the gathered values alone; ``has`` is
+        False (and ``y`` 0) for a query with nothing to retrieve. None when the memory is empty.
+        """
+        if all(k is None for k in self.keys):
+            return None
+        B, H, T, Dh = q.shape
+        scores, idx = self.topk_indices(q)
+        has = (idx[..., :1] >= 0)  # the best key exists wherever any does
+        w = torch.softmax(scores * scale, dim=-1).nan_to_num_(0.0).to(q.dtype)  # [B, H, T, K]
+        y = q.new_zeros(B, H, T, Dh)
+        heads = torch.arange(H, device=q.device)[:, None, None]
+        for b in range(B):
+            if self.keys[b] is not None:
+                v = self.values[b][heads, idx[b].clamp(min=0)].to(q.dtype)  # [H, T, K, Dh]
+                y[b] = (w[b].unsqueeze(-2) @ v).squeeze(-2)
+        return y, has
 
     def __repr__(self) -> str:
         return f"KNNMemory(batch {self.batch_size}, sizes {self.sizes()}, top-{self.topk}, max {self.max_memory})"
@@ -627,15 +672,21 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(y) if self.training else y  # (a module call less per layer when decoding)
 
     def _mix_knn(self, q: Tensor, y_local: Tensor, knn: KNNMemory, p: float) -> Tensor:
-        found = knn.search(q)
-        if found is None:
-            return y_local
-        k_ret, v_ret, valid = found  # [B, H, T, K, Dh], [B, H, T, K]
-        has = valid.any(dim=-1, keepdim=True)  # [B, H, T, 1]
-        # A query with nothing retrieved gets one dummy key so SDPA stays finite; the gate below
-        # then ignores its result.
-        mask = (valid | ~has).unsqueeze(-2)  # [B, H, T, 1, K]
-        y_mem = F.scaled_dot_product_attention(q.unsqueeze(-2), k_ret, v_ret, attn_mask=mask, dropout_p=p)
-        y_mem = y_mem.squeeze(-2)
+        if not (torch.is_grad_enabled() and q.requires_grad) and p == 0.0:
+            found = knn.attend(q, 1.0 / math.sqrt(self.head_dim))  # the same, without gathering keys
+            if found is None:
+                return y_local
+            y_mem, has = found
+        else:
+            found = knn.search(q)
+            if found is None:
+                return y_local
+            k_ret, v_ret, valid = found  # [B, H, T, K, Dh], [B, H, T, K]
+            has = valid.any(dim=-1, keepdim=True)  # [B, H, T, 1]
+            # A query with nothing retrieved gets one dummy key so SDPA stays finite; the gate
+            # below then ignores its result.
+            mask = (valid | ~has).unsqueeze(-2)  # [B, H, T, 1, K]
+            y_mem = F.scaled_dot_product_attention(q.unsqueeze(-2), k_ret, v_ret, attn_mask=mask, dropout_p=p)
+            y_mem = y_mem.squeeze(-2)
         gate = torch.sigmoid(self.knn_gate).view(1, -1, 1, 1).to(y_local.dtype) * has.to(y_local.dtype)
         return y_local + gate * (y_mem - y_local)

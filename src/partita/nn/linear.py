@@ -43,8 +43,11 @@ def rows_linear(x: Tensor, weight_t: Tensor, n_out: int, bias: Optional[Tensor] 
         y = rows @ weight_t if bias is None else torch.addmm(bias, rows, weight_t)
         return y.view(*x.shape[:-1], n_out)
     P, n_in, block = weight_t.shape
-    rows = x.reshape(1, -1, n_in).expand(P, -1, -1)
-    y = torch.bmm(rows, weight_t).transpose(0, 1).reshape(*x.shape[:-1], P * block)  # a view for one row
+    rows = x.reshape(1, -1, n_in)
+    if rows.shape[1] == 1:  # one row: the blocks' outputs lie in column order already
+        y = torch.bmm(rows.expand(P, 1, n_in), weight_t).view(*x.shape[:-1], P * block)
+    else:
+        y = torch.bmm(rows.expand(P, -1, -1), weight_t).transpose(0, 1).reshape(*x.shape[:-1], P * block)
     if P * block != n_out:
         y = y[..., :n_out]
     return y if bias is None else y + bias
