@@ -88,10 +88,12 @@ when asked (``SamplingConfig``):
 * ``bars=N``: before the first token of the (N+1)-th new bar (that token is not kept). New bars are
   counted with ``token_timing``'s bar index: a prompt with music ends in bar ``b``, whose rest may
   still be filled, and bars ``b+1 .. b+N`` are the new ones; without a prompt bars ``0 .. N-1``.
-* ``seconds=S``: the sample is decoded every ``SECONDS_CHECK_EVERY`` tokens (``SecondsClock``:
-  the prompt's last bars and the new tokens, tempo changes included); once the piece lasts ``S``
-  seconds longer than its prompt (both measured to their last note-off) the ids are cut at the
-  shortest prefix that does (a binary search over the last few tokens).
+* ``seconds=S``: the sample is decoded at checks (``SecondsClock``: the prompt's last bars and
+  the new tokens, tempo changes included), the next one half way to where the seconds per token
+  so far say ``S`` is reached, at least ``SECONDS_CHECK_EVERY`` tokens later (a fixed interval
+  decoded a long sample over and over); once the piece lasts ``S`` seconds longer than its
+  prompt (both measured to their last note-off) the ids are cut at the shortest prefix that
+  does (a binary search over the tokens since the previous check).
 
 Without ``max_new_tokens`` a sample gets at most ``DEFAULT_MAX_NEW_TOKENS`` new tokens, or, with
 ``bars``/``seconds``, ``max(512, 256 * bars)`` / ``max(512, 256 * seconds)`` as a safety cap.
@@ -1262,25 +1264,27 @@ class _Runner:
             self._clocks[pi] = SecondsClock(self.tokenizer, prompt)
         return self._clocks[pi]
 
-    def _seconds_cut(self, b: int, lo: int, hi: int) -> Optional[int]:
-        """The shortest length ``m`` in ``[lo, hi]`` (of ``seq[b]``, label included) whose piece lasts
-        ``seconds`` more than its prompt, or None when even ``hi`` does not."""
+    def _seconds_cut(self, b: int, lo: int, hi: int) -> tuple[Optional[int], float]:
+        """``(m, new)``: the shortest length ``m`` in ``[lo, hi]`` (of ``seq[b]``, label included)
+        whose piece lasts ``seconds`` more than its prompt, or None when even ``hi`` does not;
+        ``new``: the seconds that length ``hi`` adds to the prompt."""
         clock = self.clocks[b]
         row = self.seq[b].cpu().numpy()[1 + clock.anchor :]
         target = clock.prompt_end + self.seconds
+        new = clock.end(row[: hi - 1 - clock.anchor]) - clock.prompt_end
+        if new < self.seconds:
+            return None, new
 
         def long_enough(m: int) -> bool:
             return clock.end(row[: m - 1 - clock.anchor]) >= target
 
-        if not long_enough(hi):
-            return None
         while lo < hi:
             mid = (lo + hi) // 2
             if long_enough(mid):
                 hi = mid
             else:
                 lo = mid + 1
-        return hi
+        return hi, new
 
     def start(self, rows: list[tuple[int, int]], prompts: list[np.ndarray]) -> None:
         """Set up the batch of ``rows``: sequences, timing, generators, stops, caches."""
@@ -1351,7 +1355,7 @@ class _Runner:
             self.done -= self.L - end  # sampled tokens it did not keep
 
         n_new = 0
-        last_check = self.L
+        last_check, next_check = self.L, SECONDS_CHECK_EVERY
         tb = None
         while True:
             tok = choose(logits, self.gens, banned=self.banned, **self.filters)
@@ -1371,16 +1375,19 @@ class _Runner:
                     keep.append(b)
                 else:
                     finish(b, *stop)
-            if self.seconds is not None and keep and (n_new % SECONDS_CHECK_EVERY == 0):
-                still = []
+            if self.seconds is not None and keep and n_new >= next_check:
+                still, wait = [], []
                 for b in keep:
-                    cut = self._seconds_cut(b, last_check + 1, self.L)
+                    cut, new = self._seconds_cut(b, last_check + 1, self.L)
                     if cut is None:
                         still.append(b)
+                        if new > 0:  # half of the tokens the rate so far says are still needed
+                            wait.append(int(0.5 * (self.seconds - new) * n_new / new))
                     else:
                         finish(b, cut, "seconds")
                 keep = still
                 last_check = self.L
+                next_check = n_new + max(SECONDS_CHECK_EVERY, min(wait, default=0))
             self._report()
             if not keep:
                 break

@@ -53,7 +53,7 @@ from partita.errors import PartitaError
 from partita.models.config import ModelConfig
 from partita.nn.attention import KNNMemory, KVCache, Rotary, XLMemory, apply_rotary
 from partita.nn.blocks import BLOCKS, init_gpt2, make_block
-from partita.nn.linear import decode_layout, decode_weight, linear
+from partita.nn.linear import FEW_ROWS, decode_layout, decode_weight, linear, rows_linear
 
 __all__ = ["GPT", "GPTConfig", "PRESETS"]
 
@@ -171,6 +171,7 @@ class GPT(nn.Module):
         # The output head is the token embedding's first vocab_size rows (weight tying); label
         # rows are input-only, so a label is never predicted.
         self.head_t: Optional[Tensor] = None  # its transpose, inside decode_layout()
+        self._step_layers: Optional[list[tuple]] = None  # what _decode_step reads, inside decode_layout()
         self.apply(init_gpt2)
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
             if name.endswith("proj.weight"):
@@ -219,11 +220,21 @@ class GPT(nn.Module):
             own = self.head_t is None and self.wte.weight.device.type == "cpu"
             if own:
                 self.head_t = decode_weight(self.wte.weight[: self.config.vocab_size])
+                self._step_layers = [self._step_layer(block) for block in self.blocks]
             try:
                 yield
             finally:
                 if own:
-                    self.head_t = None
+                    self.head_t = self._step_layers = None
+
+    def _step_layer(self, block: nn.Module) -> tuple:
+        """What ``_decode_step`` reads of one block, looked up once per ``decode_layout``."""
+        norm = block.ln if self.config.block == "parallel" else block.ln_1
+        ln_2 = None if self.config.block == "parallel" else block.ln_2
+        attn, mlp = block.attn, block.mlp
+        return (norm.weight, norm.eps, attn.qkv.weight_t, attn.proj.weight_t, ln_2 and ln_2.weight,
+                ln_2 and ln_2.eps, mlp.fc.weight_t, mlp.fc.out_features, mlp.proj.weight_t,
+                attn if attn.knn_gate is not None else None)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Number of parameters; ``non_embedding=True`` leaves out the embedding tables
@@ -273,8 +284,9 @@ class GPT(nn.Module):
         if ids.dim() != 2:
             raise ValueError(f"ids must be [batch, time], got shape {tuple(ids.shape)}")
         B, T = ids.shape
-        if (T == 1 and cache is not None and len(cache) and xl is None and window is None and self.head_t is not None
-                and self.rotary is not None and targets is None and not self.training and not c.bias):
+        if (T == 1 and B <= FEW_ROWS and self._step_layers is not None and cache is not None and len(cache)
+                and xl is None and window is None and self.rotary is not None and targets is None
+                and not self.training and not c.bias):
             return self._decode_step(ids, cache, knn, bars, positions), None
         if xl is not None and not c.xl_memory:
             raise PartitaError("an XL memory was passed to a model configured with xl_memory=False")
@@ -325,11 +337,11 @@ class GPT(nn.Module):
 
     def _decode_step(self, ids: Tensor, cache: KVCache, knn: Optional[KNNMemory], bars: Optional[Tensor],
                      positions: Optional[Tensor]) -> Tensor:
-        """``forward`` for one new token per row after a filled cache, inside ``decode_layout``
-        (the sampler's step): the same products in the same order as the blocks' own forward
-        (``tests/test_gpt.py`` compares them), the weights read directly. On a CPU the ~60
-        module calls, shape checks and branches of a step took about as long as its weight
-        products; this step is about 30% faster (``benchmarks/gpt.py``)."""
+        """``forward`` for one new token in each of at most ``FEW_ROWS`` rows after a filled
+        cache, inside ``decode_layout`` (the sampler's step): the blocks' products in the same
+        order (``tests/test_gpt.py`` compares the logits), the weights looked up once per layout.
+        On a CPU the ~60 module calls, shape checks and lookups of a step took about as long as
+        its weight products (``benchmarks/gpt.py``)."""
         c = self.config
         B, C, H, Dh = ids.shape[0], c.d_model, c.n_head, c.head_dim
         x = F.embedding(ids, self.wte.weight)
@@ -339,28 +351,26 @@ class GPT(nn.Module):
             x = x + self.bar_emb.weight[bars.long() % c.max_bars] + self.pos_emb.weight[
                 positions.long().clamp(0, c.positions_per_bar - 1)]
         cos, sin = self.rotary.span(cache.next_position, 1, device=ids.device, dtype=x.dtype)
-        for i, block in enumerate(self.blocks):
-            attn, mlp = block.attn, block.mlp
-            norm = block.ln if c.block == "parallel" else block.ln_1
-            h = F.layer_norm(x, (C,), norm.weight, None, norm.eps)
-            qkv = linear(h, attn.qkv.weight, attn.qkv.weight_t).view(B, 1, 3, H, Dh).permute(2, 0, 3, 1, 4)
-            q, k = apply_rotary(qkv[:2], cos, sin)
+        half = Dh // 2
+        sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)  # apply_rotary's products, one roll per layer
+        for i, (n1, eps1, qkv_t, proj_t, n2, eps2, fc_t, d_ff, mproj_t, knn_attn) in enumerate(self._step_layers):
+            h = F.layer_norm(x, (C,), n1, None, eps1)
+            qkv = rows_linear(h, qkv_t, 3 * C).view(B, 1, 3, H, Dh).permute(2, 0, 3, 1, 4)
+            qk = qkv[:2]
+            q, k = torch.addcmul(qk * cos, qk.roll(half, dims=-1), sin)
             keys, values = cache.append(i, k, qkv[2])
             y = F.scaled_dot_product_attention(q, keys, values)
-            if i == self.knn_layer and knn is not None:
-                y = attn._mix_knn(qkv[0], y, knn, 0.0)
-            y = linear(y.transpose(1, 2).reshape(B, 1, C), attn.proj.weight, attn.proj.weight_t)
-            if c.block == "parallel":
-                x = x + y + self._mlp_step(mlp, h)
+            if knn_attn is not None and knn is not None:
+                y = knn_attn._mix_knn(qkv[0], y, knn, 0.0)
+            y = rows_linear(y.transpose(1, 2).reshape(B, 1, C), proj_t, C)
+            if n2 is None:  # parallel block
+                x = x + y + rows_linear(F.gelu(rows_linear(h, fc_t, d_ff), approximate=c.gelu), mproj_t, C)
             else:
                 x = x + y
-                x = x + self._mlp_step(mlp, F.layer_norm(x, (C,), block.ln_2.weight, None, block.ln_2.eps))
+                h = F.layer_norm(x, (C,), n2, None, eps2)
+                x = x + rows_linear(F.gelu(rows_linear(h, fc_t, d_ff), approximate=c.gelu), mproj_t, C)
         x = F.layer_norm(x, (C,), self.ln_f.weight, None, self.ln_f.eps)
-        return linear(x, self.wte.weight[: c.vocab_size], self.head_t)
-
-    def _mlp_step(self, mlp: nn.Module, h: Tensor) -> Tensor:
-        h = F.gelu(linear(h, mlp.fc.weight, mlp.fc.weight_t), approximate=self.config.gelu)
-        return linear(h, mlp.proj.weight, mlp.proj.weight_t)
+        return rows_linear(x, self.head_t, c.vocab_size)
 
     def crop_cache(self, cache: KVCache, keep: int, *, xl: Optional[XLMemory] = None,
                    knn: Optional[KNNMemory] = None) -> int:
