@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from partita.nn.attention import TORCH_SEARCH_QUERIES
+from partita.nn import attention
+from partita.nn.attention import SEARCH_SCORES
 from partita.nn import (
     CausalSelfAttention,
     KNNMemory,
@@ -246,13 +247,14 @@ def brute_topk(q, keys, k):
     return s.topk(min(k, keys.shape[1]), dim=-1)
 
 
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
-def test_knn_retrieval_is_the_true_topk(backend):
-    mem = KNNMemory(2, H, DH, topk=5, max_memory=50, backend=backend)
+@pytest.mark.parametrize("scores", [SEARCH_SCORES, 45])  # 45: one query per block
+def test_knn_retrieval_is_the_true_topk(scores, monkeypatch):
+    monkeypatch.setattr(attention, "SEARCH_SCORES", scores)
+    mem = KNNMemory(2, H, DH, topk=5, max_memory=50)
     k1 = torch.randn(2, H, 30, DH, generator=gen(1))
     v1 = torch.randn(2, H, 30, DH, generator=gen(2))
     mem.add(k1, v1)
-    mem.add(k1[:, :, :10] * 2, v1[:, :, :10])  # a second add (the faiss index grows)
+    mem.add(k1[:, :, :10] * 2, v1[:, :, :10])  # a second add
     assert mem.sizes() == [40, 40]
     q = torch.randn(2, H, 7, DH, generator=gen(3))
     scores, idx = mem.topk_indices(q)
@@ -267,7 +269,7 @@ def test_knn_retrieval_is_the_true_topk(backend):
     torch.testing.assert_close(k_ret[b, h, t, j], mem.keys[b][h, idx[b, h, t, j]])
     torch.testing.assert_close(v_ret[b, h, t, j], mem.values[b][h, idx[b, h, t, j]])
 
-    # the cap drops the oldest keys (and the faiss index is rebuilt)
+    # the cap drops the oldest keys
     mem.add(k1[:, :, :20] * 3, v1[:, :, :20])
     assert mem.sizes() == [50, 50]
     torch.testing.assert_close(mem.keys[0][:, -20:], k1[0, :, :20] * 3)
@@ -276,25 +278,8 @@ def test_knn_retrieval_is_the_true_topk(backend):
     assert torch.equal(idx[0], brute_topk(q[0], mem.keys[0], 5).indices)
 
 
-def test_knn_faiss_and_torch_agree_and_auto_switches():
-    keys = torch.randn(1, 2, 300, DH, generator=gen(4))
-    many = torch.randn(1, 2, TORCH_SEARCH_QUERIES + 1, DH, generator=gen(5))
-    for q, auto_uses_faiss in ((many, True), (many[:, :, :1], False)):  # decoding: one query
-        results = []
-        for backend in ("torch", "faiss", "auto"):
-            mem = KNNMemory(1, 2, DH, topk=8, backend=backend, faiss_min=100)
-            mem.add(keys[:, :, :200], keys[:, :, :200])
-            mem.topk_indices(q)
-            mem.add(keys[:, :, 200:], keys[:, :, 200:])  # an index built earlier takes the new keys
-            results.append(mem.topk_indices(q)[1])
-            if backend == "auto":
-                assert (mem._faiss[0] is not None) == auto_uses_faiss  # 300 >= faiss_min
-        assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
-
-
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
-def test_knn_attend_is_attention_over_what_search_finds(backend):
-    mem = KNNMemory(3, H, DH, topk=5, max_memory=40, backend=backend)
+def test_knn_attend_is_attention_over_what_search_finds():
+    mem = KNNMemory(3, H, DH, topk=5, max_memory=40)
     mem.add(torch.randn(3, H, 30, DH, generator=gen(1)), torch.randn(3, H, 30, DH, generator=gen(2)))
     mem.add(torch.randn(3, H, 25, DH, generator=gen(3)), torch.randn(3, H, 25, DH, generator=gen(4)))  # drops 15
     mem.reset(torch.tensor([False, True, False]))  # row 1 empty

@@ -205,7 +205,7 @@ class GPT(nn.Module):
         return XLMemory(self.config.n_layer, batch_size, self.config.xl_length or self.config.context)
 
     def new_knn_memory(self, batch_size: int, **kwargs: Any) -> KNNMemory:
-        """A kNN memory for this model (``kwargs``: faiss_min, backend, or a different topk/max_memory)."""
+        """A kNN memory for this model (``kwargs``: a different topk or max_memory)."""
         c = self.config
         if not c.knn_memory:
             raise PartitaError("this model was not configured with knn_memory=True")
