@@ -748,6 +748,34 @@ def test_same_seed_same_tokens_whatever_the_thread_count(tok):
     assert torch.get_num_threads() == n  # left as it was
 
 
+def test_prompt_windows_in_bf16_read_what_fp32_reads_and_keep_thread_independence(tok):
+    """``prompt_bf16``: windows of at least ``BF16_PROMPT_ROWS`` tokens are read under bf16
+    autocast (as the models were trained): the logits after the prompt stay close to fp32
+    reading, the memories it leaves serve the fp32 decoding steps, and the tokens still do not
+    depend on the thread count."""
+    from partita.generation.sampling import BF16_PROMPT_ROWS, prompt_logits
+
+    model = tiny(tok, sharpen=1.0, d_model=128, n_head=2, context=2 * BF16_PROMPT_ROWS, xl_memory=True,
+                 knn_memory=True, knn_topk=4)
+    prompt = random_prompt(tok, 5 * BF16_PROMPT_ROWS, seed=5)
+    logits = {}
+    for bf16 in (False, True):
+        with model.decode_layout():
+            logits[bf16] = prompt_logits(model, tok, prompt, config=SamplingConfig(prompt_bf16=bf16))
+    assert not torch.equal(logits[True], logits[False])  # bf16 products did run
+    torch.testing.assert_close(logits[True], logits[False], atol=0.1, rtol=0.05)
+    assert int(logits[True].argmax()) == int(logits[False].argmax())
+    n = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(sample(model, tok, prompts=prompt, n=2, seed=3, max_new_tokens=30, prompt_bf16=True))
+    finally:
+        torch.set_num_threads(n)
+    assert all(np.array_equal(a, b) for a, b in zip(*outs))
+
+
 def prompt_logits_of(model, tok, prompt):
     from partita.generation.sampling import prompt_logits
 

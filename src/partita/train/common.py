@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from partita.errors import PartitaError
+from partita.nn.linear import BF16_CPU_FLAGS, cpu_bf16_flag  # noqa: F401 (the trainers' precision)
 
 
 def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float = 0.1, time_fraction: float = 0.0) -> float:
@@ -122,22 +123,6 @@ def apply_overrides(config_cls, base: dict, config_file: Path | None, sets: list
     if unknown:
         raise PartitaError(f"unknown config field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     return out
-
-
-#: Linux cpuinfo flags of bf16 matrix or dot-product instructions: Intel AMX (Sapphire Rapids
-#: and later), AVX-512 BF16 (Cooper Lake, AMD Zen 4 and later). bf16 autocast trains the GPT about
-#: 2x faster than fp32 on both (benchmarks/RESULTS.md); without them bf16 is emulated and slower.
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_bf16_flag() -> Optional[str]:
-    """The first of ``BF16_CPU_FLAGS`` this CPU has, or None."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return None
-    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
 
 
 def default_precision(cpu_bf16: bool = False) -> str:
