@@ -776,6 +776,22 @@ def test_prompt_windows_in_bf16_read_what_fp32_reads_and_keep_thread_independenc
     assert all(np.array_equal(a, b) for a, b in zip(*outs))
 
 
+def test_length_checks_come_sooner_as_the_length_nears():
+    """With ``seconds=``, the next check is half way to where the rate so far reaches the length,
+    never more than 4 x SECONDS_CHECK_EVERY tokens away (a rate read off the first notes can be
+    far off: 0.01 s in 16 tokens said 24,000 more), never sooner than SECONDS_CHECK_EVERY."""
+    from partita.generation.sampling import SECONDS_CHECK_EVERY as EVERY
+    from partita.generation.sampling import seconds_check_gap
+
+    assert seconds_check_gap(16, [0.01], 30.0) == 4 * EVERY  # a far-off rate is not trusted
+    assert seconds_check_gap(100, [10.0], 30.0) == 4 * EVERY  # 200 tokens to go: capped
+    assert seconds_check_gap(200, [25.0], 30.0) == 20  # 40 tokens to go: half of it
+    assert seconds_check_gap(290, [29.5], 30.0) == EVERY  # nearly there
+    assert seconds_check_gap(100, [0.0], 30.0) == EVERY  # no new music yet
+    assert seconds_check_gap(100, [25.0, 0.0], 30.0) == EVERY  # a row without new music: soon
+    assert seconds_check_gap(200, [25.0, 20.0], 30.0) == 20  # the row nearest its length decides
+
+
 def prompt_logits_of(model, tok, prompt):
     from partita.generation.sampling import prompt_logits
 

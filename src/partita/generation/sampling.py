@@ -90,8 +90,9 @@ when asked (``SamplingConfig``):
   still be filled, and bars ``b+1 .. b+N`` are the new ones; without a prompt bars ``0 .. N-1``.
 * ``seconds=S``: the sample is decoded at checks (``SecondsClock``: the prompt's last bars and
   the new tokens, tempo changes included), the next one half way to where the seconds per token
-  so far say ``S`` is reached, at least ``SECONDS_CHECK_EVERY`` tokens later (a fixed interval
-  decoded a long sample over and over); once the piece lasts ``S`` seconds longer than its
+  so far say ``S`` is reached, 1 to 4 times ``SECONDS_CHECK_EVERY`` tokens later (every 16
+  tokens decoded a long sample over and over; a rate read off the first notes can be far off, so
+  a check is never further away); once the piece lasts ``S`` seconds longer than its
   prompt (both measured to their last note-off) the ids are cut at the shortest prefix that
   does (a binary search over the tokens since the previous check).
 
@@ -156,6 +157,7 @@ __all__ = [
     "repair_tokens",
     "row_generator",
     "sample",
+    "seconds_check_gap",
 ]
 
 #: New tokens per sample when no length is asked for.
@@ -641,6 +643,17 @@ class SecondsClock:
         except Exception:  # miditok's decoders are tolerant; never let a length check end a run
             score, _ = decode_safe(self.tokenizer, ids, check=False)
         return float(score.to("second").end()) if score.note_num() else 0.0
+
+
+def seconds_check_gap(n_new: int, made: Sequence[float], seconds: float) -> int:
+    """Tokens until the next length check of rows that made ``made`` seconds (each short of
+    ``seconds``) in ``n_new`` tokens: half of what the rate of the row nearest its length says it
+    still needs, between ``SECONDS_CHECK_EVERY`` and 4 times that (a rate read off a row's first notes can be
+    far off; a row with no new music yet is checked again soon)."""
+    need = [0.5 * (seconds - new) * n_new / new for new in made if new > 0]
+    if len(need) < len(made) or not need:
+        return SECONDS_CHECK_EVERY
+    return int(min(max(SECONDS_CHECK_EVERY, min(need)), 4 * SECONDS_CHECK_EVERY))
 
 
 # --------------------------------------------------------------------------- the sampler
@@ -1393,18 +1406,17 @@ class _Runner:
                 else:
                     finish(b, *stop)
             if self.seconds is not None and keep and n_new >= next_check:
-                still, wait = [], []
+                still, made = [], []
                 for b in keep:
                     cut, new = self._seconds_cut(b, last_check + 1, self.L)
                     if cut is None:
                         still.append(b)
-                        if new > 0:  # half of the tokens the rate so far says are still needed
-                            wait.append(int(0.5 * (self.seconds - new) * n_new / new))
+                        made.append(new)
                     else:
                         finish(b, cut, "seconds")
                 keep = still
                 last_check = self.L
-                next_check = n_new + max(SECONDS_CHECK_EVERY, min(wait, default=0))
+                next_check = n_new + seconds_check_gap(n_new, made, self.seconds)
             self._report()
             if not keep:
                 break

@@ -403,10 +403,10 @@ class KNNMemory:
 
     ``search(q)`` finds, for every query ``q [B, H, T, Dh]`` of head h, the ``topk`` stored keys
     of the same row and head with the largest inner product ``q . k``: an exact search, one
-    batched product over the heads and a top-k, in blocks of queries (``SEARCH_SCORES``). It
-    beat a FAISS ``IndexFlatIP`` per head at every size measured on a CPU (one query: 2-3x at
-    5,000-16,000 keys; a 513-query prompt window: 1.0x at 2,000 keys to 2x at 16,000,
-    ``benchmarks/RESULTS.md``) and stays on the model's device. ``attend(q, scale)`` is the
+    batched product over the heads and a top-k, in blocks of queries (``SEARCH_SCORES``). Against
+    a FAISS ``IndexFlatIP`` per head on a CPU: 1.2-2.8x faster for one query at 5,000-16,000
+    keys; for a 513-query prompt window 0.9x at 2,000 keys, 1.25-2x at 4,000-16,000
+    (``benchmarks/RESULTS.md``); and it stays on the model's device. ``attend(q, scale)`` is the
     attention over what ``search`` finds, for inference: the search's own scores are the
     attention logits, so only the values are gathered.
     """
