@@ -404,9 +404,9 @@ class KNNMemory:
     ``search(q)`` finds, for every query ``q [B, H, T, Dh]`` of head h, the ``topk`` stored keys
     of the same row and head with the largest inner product ``q . k``: an exact search, one
     batched product over the heads and a top-k, in blocks of queries (``SEARCH_SCORES``). Against
-    a FAISS ``IndexFlatIP`` per head on a CPU: 1.2-2.8x faster for one query at 5,000-16,000
-    keys; for a 513-query prompt window 0.9x at 2,000 keys, 1.25-2x at 4,000-16,000
-    (``benchmarks/RESULTS.md``); and it stays on the model's device. ``attend(q, scale)`` is the
+    a FAISS ``IndexFlatIP`` per head on a 2-core CPU: 1.5-2.4x faster for one query with two
+    threads (FAISS is a little faster on one), 1.3-2.1x for a 513-query prompt window from 5,000
+    keys on (``benchmarks/RESULTS.md``); and it stays on the model's device. ``attend(q, scale)`` is the
     attention over what ``search`` finds, for inference: the search's own scores are the
     attention logits, so only the values are gathered.
     """
