@@ -30,8 +30,7 @@ State objects (all plain Python objects, mutated in place, never saved with a mo
   absolute position that follows the memory.
 * ``KNNMemory`` (Memorizing Transformers): for one layer, every past key/value of the current song
   of each batch row (detached, un-rotated, at most ``max_memory`` per row, oldest dropped first),
-  searched exactly for the top-k keys of each query (torch for small memories, FAISS
-  ``IndexFlatIP`` for large ones).
+  searched exactly for the top-k keys of each query (one batched torch product and a top-k).
 
 Who writes the memories: a forward pass *without* a cache treats its input as one segment: it
 reads the memories (which hold what came before) and then appends the segment's keys/values to
