@@ -270,7 +270,8 @@ def main():
               f"({cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.d_model}, context {cfg.context}, "
               f"vocabulary {cfg.vocab_size}), no bar embeddings so both models compute the same thing.", ""]
     results = {}
-    from partita.train.common import cpu_bf16_flag, default_precision
+    from partita.nn.linear import cpu_bf16_flag
+    from partita.train.common import default_precision
 
     if "train" in parts:
         lines += train_lines(cfg, results, default_precision, cpu_bf16_flag)

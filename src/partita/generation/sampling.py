@@ -168,7 +168,8 @@ TOKENS_PER_SECOND_CAP = 256
 #: A memory model reads at most this many of a prompt's last tokens (its kNN memory could hold
 #: 16k: 8 s on a busy 2-core machine, 2.5 s for these).
 PROMPT_READ_TOKENS = 8192
-#: With ``seconds=``, the samples are decoded and measured every this many tokens.
+#: With ``seconds=``, the samples are decoded and measured 1 to 4 times this many tokens apart
+#: (``seconds_check_gap``).
 SECONDS_CHECK_EVERY = 16
 #: Prompt windows of fewer tokens are read in fp32 even with ``prompt_bf16`` (the casts cost
 #: more than bf16 products gain on a few rows).
@@ -648,8 +649,8 @@ class SecondsClock:
 def seconds_check_gap(n_new: int, made: Sequence[float], seconds: float) -> int:
     """Tokens until the next length check of rows that made ``made`` seconds (each short of
     ``seconds``) in ``n_new`` tokens: half of what the rate of the row nearest its length says it
-    still needs, between ``SECONDS_CHECK_EVERY`` and 4 times that (a rate read off a row's first notes can be
-    far off; a row with no new music yet is checked again soon)."""
+    still needs, between ``SECONDS_CHECK_EVERY`` and 4 times that (a rate read off a row's first
+    notes can be far off; a row with no new music yet is checked again soon)."""
     need = [0.5 * (seconds - new) * n_new / new for new in made if new > 0]
     if len(need) < len(made) or not need:
         return SECONDS_CHECK_EVERY

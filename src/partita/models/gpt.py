@@ -229,12 +229,13 @@ class GPT(nn.Module):
 
     def _step_layer(self, block: nn.Module) -> tuple:
         """What ``_decode_step`` reads of one block, looked up once per ``decode_layout``."""
-        norm = block.ln if self.config.block == "parallel" else block.ln_1
-        ln_2 = None if self.config.block == "parallel" else block.ln_2
         attn, mlp = block.attn, block.mlp
-        return (norm.weight, norm.eps, attn.qkv.weight_t, attn.proj.weight_t, ln_2 and ln_2.weight,
-                ln_2 and ln_2.eps, mlp.fc.weight_t, mlp.fc.out_features, mlp.proj.weight_t,
-                attn if attn.knn_gate is not None else None)
+        if self.config.block == "parallel":
+            norm, norm2 = (block.ln.weight, block.ln.eps), (None, None)
+        else:
+            norm, norm2 = (block.ln_1.weight, block.ln_1.eps), (block.ln_2.weight, block.ln_2.eps)
+        return (*norm, attn.qkv.weight_t, attn.proj.weight_t, *norm2, mlp.fc.weight_t, mlp.fc.out_features,
+                mlp.proj.weight_t, attn if attn.knn_gate is not None else None)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Number of parameters; ``non_embedding=True`` leaves out the embedding tables

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from partita.errors import PartitaError
-from partita.nn.linear import BF16_CPU_FLAGS, cpu_bf16_flag  # noqa: F401 (the trainers' precision)
+from partita.nn.linear import cpu_bf16_flag
 
 
 def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float = 0.1, time_fraction: float = 0.0) -> float:
