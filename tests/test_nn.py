@@ -278,6 +278,19 @@ def test_knn_retrieval_is_the_true_topk(scores, monkeypatch):
     assert torch.equal(idx[0], brute_topk(q[0], mem.keys[0], 5).indices)
 
 
+def test_knn_memory_stores_float32_whatever_it_is_given():
+    """Keys from a bf16 prompt window are converted once when stored, so that a later search
+    (always in float32) does not convert the whole memory again at every decoding step."""
+    mem = KNNMemory(1, H, DH, topk=3, max_memory=20)
+    k = torch.randn(1, H, 6, DH, generator=gen(1))
+    mem.add(k.bfloat16(), k.bfloat16())
+    assert mem.keys[0].dtype == mem.values[0].dtype == torch.float32
+    mem.add(k[:, :, :2], k[:, :, :2])  # a float32 step after the bf16 window
+    assert mem.keys[0].dtype == mem.values[0].dtype == torch.float32 and mem.sizes() == [8]
+    torch.testing.assert_close(mem.keys[0][:, :6], k[0].bfloat16().float())
+    torch.testing.assert_close(mem.keys[0][:, 6:], k[0, :, :2])
+
+
 def test_knn_attend_is_attention_over_what_search_finds():
     mem = KNNMemory(3, H, DH, topk=5, max_memory=40)
     mem.add(torch.randn(3, H, 30, DH, generator=gen(1)), torch.randn(3, H, 30, DH, generator=gen(2)))

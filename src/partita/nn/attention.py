@@ -397,7 +397,7 @@ class KNNMemory:
     """Memorizing-Transformers memory of one layer: all past keys/values of each row's song.
 
     For each batch row ``b``, ``keys[b]``/``values[b]`` are ``[H, N_b, Dh]`` (or None when empty):
-    detached, *un-rotated* keys (retrieval is by content, the distance in the song does not enter
+    detached float32, *un-rotated* keys (retrieval is by content, the distance in the song does not enter
     it) and their values, oldest first; at most ``max_memory`` per row (the oldest are dropped).
 
     ``search(q)`` finds, for every query ``q [B, H, T, Dh]`` of head h, the ``topk`` stored keys
@@ -428,7 +428,8 @@ class KNNMemory:
         """Append keys/values ``[B, H, T, Dh]`` (un-rotated) to every row, dropping the oldest."""
         if k.shape[0] != self.batch_size or k.shape[1] != self.n_head:
             raise ValueError(f"kNN memory expects [{self.batch_size}, {self.n_head}, T, Dh], got {list(k.shape)}")
-        k, v = k.detach(), v.detach()
+        k, v = k.detach().float(), v.detach().float()  # searched in float32 (a bf16 prompt window's
+        # keys converted once here, not the whole memory at every later search)
         t = k.shape[2]
         for b in range(self.batch_size):
             # Rows grow into spare room of a buffer (re-laid when full: amortised O(1) per key,

@@ -157,9 +157,9 @@ class GPTModule(L.LightningModule):
             self._xl.next_position = int(s["next_position"])
         if "knn" in state and self._knn is not None:
             s = state["knn"]
-            self._knn.keys = [None if t is None else t.to(device) for t in s["keys"]]
-            self._knn.values = [None if t is None else t.to(device) for t in s["values"]]
-            self._knn._faiss = [None] * self._knn.batch_size  # rebuilt at the next search
+            self._knn.keys = [None if t is None else t.to(device, torch.float32) for t in s["keys"]]
+            self._knn.values = [None if t is None else t.to(device, torch.float32) for t in s["values"]]
+            self._knn._buffers = [None] * self._knn.batch_size  # the next add lays out new ones
 
     def _step(self, batch: dict, val: bool):
         xl, knn = self._memories(batch["ids"].shape[0], val)
