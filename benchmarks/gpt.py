@@ -11,7 +11,10 @@
    as a user asks for it: ``generate_samples(prompt=FILE, seconds=30)`` at batch 1, timed from
    loading the bundle and reading the MIDI file (the whole file is the prompt, read window by
    window) to the 30th second of new music, with 1 thread, 2 threads and the automatic choice
-   taking turns; real-time factor = 30 s over that time (Python's imports not counted).
+   taking turns; real-time factor = 30 s over that time (Python's imports not counted). Next to
+   it, a lower bound on the model's step on this CPU (``step_floor``: the weight products, the
+   attention and the kNN search alone) and the best real-time factor that bound allows at the
+   tokens per second of music of those continuations.
 5. bf16 MFU when a GPU is present.
 
     python benchmarks/gpt.py [--model BUNDLE] [--threads N] [--parts train,generate,realtime,piano] [--json FILE]
@@ -182,6 +185,58 @@ def piano_realtime(seconds=30.0, rounds=1, thread_counts=(1, 2, None)):
     return out
 
 
+def step_floor(threads, rounds=200):
+    """Milliseconds per new token of the kernels no implementation of the shipped piano model's
+    step avoids on this CPU, at the state after a long prompt: every weight product in the
+    decoding layout (output head included), attention of one query over the ``context - 1 +
+    xl_length`` held positions in each layer, and the kNN layer's exact search over a full
+    memory (``knn_max_memory`` keys, scores and top-k). Module calls, sampling and timing
+    bookkeeping are left out, so this is a lower bound on a step."""
+    import torch.nn.functional as F
+
+    from partita.bundle import load_bundle
+    from partita.nn.attention import KNNMemory
+    from partita.nn.linear import rows_linear
+    from partita.pretrained import GPT_PIANO, bundle_path
+
+    model = load_bundle(bundle_path(GPT_PIANO)).model.float().eval()
+    c = model.config
+    held = c.context - 1 + ((c.xl_length or c.context) if c.xl_memory else 0)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, c.n_head, 1, c.head_dim, generator=g)
+    kv = torch.randn(2, 1, c.n_head, held, c.head_dim, generator=g)
+    knn = KNNMemory(1, c.n_head, c.head_dim, topk=c.knn_topk, max_memory=c.knn_max_memory)
+    knn.add(*torch.randn(2, 1, c.n_head, c.knn_max_memory, c.head_dim, generator=g))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode(), model.decode_layout():
+            weights = [(w, n) for _, _, qkv, proj, _, _, fc, d_ff, mproj, _ in model._step_layers
+                       for w, n in ((qkv, 3 * c.d_model), (proj, c.d_model), (fc, d_ff), (mproj, c.d_model))]
+            weights.append((model.head_t, c.vocab_size))
+            products = [(torch.randn(1, 1, w.shape[-2], generator=g), w, n) for w, n in weights]
+            parts = {
+                "weight products": lambda: [rows_linear(a, w, n) for a, w, n in products],
+                f"attention over {held} positions": lambda: [F.scaled_dot_product_attention(q, kv[0], kv[1])
+                                                            for _ in range(c.n_layer)],
+                f"kNN search over {c.knn_max_memory:,} keys": lambda: knn.topk_indices(q),
+            }
+            out = {}
+            for name, fn in parts.items():
+                best = float("inf")
+                for _ in range(3):
+                    for _ in range(10):
+                        fn()
+                    t = time.perf_counter()
+                    for _ in range(rounds):
+                        fn()
+                    best = min(best, (time.perf_counter() - t) / rounds * 1e3)
+                out[name] = best
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
 def _prompt_seconds(tokenizer, ids):
     from partita.generation.sampling import decode_safe
 
@@ -322,6 +377,17 @@ def piano_lines(results):
                      f"median {np.median(factors):.1f}x, {sum(f >= 20 for f in factors)} of {len(rows)} at 20x or more, "
                      f"slowest {factors[0]:.1f}x.")
     lines.append("")
+    rates = sorted(r["new_tokens"] / r["new_seconds"] for r in runs[2])  # tokens per second of new music
+    floor = step_floor(2)
+    results["step_floor_ms"] = floor
+    total = sum(floor.values())
+    lines += [f"Lower bound on a decoding step of `gpt-piano` with 2 threads (`step_floor`: the kernels alone, "
+              f"no module calls, no sampling): " + ", ".join(f"{k} {v:.3f} ms" for k, v in floor.items())
+              + f" = **{total:.2f} ms per token**. The continuations above have {rates[0]:.0f}-{rates[-1]:.0f} "
+              f"new tokens per second of music (median {np.median(rates):.0f}), so with no start-up and no "
+              f"overhead at all the best real-time factor is {1e3 / (total * rates[-1]):.1f}-"
+              f"{1e3 / (total * rates[0]):.1f}x (median {1e3 / (total * np.median(rates)):.1f}x); "
+              f"{sum(1e3 / (total * r) >= 20 for r in rates)} of {len(rates)} prompts could reach 20x.", ""]
     return lines
 
 
