@@ -495,7 +495,7 @@ class KNNMemory:
                 continue
             n = keys.shape[1]
             k = min(K, n)
-            keys_t = keys.float().transpose(1, 2)  # [H, Dh, N]
+            keys_t = keys.transpose(1, 2)  # [H, Dh, N], float32 (add)
             rows = max(1, SEARCH_SCORES // n)
             for a in range(0, T, rows):
                 top = torch.bmm(q[b, :, a : a + rows].float(), keys_t).topk(k, dim=-1)
