@@ -725,8 +725,10 @@ def test_continuations_keep_the_prompts_instruments(tok, bundle):
 
 
 def test_same_seed_same_tokens_whatever_the_thread_count(tok):
-    """The decoding layout splits weights into column blocks by matrix size, never by thread
-    count, so 1 and 2 threads compute the same logits, bit for bit, and sample the same tokens."""
+    """The same seed samples the same tokens with 1 and 2 threads. The logits agree within a
+    float tolerance: the decoding layout splits weights by matrix size, never by thread count,
+    but a CPU's kernels may still reduce in another order per thread count (bit-identical on
+    Intel with AMX, not on AMD EPYC with AVX-512 bf16)."""
     model = tiny(tok, sharpen=1.0, d_model=128, n_head=2, context=32, xl_memory=True)
     prompt = random_prompt(tok, 40, seed=4)
     outs, logits = [], []
@@ -740,7 +742,7 @@ def test_same_seed_same_tokens_whatever_the_thread_count(tok):
         torch.set_num_threads(n)
     for other in outs[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(outs[0], other))
-    assert torch.equal(logits[0], logits[1])
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-4, rtol=1e-4)
     # --threads: a fixed count, or chosen while decoding (the tokens stay the same)
     for threads in (1, 2, None):
         again = sample(model, tok, prompts=prompt, n=2, seed=11, temperature=1.0, max_new_tokens=60, threads=threads)
