@@ -198,6 +198,7 @@ def step_floor(threads, rounds=200):
 
     from partita.bundle import load_bundle
     from partita.nn.attention import KNNMemory
+    from partita.generation.step import DecodeStep
     from partita.nn.linear import rows_linear
     from partita.pretrained import GPT_PIANO, bundle_path
 
@@ -212,11 +213,12 @@ def step_floor(threads, rounds=200):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with torch.inference_mode(), model.decode_layout():
+        with torch.inference_mode():
+            step = DecodeStep(model)
             layers = [[(torch.randn(1, 1, w.shape[-2], generator=g), w, n)
                        for w, n in ((qkv, 3 * c.d_model), (proj, c.d_model), (fc, d_ff), (mproj, c.d_model))]
-                      for _, _, qkv, proj, _, _, fc, d_ff, mproj, _ in model._step_layers]
-            head = (torch.randn(1, 1, c.d_model, generator=g), model.head_t, c.vocab_size)
+                      for _, _, qkv, proj, _, _, fc, d_ff, mproj, _ in step.layers]
+            head = (torch.randn(1, 1, c.d_model, generator=g), step.head_t, c.vocab_size)
             products = [p for layer in layers for p in layer] + [head]
 
             def one_step():

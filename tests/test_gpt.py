@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import subprocess
@@ -135,21 +134,6 @@ def test_cache_decoding_equals_full(block, positions):
         out.append(model(ids[:, sl], cache=cache, bars=t["bars"][:, sl], positions=t["positions"][:, sl])[0])
     close(torch.cat(out, 1), full)
     assert len(cache) == 24 and cache.next_position == 24
-
-
-def test_decode_layout_gives_the_same_logits():
-    """Inside ``decode_layout`` one-token steps use transposed, core-split weights (the head
-    included); the logits are those of the plain layout, and nothing is left behind."""
-    model = tiny().eval()
-    ids = rand_ids(2, 20)
-    with torch.inference_mode():
-        want, _ = model(ids)
-        with model.decode_layout():
-            assert model.head_t is not None
-            cache = model.new_cache()
-            out = [model(ids[:, :5], cache=cache)[0]] + [model(ids[:, i : i + 1], cache=cache)[0] for i in range(5, 20)]
-    close(torch.cat(out, 1), want)
-    assert model.head_t is None and all(getattr(m, "weight_t", None) is None for m in model.modules())
 
 
 def decode_sliding(model: GPT, ids: torch.Tensor, window: int) -> torch.Tensor:
@@ -286,33 +270,6 @@ def test_slide_window_equals_moving_the_window_into_the_memories(memory):
     close(torch.cat(b, 1), torch.cat(a, 1), tol=1e-4)
     if knn_a is not None:
         assert knn_b.sizes() == knn_a.sizes() == [32, 32]
-
-
-@pytest.mark.parametrize("options", [{}, {"block": "parallel", "gelu": "none"}, {"bar_embeddings": True},
-                                     {"xl_memory": True, "knn_memory": True, "knn_topk": 4, "bar_embeddings": True}])
-def test_decoding_step_computes_what_the_blocks_compute(options, monkeypatch):
-    """Inside ``decode_layout`` a one-token step after a filled cache goes through
-    ``GPT._decode_step`` (the weights read directly); its logits are the blocks' own (outside
-    the layout), memories and all, past the context."""
-    model = tiny(context=8, **options).eval()
-    ids = rand_ids(2, 30)
-    extra = timing(2, 30) if model.config.bar_embeddings else {}
-    fast_steps = []
-    real_step = GPT._decode_step
-    monkeypatch.setattr(GPT, "_decode_step", lambda self, *a: fast_steps.append(1) or real_step(self, *a))
-    runs = []
-    for layout in (False, True):
-        cache = model.new_cache()
-        knn = model.new_knn_memory(2) if model.config.knn_memory else None
-        out = []
-        with torch.inference_mode(), (model.decode_layout() if layout else contextlib.nullcontext()):
-            for i in range(30):
-                model.slide_window(cache, knn=knn)
-                step = {k: v[:, i : i + 1] for k, v in extra.items()}
-                out.append(model(ids[:, i : i + 1], cache=cache, knn=knn, **step)[0])
-        runs.append(torch.cat(out, 1))
-        assert len(fast_steps) == (29 if layout else 0)  # every step after the first
-    close(runs[1], runs[0], tol=1e-5)
 
 
 # --------------------------------------------------------------------------- kNN memory

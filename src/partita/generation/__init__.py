@@ -283,9 +283,9 @@ def build_prompt(
 
 
 def _special_mask(tokenizer: Any) -> np.ndarray:
-    from partita.represent.tokens import _expansion
+    from partita.represent.token_tables import token_tables
 
-    return _expansion(tokenizer).special
+    return token_tables(tokenizer).special
 
 
 # --------------------------------------------------------------------------- generation

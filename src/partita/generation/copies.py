@@ -62,9 +62,9 @@ class _BarHasher:
     """Per tokenizer: which base tokens a bar's hash reads, and a random-looking code per token."""
 
     def __init__(self, tokenizer: Any):
-        from partita.represent.tokens import _expansion
+        from partita.represent.token_tables import token_tables
 
-        self.table = table = _expansion(tokenizer)
+        self.table = table = token_tables(tokenizer)
         n_base = len(table.base_special)
         types = [""] * n_base
         for tok, i in tokenizer.vocab.items():
@@ -79,10 +79,9 @@ class _BarHasher:
 
 
 def _hasher(tokenizer: Any) -> _BarHasher:
-    h = getattr(tokenizer, "_partita_bar_hasher", None)
-    if h is None:
-        h = tokenizer._partita_bar_hasher = _BarHasher(tokenizer)
-    return h
+    from partita.represent.token_tables import token_tables
+
+    return token_tables(tokenizer).memo("bar_hasher", lambda: _BarHasher(tokenizer))
 
 
 def bar_hashes(tokenizer: Any, ids: Any) -> np.ndarray:
@@ -123,11 +122,12 @@ def bar_hashes(tokenizer: Any, ids: Any) -> np.ndarray:
 def new_bar_start(tokenizer: Any, ids: Any, prompt_length: int) -> int:
     """The first bar of ``ids`` that is wholly new: the bar after the prompt's last note bar (0
     without a prompt with music): a continuation completing the prompt's last bar is not counted."""
-    from partita.represent.tokens import _expansion, token_timing
+    from partita.represent.token_tables import token_tables
+    from partita.represent.tokens import token_timing
 
     ids = np.asarray(ids, np.int64).ravel()
     prompt = ids[:prompt_length]
-    special = _expansion(tokenizer).special
+    special = token_tables(tokenizer).special
     music = prompt[~special[prompt]] if prompt.size else prompt
     if music.size == 0:
         return 0

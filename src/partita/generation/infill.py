@@ -153,9 +153,9 @@ def _memory_windows(config: Any) -> int:
 
 
 def _special(tokenizer: Any) -> np.ndarray:
-    from partita.represent.tokens import _expansion
+    from partita.represent.token_tables import token_tables
 
-    return _expansion(tokenizer).special
+    return token_tables(tokenizer).special
 
 
 def _eos(tokenizer: Any) -> int:

@@ -41,9 +41,10 @@ def _bundle(bundle: Any):
 
 def _banned(tokenizer: Any, vocab_size: int) -> torch.Tensor:
     """Ids never drawn: every special token (PAD, BOS, ...) but EOS, which ends a sample."""
-    from partita.represent.tokens import _expansion, special_id
+    from partita.represent.token_tables import token_tables
+    from partita.represent.tokens import special_id
 
-    banned = torch.from_numpy(np.asarray(_expansion(tokenizer).special, dtype=bool)[:vocab_size].copy())
+    banned = torch.from_numpy(np.asarray(token_tables(tokenizer).special, dtype=bool)[:vocab_size].copy())
     banned[special_id(tokenizer, "EOS")] = False
     return banned
 

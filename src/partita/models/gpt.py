@@ -40,10 +40,9 @@ place (``partita.nn.attention`` documents them):
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +52,6 @@ from partita.errors import PartitaError
 from partita.models.config import ModelConfig
 from partita.nn.attention import KNNMemory, KVCache, Rotary, XLMemory, apply_rotary
 from partita.nn.blocks import BLOCKS, init_gpt2, make_block
-from partita.nn.linear import FEW_ROWS, decode_layout, decode_weight, linear, rows_linear
 
 __all__ = ["GPT", "GPTConfig", "PRESETS"]
 
@@ -170,8 +168,6 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(c.d_model, bias=c.bias)
         # The output head is the token embedding's first vocab_size rows (weight tying); label
         # rows are input-only, so a label is never predicted.
-        self.head_t: Optional[Tensor] = None  # its transpose, inside decode_layout()
-        self._step_layers: Optional[list[tuple]] = None  # what _decode_step reads, inside decode_layout()
         self.apply(init_gpt2)
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
             if name.endswith("proj.weight"):
@@ -211,31 +207,6 @@ class GPT(nn.Module):
             raise PartitaError("this model was not configured with knn_memory=True")
         kwargs = {"topk": c.knn_topk, "max_memory": c.knn_max_memory, **kwargs}
         return KNNMemory(batch_size, c.n_head, c.head_dim, **kwargs)
-
-    @contextlib.contextmanager
-    def decode_layout(self) -> Iterator[None]:
-        """Inside, few-row inputs (one decoding step) multiply transposed copies of the weights,
-        the faster layout for a CPU (``partita.nn.linear``); the sampler decodes inside one."""
-        with decode_layout(self):
-            own = self.head_t is None and self.wte.weight.device.type == "cpu"
-            if own:
-                self.head_t = decode_weight(self.wte.weight[: self.config.vocab_size])
-                self._step_layers = [self._step_layer(block) for block in self.blocks]
-            try:
-                yield
-            finally:
-                if own:
-                    self.head_t = self._step_layers = None
-
-    def _step_layer(self, block: nn.Module) -> tuple:
-        """What ``_decode_step`` reads of one block, looked up once per ``decode_layout``."""
-        attn, mlp = block.attn, block.mlp
-        if self.config.block == "parallel":
-            norm, norm2 = (block.ln.weight, block.ln.eps), (None, None)
-        else:
-            norm, norm2 = (block.ln_1.weight, block.ln_1.eps), (block.ln_2.weight, block.ln_2.eps)
-        return (*norm, attn.qkv.weight_t, attn.proj.weight_t, *norm2, mlp.fc.weight_t, mlp.fc.out_features,
-                mlp.proj.weight_t, attn if attn.knn_gate is not None else None)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Number of parameters; ``non_embedding=True`` leaves out the embedding tables
@@ -285,10 +256,6 @@ class GPT(nn.Module):
         if ids.dim() != 2:
             raise ValueError(f"ids must be [batch, time], got shape {tuple(ids.shape)}")
         B, T = ids.shape
-        if (T == 1 and B <= FEW_ROWS and self._step_layers is not None and cache is not None and len(cache)
-                and xl is None and window is None and self.rotary is not None and targets is None
-                and not self.training and not c.bias):
-            return self._decode_step(ids, cache, knn, bars, positions), None
         if xl is not None and not c.xl_memory:
             raise PartitaError("an XL memory was passed to a model configured with xl_memory=False")
         if knn is not None and not c.knn_memory:
@@ -329,49 +296,12 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if last_only and targets is None:
             x = x[:, -1:]
-        logits = linear(x, self.wte.weight[: c.vocab_size], self.head_t)
+        logits = F.linear(x, self.wte.weight[: c.vocab_size])
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, c.vocab_size).float(), targets.reshape(-1).long(),
                                    ignore_index=c.ignore_index)
         return logits, loss
-
-    def _decode_step(self, ids: Tensor, cache: KVCache, knn: Optional[KNNMemory], bars: Optional[Tensor],
-                     positions: Optional[Tensor]) -> Tensor:
-        """``forward`` for one new token in each of at most ``FEW_ROWS`` rows after a filled
-        cache, inside ``decode_layout`` (the sampler's step): the blocks' products in the same
-        order (``tests/test_gpt.py`` compares the logits), the weights looked up once per layout.
-        On a CPU the ~60 module calls, shape checks and lookups of a step took about as long as
-        its weight products (``benchmarks/gpt.py``)."""
-        c = self.config
-        B, C, H, Dh = ids.shape[0], c.d_model, c.n_head, c.head_dim
-        x = F.embedding(ids, self.wte.weight)
-        if self.bar_emb is not None:
-            if bars is None or positions is None:
-                raise PartitaError("this model has bar embeddings: pass bars= and positions= (token_timing)")
-            x = x + self.bar_emb.weight[bars.long() % c.max_bars] + self.pos_emb.weight[
-                positions.long().clamp(0, c.positions_per_bar - 1)]
-        cos, sin = self.rotary.span(cache.next_position, 1, device=ids.device, dtype=x.dtype)
-        half = Dh // 2
-        sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)  # apply_rotary's products, one roll per layer
-        for i, (n1, eps1, qkv_t, proj_t, n2, eps2, fc_t, d_ff, mproj_t, knn_attn) in enumerate(self._step_layers):
-            h = F.layer_norm(x, (C,), n1, None, eps1)
-            qkv = rows_linear(h, qkv_t, 3 * C).view(B, 1, 3, H, Dh).permute(2, 0, 3, 1, 4)
-            qk = qkv[:2]
-            q, k = torch.addcmul(qk * cos, qk.roll(half, dims=-1), sin)
-            keys, values = cache.append(i, k, qkv[2])
-            y = F.scaled_dot_product_attention(q, keys, values)
-            if knn_attn is not None and knn is not None:
-                y = knn_attn._mix_knn(qkv[0], y, knn, 0.0)
-            y = rows_linear(y.transpose(1, 2).reshape(B, 1, C), proj_t, C)
-            if n2 is None:  # parallel block
-                x = x + y + rows_linear(F.gelu(rows_linear(h, fc_t, d_ff), approximate=c.gelu), mproj_t, C)
-            else:
-                x = x + y
-                h = F.layer_norm(x, (C,), n2, None, eps2)
-                x = x + rows_linear(F.gelu(rows_linear(h, fc_t, d_ff), approximate=c.gelu), mproj_t, C)
-        x = F.layer_norm(x, (C,), self.ln_f.weight, None, self.ln_f.eps)
-        return rows_linear(x, self.head_t, c.vocab_size)
 
     def crop_cache(self, cache: KVCache, keep: int, *, xl: Optional[XLMemory] = None,
                    knn: Optional[KNNMemory] = None) -> int:
@@ -393,7 +323,7 @@ class GPT(nn.Module):
             xl.commit()
             xl.next_position = cache.offset
         if knn is not None:
-            self._add_to_knn(knn, *dropped[self.knn_layer], old)
+            self.add_to_knn(knn, *dropped[self.knn_layer], old)
         return n
 
     def slide_window(self, cache: KVCache, *, knn: Optional[KNNMemory] = None) -> None:
@@ -417,11 +347,11 @@ class GPT(nn.Module):
         if knn is not None and n >= C:  # position next - C is no longer in the local window
             i = n - C
             k, v = cache.k[self.knn_layer][:, :, i : i + 1], cache.v[self.knn_layer][:, :, i : i + 1]
-            self._add_to_knn(knn, k, v, cache.offset + i)
+            self.add_to_knn(knn, k, v, cache.offset + i)
         if n > keep:
             cache.crop(keep)
 
-    def _add_to_knn(self, knn: KNNMemory, k: Tensor, v: Tensor, first: int) -> None:
+    def add_to_knn(self, knn: KNNMemory, k: Tensor, v: Tensor, first: int) -> None:
         """Add cached keys/values of positions ``first..`` to ``knn``, un-rotated."""
         if self.rotary is not None:
             cos, sin = self.rotary.span(first, k.shape[2], device=k.device, dtype=k.dtype)

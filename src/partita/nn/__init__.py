@@ -1,6 +1,6 @@
 """Building blocks shared by partita's model families: attention (SDPA, RoPE, KV cache, XL and
-kNN memory), transformer blocks, and a Linear whose weights take a faster layout while decoding
-on a CPU (``linear.py``). See ``attention.py`` for how positions and memories work."""
+kNN memory), transformer blocks, and a faster weight layout for one-token products on a CPU
+(``linear.py``). See ``attention.py`` for how positions and memories work."""
 
 from partita.nn.attention import (
     CausalSelfAttention,
@@ -12,7 +12,6 @@ from partita.nn.attention import (
     causal_mask,
 )
 from partita.nn.blocks import BLOCKS, MLP, ParallelBlock, SequentialBlock, make_block
-from partita.nn.linear import Linear, decode_layout
 
 __all__ = [
     "BLOCKS",
@@ -20,13 +19,11 @@ __all__ = [
     "CausalSelfAttention",
     "KNNMemory",
     "KVCache",
-    "Linear",
     "ParallelBlock",
     "Rotary",
     "SequentialBlock",
     "XLMemory",
     "apply_rotary",
     "causal_mask",
-    "decode_layout",
     "make_block",
 ]

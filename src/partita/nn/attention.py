@@ -48,7 +48,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from partita.nn.linear import Linear
 
 __all__ = [
     "CausalSelfAttention",
@@ -569,8 +568,8 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be a multiple of n_head ({n_head})")
         self.n_head = n_head
         self.head_dim = d_model // n_head
-        self.qkv = Linear(d_model, 3 * d_model, bias=bias)
-        self.proj = Linear(d_model, d_model, bias=bias)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)
         # Dropout on the attention probabilities (None: ``dropout``). On a CPU any of it sends SDPA
         # to its unfused math path, about 8x slower in training; 0 keeps the fused kernel.
         self.dropout = dropout if attn_dropout is None else attn_dropout
@@ -628,7 +627,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
 
         if self.knn_gate is not None and knn is not None:
-            y = self._mix_knn(q_raw, y, knn, p)
+            y = self.mix_knn(q_raw, y, knn, p)
             if cache is None:
                 knn.stage(k_raw, v)
         if xl is not None and cache is None:
@@ -636,7 +635,7 @@ class CausalSelfAttention(nn.Module):
         y = self.proj(y.transpose(1, 2).reshape(B, T, C))
         return self.resid_dropout(y) if self.training else y  # (a module call less per layer when decoding)
 
-    def _mix_knn(self, q: Tensor, y_local: Tensor, knn: KNNMemory, p: float) -> Tensor:
+    def mix_knn(self, q: Tensor, y_local: Tensor, knn: KNNMemory, p: float) -> Tensor:
         if not (torch.is_grad_enabled() and q.requires_grad) and p == 0.0:
             found = knn.attend(q, 1.0 / math.sqrt(self.head_dim))  # the same, without gathering keys
             if found is None:

@@ -16,7 +16,6 @@ from typing import Optional
 from torch import Tensor, nn
 
 from partita.nn.attention import CausalSelfAttention
-from partita.nn.linear import Linear
 
 __all__ = ["BLOCKS", "MLP", "ParallelBlock", "SequentialBlock", "init_gpt2", "make_block"]
 
@@ -29,9 +28,9 @@ class MLP(nn.Module):
                  gelu: str = "none"):
         super().__init__()
         d_ff = d_ff or 4 * d_model
-        self.fc = Linear(d_model, d_ff, bias=bias)
+        self.fc = nn.Linear(d_model, d_ff, bias=bias)
         self.gelu = nn.GELU(approximate=gelu)
-        self.proj = Linear(d_ff, d_model, bias=bias)
+        self.proj = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

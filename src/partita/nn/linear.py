@@ -1,4 +1,4 @@
-"""A Linear layer with a faster weight layout for decoding on a CPU.
+"""A faster weight layout for decoding on a CPU, and the CPU's bf16 instructions.
 
 Decoding one token at a time multiplies a handful of rows by every weight matrix: the step is a
 matrix-vector product, bound by reading the weights. ``nn.Linear`` stores ``W`` as
@@ -13,24 +13,20 @@ the 25 matrices of the ``small`` GPT and one row, on 2 cores of an AMD EPYC, tra
 and transposed and split 1.7x ``F.linear`` (``benchmarks/gpt_breakdown.py``). From eight rows on,
 the usual layout is as fast.
 
-``Linear`` is ``nn.Linear`` (same parameters, same state dict, same result up to float rounding)
-plus an optional ``weight_t``: inside ``decode_layout(model)`` every CPU ``Linear`` of the model
-holds ``decode_weight`` of its weight and uses it for inputs of at most ``FEW_ROWS`` rows;
-outside, ``weight_t`` is None and nothing changes. The copies cost one more copy of the weights
-for the duration of a generation call, which is why they are not kept.
+The sampler's decoding step (``partita.generation.step``) holds these copies for the duration of
+one generation call, on its own object: the model's modules are never changed, so several
+generations can share one model.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["BF16_CPU_FLAGS", "FEW_ROWS", "MAX_BLOCKS", "MIN_BLOCK_COLUMNS", "Linear", "cpu_bf16_flag", "decode_layout", "decode_weight", "linear", "rows_linear", "split_blocks"]
+__all__ = ["BF16_CPU_FLAGS", "FEW_ROWS", "MAX_BLOCKS", "MIN_BLOCK_COLUMNS", "cpu_bf16_flag", "decode_weight", "rows_linear", "split_blocks"]
 
 #: Linux cpuinfo flags of bf16 matrix or dot-product instructions: Intel AMX (Sapphire Rapids
 #: and later), AVX-512 BF16 (Cooper Lake, AMD Zen 4 and later). bf16 autocast trains the GPT about
@@ -100,40 +96,3 @@ def split_blocks(n_out: int) -> int:
     threads gave different logits and different samples); a layout that followed the thread
     count changed results with it too."""
     return max(1, min(n_out, max(2, min(MAX_BLOCKS, n_out // MIN_BLOCK_COLUMNS))))
-
-
-def linear(x: Tensor, weight: Tensor, weight_t: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, through ``weight_t = decode_weight(weight)`` when given and
-    ``x`` has at most ``FEW_ROWS`` rows."""
-    if weight_t is not None and x.numel() <= FEW_ROWS * weight.shape[1]:
-        return rows_linear(x, weight_t, weight.shape[0], bias)
-    return F.linear(x, weight, bias)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` that multiplies few rows by a transposed copy of its weight when it holds
-    one (``decode_layout``)."""
-
-    weight_t: Optional[Tensor] = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.weight_t, self.bias)
-
-
-@contextlib.contextmanager
-def decode_layout(model: nn.Module) -> Iterator[list[Linear]]:
-    """Inside, every ``Linear`` of ``model`` whose weight is on the CPU holds ``weight_t``.
-
-    The copies are taken when the block is entered: weights must not change inside it (it is
-    meant for ``torch.inference_mode`` generation). Re-entrant: an inner block leaves the outer
-    block's copies alone. Yields the layers it gave a copy.
-    """
-    given = [m for m in model.modules()
-             if isinstance(m, Linear) and m.weight_t is None and m.weight.device.type == "cpu"]
-    for m in given:
-        m.weight_t = decode_weight(m.weight)
-    try:
-        yield given
-    finally:
-        for m in given:
-            m.weight_t = None

@@ -75,11 +75,14 @@ from symusic import Note, Score
 from partita.errors import PartitaError
 from partita.io.files import atomic_path
 from partita.io.midi import MidiSource, load
+from partita.represent.token_tables import TokenTables, token_tables
 
 __all__ = [
     "PARTITA_DEFAULTS",
     "TOKENIZERS",
+    "TokenTables",
     "TokenizerError",
+    "check_tokenizer",
     "TokenStreams",
     "decode",
     "encode",
@@ -87,6 +90,7 @@ __all__ = [
     "make_tokenizer",
     "save_tokenizer",
     "special_id",
+    "token_tables",
     "token_timing",
     "token_streams",
     "train_tokenizer",
@@ -185,7 +189,7 @@ def make_tokenizer(name: str = "REMI", **params: Any) -> MusicTokenizer:
     return tokenizer
 
 
-def _check_tokenizer(tokenizer: Any) -> MusicTokenizer:
+def check_tokenizer(tokenizer: Any) -> MusicTokenizer:
     if not isinstance(tokenizer, MusicTokenizer):
         raise TokenizerError(f"expected a miditok tokenizer, got {type(tokenizer).__name__}")
     if type(tokenizer).__name__ not in TOKENIZERS or not tokenizer.one_token_stream:
@@ -202,7 +206,7 @@ def save_tokenizer(tokenizer: MusicTokenizer, path: PathLike) -> Path:
     ``path`` is a file name (``tokenizer.json`` is added if it is a folder). The file appears
     whole or not at all.
     """
-    _check_tokenizer(tokenizer)
+    check_tokenizer(tokenizer)
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -242,7 +246,7 @@ def load_tokenizer(path: PathLike) -> MusicTokenizer:
             tokenizer = TOKENIZERS[name](params=path)
     except Exception as e:  # miditok raises KeyError/TypeError/... on a damaged file
         raise TokenizerError(f"{path}: corrupt tokenizer file ({type(e).__name__}: {e})") from None
-    return _check_tokenizer(tokenizer)
+    return check_tokenizer(tokenizer)
 
 
 # --------------------------------------------------------------------------- canonical encoding
@@ -367,7 +371,7 @@ def encode(
     tokenizer keeps). The sequence is in partita's canonical form (module doc), which makes
     tokens -> MIDI -> tokens exact.
     """
-    _check_tokenizer(tokenizer)
+    check_tokenizer(tokenizer)
     ids = np.asarray(_tokseq(tokenizer, score, encode_ids=True).ids, dtype=dtype)
     if bos_eos:
         ids = np.concatenate([[special_id(tokenizer, "BOS")], ids, [special_id(tokenizer, "EOS")]]).astype(dtype)
@@ -376,14 +380,14 @@ def encode(
 
 def special_id(tokenizer: MusicTokenizer, name: str) -> int:
     """The id ``encode`` and models use for the special token ``name`` ("PAD", "BOS", "EOS")."""
-    _check_tokenizer(tokenizer)
+    check_tokenizer(tokenizer)
     token = name if "_" in name else f"{name}_None"
     if token not in tokenizer.vocab:
         raise TokenizerError(f"the tokenizer has no {name} token (special tokens: {tokenizer.special_tokens})")
     base_id = tokenizer.vocab[token]
     if not tokenizer.is_trained:
         return base_id
-    table = _expansion(tokenizer)
+    table = token_tables(tokenizer)
     single = np.flatnonzero((table.lengths == 1) & (table.flat[np.minimum(table.starts, len(table.flat) - 1)] == base_id))
     if len(single) == 0:
         raise TokenizerError(f"the trained tokenizer has no id for {name}")
@@ -396,9 +400,9 @@ def decode(tokenizer: MusicTokenizer, ids: Iterable[int] | np.ndarray) -> Score:
     PAD, BOS and EOS tokens are dropped first. Ids come from ``encode`` or a model; a trained
     tokenizer reads them as merged (BPE/Unigram) ids.
     """
-    _check_tokenizer(tokenizer)
+    check_tokenizer(tokenizer)
     ids = np.asarray(ids if not hasattr(ids, "numpy") else ids.numpy()).astype(np.int64).ravel()
-    table = _expansion(tokenizer)
+    table = token_tables(tokenizer)
     if ids.size and (ids.min() < 0 or ids.max() >= len(table.lengths)):
         raise TokenizerError(f"token ids must be in [0, {len(table.lengths)}), got {ids.min()}..{ids.max()}")
     ids = ids[~table.special[ids]]
@@ -461,7 +465,7 @@ def train_tokenizer(
     """
     if model not in ("BPE", "Unigram"):
         raise TokenizerError(f"model must be 'BPE' or 'Unigram', not {model!r}")
-    tok = make_tokenizer() if base is None else copy.deepcopy(_check_tokenizer(base))
+    tok = make_tokenizer() if base is None else copy.deepcopy(check_tokenizer(base))
     n_base = len(tok.vocab)
     if vocab_size <= n_base:
         raise TokenizerError(
@@ -477,78 +481,13 @@ def train_tokenizer(
         )
     if iterator.used == 0:
         raise TokenizerError("train_tokenizer: no score gave any token to train on")
-    if hasattr(tok, "_partita_expansion"):
-        del tok._partita_expansion
     return tok
 
 
 # --------------------------------------------------------------------------- per-token timing
 
 
-class _Expansion:
-    """For every id of the tokenizer: the base ids it stands for (CSR layout) and base token facts."""
-
-    def __init__(self, tokenizer: MusicTokenizer):
-        base_vocab = tokenizer.vocab
-        self.key = (len(tokenizer), tokenizer.is_trained, id(tokenizer._model))
-        n_base = len(base_vocab)
-        if tokenizer.is_trained:
-            model = tokenizer._model
-            learned = tokenizer._vocab_learned_bytes_to_tokens
-            seqs = []
-            for i in range(len(tokenizer)):
-                toks = learned.get(model.id_to_token(i), [])
-                seqs.append([base_vocab[t] for t in toks if t in base_vocab])
-        else:
-            seqs = [[i] for i in range(n_base)]
-        self.lengths = np.array([len(s) for s in seqs], np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-        self.flat = np.array([b for s in seqs for b in s], np.int64)
-        # Facts about base tokens.
-        types = [""] * n_base
-        values = [""] * n_base
-        for tok, i in base_vocab.items():
-            types[i], _, values[i] = tok.partition("_")
-        special = {t.split("_")[0] for t in tokenizer.special_tokens}
-        self.base_special = np.array([t in special for t in types], bool)
-        self.special = np.array(
-            [len(s) > 0 and bool(self.base_special[s].all()) for s in seqs], bool
-        ) | (self.lengths == 0)
-        self.is_bar = np.array([t == "Bar" and v != "End" for t, v in zip(types, values)], bool)
-        self.position = np.array([int(v) if t == "Position" else -1 for t, v in zip(types, values)], np.int64)
-        self.ts = np.zeros((n_base, 2), np.int64)  # numerator, denominator of TimeSig tokens
-        for i, (t, v) in enumerate(zip(types, values)):
-            if t == "TimeSig":
-                self.ts[i] = [int(x) for x in v.split("/")]
-        # Ticks each base token moves time by, per ticks-per-beat value (time-shift tokenizers).
-        self.shift: dict[int, np.ndarray] = {}
-        for tpb, table in tokenizer._tpb_tokens_to_ticks.items():
-            arr = np.zeros(n_base, np.int64)
-            for i, (t, v) in enumerate(zip(types, values)):
-                if t == "TimeShift" and v in table:
-                    arr[i] = table[v]
-            self.shift[tpb] = arr
-        self.has_shift = any(t == "TimeShift" for t in types)
-        self.has_position = any(t == "Position" for t in types)
-
-    def expand(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Base ids of ``ids`` and, for each id, the index of its first base token."""
-        lengths = self.lengths[ids]
-        first = np.cumsum(lengths) - lengths
-        total = int(lengths.sum())
-        idx = np.repeat(self.starts[ids] - first, lengths) + np.arange(total)
-        return self.flat[idx], first
-
-
-def _expansion(tokenizer: MusicTokenizer) -> _Expansion:
-    cached = getattr(tokenizer, "_partita_expansion", None)
-    if cached is None or cached.key != (len(tokenizer), tokenizer.is_trained, id(tokenizer._model)):
-        cached = _Expansion(tokenizer)
-        tokenizer._partita_expansion = cached
-    return cached
-
-
-def _timing_positions(table: _Expansion, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _timing_positions(table: TokenTables, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bar/Position tokenizers (REMI): count Bar tokens, carry the last Position value."""
     n = len(base)
     is_bar = table.is_bar[base]
@@ -560,7 +499,7 @@ def _timing_positions(table: _Expansion, base: np.ndarray) -> tuple[np.ndarray, 
     return bar, pos
 
 
-def _timing_shifts(tokenizer: MusicTokenizer, table: _Expansion, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _timing_shifts(tokenizer: MusicTokenizer, table: TokenTables, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Time-shift tokenizers (TSD, MIDILike, Structured): accumulate ticks, count bars per metre."""
     n = len(base)
     bar = np.zeros(n, np.int64)
@@ -602,10 +541,10 @@ def token_timing(tokenizer: MusicTokenizer, ids: Iterable[int] | np.ndarray) -> 
     bar 0 at position 0. A merged (BPE/Unigram) token gets the values of its first base token.
     Tokenizers with Rest tokens are refused (rests move time without Bar tokens).
     """
-    _check_tokenizer(tokenizer)
+    check_tokenizer(tokenizer)
     if tokenizer.config.use_rests:
         raise TokenizerError("token_timing does not support Rest tokens: make the tokenizer with use_rests=False")
-    table = _expansion(tokenizer)
+    table = token_tables(tokenizer)
     ids = np.asarray(ids if not hasattr(ids, "numpy") else ids.numpy()).astype(np.int64).ravel()
     if ids.size == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
@@ -682,7 +621,7 @@ def _encode_items(items, tokenizer, bos_eos, dtype, workers, seen, progress):
     from partita.data.pool import isolated_map
 
     items = [(str(piece_id), score) for piece_id, score in items]
-    _expansion(tokenizer)  # built once here, inherited by every worker rather than built in each
+    token_tables(tokenizer)  # built once here, inherited by every worker rather than built in each
     results = isolated_map(
         _encode_task,
         items,
@@ -730,7 +669,7 @@ def write_token_streams(
     the end, so an interrupted run leaves no half-written streams. A piece that fails to encode
     (or gives no token) is skipped; the ``(piece_id, reason)`` pairs are in ``.skipped``.
     """
-    _check_tokenizer(tokenizer)
+    check_tokenizer(tokenizer)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True to replace it)")
@@ -885,3 +824,4 @@ def token_streams(corpus) -> "TokenStreams":
         raise PartitaError(f"{corpus.path} has no token streams yet: run 'partita data tokenize {corpus.path}' first "
                            f"(after 'partita data tokenizer train {corpus.path}' for a BPE vocabulary)")
     return TokenStreams(path)
+

@@ -1,0 +1,247 @@
+"""The sampler by concern: the decoding step object, masks, stop rules, and generations that
+share one model."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from symusic import Note, Score, Tempo, TimeSignature, Track
+
+from partita.generation.filters import banned_ids, parse_time_signatures
+from partita.generation.sampling import SamplingConfig, sample
+from partita.generation.step import DecodeStep
+from partita.generation.stops import ClockStop, SecondsClock
+from partita.models import GPT, GPTConfig
+from partita.represent import tokens as T
+from partita.represent.token_tables import token_tables
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return T.make_tokenizer()
+
+
+def tiny_gpt(vocab: int, **overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.preset("tiny", **{"vocab_size": vocab, **overrides})).eval()
+
+
+def sharp_model(tok, **overrides) -> GPT:
+    """An untrained tiny GPT whose logits are far apart (greedy choices never hinge on rounding)."""
+    model = tiny_gpt(len(tok), n_labels=2, bar_embeddings=True, **overrides)
+    with torch.no_grad():
+        model.wte.weight.mul_(20.0)
+        model.wte.weight[T.special_id(tok, "EOS")] = 0.0
+    return model
+
+
+def random_prompt(tok, length: int, seed: int = 0) -> np.ndarray:
+    sampleable = np.flatnonzero(~token_tables(tok).special)
+    return np.concatenate([[T.special_id(tok, "BOS")], np.random.default_rng(seed).choice(sampleable, length - 1)])
+
+
+# --------------------------------------------------------------------------- the decoding step
+
+
+@pytest.mark.parametrize("options", [{}, {"block": "parallel", "gelu": "none"}, {"bar_embeddings": True},
+                                     {"xl_memory": True, "knn_memory": True, "knn_topk": 4, "bar_embeddings": True}])
+def test_decoding_step_computes_what_the_blocks_compute(options):
+    """``DecodeStep`` (the weights in the decoding layout, read directly) gives the blocks' own
+    logits for every step after the first, memories and all, past the context."""
+    model = tiny_gpt(40, context=8, **options)
+    ids = torch.randint(0, 40, (2, 30), generator=torch.Generator().manual_seed(0))
+    steps = torch.arange(30).expand(2, 30)
+    extra = {"bars": steps // 8, "positions": (steps % 8) * 4} if model.config.bar_embeddings else {}
+    step = DecodeStep.of(model)
+    assert step is not None
+    runs = []
+    for fast in (False, True):
+        cache = model.new_cache()
+        knn = model.new_knn_memory(2) if model.config.knn_memory else None
+        out, used = [], 0
+        with torch.inference_mode():
+            for i in range(30):
+                model.slide_window(cache, knn=knn)
+                one = {k: v[:, i : i + 1] for k, v in extra.items()}
+                x = ids[:, i : i + 1]
+                if fast and step.applies(x, cache):
+                    out.append(step(x, cache, knn, one.get("bars"), one.get("positions")))
+                    used += 1
+                else:
+                    out.append(model(x, cache=cache, knn=knn, **one)[0])
+        runs.append(torch.cat(out, 1))
+        assert used == (29 if fast else 0)  # every step after the first
+    torch.testing.assert_close(runs[1], runs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_the_step_leaves_the_model_as_it_was():
+    """Building a step copies weights into its own object: the model's modules, parameters and
+    attributes are untouched, and a model with learned positions gets no step."""
+    model = tiny_gpt(40)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attrs = set(vars(model))
+    step = DecodeStep.of(model)
+    assert step is not None and set(vars(model)) == attrs
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert DecodeStep.of(tiny_gpt(40, positions="learned")) is None
+
+
+def test_two_generations_on_one_model_at_once_get_their_own_tokens(tok):
+    """Two threads sample from one shared model at the same time; each gets exactly the tokens
+    it gets alone (the model holds no decoding state)."""
+    model = sharp_model(tok, xl_memory=True, knn_memory=True, knn_topk=4)
+    prompts = [random_prompt(tok, 90, seed=1), random_prompt(tok, 40, seed=2)]
+    jobs = [dict(prompts=prompts[0], n=2, seed=5, temperature=1.0, max_new_tokens=80),
+            dict(prompts=prompts[1], n=1, seed=9, temperature=0.8, max_new_tokens=120)]
+    alone = [sample(model, tok, **job) for job in jobs]
+    together: list = [None, None]
+    errors: list = []
+    start = threading.Barrier(2)
+
+    def run(i: int) -> None:
+        try:
+            start.wait()
+            for _ in range(3):  # overlap several calls
+                together[i] = sample(model, tok, **jobs[i])
+                assert all(np.array_equal(a, b) for a, b in zip(together[i], alone[i]))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(2):
+        assert all(np.array_equal(a, b) for a, b in zip(together[i], alone[i]))
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def test_time_signature_mask_bans_every_other_metre(tok):
+    tables = token_tables(tok)
+    eos = T.special_id(tok, "EOS")
+    song = random_prompt(tok, 10)
+    free = banned_ids(tables, eos=eos, ban_eos=False, programs=None, song=song)
+    held = banned_ids(tables, eos=eos, ban_eos=False, programs=None, song=song, time_signatures=[(3, 4)])
+    strings = {i: s for s, i in tok.vocab.items()}
+    metres = {i: s for i, s in strings.items() if s.startswith("TimeSig_")}
+    assert len(metres) > 3
+    for i, s in metres.items():
+        assert not free[i]
+        assert held[i] == (s != "TimeSig_3/4")
+    assert (held & ~free).sum() == len(metres) - 1  # nothing else is banned
+
+
+def test_sampling_held_to_a_metre_writes_only_that_metre(tok):
+    model = sharp_model(tok)
+    with torch.no_grad():  # make TimeSig tokens likely, so a free model would write several
+        for s, i in tok.vocab.items():
+            if s.startswith("TimeSig_"):
+                model.wte.weight[i] *= 1.5
+    prompt = random_prompt(tok, 20, seed=3)
+    out = sample(model, tok, prompts=prompt, n=3, seed=1, max_new_tokens=200, time_signatures="6/8")
+    strings = {i: s for s, i in tok.vocab.items()}
+    for ids in out:
+        new = [strings[int(i)] for i in ids[len(prompt):]]
+        assert {s for s in new if s.startswith("TimeSig_")} <= {"TimeSig_6/8"}
+
+
+def test_piano_programs_count_as_one_instrument(tok):
+    """``programs="auto"`` after a piano track on program 1 (Bright Acoustic) allows every piano
+    program, so a model that writes program 0 still adds notes."""
+    tables = token_tables(tok)
+    eos = T.special_id(tok, "EOS")
+    score = Score(480)
+    track = Track(program=1)
+    track.notes.append(Note(0, 480, 60, 80))
+    score.tracks.append(track)
+    song = T.encode(tok, score)
+    ban = banned_ids(tables, eos=eos, ban_eos=False, programs="auto", song=song)
+    ids_of = tables.programs.ids_of
+    for p in range(8):
+        assert not ban[ids_of[p]].any()
+    assert ban[ids_of[40]].all()  # a violin is still another instrument
+
+
+def test_bad_sampling_values_are_one_line_errors():
+    from partita.errors import PartitaError
+
+    for bad in ({"seconds": True}, {"seconds": float("nan")}, {"seconds": -1}, {"bars": 1e400},
+                {"max_pause": 0}, {"time_signatures": "3/5"}, {"time_signatures": "x"}, {"bars": True}):
+        with pytest.raises(PartitaError):
+            SamplingConfig(**bad).checked()
+    assert parse_time_signatures("6/8, 3/4") == ((3, 4), (6, 8))
+
+
+# --------------------------------------------------------------------------- stops
+
+
+def _score(notes: list[tuple[float, float]], qpm: float = 120.0) -> Score:
+    """Notes (onset, duration) in quarters at ``qpm``, 4/4."""
+    score = Score(480)
+    score.tempos.append(Tempo(0, qpm))
+    score.time_signatures.append(TimeSignature(0, 4, 4))
+    track = Track(program=0)
+    for on, dur in notes:
+        track.notes.append(Note(int(on * 480), int(dur * 480), 60, 80))
+    score.tracks.append(track)
+    return score
+
+
+def test_the_clock_counts_onsets_not_held_notes(tok):
+    """A note held for 8 bars adds no seconds: the clock reads the last onset."""
+    held = T.encode(tok, _score([(0, 1), (1, 32)]))  # 120 qpm: onsets at 0 and 0.5 s, held 16 s
+    clock = SecondsClock(tok, held)
+    assert clock.end(held[clock.anchor:]) == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_silence_longer_than_max_pause_cuts_the_sample_before_it(tok):
+    """ClockStop with ``max_pause`` finds a gap in the new music and cuts the ids right after the
+    last note before the gap; a gap within the prompt does not count."""
+    prompt = T.encode(tok, _score([(0, 1), (1, 1)]))
+    whole = T.encode(tok, _score([(0, 1), (1, 1), (2, 1), (3, 1), (20, 1), (21, 1)]))  # 8 s of silence
+    clock = SecondsClock(tok, prompt)
+
+    class Batch:  # the sampler's view the rule reads
+        L0 = 1 + len(prompt)
+        L = 1 + len(whole)
+        n_new = len(whole) - len(prompt)
+        seq = torch.from_numpy(np.concatenate([[0], whole]))[None]
+
+    rule = ClockStop([clock], None, 2.0)
+    rule.next_check = 0
+    ends = rule.check(Batch, [0])
+    assert set(ends) == {0} and rule.reason_of(0) == "pause"
+    kept = whole[: ends[0] - 1]
+    on, _ = clock.notes(kept[clock.anchor:])
+    assert on[-1] == pytest.approx(1.5, abs=0.02)  # the note at quarter 3 is the last one kept
+    assert len(on) == 4
+    calm = ClockStop([clock], None, 10.0)
+    calm.next_check = 0
+    assert calm.check(Batch, [0]) == {}
+
+
+def test_seconds_count_new_onsets(tok):
+    """``seconds=S`` stops at the first prefix whose last onset is S seconds after the prompt's."""
+    model = sharp_model(tok)
+    prompt = T.encode(tok, _score([(0, 1), (1, 1)]))
+    for out in sample(model, tok, prompts=prompt, n=2, seed=2, seconds=3.0, return_details=True):
+        clock = SecondsClock(tok, prompt)
+        new = clock.end(out.ids[clock.anchor:]) - clock.prompt_end
+        if out.stop == "seconds":
+            assert new >= 3.0 - 1e-6
+            assert clock.end(out.ids[clock.anchor:-1]) - clock.prompt_end < 3.0
