@@ -4,6 +4,7 @@ share one model."""
 from __future__ import annotations
 
 import threading
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -245,3 +246,78 @@ def test_seconds_count_new_onsets(tok):
         if out.stop == "seconds":
             assert new >= 3.0 - 1e-6
             assert clock.end(out.ids[clock.anchor:-1]) - clock.prompt_end < 3.0
+
+
+# --------------------------------------------------------------------------- one sampling surface
+
+
+def test_command_line_options_are_made_from_the_config_fields():
+    """``@sampling_options`` offers every ``SamplingConfig`` field with a ``cli`` flag, with the
+    field's help text, and passes on only what the user said."""
+    import typer
+    from typer.testing import CliRunner
+
+    from partita.cli.sampling import SAMPLING_CLI_FIELDS, sampling_options
+
+    got = {}
+    app = typer.Typer()
+
+    @app.command()
+    @sampling_options(exclude=("threads",))
+    def gen(n: int = typer.Option(4, "-n"), name: Optional[str] = typer.Option(None, "--name"), sampling: dict = None):
+        got.update(n=n, name=name, sampling=sampling)
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["-n", "2", "-t", "0.5", "--bars", "8", "--programs", "0,1", "--allow-early-end"])
+    assert r.exit_code == 0, r.output
+    assert got == {"n": 2, "name": None, "sampling": {"temperature": 0.5, "bars": 8, "programs": "0,1",
+                                                       "allow_early_end": True}}
+    r = runner.invoke(app, [])
+    assert got["sampling"] == {}  # nothing said: the bundle's and the config's defaults apply
+    text = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    assert {"temperature", "seconds", "max_pause", "programs", "seed"} <= set(SAMPLING_CLI_FIELDS)
+    for field in SAMPLING_CLI_FIELDS:
+        flag = "--" + SamplingConfig.__dataclass_fields__[field].metadata["cli"]
+        assert (flag in text) == (field != "threads")
+    assert SamplingConfig.help("max_pause").split(";")[0] in " ".join(text.split())
+    assert runner.invoke(app, ["--threads", "1"]).exit_code != 0
+
+
+def test_a_bundle_carries_its_generation_defaults(tmp_path, tok):
+    """``generation.json`` is saved and loaded with a bundle; ``SamplingConfig.of_bundle`` starts
+    from it; an unknown name is a one-line error naming the file."""
+    import json
+
+    import partita
+    from partita.bundle import save_bundle
+    from partita.errors import PartitaError
+
+    model = tiny_gpt(len(tok), knn_memory=True, knn_max_memory=64)
+    save_bundle(model, tmp_path / "b", tok, generation={"max_pause": 2.5, "memory_keys": 16})
+    bundle = partita.load(tmp_path / "b")
+    assert bundle.generation == {"max_pause": 2.5, "memory_keys": 16}
+    config = SamplingConfig.of_bundle(bundle)
+    assert config.max_pause == 2.5 and config.memory_keys == 16 and config.temperature == 1.0
+    (tmp_path / "b" / "generation.json").write_text(json.dumps({"temprature": 0.5}))
+    with pytest.raises(PartitaError, match="generation.json.*temprature"):
+        SamplingConfig.of_bundle(partita.load(tmp_path / "b"))
+    assert partita.load("gpt-piano").generation["memory_keys"] == 4096
+
+
+def test_memory_keys_bound_the_knn_memory_while_decoding(tok):
+    model = sharp_model(tok, knn_memory=True, knn_topk=4, knn_max_memory=256, context=16)
+    prompt = random_prompt(tok, 200, seed=7)
+    seen = []
+    real = GPT.new_knn_memory
+
+    def spy(self, batch_size, **kw):
+        memory = real(self, batch_size, **kw)
+        seen.append(memory)
+        return memory
+
+    GPT.new_knn_memory = spy
+    try:
+        sample(model, tok, prompts=prompt, n=1, seed=0, max_new_tokens=40, memory_keys=32)
+    finally:
+        GPT.new_knn_memory = real
+    assert seen and max(seen[-1].sizes()) <= 32

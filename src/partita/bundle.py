@@ -8,6 +8,8 @@
       model.safetensors  the weights (float32, or float16 with save_bundle(..., fp16=True))
       tokenizer.json     the tokenizer, when the model reads tokens (partita.represent.tokens)
       card.json          what data, what command, what metrics (free-form JSON object)
+      generation.json    optional: this model's sampling defaults (``SamplingConfig`` fields,
+                         e.g. ``{"max_pause": 2.1}``), which the generation commands start from
 
 Weights are read with ``safetensors`` only: loading a bundle never runs code from the files.
 ``load_bundle`` picks the model class from ``family`` through a small registry; a family lives
@@ -35,6 +37,7 @@ __all__ = ["Bundle", "BundleError", "FAMILIES", "load", "load_bundle", "register
 FORMAT = "partita.bundle"
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, CARD_FILE = "config.json", "model.safetensors", "tokenizer.json", "card.json"
+GENERATION_FILE = "generation.json"
 
 #: family name -> "module:ModelClass" (imported on demand) or the class itself.
 FAMILIES: dict[str, Any] = {
@@ -61,7 +64,8 @@ class BundleError(PartitaError):
 
 @dataclass
 class Bundle:
-    """A loaded bundle: ``model`` (in eval mode), its ``config``, ``tokenizer`` (or None), ``card``."""
+    """A loaded bundle: ``model`` (in eval mode), its ``config``, ``tokenizer`` (or None), ``card``,
+    and ``generation``: the sampling defaults of ``generation.json`` ({} without one)."""
 
     model: Any
     config: Any
@@ -69,6 +73,7 @@ class Bundle:
     card: dict = field(default_factory=dict)
     family: str = ""
     path: Optional[Path] = None
+    generation: dict = field(default_factory=dict)
 
 
 def register_family(name: str, model_class: Any) -> None:
@@ -125,6 +130,7 @@ def save_bundle(
     card: Optional[dict] = None,
     *,
     fp16: bool = False,
+    generation: Optional[dict] = None,
 ) -> Path:
     """Write ``model`` (and ``tokenizer``, ``card``) as a bundle folder ``path``; returns it.
 
@@ -133,7 +139,8 @@ def save_bundle(
     ``fp16=True`` stores floating-point weights as float16 (half the size; loading casts them
     back to the model's float32 unless ``load_bundle(dtype=...)`` says otherwise). ``card`` is
     any JSON-able dict; ``family``, ``parameters``, ``partita_version`` and ``saved`` (UTC time)
-    are added unless present.
+    are added unless present. ``generation``: sampling defaults written to ``generation.json``
+    (None keeps the file an earlier save left).
     """
     from safetensors.torch import save as st_save
 
@@ -177,6 +184,8 @@ def save_bundle(
     card.setdefault("partita_version", __version__)
     card.setdefault("saved", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     atomic_write(path / CARD_FILE, _json_bytes(card))
+    if generation is not None:
+        atomic_write(path / GENERATION_FILE, _json_bytes(dict(generation)))
     return path
 
 
@@ -258,7 +267,11 @@ def load_bundle(path: PathLike, *, device: Any = "cpu", dtype: Any = None) -> Bu
         except PartitaError as e:
             raise BundleError(str(e)) from None
     card = _read_json(path / CARD_FILE, "model card") if (path / CARD_FILE).is_file() else {}
-    return Bundle(model=model, config=config, tokenizer=tokenizer, card=card, family=family, path=path)
+    generation = _read_json(path / GENERATION_FILE, "generation defaults") if (path / GENERATION_FILE).is_file() else {}
+    if not isinstance(generation, dict):
+        raise BundleError(f"{path / GENERATION_FILE}: must be a JSON object of sampling options")
+    return Bundle(model=model, config=config, tokenizer=tokenizer, card=card, family=family, path=path,
+                  generation=generation)
 
 
 def load(

@@ -106,7 +106,7 @@ class SamplingConfig:
     max_pause: Optional[float] = _option(
         None, "Cut a sample before a silence (no note sounding) longer than this many seconds; None = never "
         "(a bundle's generation.json may set it from its training data).", cli="max-pause")
-    allow_early_end: bool = _option(False, "Let the model end the piece before the length asked.")
+    allow_early_end: bool = _option(False, "Let the model end the piece before the length asked.", cli="allow-early-end")
     allow_eos: bool = _option(True, "Let the model end the piece at all.")
     programs: Any = _option("auto", "Instruments the model may write: 'auto' (the prompt's; any piano program "
                             "counts as piano), 'all', or General MIDI numbers like '0,33' (-1 = drums).", cli="programs")
@@ -116,11 +116,24 @@ class SamplingConfig:
     batch_size: Optional[int] = _option(None, "Rows decoded at once (default: all samples of a prompt).", cli="batch-size")
     threads: Optional[int] = _option(None, "Intra-op threads while decoding (default: chosen by timing; tokens are the same).", cli="threads")
     prompt_read: Optional[int] = _option(PROMPT_READ_TOKENS, "Read at most this many of a prompt's last tokens.")
+    memory_keys: Optional[int] = _option(None, "Keys a kNN-memory model keeps per sample while decoding (default: "
+                                         "the model's knn_max_memory; a bundle's generation.json may set fewer).")
     prompt_bf16: Optional[bool] = _option(None, "Read prompt windows under bf16 autocast (default: on CPUs with bf16 instructions).")
 
     @classmethod
     def help(cls, name: str) -> str:
         return cls.__dataclass_fields__[name].metadata.get("help", "")
+
+    @classmethod
+    def of_bundle(cls, bundle: Any) -> "SamplingConfig":
+        """The defaults a bundle's ``generation.json`` sets (validated; unknown names are a
+        one-line error naming the file), everything else as ``SamplingConfig()``."""
+        defaults = dict(getattr(bundle, "generation", None) or {})
+        try:
+            return cls().replace(**defaults).checked()
+        except PartitaError as e:
+            where = getattr(bundle, "path", None)
+            raise PartitaError(f"{where}/generation.json: {e}" if where else str(e)) from None
 
     def replace(self, **changes: Any) -> "SamplingConfig":
         """A copy with ``changes`` (field names; unknown names are a one-line error)."""
@@ -133,7 +146,7 @@ class SamplingConfig:
         """Validated copy (whole numbers, ranges, programs and metres as tuples or None); PartitaError else."""
         check_filters(self.temperature, self.top_k, self.top_p, self.min_p)
         c = dataclasses.replace(self)
-        for name in ("max_new_tokens", "bars", "batch_size", "threads", "prompt_read"):
+        for name in ("max_new_tokens", "bars", "batch_size", "threads", "prompt_read", "memory_keys"):
             setattr(c, name, _positive_int(getattr(c, name), name.replace("_", "-")))
         for name in ("seconds", "max_pause"):
             value = getattr(c, name)
@@ -490,7 +503,8 @@ class _Batch:
         # RoPE models keep their XL memory in the cache (MemorySegments); learned positions do not
         learned = mc.positions == "learned"
         self.xl = model.new_xl_memory(B) if getattr(mc, "xl_memory", False) and learned else None
-        self.knn = model.new_knn_memory(B) if getattr(mc, "knn_memory", False) else None
+        keys = {} if self.config.memory_keys is None else {"max_memory": self.config.memory_keys}
+        self.knn = model.new_knn_memory(B, **keys) if getattr(mc, "knn_memory", False) else None
         self.window.reset()
 
     def run(self, rows: list[tuple[int, int]], prompts: list[Any], banned: torch.Tensor) -> list[SampledIds]:

@@ -32,7 +32,7 @@ from partita.generation.repair import decode_safe, decode_tokens, ids_array, rep
 from partita.represent.token_tables import token_tables
 
 __all__ = ["BarStop", "CLOCK_BARS", "ClockStop", "EosStop", "SECONDS_CHECK_EVERY", "SecondsClock", "Stops",
-           "TokenStop", "seconds_check_gap"]
+           "TokenStop", "pauses", "seconds_check_gap"]
 
 #: With ``seconds=`` (or ``max_pause``), the samples are decoded and measured 1 to 4 times this
 #: many tokens apart (``seconds_check_gap``).
@@ -247,8 +247,7 @@ class ClockStop:
         ends at a new note (None if there is none)."""
         if len(on) < 2:
             return None
-        sounding = np.maximum.accumulate(off)[:-1]  # when everything before note i has ended
-        gaps = on[1:] - np.maximum(sounding, on[:-1])
+        gaps = pauses(on, off)  # on, off come sorted by onset
         new = on[1:] > prompt_end + 1e-9
         hits = np.flatnonzero(new & (gaps > self.max_pause))
         if not len(hits):
@@ -279,3 +278,15 @@ class Stops:
     def select(self, keep: Sequence[int]) -> None:
         for rule in self.rules:
             rule.select(keep)
+
+
+def pauses(onsets: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The silences of a piece, in its time unit: for each note after the first, how long nothing
+    sounded before it (0 when a note still sounded). ``ClockStop`` cuts a sample at a silence
+    longer than ``max_pause``; ``scripts/generation_defaults.py`` reads the data's quantile."""
+    order = np.argsort(onsets, kind="stable")
+    on, off = np.asarray(onsets, np.float64)[order], np.asarray(offsets, np.float64)[order]
+    if len(on) < 2:
+        return np.zeros(0)
+    sounding = np.maximum.accumulate(off)[:-1]
+    return np.maximum(on[1:] - np.maximum(sounding, on[:-1]), 0.0)

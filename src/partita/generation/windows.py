@@ -175,7 +175,8 @@ class MemorySegments(Window):
         mc, C = self.batch.model.config, self.C
         held = C - 1 + self.xl_len
         if getattr(mc, "knn_memory", False):
-            held = max(held, int(mc.knn_max_memory) + C - 1)
+            keys = self.batch.config.memory_keys or int(mc.knn_max_memory)
+            held = max(held, int(keys) + C - 1)
         elif self.xl_len:
             held = int(mc.n_layer) * self.xl_len + C - 1
         read = self.batch.config.prompt_read
