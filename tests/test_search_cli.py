@@ -164,18 +164,92 @@ def test_shipped_index_attributes_random_notes_to_an_unknown_composer(tmp_path, 
 
 
 def test_piano_queries_go_to_the_shipped_piano_index_and_others_to_the_bundled_one(fixtures):
-    from partita.io import is_piano
-    from partita.search.index import choose_index, shipped_index
+    from partita.search import choose_index
+    from partita.search.index import shipped_index
 
     piano = [fixtures / "performance" / "Maestro_1.mid", next((fixtures / "performance").glob("Chopin*.mid"))]
     band = fixtures / "multitrack" / "Funkytown.mid"
-    assert all(is_piano(p) for p in piano) and not is_piano(band) and not is_piano(fixtures / "edge" / "empty.mid")
-    assert choose_index(None, piano) == shipped_index("piano")
-    assert choose_index(None, [*piano, band]) == shipped_index("bundled")
-    assert choose_index("bundled", piano) == shipped_index("bundled") == choose_index(None, [])
-    assert choose_index("piano") == shipped_index("piano")
+    c = choose_index(piano)
+    assert c.index == shipped_index("piano") and c.embedder == "featnet-piano" and not c.given
+    assert c.reason.startswith("piano music (100% of notes") and c.reason.endswith("-> piano-index/featnet-piano")
+    assert c.to_dict()["piano_share"] == 1.0
+    # A folder is judged by the files in it, not by its name; a mixed set by the mean of its pieces.
+    assert choose_index([fixtures / "performance"]).index == shipped_index("piano")
+    mixed = choose_index([*piano, band])
+    assert mixed.index == shipped_index("bundled") and mixed.reason.startswith("not piano music")
+    assert 0.5 < mixed.piano_share < 0.8
+    assert choose_index([fixtures / "multitrack"]).index == shipped_index("bundled")
+    assert choose_index([]).index == shipped_index("bundled") == choose_index([fixtures / "edge" / "empty.mid"]).index
+    # Named: the index as given; a shipped embedder's name: the shipped index it made.
+    assert choose_index(piano, "bundled").index == shipped_index("bundled")
+    assert choose_index([], "piano").given and choose_index([], "piano-index").index == shipped_index("piano")
+    assert choose_index([band], model=Path("featnet-piano")).index == shipped_index("piano")
+    # A new index gets the embedder of its music.
+    assert choose_index(piano, "x", new_index=True).embedder == "featnet-piano"
+    assert choose_index([band], "x", new_index=True).embedder == "siavit-small"
     with pytest.raises(PartitaError, match="no shipped index 'nope'"):
         shipped_index("nope")
+
+
+def test_scores_of_voices_on_program_0_are_not_piano_music(tmp_path):
+    """A chorale or folk tune exported from notation leaves every voice on program 0: one line a
+    track is not keyboard music; the same notes merged onto one track are."""
+    from symusic import Note, Score, Track
+
+    from partita.search.choice import piano_share
+
+    score = Score(480)
+    for v, base in enumerate((72, 67, 60, 48)):
+        t = Track(f"voice {v}", 0, False)
+        t.notes.extend(Note(i * 480, 480, base + (i % 3), 80) for i in range(32))
+        score.tracks.append(t)
+    score.dump_midi(str(tmp_path / "chorale.mid"))
+    merged = Score(480)
+    t = Track("piano", 0, False)
+    t.notes.extend(n for tr in score.tracks for n in tr.notes)
+    merged.tracks.append(t)
+    merged.dump_midi(str(tmp_path / "keyboard.mid"))
+    assert piano_share([tmp_path / "chorale.mid"]) == (0.0, 1)
+    assert piano_share([tmp_path / "keyboard.mid"]) == (1.0, 1)
+
+
+def test_shipped_embedder_names_work_in_every_command(fixtures, tmp_path, capsys):
+    """-m featnet-piano (typer hands a Path) in embed, similar, attribute and map; the choice is in
+    the table title and the JSON."""
+    query = fixtures / "performance" / "Maestro_1.mid"
+    band = fixtures / "multitrack" / "Funkytown.mid"
+    code, out, err = cli(capsys, "embed", fixtures / "performance", "-m", "featnet-piano", "--index", tmp_path / "idx",
+                         "--json", tmp_path / "e.json")
+    assert code == 0, err
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["meta"]["model"]["name"] == "featnet-piano" and e["meta"]["model"]["shipped"]
+    assert e["choice"]["embedder"] == "featnet-piano" and e["choice"]["given"] and "given: --model featnet-piano" in out
+    for command in ("similar", "attribute"):
+        code, out, err = cli(capsys, command, query, band, "-m", "featnet-piano", "--json", tmp_path / f"{command}.json")
+        assert code == 0, err
+        r = json.loads((tmp_path / f"{command}.json").read_text())
+        assert Path(r["index"]).name == "piano-index" and r["choice"]["embedder"] == "featnet-piano"
+        assert "-> piano-index/featnet-piano" in out
+    code, out, err = cli(capsys, "map", "-H", query, "-m", "featnet-piano", "--method", "pca", "-o", tmp_path / "m.html",
+                         "--json", tmp_path / "m.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "m.json").read_text())["choice"]["index_name"] == "piano-index"
+    # Without a model: a new index of a band's songs gets the bundled corpus's embedder.
+    code, out, err = cli(capsys, "embed", band, "--index", tmp_path / "band", "--json", tmp_path / "b.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "b.json").read_text())["meta"]["model"]["name"] == "siavit-small"
+    assert "not piano music" in out
+
+
+def test_classify_of_piano_music_answers_with_the_piano_index(fixtures, tmp_path, capsys):
+    query = fixtures / "performance" / "Maestro_1.mid"
+    code, out, err = cli(capsys, "classify", query, "--json", tmp_path / "c.json")
+    assert code == 0, err
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["choice"]["index_name"] == "piano-index" and "piano-index/featnet-piano" in out
+    assert r["results"][0]["top"][0]["label"] in {"Bach", "Beethoven", "Chopin", "Haydn", "Liszt", "Mozart", "Schubert",
+                                                  "Schumann", "Balakirev", "Scriabin", "Rachmaninoff", "Ravel", "Debussy",
+                                                  "Prokofiev", "Glinka", "Brahms"}
 
 
 def test_attributing_piano_music_right_after_install_names_a_piano_composer_or_unknown(fixtures, tmp_path, capsys):

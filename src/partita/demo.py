@@ -100,10 +100,12 @@ def demo_pieces(per_label: Optional[int] = None) -> list[dict]:
 def _attribute(rows: list[dict], out: Path, highlight: int, progress) -> dict:
     """Attribute every row with the shipped index; place ``highlight`` of them on its map."""
     from partita.search.attribute import load_attribution
-    from partita.search.index import Index, embed_queries, shipped_index
+    from partita.search import choose_index
+    from partita.search.index import Index, embed_queries
     from partita.search.maps import draw_map
 
-    index_path = shipped_index()
+    choice = choose_index([r["file"] for r in rows])
+    index_path = choice.index
     index = Index.load(index_path)
     attribution = load_attribution(index_path)
     vectors, kept, failures = embed_queries(index, [r["file"] for r in rows], progress=progress)
@@ -135,6 +137,7 @@ def _attribute(rows: list[dict], out: Path, highlight: int, progress) -> dict:
         "majority": max(counts.values()) / len(scored) if scored else float("nan"),
         "unknown": sum(not r["known"] for r in scored),
         "failures": [f"{p}: {why}" for p, why in failures],
+        "choice": choice.to_dict(),
         "pieces_table": results,
     }
     # Two held-out pieces on the corpus map: a chorale and a folk tune (else the first two kept).
@@ -154,15 +157,18 @@ def _piano(asap: Optional[Path], held_out: int = 4) -> dict:
     nearest ASAP works) and, with an ASAP folder, performances of held-out works finding their score."""
     from partita.search.attribute import load_attribution
     from partita.search.embed import embed_files
-    from partita.search.index import Index, load_embedder, resolve_model, shipped_index
+    from partita.search import choose_index
+    from partita.search.index import Index, load_embedder, resolve_model
 
-    folder = shipped_index("piano")
+    files = sorted(PIANO_SET.glob("*.mid"))
+    choice = choose_index(files)
+    folder = choice.index
     index = Index.load(folder)
     attribution = load_attribution(folder)
     model = load_embedder(resolve_model(index.model)[0])
-    files = sorted(PIANO_SET.glob("*.mid"))
     vectors, kept, failures = embed_files(model, files)
-    out: dict = {"transcriptions": [], "renditions": [], "failures": [f"{p}: {why}" for p, why in failures]}
+    out: dict = {"choice": choice.to_dict(), "transcriptions": [], "renditions": [],
+                 "failures": [f"{p}: {why}" for p, why in failures]}
     for path, verdict, hits in zip(kept, attribution.attribute(vectors, k=3), index.search(vectors, 3)):
         out["transcriptions"].append({
             "piece": Path(path).stem.rsplit(",", 1)[0], "verdict": verdict["verdict"] if verdict["known"] else "unknown composer",

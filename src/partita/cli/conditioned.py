@@ -162,7 +162,9 @@ def eval_conditioned_cmd(
 
 def _classifier_path(model: Optional[Path]) -> Path:
     if model is not None:
-        return model
+        from partita.search.choice import shipped_model
+
+        return shipped_model(model)  # a folder, or a shipped name (typer hands a Path)
     from partita import pretrained
 
     return pretrained.bundle_path(pretrained.CLASSIFIER)
@@ -179,10 +181,19 @@ def classify(
 
     if top_k < 1:
         raise PartitaError(f"--top-k must be >= 1, got {top_k}")
+    if model is None:  # one choice for every command: piano music goes to the piano index's composers
+        from partita.search import choose_index
+
+        choice = choose_index(list(files))
+        if choice.index_name == "piano-index":
+            from partita.cli.search import attribute
+
+            return attribute(list(files), index=None, k=top_k, model=None, json_path=json_out)
     results = classify_files(_classifier_path(model), files, top_k=top_k)
     good = [r for r in results if "error" not in r]
     if good:
-        table = Table(title_justify="left")
+        title = f"Composer ({Path(_classifier_path(model)).name}" + (f"; {choice.reason})" if model is None else ")")
+        table = Table(title=title, title_justify="left")
         table.add_column("file", overflow="fold")
         for k in range(min(top_k, len(good[0]["top"]))):
             table.add_column(f"#{k + 1}")
@@ -192,6 +203,7 @@ def classify(
     for r in results:
         if "error" in r:
             err_console.print(f"skipped {r['file']}: {r['error']}", markup=False, highlight=False)
-    write_json(json_out, {"results": results})
+    write_json(json_out, {"model": str(_classifier_path(model)), "choice": choice.to_dict() if model is None else None,
+                          "results": results})
     if not good:
         raise PartitaError(f"none of the {len(results)} file(s) could be classified (see the reasons above)")

@@ -17,10 +17,11 @@ from partita.cli.common import console, err_console, progress_bar, write_json
 from partita.errors import PartitaError
 
 
-def _index_path(index: Optional[Path], queries: list[Path] = ()) -> Path:
-    from partita.search.index import choose_index
+def _choose(index: Optional[Path], queries: list[Path] = (), model: Optional[Path] = None):
+    """The index and embedder these queries get (``partita.search.choose_index``), said once."""
+    from partita.search import choose_index
 
-    return choose_index(index, queries)
+    return choose_index(list(queries), index, model=model)
 
 
 def _splits(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -58,7 +59,7 @@ def _embed_queries(index, queries: list[Path], model: Optional[Path]):
 def embed(
     inputs: list[Path] = typer.Argument(..., help="MIDI files, folders of MIDI files, or prepared corpus folders."),
     index: Path = typer.Option(..., "--index", "-i", help="Index folder to create, or to add the pieces to."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Embedder bundle (default: the index's, else the shipped siavit-small)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Embedder bundle or shipped name (default: the index's; a new index: featnet-piano for piano music, else siavit-small)."),
     index_type: str = typer.Option("auto", "--index-type", help="auto (exact up to 50k pieces, HNSW above, IVF from 2M), flat, hnsw or ivf."),
     windows: Optional[int] = typer.Option(None, "--windows", help="Windows averaged per piece (default 8; an existing index keeps its own)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Embedding seed (default 0; an existing index keeps its own)."),
@@ -86,7 +87,7 @@ def embed(
     from rich.table import Table
 
     idx = report.index
-    table = Table(title=f"Index {index}", show_header=False, title_justify="left")
+    table = Table(title=f"Index {index} ({report.choice.reason})", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("created" if report.created else "added to", f"{report.added:,} pieces")
@@ -113,7 +114,7 @@ def embed(
             line += f", top-1 {f['top1']:.1%} on them"
         console.print(line)
     write_json(json_path, {
-        "index": str(index), "created": report.created, "added": report.added, "already_in_index": report.skipped_known,
+        "index": str(index), "choice": report.choice.to_dict(), "created": report.created, "added": report.added, "already_in_index": report.skipped_known,
         "failures": [{"path": p, "reason": r} for p, r in report.failures], "meta": idx.meta(), "attribution": attribution,
     })
 
@@ -132,13 +133,14 @@ def similar(
 
     if k < 1:
         raise PartitaError(f"-k must be at least 1, not {k}")
-    folder = _index_path(index, queries)
+    choice = _choose(index, queries, model)
+    folder = choice.index
     idx = Index.load(folder)
     vecs, kept, failures = _embed_queries(idx, queries, model)
     results = idx.search(vecs, k)
     out = []
     for path, hits in zip(kept, results):
-        table = Table(title=f"Most similar to {Path(path).name}", title_justify="left")
+        table = Table(title=f"Most similar to {Path(path).name} ({choice.reason})", title_justify="left")
         for col, just in (("#", "right"), ("distance", "right"), ("title", "left"), ("label", "left"), ("split", "left"), ("id", "left")):
             table.add_column(col, justify=just, overflow="fold")
         for h in hits:
@@ -147,7 +149,7 @@ def similar(
                           str(p.get("split") or ""), str(p.get("id") or ""))
         console.print(table)
         out.append({"query": path, "hits": [h.to_dict() for h in hits]})
-    write_json(json_path, {"index": str(folder), "k": k, "results": out,
+    write_json(json_path, {"index": str(folder), "choice": choice.to_dict(), "k": k, "results": out,
                            "failures": [{"path": p, "reason": r} for p, r in failures]})
 
 
@@ -167,7 +169,8 @@ def attribute(
 
     if k < 1:
         raise PartitaError(f"-k must be at least 1, not {k}")
-    folder = _index_path(index, queries)
+    choice = _choose(index, queries, model)
+    folder = choice.index
     idx = Index.load(folder)
     attribution = load_attribution(folder)
     if attribution.model_fingerprint and attribution.model_fingerprint != idx.model.get("fingerprint"):
@@ -175,7 +178,7 @@ def attribute(
     vecs, kept, failures = _embed_queries(idx, queries, model)
     results = attribution.attribute(vecs, k=k)
     limit = f"unknown beyond novelty {attribution.threshold:.3g}" if attribution.threshold != float("inf") else "never unknown"
-    table = Table(title=f"Attribution ({len(attribution.labels)} composers, {limit})", title_justify="left")
+    table = Table(title=f"Attribution ({choice.reason}; {len(attribution.labels)} composers, {limit})", title_justify="left")
     table.add_column("file", no_wrap=True, overflow="ellipsis", max_width=32)
     table.add_column("verdict", overflow="fold")
     table.add_column("novelty", justify="right")
@@ -191,7 +194,7 @@ def attribute(
         f"unknown: {f.get('threshold_by', '')}"
     )
     write_json(json_path, {
-        "index": str(folder), "k": k, "temperature": attribution.temperature,
+        "index": str(folder), "choice": choice.to_dict(), "k": k, "temperature": attribution.temperature,
         "threshold": attribution.threshold if attribution.threshold != float("inf") else None,
         "fitted": f, "results": [{"query": p, **r} for p, r in zip(kept, results)],
         "failures": [{"path": p, "reason": r} for p, r in failures],
@@ -215,14 +218,16 @@ def map_cmd(
     (per-piece and per-composer views; hover shows title and composer) and a PNG."""
     from partita.search.maps import draw_map
 
-    folder = _index_path(index)
+    choice = _choose(index, list(highlight or []), model)
+    folder = choice.index
     with console.status("drawing the map"):
         info = draw_map(folder, out, highlight=list(highlight or []), png=png, method=method, dims=dims, seed=seed,
                         perplexity=perplexity, refit=refit, model=model)
     _report_failures(info["failures"])
     how = "fitted" if info["fitted"] else f"reused the stored map, {info['placed']} new pieces placed into it"
-    console.print(f"{method} {dims}-D map of {info['pieces']:,} pieces ({how}); {len(info['highlights'])} highlighted")
+    console.print(f"{method} {dims}-D map of {info['pieces']:,} pieces of {choice.label} ({how}; {choice.reason}); "
+                  f"{len(info['highlights'])} highlighted")
     for h in info["highlights"]:
         console.print(f"  {h['name']}: " + ", ".join(f"{c:.1f}" for c in h["coords"]) + (f"  ({h['note']})" if h.get("note") else ""))
     console.print(f"wrote {info['html']} and {info['png']}")
-    write_json(json_path, {**info, "failures": [{"path": p, "reason": r} for p, r in info["failures"]]})
+    write_json(json_path, {**info, "choice": choice.to_dict(), "failures": [{"path": p, "reason": r} for p, r in info["failures"]]})

@@ -442,7 +442,9 @@ def resolve_model(index_model: dict, override: Optional[str | os.PathLike] = Non
     from partita import pretrained
 
     if override is not None:
-        path = Path(override)
+        from partita.search.choice import shipped_model
+
+        path = shipped_model(override)
         record = model_record(path, shipped=None)
         if (pretrained.ROOT / path.name).resolve() == path.resolve():
             record = model_record(path, shipped=path.name)
@@ -511,6 +513,7 @@ class EmbedReport:
     skipped_known: int
     failures: list  # (path or id, one-line reason)
     created: bool
+    choice: Any = None  # the partita.search.IndexChoice: which embedder, and why
 
 
 def embed_into_index(
@@ -532,7 +535,8 @@ def embed_into_index(
     """Embed MIDI files, folders and prepared corpora into the index folder ``out`` (made, or
     added to when it exists), then refit the attribution (label centroids, calibration).
 
-    ``model``: an embedder bundle folder, siavit or featnet (default: the index's, else the shipped embedder).
+    ``model``: an embedder bundle folder or shipped name, siavit or featnet (default: the index's; a new
+    index: ``partita.search.choose_index`` of the inputs, featnet-piano for piano music, else siavit-small).
     ``windows``/``seed``: the embedding settings (default: the index's, else 8 and 0); an existing
     index keeps its own, since vectors made with other settings would not be comparable.
     ``label``: the label of every MIDI file given (overrides sub-folder names). ``splits``: only
@@ -551,18 +555,22 @@ def embed_into_index(
         raise PartitaError(f"{out}: a folder that is not an index and not empty; choose a new --index folder")
     if is_shipped(out):
         raise PartitaError(f"{out} is the index shipped with partita and is not changed; copy the folder and add to the copy")
+    from partita.search.choice import IndexChoice, choose_index
+
     items = expand_inputs(inputs)
     if existing:
         index = Index.load(out)
         path, record = resolve_model(index.model, model)
+        choice = IndexChoice(out, out.name, record["name"], f"adding to {out.name}/{record['name']} (the index's embedder)", given=True)
         if windows is not None and windows != index.embed.get("windows") or seed is not None and seed != index.embed.get("seed"):
             raise PartitaError(
                 f"{out} was embedded with --windows {index.embed.get('windows')} --seed {index.embed.get('seed')}; "
                 f"new pieces must use the same settings (leave the options out)"
             )
     else:
+        choice = choose_index(list(inputs), out, model=model, new_index=True)
         if model is None:
-            path = pretrained.bundle_path(pretrained.SIAVIT)
+            path = pretrained.bundle_path(choice.embedder)
             record = model_record(path, shipped=path.name)
         else:
             path, record = resolve_model({}, model)
@@ -656,7 +664,8 @@ def embed_into_index(
             attribution.save(out)
         elif (out / ATTRIBUTION_FILE).exists():
             (out / ATTRIBUTION_FILE).unlink()
-    return EmbedReport(index=index, added=len(rows), skipped_known=skipped, failures=failures, created=not existing)
+    return EmbedReport(index=index, added=len(rows), skipped_known=skipped, failures=failures, created=not existing,
+                       choice=choice)
 
 
 def _one_line(reason: Any) -> str:
@@ -728,15 +737,8 @@ def shipped_index(name: str = "bundled") -> Path:
 
 
 def choose_index(index: Optional[str | os.PathLike], queries: Sequence[str | os.PathLike] = ()) -> Path:
-    """The index a command uses: ``index`` as a folder, or the name of a shipped one
-    (``bundled``, ``piano``); None: the piano index when every query is piano music
-    (``is_piano``), else the bundled corpus's."""
-    if index is None:
-        from partita.io import is_piano
+    """The index folder :func:`partita.search.choose_index` picks (kept for callers that only
+    need the folder)."""
+    from partita.search.choice import choose_index as choose
 
-        piano = bool(queries) and all(is_piano(q) for q in queries)
-        return shipped_index("piano" if piano else "bundled")
-    path = Path(index).expanduser()
-    if not path.exists() and str(index) in {**SHIPPED_INDEXES, **{v: v for v in SHIPPED_INDEXES.values()}}:
-        return shipped_index(str(index))
-    return path
+    return choose(list(queries), index).index
