@@ -437,3 +437,23 @@ def test_decode_weight_products_equal_nn_linear(bias):
         assert layouts[0] == layouts[1] == layouts[2] == [2, 4, 4, 4, 4]
     finally:
         torch.set_num_threads(n)
+
+
+def test_cpu_bf16_paths_are_chosen_at_run_time_and_can_be_forced(tmp_path, monkeypatch):
+    """The bf16 paths (training precision on a CPU, prompt windows read under autocast) follow
+    the CPU's flags, read at run time, and PARTITA_CPU_BF16 forces either path on any machine."""
+    from partita.nn.linear import cpu_bf16_flag, cpuinfo_bf16_flag
+    from partita.train.common import default_precision
+
+    for flags, want in (("fpu sse avx512f", None), ("fpu avx512f avx512_bf16", "avx512_bf16"),
+                        ("fpu amx_bf16 amx_tile avx512_bf16", "amx_bf16")):
+        info = tmp_path / f"cpuinfo-{len(flags)}"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpuinfo_bf16_flag(str(info)) == want
+    assert cpuinfo_bf16_flag(str(tmp_path / "missing")) is None
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("PARTITA_CPU_BF16", "0")
+        assert cpu_bf16_flag() is None and default_precision(cpu_bf16=True) == "32-true"
+        monkeypatch.setenv("PARTITA_CPU_BF16", "avx512_bf16")
+        assert cpu_bf16_flag() == "avx512_bf16" and default_precision(cpu_bf16=True) == "bf16-mixed"
+        assert default_precision(cpu_bf16=False) == "32-true"

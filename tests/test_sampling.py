@@ -321,3 +321,23 @@ def test_memory_keys_bound_the_knn_memory_while_decoding(tok):
     finally:
         GPT.new_knn_memory = real
     assert seen and max(seen[-1].sizes()) <= 32
+
+
+def test_prompt_reading_in_bf16_follows_the_cpu_and_can_be_forced(tok, monkeypatch):
+    """``prompt_bf16=None`` reads prompt windows under bf16 autocast exactly where the CPU has
+    bf16 instructions (PARTITA_CPU_BF16 forces each path); the tokens are those of fp32
+    reading or close to them, and a forced value wins over the CPU."""
+    from partita.generation import sampling as S
+
+    model = sharp_model(tok)
+    chosen = {}
+    for forced, want in (("0", False), ("avx512_bf16", True)):
+        monkeypatch.setenv("PARTITA_CPU_BF16", forced)
+        batch = S._Batch(model, tok, SamplingConfig().checked(), cap=1, label_id=model.label_token(None),
+                         eos=T.special_id(tok, "EOS"), progress=None, n_rows=1)
+        chosen[forced] = batch.bf16_prompt
+        assert batch.bf16_prompt is want
+        forced_off = S._Batch(model, tok, SamplingConfig(prompt_bf16=False).checked(), cap=1,
+                              label_id=model.label_token(None), eos=T.special_id(tok, "EOS"), progress=None, n_rows=1)
+        assert forced_off.bf16_prompt is False
+    assert chosen == {"0": False, "avx512_bf16": True}

@@ -21,12 +21,13 @@ generations can share one model.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["BF16_CPU_FLAGS", "FEW_ROWS", "MAX_BLOCKS", "MIN_BLOCK_COLUMNS", "cpu_bf16_flag", "decode_weight", "rows_linear", "split_blocks"]
+__all__ = ["BF16_CPU_FLAGS", "FEW_ROWS", "MAX_BLOCKS", "MIN_BLOCK_COLUMNS", "cpu_bf16_flag", "cpuinfo_bf16_flag", "decode_weight", "rows_linear", "split_blocks"]
 
 #: Linux cpuinfo flags of bf16 matrix or dot-product instructions: Intel AMX (Sapphire Rapids
 #: and later), AVX-512 BF16 (Cooper Lake, AMD Zen 4 and later). bf16 autocast trains the GPT about
@@ -34,11 +35,25 @@ __all__ = ["BF16_CPU_FLAGS", "FEW_ROWS", "MAX_BLOCKS", "MIN_BLOCK_COLUMNS", "cpu
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-@functools.lru_cache(maxsize=None)
 def cpu_bf16_flag() -> Optional[str]:
-    """The first of ``BF16_CPU_FLAGS`` this CPU has, or None."""
+    """The first of ``BF16_CPU_FLAGS`` this CPU has, or None; chosen at run time.
+
+    ``PARTITA_CPU_BF16`` overrides what the CPU says: ``0`` (or ``off``) forces the fp32 paths, a
+    flag name (``amx_bf16``, ``avx512_bf16``) forces the bf16 ones, so each path can be tested on
+    any machine."""
+    forced = os.environ.get("PARTITA_CPU_BF16", "").strip().lower()
+    if forced in ("0", "off", "none", "false"):
+        return None
+    if forced in BF16_CPU_FLAGS:
+        return forced
+    return cpuinfo_bf16_flag()
+
+
+@functools.lru_cache(maxsize=None)
+def cpuinfo_bf16_flag(path: str = "/proc/cpuinfo") -> Optional[str]:
+    """The first of ``BF16_CPU_FLAGS`` in the Linux cpuinfo file ``path``, or None."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             flags = next((line.split() for line in f if line.startswith("flags")), [])
     except OSError:
         return None
