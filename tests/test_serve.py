@@ -34,6 +34,7 @@ from partita.serve import create_app  # noqa: E402
 FUR_ELISE = FIXTURES / "edge" / "fur-elise.mid"  # piano: the piano index and gpt-piano
 POP = FIXTURES / "multitrack" / "d8faddb8596fff7abb24d78666f73e4e.mid"  # a band: the bundled index
 ID = re.compile(r"[0-9a-f]{16}")
+LOCAL = "http://127.0.0.1"  # the server answers to its own names only (Host allowlist)
 
 
 def _upload(client, path: Path, name: str | None = None):
@@ -53,7 +54,7 @@ def _one_line_error(r, status: int, code: str) -> dict:
 @pytest.fixture(scope="module")
 def client():
     app = create_app(pieces=[], workers=2, queue=16)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -86,6 +87,92 @@ def test_page_and_assets_are_served_offline(client):
     info = client.get("/api/info").json()
     assert info["indexes"] == ["bundled", "piano"] and "gpt-small" in info["models"]
     assert info["limits"]["max_upload_mb"] == 20
+
+
+# ------------------------------------------------------------------ safe by default: hosts, origins, headers, token
+def test_only_its_own_host_names_are_answered(client):
+    """A DNS-rebinding page reaches the server under its own name: refused before anything runs."""
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.", "0.0.0.0:8000", ""):
+        body = _one_line_error(client.get("/api/info", headers={"host": host}), 400, "bad_host")
+        assert "127.0.0.1" in body["message"]
+        _one_line_error(client.post("/api/pieces", content=FUR_ELISE.read_bytes(), headers={"host": host}), 400, "bad_host")
+    for host in ("127.0.0.1:8000", "localhost:1234", "LOCALHOST", "[::1]:80", "127.0.0.1"):
+        assert client.get("/api/info", headers={"host": host}).status_code == 200, host
+    from partita.serve.app import allowed_hosts
+
+    assert allowed_hosts("192.168.1.20") == {"127.0.0.1", "localhost", "::1", "192.168.1.20"}
+    assert allowed_hosts("0.0.0.0") is None and allowed_hosts("::") is None  # any name: the token guards
+
+
+def test_other_origins_cannot_upload_continue_or_read(client, fur_elise):
+    """What a page on another site (another localhost port included) can send: a no-cors fetch
+    with a text/plain body, a form post, an <img>. Every state-changing request from another
+    origin is refused, and so is every cross-site read of the API but following a link."""
+    ex = client.app.state.explorer
+    before_pieces, before_jobs = len(ex.store._pieces), len(ex.jobs)
+    data = FUR_ELISE.read_bytes()
+    cross = [{"origin": "http://localhost:9999", "sec-fetch-site": "same-site", "sec-fetch-mode": "no-cors"},
+             {"origin": "http://evil.example", "sec-fetch-site": "cross-site", "sec-fetch-mode": "cors"},
+             {"origin": "http://localhost:9999"},  # a browser without Sec-Fetch-* headers
+             {"origin": "null"},  # a sandboxed frame or a file:// page
+             {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}]  # a form posted from elsewhere
+    for headers in cross:
+        for r in (client.post("/api/pieces", content=data, headers={**headers, "content-type": "text/plain"}),
+                  client.post(fur_elise["links"]["continue"], content=b'{"seconds": 1}', headers={**headers, "content-type": "text/plain"}),
+                  client.post(fur_elise["links"]["continue"], json={"seconds": 1}, headers=headers)):
+            _one_line_error(r, 403, "cross_origin")
+    assert (len(ex.store._pieces), len(ex.jobs)) == (before_pieces, before_jobs)
+    for tail in ("notes", "pianoroll", "attribution", "midi", "audio"):
+        for site in ("cross-site", "same-site"):
+            r = client.get(fur_elise["links"][tail], headers={"sec-fetch-site": site, "sec-fetch-mode": "no-cors"})
+            _one_line_error(r, 403, "cross_origin")
+    # Following a link from elsewhere still opens the page and downloads a file; our own page's requests pass.
+    assert client.get("/", headers={"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}).status_code == 200
+    assert client.get(fur_elise["links"]["midi"], headers={"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}).status_code == 200
+    same = {"origin": LOCAL, "sec-fetch-site": "same-origin", "sec-fetch-mode": "cors"}
+    assert client.get(fur_elise["links"]["notes"], headers=same).status_code == 200
+    r = client.post("/api/pieces", params={"name": "mine.mid"}, content=data, headers={**same, "content-type": "audio/midi"})
+    assert r.status_code == 201
+    assert client.post("/api/pieces", content=data, headers={"origin": "http://127.0.0.1:80"}).status_code == 201  # default port
+
+
+def test_every_answer_forbids_framing_inline_script_and_other_origins(client):
+    for r in (client.get("/"), client.get("/api"), client.get("/api/info"), client.get("/static/app.js"),
+              client.get("/api/pieces/0123456789abcdef"), client.get("/favicon.ico"),
+              client.get("/api/info", headers={"host": "evil.example"}),
+              client.post("/api/pieces/0123456789abcdef/continue", content=b"{" + b" " * 100_000 + b"}")):
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp, r.url
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["cross-origin-resource-policy"] == "same-origin"
+    assert client.get("/favicon.ico").headers["content-type"].startswith("image/svg")
+    for page in ("/", "/api"):  # the CSP allows no inline script or style, so the pages have none
+        html = client.get(page).text
+        assert not re.search(r"<script(?![^>]*\bsrc=)", html) and "<style" not in html and " style=" not in html
+        assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers
+
+
+def test_a_token_guards_every_request():
+    from partita.errors import PartitaError
+
+    for host in ("0.0.0.0", "192.168.1.20", "::"):
+        with pytest.raises(PartitaError, match="--token"):
+            create_app(host=host, pieces=[])
+    app = create_app(host="0.0.0.0", token="s3cret-token", pieces=[])
+    with TestClient(app, base_url="http://192.168.1.20:8000") as c:  # any name: the token guards
+        for r in (c.get("/"), c.get("/api/info"), c.post("/api/pieces", content=FUR_ELISE.read_bytes()),
+                  c.get("/api/info", headers={"authorization": "Bearer wrong"}), c.get("/?token=wrong"),
+                  c.get("/api/info", headers={"cookie": "partita_token=wrong"})):
+            _one_line_error(r, 401, "unauthorized")
+        assert c.get("/api/info", headers={"authorization": "Bearer s3cret-token"}).status_code == 200
+        login = c.get("/?token=s3cret-token", follow_redirects=False)
+        assert login.status_code == 303 and login.headers["location"] == "/"
+        cookie = login.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert c.get("/api/info").status_code == 200  # the client keeps the cookie: the page's requests carry it
+        assert c.post("/api/pieces", content=FUR_ELISE.read_bytes()).status_code == 201
+        _one_line_error(c.post("/api/pieces", content=FUR_ELISE.read_bytes(), headers={"origin": "http://evil.example"}),
+                        403, "cross_origin")  # the token does not let other sites in
 
 
 # ------------------------------------------------------------------ a good piano file, end to end
@@ -185,7 +272,7 @@ def test_oversize_upload_is_413_by_length_and_while_streaming():
     app = create_app(pieces=[], max_upload_mb=0.05)  # 51 KiB
     big = (FIXTURES / "performance" / "Maestro_6.mid").read_bytes()
     assert len(big) > 0.05 * 2**20
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         body = _one_line_error(c.post("/api/pieces", content=big), 413, "too_large")
         assert "0.05 MiB limit" in body["message"]
 
@@ -212,7 +299,7 @@ def test_a_bug_is_a_json_line_without_its_details():
 def test_a_piece_gone_from_its_folder_is_a_json_line_without_the_folder():
     app = create_app(pieces=[])
     ex = app.state.explorer
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         p = _upload(c, FIXTURES / "edge" / "chords.mid").json()
         (ex.folder / f"{p['id']}.mid").unlink()  # as if removed behind the server's back
         for r, status, code in ((c.get(p["links"]["notes"]), 422, "bad_midi"), (c.get(p["links"]["attribution"]), 400, "bad_request")):
@@ -239,9 +326,9 @@ class _Raw:
         path, _, query = target.partition("?")
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
                  "path": unquote(path), "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
-                 "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                 "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
                              (b"content-length", str(len(body)).encode())],
-                 "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
         sent = []
 
         async def receive():
@@ -312,7 +399,7 @@ def test_index_pieces_are_played_only_from_inside_their_folder(tmp_path):
                         model=model_record(bundle_path(FEATNET), shipped=FEATNET))
     index.save(tmp_path / "idx")
     app = create_app(index=str(tmp_path / "idx"), pieces=[str(root)])
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         assert c.get("/api/info").json()["indexes"] == ["idx"]
         ok = c.get("/api/indexes/idx/pieces/0/midi")
         assert ok.status_code == 200 and ok.content == (root / "a" / "good.mid").read_bytes()
@@ -332,7 +419,7 @@ def test_concurrent_uploads_and_model_calls():
 
     async def go():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as c:
             ups = await asyncio.gather(*[c.post("/api/pieces", params={"name": f.name}, content=f.read_bytes()) for f in files])
             good = [r.json() for r in ups if r.status_code == 201]
             calls = [c.get(f"/api/pieces/{p['id']}/attribution") for p in good[-2:] for _ in range(3)]
@@ -362,7 +449,7 @@ def test_concurrent_uploads_and_model_calls():
 def test_queue_full_is_503_with_retry_after():
     app = create_app(pieces=[], workers=1, queue=1)
     ex = app.state.explorer
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         pid = _upload(c, FIXTURES / "edge" / "chords.mid").json()["id"]
         release = threading.Event()
         held = ex.queue.submit(release.wait, 60)  # the one place in the queue is taken
@@ -382,7 +469,7 @@ def test_pieces_kept_are_bounded_and_the_folder_goes_with_the_server():
     app = create_app(pieces=[], keep=3)
     folder = app.state.explorer.folder
     assert oct(folder.stat().st_mode & 0o777) == "0o700"
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         ids = [_upload(c, FIXTURES / "edge" / "chords.mid").json()["id"] for _ in range(5)]
         assert [c.get(f"/api/pieces/{i}").status_code for i in ids] == [404, 404, 200, 200, 200]
         assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.mid" for i in ids[2:])
@@ -481,7 +568,7 @@ def test_infill_with_a_model_trained_for_it_keeps_every_note_outside_the_span(fi
     from partita.io import load
 
     app = create_app(pieces=[], model=str(fim_bundle))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         info = c.get("/api/info").json()
         assert info["models"] == ["run"] and info["infill"] == ["run"]  # runs/x/bundle is named x
         piece = _upload(c, FUR_ELISE).json()
@@ -506,7 +593,7 @@ def test_infill_with_a_model_trained_for_it_keeps_every_note_outside_the_span(fi
 def test_stopping_the_server_stops_a_running_continuation():
     app = create_app(pieces=[], workers=1, queue=2)
     ex = app.state.explorer
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         pid = _upload(c, FIXTURES / "edge" / "chords.mid").json()["id"]
         job = c.post(f"/api/pieces/{pid}/continue", json={"seconds": 60}).json()
         end = time.monotonic() + 300
@@ -539,7 +626,8 @@ def test_partita_serve_prints_its_address_and_stops_on_ctrl_c():
 
 
 def test_partita_serve_bad_options_are_one_line():
-    for args in (["serve", "--index", "/nonexistent/index"], ["serve", "--port", "70000"], ["serve", "--model", "gpt-nope"]):
+    for args in (["serve", "--index", "/nonexistent/index"], ["serve", "--port", "70000"], ["serve", "--model", "gpt-nope"],
+                 ["serve", "--host", "0.0.0.0"]):
         r = subprocess.run([sys.executable, "-m", "partita", *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -22,6 +22,8 @@ def serve(
     queue: int = typer.Option(16, "--queue", help="Model calls held at most (running and waiting); more: HTTP 503 with Retry-After."),
     keep: int = typer.Option(256, "--keep", help="Pieces kept (uploads and continuations; the oldest go first)."),
     audio_seconds: float = typer.Option(90.0, "--audio-seconds", help="Seconds of audio rendered per piece (0: all)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="PARTITA_SERVE_TOKEN",
+                                        help="A secret every request must carry (needed with a --host other than this machine's loopback; the printed address logs a browser in)."),
 ) -> None:
     """Start the web explorer: drop a MIDI file in the page to see it, hear it, attribute it, find
     similar pieces, see it on the corpus map and continue it. Ctrl-C stops it."""
@@ -34,7 +36,11 @@ def serve(
     if workers < 1 or queue < 1 or keep < 1:
         raise PartitaError("--workers, --queue and --keep must be at least 1")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(f"note: listening on {host}: other machines can reach the explorer; it has no login",
+        if not token:
+            raise PartitaError(f"--host {host} lets other machines reach the explorer: give it --token SECRET too "
+                               "(every request must then carry it)")
+        err_console.print(f"warning: listening on {host}: other machines can reach the explorer; only requests "
+                          "with the token are answered, over plain HTTP (use it on a network you trust)",
                           markup=False, highlight=False)
 
     def announce(url: str) -> None:
@@ -42,7 +48,7 @@ def serve(
 
     try:
         run(host, port, announce=announce, index=index, model=model, pieces=[str(p) for p in pieces] if pieces else None,
-            max_upload_mb=max_upload_mb, workers=workers, queue=queue, keep=keep, audio_seconds=audio_seconds)
+            max_upload_mb=max_upload_mb, workers=workers, queue=queue, keep=keep, audio_seconds=audio_seconds, token=token)
     except KeyboardInterrupt:  # uvicorn hands Ctrl-C back once it has shut down: that is the normal way out
         pass
     console.print("stopped", markup=False, highlight=False)

@@ -31,14 +31,16 @@ def create_app(**options: Any):
 def run(host: str = "127.0.0.1", port: int = 8000, *, announce: Optional[Callable[[str], None]] = None,
         log_level: str = "warning", **options: Any) -> None:
     """Serve the explorer until Ctrl-C (or SIGTERM): binds ``host:port`` first (``port=0``: a free
-    one), calls ``announce(url)``, then runs uvicorn on that socket. ``options``: ``create_app``'s."""
+    one), calls ``announce(url)`` (with ``?token=`` when a token is set: opening it logs the
+    browser in), then runs uvicorn on that socket. ``options``: ``create_app``'s (``token``
+    and the Explorer's)."""
     import socket
 
     import uvicorn
 
     from partita.errors import PartitaError
 
-    app = create_app(**options)
+    app = create_app(host=host, **options)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -52,7 +54,8 @@ def run(host: str = "127.0.0.1", port: int = 8000, *, announce: Optional[Callabl
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     if announce is not None:
-        announce(f"http://{shown}:{bound}/")
+        token = options.get("token")
+        announce(f"http://{shown}:{bound}/" + (f"?token={token}" if token else ""))
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="on"))
     try:
         server.run(sockets=[sock])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -135,23 +136,155 @@ class _BodyLimit:
         return await self.app(scope, limited, send_413_whole)
 
 
+#: Headers on every answer: no script but our files, no framing, no sniffing, no referrer, and
+#: no reading of our answers by other origins (``<img>``, ``<audio>`` included).
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+     b"media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+TOKEN_COOKIE = "partita_token"
+
+
+def host_name(value: str) -> str:
+    """The name of a Host header or an Origin's authority, without its port, lowercase:
+    ``[::1]:8000`` -> ``::1``, ``LocalHost:80`` -> ``localhost``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` header names the server the ``Host`` header names (``null``, an
+    opaque origin, never does)."""
+    scheme, _, authority = origin.strip().lower().partition("://")
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    strip = lambda a: a[: -len(default)] if default and a.endswith(default) else a  # noqa: E731
+    return bool(authority) and strip(authority) == strip(host.strip().lower())
+
+
+class _Guard:
+    """ASGI middleware that keeps other sites and other machines out:
+
+    - the ``Host`` header must name this server (``hosts``: 127.0.0.1, localhost, ::1 and the
+      ``--host`` name; None: any, for a wildcard address, where the token guards): a DNS
+      rebinding page's requests carry its own name and are refused (400);
+    - a request from another origin is refused (403): every state-changing request (POST,
+      uploads included) whose ``Sec-Fetch-Site`` is not same-origin/none or whose ``Origin`` is
+      not this server, and every API read a cross-site page makes (``<img>``, ``fetch``) other
+      than following a link;
+    - with a ``token``, every request carries it, as ``Authorization: Bearer TOKEN`` or as the
+      cookie that opening ``/?token=TOKEN`` sets (401 otherwise);
+    - every answer carries :data:`SECURITY_HEADERS` (a CSP without inline script, DENY framing)."""
+
+    SAFE = ("GET", "HEAD", "OPTIONS")
+
+    def __init__(self, app, hosts: Optional[frozenset], token: Optional[str]):
+        self.app, self.hosts, self.token = app, hosts, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {}
+        for k, v in scope.get("headers") or []:
+            headers.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
+
+        async def secured(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        refusal = self.refusal(scope, headers)
+        if refusal is not None:
+            status, body, extra = refusal
+            return await _send_json(secured, status, body, extra)
+        if self.token and scope["method"] == "GET" and scope["path"] == "/" and self._query_token(scope):
+            # Opening the printed address: the token becomes a same-site-only cookie, and the
+            # address bar loses it.
+            cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode()
+            await secured({"type": "http.response.start", "status": 303,
+                           "headers": [(b"location", b"/"), (b"set-cookie", cookie), (b"content-length", b"0")]})
+            return await secured({"type": "http.response.body", "body": b""})
+        return await self.app(scope, receive, secured)
+
+    def _query_token(self, scope) -> bool:
+        from urllib.parse import parse_qs
+
+        given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+        return bool(given) and secrets.compare_digest(given.encode(), self.token.encode())
+
+    def refusal(self, scope, headers: dict) -> Optional[tuple]:
+        host = headers.get("host", "")
+        if self.hosts is not None and host_name(host) not in self.hosts:
+            return 400, {"error": "bad_host", "message": f"this server answers to {', '.join(sorted(self.hosts))}, "
+                         f"not {host[:60]!r}; open it by one of those names (or start partita serve with --host NAME)"}, []
+        method, path = scope["method"], scope["path"]
+        site = headers.get("sec-fetch-site", "")
+        cross = site in ("cross-site", "same-site")  # another port of localhost is the same site, not the same origin
+        origin = headers.get("origin")
+        if method not in self.SAFE:
+            if cross or (origin is not None and not _same_origin(origin, host)):
+                return 403, {"error": "cross_origin", "message": "requests from other sites are refused; use the explorer's own page"}, []
+        elif cross and path.startswith("/api/") and headers.get("sec-fetch-mode") != "navigate":
+            return 403, {"error": "cross_origin", "message": "other sites may not read this server's answers"}, []
+        if self.token and not self._authorized(scope, headers):
+            return 401, {"error": "unauthorized", "message": "this server needs its token: open the address partita serve "
+                         "printed (with ?token=...), or send Authorization: Bearer TOKEN"}, [(b"www-authenticate", b"Bearer")]
+        return None
+
+    def _authorized(self, scope, headers: dict) -> bool:
+        want = self.token.encode()
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer " and secrets.compare_digest(auth[7:].strip().encode(), want):
+            return True
+        for part in headers.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == TOKEN_COOKIE and secrets.compare_digest(value.encode(), want):
+                return True
+        return scope["method"] == "GET" and scope["path"] == "/" and self._query_token(scope)
+
+
 def _too_large(size: int, limit: int) -> dict:
     return {"error": "too_large", "message": f"the request is over the {limit / 2**20:.3g} MiB limit "
             f"({size / 2**20:.3g} MiB or more); send a smaller MIDI file, or start partita serve with a larger --max-upload-mb"}
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+async def _send_json(send, status: int, body: dict, headers: list = ()) -> None:
     import json
 
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers]})
     await send({"type": "http.response.body", "body": data})
 
 
-def create_app(explorer: Optional[Explorer] = None, **options: Any) -> FastAPI:
-    """The app; ``options`` are :class:`Explorer`'s (index, model, pieces, max_upload_mb,
+def allowed_hosts(host: str = "127.0.0.1") -> Optional[frozenset]:
+    """The names a server listening on ``host`` answers to: the loopback names and ``host``
+    itself; None (any name) for a wildcard address (0.0.0.0, ::), where only the token guards."""
+    name = host_name(host if not host.count(":") > 1 else f"[{host}]")
+    if name in ("0.0.0.0", "::", ""):
+        return None
+    return LOOPBACK_HOSTS | {name}
+
+
+def create_app(explorer: Optional[Explorer] = None, *, host: str = "127.0.0.1", token: Optional[str] = None,
+               **options: Any) -> FastAPI:
+    """The app; ``host``: the address it listens on (its name joins the Host allowlist);
+    ``token``: a secret every request must carry (needed when ``host`` is not this machine's
+    loopback); ``options`` are :class:`Explorer`'s (index, model, pieces, max_upload_mb,
     workers, queue, keep, audio_seconds) when no ``explorer`` is given."""
+    hosts = allowed_hosts(host)
+    if token is not None and not token.strip():
+        raise PartitaError("the token is empty; give --token a secret of your own")
+    if (hosts is None or not hosts <= LOOPBACK_HOSTS) and not token:
+        raise PartitaError(f"listening on {host} lets other machines reach the explorer: give it --token SECRET "
+                           "(every request must then carry it)")
     ex = explorer if explorer is not None else Explorer(**options)
 
     @asynccontextmanager
@@ -168,6 +301,7 @@ def create_app(explorer: Optional[Explorer] = None, **options: Any) -> FastAPI:
     )
     app.state.explorer = ex
     app.add_middleware(_BodyLimit, max_upload=ex.max_upload_bytes)
+    app.add_middleware(_Guard, hosts=hosts, token=token)  # added last: runs first
 
     # ------------------------------------------------------------- errors
     def _json_error(e: BaseException) -> JSONResponse:
@@ -212,6 +346,10 @@ def create_app(explorer: Optional[Explorer] = None, **options: Any) -> FastAPI:
     @app.get("/api", include_in_schema=False)
     async def api_docs():
         return FileResponse(STATIC / "api.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
