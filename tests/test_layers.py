@@ -2,7 +2,9 @@
 
 Every ``import partita...`` in the package, at module top or inside a function, is checked: a
 module imports only its own layer or a lower one; training sits above the other tasks, so
-evaluation, search, generation and plots never import it (they work without Lightning).
+evaluation, search, generation and plots never import it (they work without Lightning). And a
+part of the package uses only the public names of another part: no ``from partita.x import _y``
+and no ``x._y`` across parts (a name another part needs is public, documented and kept).
 """
 
 from __future__ import annotations
@@ -88,3 +90,57 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text(code)
     assert list(_imports(path, "partita.data.x")) == [(4, "partita.train.gpt"), (5, "partita.data.corpus")]
+
+
+def _private_uses(path: Path, module: str):
+    """``(line, "partita.x._y")`` for every private name ``path`` takes from a module: imported
+    (``from partita.x import _y``) or read as an attribute of an imported module (``x._y``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    modules: dict[str, str] = {}  # local name -> the partita module (or name) it stands for
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "partita":
+                    modules[a.asname or a.name.split(".")[0]] = a.name if a.asname else "partita"
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            if base.split(".")[0] != "partita":
+                continue
+            for a in node.names:
+                if _private(a.name):
+                    yield node.lineno, f"{base}.{a.name}"
+                else:
+                    modules[a.asname or a.name] = f"{base}.{a.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name):
+            if node.value.id in modules:
+                yield node.lineno, f"{modules[node.value.id]}.{node.attr}"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_part_takes_another_parts_private_names():
+    wrong = []
+    for path, module in _modules():
+        for line, name in _private_uses(path, module):
+            if _part(name.rpartition(".")[0]) != _part(module):
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {name}")
+    assert not wrong, "private names used across parts of the package (make them public):\n" + "\n".join(wrong)
+
+
+def test_the_checker_sees_private_names_taken_across_parts(tmp_path):
+    code = ("import partita.search.embed as e\nfrom partita.represent import features\n\ndef f():\n"
+            "    from partita.search.embed import _run, embed_notes\n    from ._x import _y\n"
+            "    return e._run, features._onset_groups, features.onset_groups, e.__name__\n")
+    path = tmp_path / "partita" / "train" / "x.py"
+    path.parent.mkdir(parents=True)
+    path.write_text(code)
+    assert sorted(_private_uses(path, "partita.train.x")) == [
+        (5, "partita.search.embed._run"), (6, "partita.train._x._y"),
+        (7, "partita.represent.features._onset_groups"), (7, "partita.search.embed._run")]

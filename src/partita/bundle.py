@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from partita.errors import PartitaError
+from partita.errors import PartitaError, one_line
 from partita.io.files import atomic_write
 
 __all__ = ["Bundle", "BundleError", "FAMILIES", "load", "load_bundle", "register_family", "save_bundle"]
@@ -198,11 +198,6 @@ def _read_json(path: Path, what: str) -> Any:
         raise BundleError(f"{path}: corrupt {what} ({e.msg} at line {e.lineno})") from None
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
 def load_bundle(path: PathLike, *, device: Any = "cpu", dtype: Any = None) -> Bundle:
     """Read a bundle folder written by ``save_bundle``; the model comes back in eval mode.
 
@@ -227,7 +222,7 @@ def load_bundle(path: PathLike, *, device: Any = "cpu", dtype: Any = None) -> Bu
     except PartitaError as e:
         raise BundleError(f"{path / CONFIG_FILE}: {e}") from None
     except Exception as e:
-        raise BundleError(f"{path / CONFIG_FILE}: invalid {family} config ({_one_line(e)})") from None
+        raise BundleError(f"{path / CONFIG_FILE}: invalid {family} config ({one_line(e)})") from None
 
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
@@ -242,7 +237,7 @@ def load_bundle(path: PathLike, *, device: Any = "cpu", dtype: Any = None) -> Bu
         if not isinstance(aliases, dict):
             raise ValueError("bad 'aliases' metadata")
     except Exception as e:  # SafetensorError, OSError, bad header JSON...
-        raise BundleError(f"{weights}: corrupt weights file ({_one_line(e)})") from None
+        raise BundleError(f"{weights}: corrupt weights file ({one_line(e)})") from None
     for name, source in aliases.items():
         if source in state:
             state[name] = state[source]

@@ -67,7 +67,7 @@ def _streams(corpus: Corpus, streams: Any):
     return token_streams(corpus)
 
 
-def _check_tokenizer(tokenizer: Any, streams: Any, what: str) -> None:
+def check_same_tokenizer(tokenizer: Any, streams: Any, what: str) -> None:
     """The model must read the corpus's tokens: same tokenizer file (by content hash)."""
     if tokenizer is None:
         return
@@ -128,7 +128,7 @@ def evaluate_classifier(model: Any, corpus: Corpus | str | Path, *, streams: Any
     model, tokenizer, _ = _load(model, "classifier")
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
     streams = _streams(corpus, streams)
-    _check_tokenizer(tokenizer, streams, "classifier")
+    check_same_tokenizer(tokenizer, streams, "classifier")
     c = model.config
     data = LabelledSegments(corpus, streams, c.labels, pad_id=c.pad_id)
     pieces = data.pieces(split)
@@ -334,7 +334,7 @@ def evaluate_conditioned(
     tb, cb = load(tvae, "tvae"), load(classifier, "classifier")
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
     streams = _streams(corpus, None)
-    _check_tokenizer(tb.tokenizer, streams, "VAE")
+    check_same_tokenizer(tb.tokenizer, streams, "VAE")
     vae, clf = tb.model.eval(), cb.model.eval()
     vnames, cnames = list(vae.config.labels), list(clf.config.labels)
     shared = [name for name in vnames if name in cnames]

@@ -51,7 +51,7 @@ def window_features(notes: np.ndarray, start: float, end: float) -> dict[str, An
     ``pch`` (12 shares), ``density`` (notes/s over the window), ``mean_pitch``, ``pitch_range``,
     ``polyphony``, ``ioi`` (median gap between onset groups; NaN with fewer than 2 groups)."""
     from partita.io.midi import pitched
-    from partita.represent.features import _onset_groups, pitch_class_histogram, polyphony
+    from partita.represent.features import onset_groups, pitch_class_histogram, polyphony
 
     w = pitched(_window(notes, start, end), sort=True)
     out: dict[str, Any] = {"notes": int(len(w)), "density": len(w) / max(end - start, 1e-9)}
@@ -60,7 +60,7 @@ def window_features(notes: np.ndarray, start: float, end: float) -> dict[str, An
                 "ioi": math.nan}
     pitch = w["pitch"].astype(np.float64)
     onset = np.sort(w["onset"].astype(np.float64))
-    groups = _onset_groups(onset, CHORD_TOLERANCE)
+    groups = onset_groups(onset, CHORD_TOLERANCE)
     starts = onset[np.r_[0, np.flatnonzero(np.diff(groups)) + 1]]
     out.update(pch=pitch_class_histogram(w), mean_pitch=float(pitch.mean()), pitch_range=float(pitch.max() - pitch.min()),
                polyphony=float(polyphony(w)[0]), ioi=float(np.median(np.diff(starts))) if len(starts) > 1 else math.nan)

@@ -33,10 +33,10 @@ import numpy as np
 from partita.errors import PartitaError
 from partita.io.midi import pitched
 from partita.represent.features import (
-    _onset_groups,
     duration_histogram,
     ioi_histogram,
     note_density,
+    onset_groups,
     pitch_class_histogram,
     pitch_range,
     polyphony,
@@ -154,7 +154,7 @@ def _group_starts(notes: np.ndarray) -> np.ndarray:
     onset = pitched(notes, sort=True)["onset"].astype(np.float64)
     if len(onset) == 0:
         return onset
-    groups = _onset_groups(onset, CHORD_TOLERANCE)
+    groups = onset_groups(onset, CHORD_TOLERANCE)
     return onset[np.r_[True, groups[1:] != groups[:-1]]]
 
 
@@ -189,7 +189,7 @@ def pitch_class_transition_matrix(notes: np.ndarray) -> np.ndarray:
         sel = notes[track == t]
         if len(sel) < 2:
             continue
-        groups = _onset_groups(sel["onset"].astype(np.float64), CHORD_TOLERANCE)
+        groups = onset_groups(sel["onset"].astype(np.float64), CHORD_TOLERANCE)
         pcs = sel["pitch"].astype(np.int64) % 12
         # Every (note in group g, note in group g + 1) pair: join the groups through their index.
         g_of = groups

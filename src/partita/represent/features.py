@@ -42,7 +42,7 @@ def _normalise(counts: np.ndarray) -> np.ndarray:
     return counts / total if total > 0 else np.zeros_like(counts, dtype=np.float64)
 
 
-def _onset_groups(onset: np.ndarray, tolerance: float) -> np.ndarray:
+def onset_groups(onset: np.ndarray, tolerance: float) -> np.ndarray:
     """Group number of each onset (sorted): a new group where the gap exceeds ``tolerance``."""
     if len(onset) == 0:
         return np.zeros(0, np.int64)
@@ -82,7 +82,7 @@ def melodic_line(
         raise ValueError(f"line must be 'top' or 'all', not {line!r}")
     if len(pitch) == 0:
         return pitch
-    groups = _onset_groups(notes["onset"].astype(np.float64), chord_tolerance)
+    groups = onset_groups(notes["onset"].astype(np.float64), chord_tolerance)
     top = np.full(groups[-1] + 1, np.iinfo(np.int64).min)
     np.maximum.at(top, groups, pitch)
     return top
@@ -142,7 +142,7 @@ def ioi_histogram(notes: np.ndarray, *, chord_tolerance: float = DEFAULT_CHORD_T
     the zero gaps inside chords do not swamp the histogram.
     """
     onset = pitched(notes, sort=True)["onset"].astype(np.float64)
-    groups = _onset_groups(onset, chord_tolerance)
+    groups = onset_groups(onset, chord_tolerance)
     starts = onset[np.r_[True, groups[1:] != groups[:-1]]] if len(onset) else onset
     return _time_histogram(np.diff(starts))
 
@@ -200,7 +200,7 @@ def harmonic_interval_histogram(notes: np.ndarray, *, chord_tolerance: float = D
     notes = pitched(notes, sort=True)
     if len(notes) < 2:
         return np.zeros(7)
-    groups = _onset_groups(notes["onset"].astype(np.float64), chord_tolerance)
+    groups = onset_groups(notes["onset"].astype(np.float64), chord_tolerance)
     pitch = notes["pitch"].astype(np.int64)
     order = np.lexsort((pitch, groups))
     pitch, groups = pitch[order], groups[order]
@@ -339,7 +339,7 @@ def piano_descriptor(notes: np.ndarray, *, chord_tolerance: float = 0.05) -> np.
     pc_time = _normalise(np.bincount(pc, weights=np.minimum(duration, 4.0), minlength=12))
     degrees, degrees_time = np.roll(pc_count, -tonic), np.roll(pc_time, -tonic)
 
-    groups = _onset_groups(onset, chord_tolerance)
+    groups = onset_groups(onset, chord_tolerance)
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
     top = np.maximum.reduceat(pitch, starts)
     bass = np.minimum.reduceat(pitch, starts)

@@ -50,7 +50,7 @@ class SeededBatches(torch.utils.data.IterableDataset):
         k = self.module.batches_seen
         rank = self.module.global_rank  # several processes (DDP) draw different batches
         while True:
-            yield self.draw(np.random.default_rng([self.module.hparams.seed, k] + ([rank] if rank else [])))
+            yield self.draw(np.random.default_rng([self.module.run_config.seed, k] + ([rank] if rank else [])))
             k += 1
 
 
@@ -59,11 +59,19 @@ def fixed_loader(ids: np.ndarray, labels: np.ndarray, batch_size: int):
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
 
 
+#: ``RunConfig`` defaults of the classifier.
+RUN_DEFAULTS = dict(batch_size=32, max_steps=2000, lr=2e-3, weight_decay=0.01, warmup=100, min_lr_ratio=0.1)
+
+
 class ClassifierModule(ResumableModule):
-    def __init__(self, config: dict, *, lr: float = 2e-3, weight_decay: float = 0.01, warmup: int = 100,
-                 max_steps: int = 2000, min_lr_ratio: float = 0.1, batch_size: int = 32, min_len: int = 32,
-                 crop_prob: float = 0.5, val_per_piece: int = 4, seed: int = 0):
-        super().__init__()
+    """The GRU classifier under a ``run`` (``RunConfig``); training crops of at least ``min_len``
+    tokens (``crop_prob`` of them shorter than a segment), ``val_per_piece`` validation windows."""
+
+    run_defaults = RUN_DEFAULTS
+
+    def __init__(self, config: dict, run: RunConfig | dict | None = None, *, min_len: int = 32,
+                 crop_prob: float = 0.5, val_per_piece: int = 4):
+        super().__init__(run)
         self.save_hyperparameters()
         self.model = GRUClassifier(ClassifierConfig.from_dict(config))
         self.data: LabelledSegments | None = None
@@ -75,7 +83,8 @@ class ClassifierModule(ResumableModule):
 
     def _draw(self, rng):
         hp, c = self.hparams, self.model.config
-        ids, labels = self.data.sample("train", hp.batch_size, c.segment, rng, min_len=hp.min_len, crop_prob=hp.crop_prob)
+        ids, labels = self.data.sample("train", self.run_config.batch_size, c.segment, rng, min_len=hp.min_len,
+                                       crop_prob=hp.crop_prob)
         return torch.from_numpy(ids), torch.from_numpy(labels)
 
     def train_dataloader(self):
@@ -107,10 +116,6 @@ class ClassifierModule(ResumableModule):
         n = max(sum(x[2] for x in self._val), 1)
         self.log("val/loss", float(sum(float(x[0]) for x in self._val) / n), prog_bar=True)
         self.log("val/acc", float(sum(int(x[1]) for x in self._val) / n), prog_bar=True)
-
-
-#: ``RunConfig`` defaults of the classifier.
-RUN_DEFAULTS = dict(batch_size=32, max_steps=2000, lr=2e-3, weight_decay=0.01, warmup=100, min_lr_ratio=0.1)
 
 
 def train_classifier(
@@ -149,9 +154,7 @@ def train_classifier(
         raise PartitaError("set the label set with --labels/--min-pieces, not --set labels=")
 
     def make_module(r: RunConfig) -> ClassifierModule:
-        module = ClassifierModule(config.to_dict(), lr=r.lr, weight_decay=r.weight_decay, warmup=r.warmup,
-                                  max_steps=r.max_steps, min_lr_ratio=r.min_lr_ratio, batch_size=r.batch_size,
-                                  min_len=min_len, crop_prob=crop_prob, seed=r.seed)
+        module = ClassifierModule(config.to_dict(), r, min_len=min_len, crop_prob=crop_prob)
         module.attach(data)
         return module
 

@@ -14,6 +14,7 @@ Run folder layout (``--out RUN``)::
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -42,14 +43,14 @@ def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float = 0.1,
 
 def warmup_cosine_optimizer(opt, module) -> dict:
     """Lightning's optimizer dict: ``opt`` with ``warmup_cosine`` stepped every optimizer step
-    (warmup, max_steps and min_lr_ratio from the module's hparams; the time budget from the
+    (warmup, max_steps and min_lr_ratio from the module's ``run_config``; the time budget from the
     ``TimeBudget`` that ``run()`` hands the module as ``module.budget``)."""
-    hp = module.hparams
+    r = module.run_config
 
     def factor(step: int) -> float:
         budget = getattr(module, "budget", None)
         spent = budget.fraction() if budget is not None else 0.0
-        return warmup_cosine(step, warmup=hp.warmup, total=hp.max_steps, min_ratio=hp.min_lr_ratio, time_fraction=spent)
+        return warmup_cosine(step, warmup=r.warmup, total=r.max_steps, min_ratio=r.min_lr_ratio, time_fraction=spent)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -57,16 +58,37 @@ def warmup_cosine_optimizer(opt, module) -> dict:
 
 def adamw_warmup_cosine(module, *, fused: bool = False) -> dict:
     """AdamW (weight decay on matrices only, betas 0.9/0.95) with warmup + cosine, for ``module.model``."""
-    hp = module.hparams
+    r = module.run_config
     params = [p for p in module.model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": r.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return warmup_cosine_optimizer(torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.95), fused=fused), module)
+    return warmup_cosine_optimizer(torch.optim.AdamW(groups, lr=r.lr, betas=(0.9, 0.95), fused=fused), module)
 
 
-class ResumableModule(L.LightningModule):
+class RunModule(L.LightningModule):
+    """The base of every family's LightningModule: ``run_config`` is the run's ``RunConfig``
+    (lr, warmup, max_steps, batch_size, seed, ...: what ``run()`` trains under), completed with
+    the family's ``run_defaults``; the family's own options are its constructor's other arguments
+    (its hparams, with the run configuration as ``hparams.run``)."""
+
+    run_defaults: dict = {}
+
+    def __init__(self, run: "RunConfig | dict | None" = None):
+        super().__init__()
+        run = RunConfig(**run) if isinstance(run, dict) else (run or RunConfig())
+        self.run_config = run.with_defaults(**self.run_defaults)
+
+    def save_hyperparameters(self, *args, ignore=("run",), frame=None, logger: bool = True) -> None:
+        """Lightning's (the caller's constructor arguments), with the run configuration kept as a
+        plain dict: checkpoints load with ``weights_only=True``."""
+        super().save_hyperparameters(*args, ignore=list(ignore), frame=frame or inspect.currentframe().f_back,
+                                     logger=logger)
+        self.hparams["run"] = self.run_config.to_dict()
+
+
+class ResumableModule(RunModule):
     """The LightningModule base of every family but the transformer (which keeps more state):
     checkpoints carry the batch counter and the random state, so --resume goes on with the same
     batches; AdamW with warmup + cosine unless the family says otherwise.
@@ -82,7 +104,7 @@ class ResumableModule(L.LightningModule):
 
     def items_in(self, batch) -> int:
         """How many ``items`` one training batch holds (progress lines report their rate)."""
-        return int(self.hparams.get("batch_size", 0))
+        return int(self.run_config.batch_size)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["partita"] = {"batches": self.batches_seen, "rng": torch.get_rng_state()}

@@ -194,7 +194,16 @@ def validation_metrics(vectors: np.ndarray, labels: np.ndarray, seed: int) -> di
 # --- the Lightning module -------------------------------------------------------------------
 
 
+#: ``RunConfig`` defaults of the embedder; its batch is ``labels_per_batch`` x ``per_label`` crops
+#: (a ``batch_size`` sets ``per_label`` to ``batch_size // labels_per_batch``).
+RUN_DEFAULTS = dict(max_steps=1000, lr=1e-3, weight_decay=0.05, warmup=50, min_lr_ratio=0.05)
+
+
 class EmbedderModule(ResumableModule):
+    """The SiaViT under a ``run`` (``RunConfig``: schedule, seed, ...) and its own loss, batch and
+    augmentation options."""
+
+    run_defaults = RUN_DEFAULTS
     monitor = "val/auc"  # the pair ROC-AUC on the reporting half of the validation pieces
     monitor_mode = "max"
     items = "crops"
@@ -205,13 +214,9 @@ class EmbedderModule(ResumableModule):
     def __init__(
         self,
         config: dict,
+        run: RunConfig | dict | None = None,
         *,
         loss: str = "supcon",
-        lr: float = 1e-3,
-        weight_decay: float = 0.05,
-        warmup: int = 50,
-        max_steps: int = 1000,
-        min_lr_ratio: float = 0.05,
         labels_per_batch: int = 8,
         per_label: int = 4,
         transpose: int = 0,
@@ -222,9 +227,8 @@ class EmbedderModule(ResumableModule):
         margin_max: float = 1.2,
         margin_momentum: float = 0.9,
         val_windows: int = 4,
-        seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(run)
         if loss not in LOSSES:
             raise PartitaError(f"--loss must be one of {', '.join(LOSSES)}, not {loss!r}")
         self.save_hyperparameters()
@@ -251,7 +255,7 @@ class EmbedderModule(ResumableModule):
             def __iter__(self):
                 step = module.batches_seen
                 while True:
-                    yield make_batch(module.data, module.model.config, step, seed=hp.seed,
+                    yield make_batch(module.data, module.model.config, step, seed=module.run_config.seed,
                                      labels_per_batch=hp.labels_per_batch, per_label=hp.per_label,
                                      transpose=hp.transpose, noise=hp.noise)
                     step += 1
@@ -309,17 +313,18 @@ class EmbedderModule(ResumableModule):
         self._val_vectors, self._val_labels = [], []
 
     def validation_step(self, batch, batch_idx):
-        from partita.search.embed import _run
+        from partita.search.embed import embed_notes
 
-        vectors, kept, _ = _run(self.model, ((i, self.data.notes(i)) for i in batch), len(batch),
-                                self.hparams.val_windows, 64, None)
+        # val_dataloader keeps only usable pieces (pitched notes), which embed without a failure
+        vectors = embed_notes(self.model, [self.data.notes(i) for i in batch], windows=self.hparams.val_windows,
+                              batch_size=64)
         self._val_vectors.append(vectors)
-        self._val_labels.extend(self.data.label_of[i] for i in kept)
+        self._val_labels.extend(self.data.label_of[i] for i in batch)
 
     def on_validation_epoch_end(self):
         vectors = np.concatenate(self._val_vectors)
         labels = np.asarray(self._val_labels)
-        m = validation_metrics(vectors, labels, self.hparams.seed)
+        m = validation_metrics(vectors, labels, self.run_config.seed)
         # nan when the validation half has no balanced pairs (a tiny corpus): early stopping then waits
         self.log("val/loss", m["loss"] if np.isfinite(m["loss"]) else float("inf"), prog_bar=True)
         for k in ("auc", "acc_same", "acc_diff", "acc_mixed", "threshold"):
@@ -328,11 +333,6 @@ class EmbedderModule(ResumableModule):
 
 
 # --- the run --------------------------------------------------------------------------------
-
-
-#: ``RunConfig`` defaults of the embedder; its batch is ``labels_per_batch`` x ``per_label`` crops
-#: (a ``batch_size`` sets ``per_label`` to ``batch_size // labels_per_batch``).
-RUN_DEFAULTS = dict(max_steps=1000, lr=1e-3, weight_decay=0.05, warmup=50, min_lr_ratio=0.05)
 
 
 def train_embedder(
@@ -373,10 +373,9 @@ def train_embedder(
 
     def make_module(r: RunConfig) -> EmbedderModule:
         module = EmbedderModule(
-            config.to_dict(), loss=loss, lr=r.lr, weight_decay=r.weight_decay, warmup=r.warmup, max_steps=r.max_steps,
-            min_lr_ratio=r.min_lr_ratio, labels_per_batch=labels_per_batch, per_label=per_label, transpose=transpose,
+            config.to_dict(), r, loss=loss, labels_per_batch=labels_per_batch, per_label=per_label, transpose=transpose,
             noise=noise, temperature=temperature, margin_start=margin_start, margin_gap=margin_gap,
-            margin_max=margin_max, val_windows=val_windows, seed=r.seed,
+            margin_max=margin_max, val_windows=val_windows,
         )
         module.attach(data)
         return module

@@ -166,15 +166,22 @@ class FeatNetData:
 # --- the Lightning module ---------------------------------------------------------------------------
 
 
+#: ``RunConfig`` defaults of the feature embedder (a batch is works_per_batch x per_work crops).
+RUN_DEFAULTS = dict(max_steps=1500, lr=2e-3, weight_decay=0.05, warmup=50, min_lr_ratio=0.05, val_every=100,
+                    checkpoint_every=500, precision="32-true")
+
+
 class FeatNetModule(ResumableModule):
+    """The FeatNet under a ``run`` (``RunConfig``) and its own batch and loss options."""
+
+    run_defaults = RUN_DEFAULTS
     monitor = "val/score"
     monitor_mode = "max"
     items = "crops"
 
-    def __init__(self, config: dict, *, lr: float = 2e-3, weight_decay: float = 0.05, warmup: int = 50,
-                 max_steps: int = 1500, min_lr_ratio: float = 0.05, works_per_batch: int = 48, per_work: int = 4,
-                 composer_weight: float = 0.1, temperature: float = 0.1, seed: int = 0):
-        super().__init__()
+    def __init__(self, config: dict, run: RunConfig | dict | None = None, *, works_per_batch: int = 48,
+                 per_work: int = 4, composer_weight: float = 0.1, temperature: float = 0.1):
+        super().__init__(run)
         self.save_hyperparameters()
         self.model = FeatNet(FeatNetConfig.from_dict(config))
         self.batches_seen = 0
@@ -256,10 +263,6 @@ def validation_metrics(module: FeatNetModule, data: FeatNetData) -> dict:
 
 # --- the run ------------------------------------------------------------------------------------------
 
-#: ``RunConfig`` defaults of the feature embedder (a batch is works_per_batch x per_work crops).
-RUN_DEFAULTS = dict(max_steps=1500, lr=2e-3, weight_decay=0.05, warmup=50, min_lr_ratio=0.05, val_every=100,
-                    checkpoint_every=500, precision="32-true")
-
 
 def train_featnet(
     corpus_dir: str | Path,
@@ -307,9 +310,8 @@ def train_featnet(
                                                       workers)) if d is not None}
 
     def make_module(r: RunConfig) -> FeatNetModule:
-        module = FeatNetModule(config.to_dict(), lr=r.lr, weight_decay=r.weight_decay, warmup=r.warmup,
-                               max_steps=r.max_steps, min_lr_ratio=r.min_lr_ratio, works_per_batch=works_per_batch,
-                               per_work=per_work, composer_weight=composer_weight, temperature=temperature, seed=r.seed)
+        module = FeatNetModule(config.to_dict(), r, works_per_batch=works_per_batch, per_work=per_work,
+                               composer_weight=composer_weight, temperature=temperature)
         module.model.set_standardisation(torch.from_numpy(bank))
         module.attach(data, bank, owner, whole)
         return module

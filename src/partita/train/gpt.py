@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -27,7 +26,7 @@ from partita.data.streams import IGNORE, SongData, SongStream
 from partita.represent.tokens import token_streams
 from partita.errors import PartitaError
 from partita.models.gpt import GPT, GPTConfig
-from partita.train.common import RunConfig, adamw_warmup_cosine, run, start_run
+from partita.train.common import RunConfig, RunModule, adamw_warmup_cosine, run, start_run
 
 LN2 = float(np.log(2.0))
 
@@ -45,29 +44,27 @@ def _memory_state(xl, knn) -> dict:
     return state
 
 
-class GPTModule(L.LightningModule):
+#: ``RunConfig`` defaults of the transformer (bf16 autocast on CPUs with bf16 instructions too).
+RUN_DEFAULTS = dict(batch_size=16, max_steps=2000, lr=3e-4, weight_decay=0.1, warmup=100, min_lr_ratio=0.1,
+                    val_every=200, checkpoint_every=500)
+
+
+class GPTModule(RunModule):
+    """The transformer under a ``run`` (a ``RunConfig``: batch, schedule, seed, ...); ``seq_len``
+    tokens per segment (default: the context), ``fim_rate`` of training segments rearranged for
+    infilling."""
+
     monitor = "val/loss"  # picks the best checkpoint
     monitor_mode = "min"
     items = "tokens"
+    run_defaults = RUN_DEFAULTS
 
     def items_in(self, batch) -> int:
         return int(batch["ids"].numel())
 
-    def __init__(
-        self,
-        config: dict,
-        *,
-        lr: float = 3e-4,
-        weight_decay: float = 0.1,
-        warmup: int = 100,
-        max_steps: int = 1000,
-        min_lr_ratio: float = 0.1,
-        batch_size: int = 16,
-        seq_len: int | None = None,
-        seed: int = 0,
-        fim_rate: float = 0.0,
-    ):
-        super().__init__()
+    def __init__(self, config: dict, run: RunConfig | dict | None = None, *, seq_len: int | None = None,
+                 fim_rate: float = 0.0):
+        super().__init__(run)
         self.save_hyperparameters()
         self.model = GPT(GPTConfig.from_dict(config))
         self.seq_len = seq_len or self.model.config.context
@@ -95,10 +92,10 @@ class GPTModule(L.LightningModule):
             self.streams,
             pieces,
             [self.model.label_token(self.data.label_of[p]) for p in pieces],
-            batch_size=self.hparams.batch_size,
+            batch_size=self.run_config.batch_size,
             seq_len=self.seq_len,
             pad_id=self.model.label_token(None),
-            seed=self.hparams.seed,
+            seed=self.run_config.seed,
             loop=loop,
             shuffle=loop,
             rank=self.global_rank,
@@ -234,11 +231,6 @@ class GPTModule(L.LightningModule):
 # --- the run -----------------------------------------------------------------------------------
 
 
-#: ``RunConfig`` defaults of the transformer (bf16 autocast on CPUs with bf16 instructions too).
-RUN_DEFAULTS = dict(batch_size=16, max_steps=2000, lr=3e-4, weight_decay=0.1, warmup=100, min_lr_ratio=0.1,
-                    val_every=200, checkpoint_every=500)
-
-
 def train_gpt(
     corpus_dir: str | Path,
     out: str | Path,
@@ -284,9 +276,7 @@ def train_gpt(
     val_notes = _count_notes(tokenizer, streams, data.split.get("valid", []))
 
     def make_module(r: RunConfig) -> GPTModule:
-        module = GPTModule(config.to_dict(), lr=r.lr, weight_decay=r.weight_decay, warmup=r.warmup,
-                           max_steps=r.max_steps, min_lr_ratio=r.min_lr_ratio, batch_size=r.batch_size,
-                           seq_len=seq_len, seed=r.seed, fim_rate=fim)
+        module = GPTModule(config.to_dict(), r, seq_len=seq_len, fim_rate=fim)
         if start is not None and not r.resume:
             _load_initial(module.model, start.model)
         module.attach(streams, data, val_notes)
@@ -316,10 +306,10 @@ def _init_bundle(path, streams, labels: list[str]):
     """The bundle a run starts from (a bundle folder or a shipped name such as ``gpt-piano``),
     checked against the corpus (same tokens, same labels)."""
     from partita.bundle import load
-    from partita.evaluate.conditioned import _check_tokenizer
+    from partita.evaluate.conditioned import check_same_tokenizer
 
     bundle = load(str(path), "gpt")
-    _check_tokenizer(bundle.tokenizer, streams, "--init bundle")
+    check_same_tokenizer(bundle.tokenizer, streams, "--init bundle")
     if list(bundle.card.get("labels") or []) != list(labels):
         raise PartitaError(f"--init {path}: its labels {bundle.card.get('labels')} are not the corpus's {labels}")
     return bundle

@@ -54,11 +54,19 @@ def component_log_density(model: TVAE, z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (((z[:, None, :] - mu) ** 2) / logvar.exp() + logvar + np.log(2 * np.pi)).sum(-1)
 
 
+#: ``RunConfig`` defaults of the transformer VAE.
+RUN_DEFAULTS = dict(batch_size=16, max_steps=2000, lr=1e-3, weight_decay=0.01, warmup=100, min_lr_ratio=0.1)
+
+
 class TVAEModule(ResumableModule):
-    def __init__(self, config: dict, *, lr: float = 1e-3, weight_decay: float = 0.01, warmup: int = 100,
-                 max_steps: int = 2000, min_lr_ratio: float = 0.1, batch_size: int = 16, kl_warmup: int = 500,
-                 beta: float = 1.0, free_bits: float = 0.1, val_per_piece: int = 2, seed: int = 0):
-        super().__init__()
+    """The transformer VAE under a ``run`` (``RunConfig``); the KL weight and free bits of the
+    module doc, ``val_per_piece`` validation windows."""
+
+    run_defaults = RUN_DEFAULTS
+
+    def __init__(self, config: dict, run: RunConfig | dict | None = None, *, kl_warmup: int = 500,
+                 beta: float = 1.0, free_bits: float = 0.1, val_per_piece: int = 2):
+        super().__init__(run)
         self.save_hyperparameters()
         self.model = TVAE(TVAEConfig.from_dict(config))
         self.data: LabelledSegments | None = None
@@ -69,7 +77,7 @@ class TVAEModule(ResumableModule):
         self.data = data
 
     def _draw(self, rng):
-        ids, labels = self.data.sample("train", self.hparams.batch_size, self.model.config.context, rng)
+        ids, labels = self.data.sample("train", self.run_config.batch_size, self.model.config.context, rng)
         return torch.from_numpy(ids), torch.from_numpy(labels)
 
     def train_dataloader(self):
@@ -115,10 +123,6 @@ class TVAEModule(ResumableModule):
         self.log("val/latent_acc", sum(v[4] for v in self._val) / n, prog_bar=True)
 
 
-#: ``RunConfig`` defaults of the transformer VAE.
-RUN_DEFAULTS = dict(batch_size=16, max_steps=2000, lr=1e-3, weight_decay=0.01, warmup=100, min_lr_ratio=0.1)
-
-
 def train_tvae(
     corpus_dir: str | Path,
     out: str | Path,
@@ -157,9 +161,7 @@ def train_tvae(
         raise PartitaError("set the composer set with --labels/--min-pieces, not --set labels=")
 
     def make_module(r: RunConfig) -> TVAEModule:
-        module = TVAEModule(config.to_dict(), lr=r.lr, weight_decay=r.weight_decay, warmup=r.warmup,
-                            max_steps=r.max_steps, min_lr_ratio=r.min_lr_ratio, batch_size=r.batch_size,
-                            kl_warmup=kl_warmup, beta=beta, free_bits=free_bits, seed=r.seed)
+        module = TVAEModule(config.to_dict(), r, kl_warmup=kl_warmup, beta=beta, free_bits=free_bits)
         module.attach(data)
         return module
 

@@ -110,20 +110,17 @@ def fit_prior(model: MusicVAE, windows: np.ndarray, *, seed: int = 0, batch_size
 # --- the Lightning module ----------------------------------------------------------------------
 
 
+#: ``RunConfig`` defaults of MusicVAE (Adam: no weight decay).
+RUN_DEFAULTS = dict(batch_size=64, max_steps=2000, lr=1e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.0)
+
+
 class VAEModule(ResumableModule):
-    def __init__(
-        self,
-        config: dict,
-        *,
-        lr: float = 1e-3,
-        warmup: int = 100,
-        max_steps: int = 2000,
-        min_lr_ratio: float = 0.05,
-        batch_size: int = 64,
-        transpose: int = 5,
-        seed: int = 0,
-    ):
-        super().__init__()
+    """MusicVAE under a ``run`` (``RunConfig``); ``transpose``: the random transposition range."""
+
+    run_defaults = RUN_DEFAULTS
+
+    def __init__(self, config: dict, run: RunConfig | dict | None = None, *, transpose: int = 5):
+        super().__init__(run)
         self.save_hyperparameters()
         self.model = MusicVAE(MusicVAEConfig.from_dict(config))
         c = self.model.config
@@ -143,9 +140,9 @@ class VAEModule(ResumableModule):
             def __iter__(self):
                 k = module.batches_seen  # a resumed run continues with the next batch
                 while True:
-                    hp = module.hparams
-                    yield training_batch(module.train_windows, k, batch_size=hp.batch_size, seed=hp.seed,
-                                         transpose=hp.transpose, rank=module.global_rank)
+                    r = module.run_config
+                    yield training_batch(module.train_windows, k, batch_size=r.batch_size, seed=r.seed,
+                                         transpose=module.hparams.transpose, rank=module.global_rank)
                     k += 1
 
         return torch.utils.data.DataLoader(Train(), batch_size=None, generator=torch.Generator())
@@ -186,13 +183,10 @@ class VAEModule(ResumableModule):
         self.log("val/accuracy", v["accuracy"] / n, prog_bar=True)
 
     def configure_optimizers(self):
-        return warmup_cosine_optimizer(torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr), self)
+        return warmup_cosine_optimizer(torch.optim.Adam(self.model.parameters(), lr=self.run_config.lr), self)
 
 
 # --- the run -----------------------------------------------------------------------------------
-
-#: ``RunConfig`` defaults of MusicVAE (Adam: no weight decay).
-RUN_DEFAULTS = dict(batch_size=64, max_steps=2000, lr=1e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.0)
 
 
 def train_vae(
@@ -270,8 +264,7 @@ def train_vae(
     torch.set_flush_denormal(True)
 
     def make_module(r: RunConfig) -> VAEModule:
-        module = VAEModule(config.to_dict(), lr=r.lr, warmup=r.warmup, max_steps=r.max_steps,
-                           min_lr_ratio=r.min_lr_ratio, batch_size=r.batch_size, transpose=transpose, seed=r.seed)
+        module = VAEModule(config.to_dict(), r, transpose=transpose)
         if segment_model is not None:  # a resumed run then loads its own weights over these
             module.model.segment.load_state_dict(segment_model.state_dict())
         module.attach(train, valid)

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from partita.data.piece import Piece
+from partita.errors import one_line
 from partita.io.files import atomic_path, atomic_write
 
 #: Works per label in the default export; sized so that a cold export takes under two minutes
@@ -538,7 +539,7 @@ def _convert_one(work: _Work, out_path: str) -> tuple[str | None, str | None]:
             try:
                 score = _parse(work)
             except Exception as e:  # music21 raises many kinds; each skips one work
-                return None, f"music21 cannot parse it ({_one_line(e)})"
+                return None, f"music21 cannot parse it ({one_line(e)})"
             title = _title_from(score, work)
             _unshare(score)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -550,7 +551,7 @@ def _convert_one(work: _Work, out_path: str) -> tuple[str | None, str | None]:
                     _strip_repeats(score)
                     score.write("midi", fp=str(tmp))
             except Exception as e:
-                return None, f"music21 cannot write it as MIDI ({_one_line(e)})"
+                return None, f"music21 cannot write it as MIDI ({one_line(e)})"
             try:
                 load(tmp.read_bytes())
             except MidiError as e:
@@ -560,13 +561,6 @@ def _convert_one(work: _Work, out_path: str) -> tuple[str | None, str | None]:
         finally:
             if tmp.exists():
                 tmp.unlink()
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    # Object addresses differ from run to run; a reason should not.
-    text = re.sub(r",? ?id\(\)=\d+| at 0x[0-9a-f]+| 0x[0-9a-f]+", "", text)
-    return f"{type(e).__name__}: {text[:200]}" if type(e).__name__ not in text else text[:200]
 
 
 # --------------------------------------------------------------------------------------------
@@ -910,7 +904,7 @@ def _pool_pass(
                         broken = True
                         continue
                     except Exception as e:  # an error outside _convert's own handling
-                        title, reason, seconds = None, f"conversion failed ({_one_line(e)})", None
+                        title, reason, seconds = None, f"conversion failed ({one_line(e)})", None
                     record(in_flight.pop(fut), title, reason, seconds)
                 if broken:
                     return list(in_flight.values())
