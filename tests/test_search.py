@@ -304,3 +304,57 @@ def test_embed_prepared_corpus_keeps_labels_and_splits(tiny_bundle, tmp_path):
     assert {p["source"] for p in index.pieces} == {"corpus"} and index.pieces[0]["id"].endswith(".mid")
     a = load_attribution(tmp_path / "idx")
     assert a.fitted["calibration"] == "valid split" and a.fitted["n_calibration"] == splits["valid"]
+
+
+# ------------------------------------------------------------------------------- composer readout
+def _notes(score):
+    from partita.io import note_array
+
+    return note_array(score, unit="second")
+
+
+def test_conformal_thresholds_keep_the_false_alarm_budget_per_length_bin():
+    from partita.search.reader import conformal_thresholds
+
+    rng = np.random.default_rng(0)
+    bins = np.repeat([0, 1, 2, 3], 200)
+    scores = rng.normal(size=800) + bins  # longer bins score higher: one global threshold would be unfair
+    th = conformal_thresholds(scores, bins, alpha=0.1)
+    for b in range(4):
+        share = (scores[bins == b] > th[b]).mean()
+        assert 0.05 <= share <= 0.1
+    # A bin with too few pieces borrows the threshold of all of them.
+    few = conformal_thresholds(scores[:210], bins[:210], alpha=0.1)
+    assert few[1] == few[2] == few[3] != few[0]
+
+
+def test_readout_attributes_new_works_explains_exactly_and_round_trips(tmp_path):
+    from partita.search import reader as R
+
+    styles = ("low", "high", "mid")
+    notes = [_notes(styled_piece(s, seed=10 * k + j)) for k, s in enumerate(styles) for j in range(6)]
+    labels = [s for s in styles for _ in range(6)]
+    groups = [f"{s}{j}" for s in styles for j in range(6)]
+    readout = R.fit_reader(notes, labels, groups, folds=3)
+    assert readout.labels == sorted(styles) and readout.fitted["works"] == 18
+    assert readout.fitted["top1"] == 1.0 and readout.thresholds is not None and 0 < readout.temperature
+    for k, s in enumerate(styles):
+        views = R.piece_views(_notes(styled_piece(s, seed=99 + k)))  # a work never seen
+        r = readout.attribute(*views, seconds=20.0)
+        assert r["top"][0]["label"] == s and r["why"]["between"][0] == s
+        # The explanation is exact: the features' contributions and the biases sum to the logit gap.
+        a, b = (readout.labels.index(x) for x in r["why"]["between"])
+        full = readout.explain(*views, a, b, top=10_000)
+        z = readout.logits(np.vstack([views[0], views[1][None]])).mean(0)
+        assert sum(f["logit"] for f in full) + readout.bias[a] - readout.bias[b] == pytest.approx(z[a] - z[b], abs=0.05)
+    # Random notes are far from every training piece.
+    far = readout.attribute(*R.piece_views(_notes(random_note_piece(seed=3, seconds=20))), seconds=20.0)
+    assert not far["known"] and far["verdict"] == "unknown composer"
+    readout.save(tmp_path)
+    back = R.load_reader(tmp_path)
+    assert back.labels == readout.labels and back.temperature == readout.temperature
+    assert back.attribute(*views, seconds=20.0)["top"][0]["label"] == styles[-1]
+    (tmp_path / "reader.safetensors").write_bytes(b"garbage")
+    with pytest.raises(PartitaError, match="corrupt composer readout"):
+        R.load_reader(tmp_path)
+    assert R.fit_reader(notes[:6], labels[:6], groups[:6]) is None  # one label: nothing to choose between

@@ -265,9 +265,13 @@ def test_attributing_piano_music_right_after_install_names_a_piano_composer_or_u
     main(["attribute", *map(str, queries), "--json", str(tmp_path / "who.json")])
     out = _json.loads((tmp_path / "who.json").read_text())
     assert Path(out["index"]).name == "piano-index" and len(out["results"]) == len(queries)
+    assert out["method"] == "readout" and out["fitted"]["held_out"].startswith("cross-fitted, grouped by work")
     for r in out["results"]:
         assert (not r["known"]) or r["verdict"] in pianists
         assert all(t["label"] in pianists for t in r["top"])
+        # Why: the features between the top two composers, and each one's nearest pieces.
+        assert r["why"]["between"] == [t["label"] for t in r["top"][:2]] and len(r["why"]["features"]) == 5
+        assert set(r["nearest"]) == set(r["why"]["between"]) and all(r["nearest"].values())
     main(["similar", str(queries[0]), "-k", "3", "--json", str(tmp_path / "hits.json")])
     hits = _json.loads((tmp_path / "hits.json").read_text())["results"][0]["hits"]
     assert len(hits) == 3 and all(h["label"] in pianists for h in hits)

@@ -172,6 +172,11 @@ def attribute(
     choice = _choose(index, queries, model)
     folder = choice.index
     idx = Index.load(folder)
+    from partita.search.reader import load_reader
+
+    readout = load_reader(folder)
+    if readout is not None:
+        return _attribute_with_readout(idx, readout, choice, queries, k, json_path)
     attribution = load_attribution(folder)
     if attribution.model_fingerprint and attribution.model_fingerprint != idx.model.get("fingerprint"):
         raise PartitaError(f"{folder}: attribution.json belongs to another embedder; run 'partita embed' on the index again")
@@ -199,6 +204,50 @@ def attribute(
         "fitted": f, "results": [{"query": p, **r} for p, r in zip(kept, results)],
         "failures": [{"path": p, "reason": r} for p, r in failures],
     })
+
+
+def _attribute_with_readout(idx, readout, choice, queries: list[Path], k: int, json_path: Optional[Path]) -> None:
+    """``partita attribute`` with an index's composer readout: calibrated probabilities, the
+    length-aware "unknown", and why: the features between the top two composers and their nearest
+    pieces in the index."""
+    from rich.table import Table
+
+    from partita.search.reader import attribute_files
+
+    files = [f for q in queries for f in (sorted(p for p in Path(q).rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+                                          if Path(q).is_dir() else [Path(q)])]
+    results, failures = attribute_files(idx, readout, files, k=k)
+    if not results:
+        if failures:
+            raise PartitaError(f"{failures[0][0]}: {failures[0][1]}" + (f" (and {len(failures) - 1} more files)" if len(failures) > 1 else ""))
+        raise PartitaError("no query MIDI files given")
+    _report_failures(failures)
+    table = Table(title=f"Attribution ({choice.reason}; {len(readout.labels)} composers, unknown beyond the "
+                        f"novelty of {readout.fitted.get('alpha', 0.05):.0%} of held-out works of the same length)",
+                  title_justify="left")
+    table.add_column("file", no_wrap=True, overflow="ellipsis", max_width=28)
+    table.add_column("verdict", overflow="fold")
+    table.add_column("novelty", justify="right")
+    table.add_column(f"top {k} (calibrated probability)", overflow="fold")
+    table.add_column("why (features toward the top two; their nearest pieces)", overflow="fold")
+    for r in results:
+        verdict = r["verdict"] if r["known"] else "[bold]unknown composer[/bold]"
+        top = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top"])
+        why = ""
+        if r["why"]:
+            a, b = r["why"]["between"]
+            pulls = "; ".join(f"{f['feature']} ({f['value_sd']:+.1f} sd) -> {f['toward']}" for f in r["why"]["features"][:3])
+            near = " | ".join(f"{lab}: " + ", ".join(str(h["title"]) for h in hits[:2]) for lab, hits in r["nearest"].items())
+            why = f"{a} over {b}: {pulls}. Nearest: {near}"
+        table.add_row(Path(r["query"]).name, verdict, f"{r['novelty']:.3g}/{r['threshold']:.3g}" if r["threshold"] else f"{r['novelty']:.3g}", top, why)
+    console.print(table)
+    f = readout.fitted
+    console.print(f"readout: {len(readout.labels)} composers with >= {f.get('min_works')} works; on held-out works "
+                  f"({f.get('held_out')}): top-1 {f.get('top1', 0):.1%}, balanced {f.get('balanced_top1', 0):.1%}, "
+                  f"ECE {f.get('ece', 0):.3f}; temperature {readout.temperature:.3g}")
+    write_json(json_path, {"index": str(idx.path), "choice": choice.to_dict(), "k": k, "method": "readout",
+                           "temperature": readout.temperature, "fitted": f, "results": results,
+                           "failures": [{"path": p, "reason": r} for p, r in failures]})
 
 
 def map_cmd(

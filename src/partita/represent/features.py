@@ -366,3 +366,36 @@ def piano_descriptor(notes: np.ndarray, *, chord_tolerance: float = 0.05) -> np.
                   harmonic_interval_histogram(notes, chord_tolerance=chord_tolerance), transitions, bass_degree,
                   register, ratios, _time_histogram(ioi), _time_histogram(duration)]
     return np.concatenate([np.sqrt(h) for h in histograms] + [scalars]).astype(np.float32)
+
+
+def augmented_crop(notes: np.ndarray, rng: np.random.Generator, *, crop_seconds: tuple[float, float] = (30.0, 90.0),
+                   transpose: int = 0) -> np.ndarray:
+    """One augmented excerpt of a note array in seconds, pitched notes only: a random stretch of
+    ``crop_seconds`` (the whole piece when it has fewer than 16 notes), up to 15% of its notes
+    dropped, tempo scaled by 0.8-1.25, sometimes shortened notes (no pedal), velocities scaled and
+    jittered, and with ``transpose`` a shift of up to that many semitones either way. FeatNet's
+    training views and the attribution readout's training crops."""
+    if "is_drum" in notes.dtype.names:
+        notes = notes[~notes["is_drum"]]
+    notes = notes.copy()
+    onset = notes["onset"].astype(np.float64)
+    length = rng.uniform(*crop_seconds)
+    first, last = float(onset.min()), float(onset.max())
+    start = rng.uniform(first, max(first, last - length))
+    keep = (onset >= start) & (onset < start + length)
+    keep &= rng.random(len(notes)) >= rng.uniform(0.0, 0.15)
+    if keep.sum() < 16:  # a sparse stretch: the whole piece instead
+        keep = np.ones(len(notes), bool)
+    crop = notes[keep]
+    stretch = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+    crop["onset"] = (crop["onset"] - start) * stretch
+    duration = crop["duration"] * stretch
+    if rng.random() < 0.3:  # no pedal: notes end early
+        duration = duration * rng.uniform(0.3, 1.0)
+    crop["duration"] = duration
+    velocity = crop["velocity"].astype(np.float64) * rng.uniform(0.75, 1.25) + rng.normal(0.0, 5.0, len(crop))
+    crop["velocity"] = np.clip(np.round(velocity), 1, 127)
+    if transpose:
+        shift = int(rng.integers(-transpose, transpose + 1))
+        crop["pitch"] = np.clip(crop["pitch"].astype(np.int64) + shift, 0, 127)
+    return crop

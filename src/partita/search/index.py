@@ -653,6 +653,8 @@ def embed_into_index(
         raise PartitaError(f"{out} is a {index.kind} index; --index-type {kind} applies only to a new index")
     rows = index.add(np.concatenate(vectors) if vectors else np.zeros((0, index.dim), np.float32), pieces, model=record)
     index.save(out)
+    if calibrate and not existing and embedder.family == "featnet":
+        _fit_reader(jobs, out, store_paths)
     if calibrate:
         from partita.search.attribute import fit_attribution
 
@@ -666,6 +668,48 @@ def embed_into_index(
             (out / ATTRIBUTION_FILE).unlink()
     return EmbedReport(index=index, added=len(rows), skipped_known=skipped, failures=failures, created=not existing,
                        choice=choice)
+
+
+def _fit_reader(jobs: list, out: Path, store_paths: bool) -> None:
+    """Fit the composer readout (``partita.search.reader``) of a new FeatNet index from the
+    labelled pieces just embedded, when at least two labels have enough works."""
+    from partita.search import reader as R
+
+    works: dict = {}
+    for piece, src in jobs:
+        if piece["label"] is not None:
+            works.setdefault(piece["label"], set()).add(_work(piece, src))
+    if sum(len(w) >= 5 for w in works.values()) < 2:
+        return
+    notes, labels, groups = [], [], []
+    for piece, src in jobs:
+        if piece["label"] is None:
+            continue
+        try:
+            if isinstance(src, tuple):
+                n = src[0].notes(src[1])
+            else:
+                from partita.io import load, note_array, preprocess
+
+                n = note_array(preprocess(load(src), sustain=True), unit="second")
+            R.piece_views(n[:2])  # fewer than 2 pitched notes: skipped, as the embedder skipped it
+        except Exception:
+            continue
+        notes.append(n)
+        labels.append(piece["label"])
+        groups.append(_work(piece, src))
+    readout = R.fit_reader(notes, labels, groups)
+    if readout is not None:
+        readout.save(out)
+
+
+def _work(piece: dict, src: Any) -> str:
+    """The work a piece belongs to: the corpus's group (ASAP's folder), else the piece itself."""
+    if isinstance(src, tuple):
+        g = src[0].pieces[src[1]].get("group")
+        if g:
+            return str(g)
+    return str(piece["id"])
 
 
 def _one_line(reason: Any) -> str:

@@ -35,7 +35,7 @@ from partita.bundle import save_bundle
 from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.featnet import FeatNet, FeatNetConfig
-from partita.represent.features import piano_descriptor
+from partita.represent.features import augmented_crop, piano_descriptor
 from partita.train.classifier import SeededBatches
 from partita.train.common import ResumableModule, RunConfig, run, start_run
 
@@ -43,35 +43,6 @@ __all__ = ["FeatNetModule", "augmented_crop", "crop_bank", "two_level_supcon", "
 
 
 # --- data -----------------------------------------------------------------------------------------
-
-
-def augmented_crop(notes: np.ndarray, rng: np.random.Generator, *, crop_seconds: tuple[float, float] = (30.0, 90.0),
-                   transpose: int = 0) -> np.ndarray:
-    """One augmented excerpt of a note array in seconds (module doc); pitched notes only."""
-    if "is_drum" in notes.dtype.names:
-        notes = notes[~notes["is_drum"]]
-    notes = notes.copy()
-    onset = notes["onset"].astype(np.float64)
-    length = rng.uniform(*crop_seconds)
-    first, last = float(onset.min()), float(onset.max())
-    start = rng.uniform(first, max(first, last - length))
-    keep = (onset >= start) & (onset < start + length)
-    keep &= rng.random(len(notes)) >= rng.uniform(0.0, 0.15)
-    if keep.sum() < 16:  # a sparse stretch: the whole piece instead
-        keep = np.ones(len(notes), bool)
-    crop = notes[keep]
-    stretch = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-    crop["onset"] = (crop["onset"] - start) * stretch
-    duration = crop["duration"] * stretch
-    if rng.random() < 0.3:  # no pedal: notes end early
-        duration = duration * rng.uniform(0.3, 1.0)
-    crop["duration"] = duration
-    velocity = crop["velocity"].astype(np.float64) * rng.uniform(0.75, 1.25) + rng.normal(0.0, 5.0, len(crop))
-    crop["velocity"] = np.clip(np.round(velocity), 1, 127)
-    if transpose:
-        shift = int(rng.integers(-transpose, transpose + 1))
-        crop["pitch"] = np.clip(crop["pitch"].astype(np.int64) + shift, 0, 127)
-    return crop
 
 
 _WORKER: dict = {}
