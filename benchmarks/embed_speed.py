@@ -3,9 +3,17 @@ the shipped FeatNet (featnet-piano) and SiaViT (siavit-small), next to the featu
 baseline (read the file, compute ``feature_vector``), in one run.
 
     python benchmarks/embed_speed.py [--folder ../shared/data/asap] [--pieces 300] [--threads 1 2]
+    python benchmarks/embed_speed.py --sizes 300 1000 5000 20000 [--work /tmp/embed-scale]
 
 Reads the first ``--pieces`` MIDI files under ``--folder`` (sorted; default: ASAP's performances
 if present, else the test fixtures), best of ``--repeat`` runs each.
+
+``--sizes``: corpus scale. Writes that many piano files into ``--work`` (never into the repo):
+excerpts of 30-180 s of ASAP's files, transposed by -3..+3 semitones, seeded; then runs the
+command a user runs, ``partita embed FOLDER --index NEW`` (the choice picks featnet-piano), in a
+fresh process per size, and reports wall time, files a second and the process's peak memory;
+finally it stops one run partway (SIGINT after half its expected time) and runs it again, to show
+that it resumes.
 """
 
 from __future__ import annotations
@@ -42,7 +50,11 @@ def main() -> None:
     ap.add_argument("--pieces", type=int, default=300)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--sizes", type=int, nargs="*", default=None)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/embed-scale"))
     args = ap.parse_args()
+    if args.sizes:
+        return scale(args.folder, args.sizes, args.work)
 
     from partita.io import load, note_array, preprocess
     from partita.pretrained import FEATNET, SIAVIT, bundle_path
@@ -71,6 +83,85 @@ def main() -> None:
         print(f"\n{threads} thread(s)")
         for name, seconds in rows.items():
             print(f"  {name:52s} {len(files) / seconds:8.1f} pieces/s  ({base / seconds:.2f}x the feature extractor)")
+
+
+def make_files(source: Path, n: int, out: Path, seed: int = 0) -> Path:
+    """``n`` excerpts of the MIDI files under ``source`` (module doc), written flat into ``out``."""
+    import numpy as np
+    import symusic
+
+    out.mkdir(parents=True, exist_ok=True)
+    have = len(list(out.glob("*.mid")))
+    if have >= n:
+        return out
+    files = sorted(source.rglob("*.mid"))
+    rng = np.random.default_rng(seed)
+    scores: dict = {}
+    for k in range(n):
+        f = files[k % len(files)]
+        if f not in scores:
+            scores[f] = symusic.Score(str(f), ttype="second")
+        s = scores[f]
+        end = s.end()
+        length = rng.uniform(30, 180)
+        start = rng.uniform(0, max(0.0, end - length))
+        if k >= have:
+            s.clip(start, start + length, clip_end=True).shift_pitch(int(rng.integers(-3, 4))).dump_midi(str(out / f"{k:06d}.mid"))
+        if len(scores) > 64:
+            scores.pop(next(iter(scores)))
+    return out
+
+
+def scale(source: Path, sizes: list[int], work: Path) -> None:
+    import json
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    # The child runs the CLI in-process and reports its own peak resident memory.
+    child = ("import resource, sys; from partita.cli import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\nexcept KeyboardInterrupt:\n    print('interrupted')\n"
+             "print('peak_rss_mib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    files = make_files(source, max(sizes), work / "files")
+    rows = []
+    for n in sizes:
+        folder = work / f"set-{n}"
+        if not folder.is_dir():
+            folder.mkdir()
+            for k in range(n):
+                os.link(files / f"{k:06d}.mid", folder / f"{k:06d}.mid")
+        index = work / f"index-{n}"
+        shutil.rmtree(index, ignore_errors=True)
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", child, "embed", str(folder), "--index", str(index), "--json", str(work / f"e-{n}.json")],
+                           capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t
+        rss = float(p.stdout.strip().split()[-1])
+        report = json.loads((work / f"e-{n}.json").read_text())
+        rows.append((n, wall, rss, report["added"], len(report["failures"])))
+        print(f"{n:7,d} files: {wall:7.1f} s  {n / wall:7.1f} files/s  peak {rss:6.0f} MiB  "
+              f"(added {report['added']:,}, skipped {len(report['failures'])}; {report['choice']['reason']})", flush=True)
+    # Resume: stop the largest run halfway, then run the same command again.
+    n, wall = rows[-1][0], rows[-1][1]
+    folder, index = work / f"set-{n}", work / f"index-{n}-resume"
+    shutil.rmtree(index, ignore_errors=True)
+    cmd = [sys.executable, "-c", child, "embed", str(folder), "--index", str(index), "--json", str(work / "r.json")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(wall / 2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate()
+    from partita.search.index import Index
+
+    kept = len(Index.load(index)) if (index / "index.json").is_file() else 0
+    t = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, text=True, env=env)
+    again = time.perf_counter() - t
+    r = json.loads((work / "r.json").read_text())
+    print(f"resume: stopped after {wall / 2:.0f} s with {kept:,} pieces saved; the same command again added "
+          f"{r['added']:,} and skipped {r['already_in_index']:,} in {again:.1f} s")
 
 
 if __name__ == "__main__":

@@ -358,3 +358,28 @@ def test_readout_attributes_new_works_explains_exactly_and_round_trips(tmp_path)
     with pytest.raises(PartitaError, match="corrupt composer readout"):
         R.load_reader(tmp_path)
     assert R.fit_reader(notes[:6], labels[:6], groups[:6]) is None  # one label: nothing to choose between
+
+
+def test_an_interrupted_embed_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """Pieces are added and saved a chunk at a time: a run stopped midway keeps what it finished,
+    and the same command again embeds only the rest."""
+    import shutil
+
+    folder = tmp_path / "piano"
+    folder.mkdir()
+    for f in sorted((FIXTURES / "performance").glob("Maestro_*.mid"))[:6]:
+        shutil.copy(f, folder / f.name)
+    monkeypatch.setattr(index_mod, "CHUNK", 2)
+
+    def stop_in_the_third_chunk(done, total):
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_into_index([folder], tmp_path / "idx", model="featnet-piano", progress=stop_in_the_third_chunk)
+    assert len(Index.load(tmp_path / "idx")) == 4  # two chunks saved
+    report = embed_into_index([folder], tmp_path / "idx", model="featnet-piano")
+    assert (report.added, report.skipped_known, len(report.index)) == (2, 4, 6)
+    whole = embed_into_index([folder], tmp_path / "whole", model="featnet-piano").index
+    assert np.allclose(Index.load(tmp_path / "idx").vectors(), whole.vectors(), atol=1e-6)
+    assert [p["duration"] for p in whole.pieces] == [p["duration"] for p in Index.load(tmp_path / "idx").pieces]

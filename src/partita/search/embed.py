@@ -165,12 +165,14 @@ def embed_notes(model, notes_list: Sequence[np.ndarray], *, windows: int = 8, se
 
 
 def embed_files(model, paths: Sequence[str | os.PathLike], *, windows: int = 8, seed: int = 0, batch_size: int = 32,
-                sustain: bool = True, progress: Progress = None):
+                sustain: bool = True, progress: Progress = None, stats: Optional[dict] = None):
     """Embed MIDI files: ``(vectors (N, dim), kept_paths, failures)``.
 
     Each file is loaded with ``partita.io.load`` (sustain pedal applied unless ``sustain=False``);
     a file that cannot be used (missing, not MIDI, corrupt, no pitched notes...) is skipped and
-    listed in ``failures`` as ``(path, one-line reason)``, never fatal.
+    listed in ``failures`` as ``(path, one-line reason)``, never fatal. ``stats``, a dict: filled
+    with ``str(path) -> (seconds to the last note-off, notes)`` of each file read (each file is
+    read once).
     """
     from partita.io import MidiError, load, note_array, preprocess
 
@@ -185,6 +187,8 @@ def embed_files(model, paths: Sequence[str | os.PathLike], *, windows: int = 8, 
             try:
                 score = load(path)
                 notes = note_array(preprocess(score, sustain=sustain), unit="second")
+                if stats is not None and len(notes):
+                    stats[str(path)] = (float((notes["onset"] + notes["duration"]).max()), int(len(notes)))
             except MidiError as e:
                 load_failures.append((i, str(e)))
                 continue

@@ -50,6 +50,8 @@ INDEX_FILE, PIECES_FILE, META_FILE = "index.faiss", "pieces.parquet", "index.jso
 ATTRIBUTION_FILE = "attribution.json"
 
 KINDS = ("flat", "hnsw", "ivf")
+#: ``embed_into_index`` adds and saves the pieces in chunks of this many (bounded memory, resumable).
+CHUNK = 2048
 EXACT_MAX = 50_000
 IVF_MIN = 2_000_000
 
@@ -612,47 +614,62 @@ def embed_into_index(
                      "label": label or item[2], "split": None, "source": "files"}
             jobs.append((piece, f))
 
-    # Corpus pieces (note arrays from the store) and files, each group in one batched call.
-    vectors, pieces, failures = [], [], []
-    total, done = len(jobs), 0
+    # Corpus pieces (note arrays from the store) and files, in chunks of CHUNK pieces: each chunk
+    # is added and the index saved, so memory stays bounded and an interrupted run resumes where
+    # it stopped (pieces already in the index are skipped).
+    failures: list = []
+    total, done, added = len(jobs), 0, 0
 
     def tick(offset: int):
         return None if progress is None else (lambda d, _t: progress(offset + d, total))
+
+    def commit(vecs, pieces) -> None:
+        nonlocal index, added
+        if index is None:
+            if not pieces:
+                return
+            index = Index(int(np.asarray(vecs).shape[1]), kind=kind, model=record, embed=settings)
+        elif kind != "auto" and kind != index.kind:
+            raise PartitaError(f"{out} is a {index.kind} index; --index-type {kind} applies only to a new index")
+        if pieces:
+            added += len(index.add(np.asarray(vecs, np.float32), pieces, model=record))
+            index.save(out)
 
     corpus_jobs: dict[int, list] = {}
     for p, src in jobs:
         if isinstance(src, tuple):
             corpus_jobs.setdefault(id(src[0]), []).append((p, src))
-    for group in corpus_jobs.values():
-        corpus = group[0][1][0]
-        vecs, kept, fails = E.embed_corpus(embedder, corpus, [i for _, (_, i) in group], progress=tick(done), **kw)
-        by_index = {i: p for p, (_, i) in group}
-        pieces.extend(by_index[i] for i in kept)
-        vectors.append(np.asarray(vecs, np.float32) if len(kept) else None)
-        failures.extend((by_index[i]["id"], _one_line(r)) for i, r in fails)
-        done += len(group)
+    for whole_group in corpus_jobs.values():
+        for start in range(0, len(whole_group), CHUNK):
+            group = whole_group[start : start + CHUNK]
+            corpus = group[0][1][0]
+            vecs, kept, fails = E.embed_corpus(embedder, corpus, [i for _, (_, i) in group], progress=tick(done), **kw)
+            by_index = {i: p for p, (_, i) in group}
+            commit(vecs, [by_index[i] for i in kept])
+            failures.extend((by_index[i]["id"], _one_line(r)) for i, r in fails)
+            done += len(group)
     file_jobs = [(p, src) for p, src in jobs if not isinstance(src, tuple)]
-    if file_jobs:
-        vecs, kept, fails = E.embed_files(embedder, [src for _, src in file_jobs], progress=tick(done), **kw)
-        by_path = {str(src): p for p, src in file_jobs}
+    for start in range(0, len(file_jobs), CHUNK):
+        chunk = file_jobs[start : start + CHUNK]
+        stats: dict = {}
+        vecs, kept, fails = E.embed_files(embedder, [src for _, src in chunk], progress=tick(done), stats=stats, **kw)
+        by_path = {str(src): p for p, src in chunk}
+        pieces = []
         for kp in kept:
             p = by_path[str(kp)]
-            p["duration"], p["n_notes"] = _file_stats(kp)
+            p["duration"], p["n_notes"] = stats.get(str(kp), (None, None))
             pieces.append(p)
-        vectors.append(np.asarray(vecs, np.float32) if len(kept) else None)
+        commit(vecs, pieces)
         failures.extend((str(fp), _strip_path(str(fp), r)) for fp, r in fails)
-    vectors = [v for v in vectors if v is not None and len(v)]
+        done += len(chunk)
 
     if index is None:
-        if not pieces:
-            detail = f" ({failures[0][0]}: {failures[0][1]})" if failures else ""
-            raise PartitaError(f"no piece could be embedded{detail}; nothing written")
-        dim = int(vectors[0].shape[1])
-        index = Index(dim, kind=kind, model=record, embed=settings)
-    elif kind != "auto" and kind != index.kind:
+        detail = f" ({failures[0][0]}: {failures[0][1]})" if failures else ""
+        raise PartitaError(f"no piece could be embedded{detail}; nothing written")
+    if kind != "auto" and kind != index.kind:
         raise PartitaError(f"{out} is a {index.kind} index; --index-type {kind} applies only to a new index")
-    rows = index.add(np.concatenate(vectors) if vectors else np.zeros((0, index.dim), np.float32), pieces, model=record)
-    index.save(out)
+    if not added:
+        index.save(out)
     if calibrate and not existing and embedder.family == "featnet":
         _fit_reader(jobs, out, store_paths)
     if calibrate:
@@ -666,7 +683,7 @@ def embed_into_index(
             attribution.save(out)
         elif (out / ATTRIBUTION_FILE).exists():
             (out / ATTRIBUTION_FILE).unlink()
-    return EmbedReport(index=index, added=len(rows), skipped_known=skipped, failures=failures, created=not existing,
+    return EmbedReport(index=index, added=added, skipped_known=skipped, failures=failures, created=not existing,
                        choice=choice)
 
 
@@ -721,16 +738,6 @@ def _strip_path(path: str, reason: Any) -> str:
     """The reason without the file name in front (tables show the file in its own column)."""
     r = _one_line(reason)
     return r[len(path) + 2 :] if r.startswith(path + ": ") else r
-
-
-def _file_stats(path: str | os.PathLike) -> tuple[Optional[float], Optional[int]]:
-    try:
-        from partita.io.midi import duration_seconds, load
-
-        score = load(path)
-        return duration_seconds(score), int(score.note_num())
-    except Exception:
-        return None, None
 
 
 def embed_queries(index: Index, queries: Sequence[str | os.PathLike], *, model: Optional[str | os.PathLike] = None,
