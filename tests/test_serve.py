@@ -175,12 +175,136 @@ def test_a_token_guards_every_request():
                         403, "cross_origin")  # the token does not let other sites in
 
 
+# ------------------------------------------------------------------ validated at the door
+HOSTILE = [  # each once reached a 500 or a late failure
+    {"prompt_seconds": float("nan")}, {"prompt_seconds": 1e9}, {"prompt_seconds": -1}, {"prompt_seconds": 0},
+    {"seconds": 0}, {"seconds": -3}, {"seconds": True}, {"seconds": float("inf")}, {"seconds": "10"}, {"n": 1.0},
+    {"n": True}, {"seed": -1}, {"seed": 2**64}, {"top_k": 0}, {"top_k": 10**30}, {"min_p": 1}, {"temperature": 1e300},
+    {"bars": 0}, {"max_new_tokens": 10**6}, {"model": "x" * 5000}, {"allow_early_end": "yes"},
+]
+
+
+@pytest.mark.parametrize("settings", HOSTILE, ids=[json.dumps(h)[:40] for h in HOSTILE])
+def test_bad_settings_are_422_before_anything_is_queued(client, fur_elise, settings):
+    ex = client.app.state.explorer
+    jobs = len(ex.jobs)
+    body = json.dumps(settings).encode()  # NaN and Infinity as Python's json writes them
+    _one_line_error(client.post(fur_elise["links"]["continue"], content=body, headers={"content-type": "application/json"}),
+                    422, "invalid_request")
+    assert len(ex.jobs) == jobs
+
+
+def test_huge_numbers_and_pieces_over_the_limits_are_refused_at_the_door(client, fur_elise):
+    ex = client.app.state.explorer
+    for body in (b'{"seconds": 1' + b"0" * 5000 + b"}", b'{"seed": 1' + b"0" * 400 + b"}", b'{"seconds": 1e999}'):
+        r = client.post(fur_elise["links"]["continue"], content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (body[:30], r.text)
+    _one_line_error(client.get(f"/api/indexes/piano/pieces/{'9' * 5000}/midi"), 422, "invalid_request")
+    from symusic import Note, Score, Track
+
+    from partita.serve.core import MAX_PIECE_NOTES
+
+    def smf(notes, tpq=480, tempo_us=500_000):
+        score = Score(tpq)
+        from symusic import Tempo
+
+        score.tempos.append(Tempo(0, 60_000_000 / tempo_us))
+        track = Track("", 0, False)
+        for t, d in notes:
+            track.notes.append(Note(t, d, 60, 80))
+        score.tracks.append(track)
+        return score.dumps_midi()
+
+    pieces = len(ex.store._pieces)
+    centuries = smf([(0, 480), (0, 2**27)], tpq=1)  # 134 million beats: centuries at any tempo
+    assert len(centuries) < 100
+    body = _one_line_error(client.post("/api/pieces", params={"name": "long.mid"}, content=centuries), 413, "too_large")
+    assert body["message"].startswith("long.mid ") and "beats" in body["message"]
+    hours = smf([(0, 480), (480, 480 * 3 * 3600)], tempo_us=1_000_000)  # 3 hours at 60 bpm
+    _one_line_error(client.post("/api/pieces", content=hours), 413, "too_large")
+    many = smf([(i, 1) for i in range(MAX_PIECE_NOTES + 1)])
+    body = _one_line_error(client.post("/api/pieces", content=many), 413, "too_large")
+    assert f"{MAX_PIECE_NOTES:,}" in body["message"]
+    assert len(ex.store._pieces) == pieces
+
+
+def _hypothesis():
+    return pytest.importorskip("hypothesis", reason="the property test needs hypothesis (pip install -e '.[test]')")
+
+
+def test_random_json_and_bytes_at_every_endpoint_never_give_a_5xx(client):
+    """Random JSON (NaN, huge integers, wrong types, unknown and known keys) and random bytes at
+    every endpoint: never a 5xx, always a JSON line. Derandomized: the same examples every run."""
+    _hypothesis()
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from partita.serve.app import ContinueSettings, InfillSettings
+
+    ex = client.app.state.explorer
+    pid = _upload(client, FIXTURES / "edge" / "chords.mid").json()["id"]
+    scalars = st.none() | st.booleans() | st.integers() | st.integers(min_value=10**18, max_value=10**40) | \
+        st.floats() | st.text(max_size=12) | st.sampled_from(["5-8", "1-2", "0-1", "1e308-2", "auto", "piano", "gpt-small"])
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)
+    fields = sorted(set(ContinueSettings.model_fields) | set(InfillSettings.model_fields) | {"row", "k", "index"})
+    body = st.one_of(st.dictionaries(st.sampled_from(fields), values, max_size=5).map(json.dumps).map(str.encode),
+                     values.map(json.dumps).map(str.encode), st.binary(max_size=200),
+                     st.integers(min_value=300, max_value=6000).map(lambda d: b'{"seconds": 1' + b"7" * d + b"}"))
+    segment = st.one_of(st.just(pid), st.text(max_size=20), st.sampled_from(["piano", "bundled", "0", "-1", "9" * 400]))
+    query = st.dictionaries(st.sampled_from(["k", "index", "name", "token"]), st.text(max_size=30) | st.integers().map(str), max_size=3)
+    gets = ["/api/pieces/{}", "/api/pieces/{}/notes", "/api/pieces/{}/attribution", "/api/pieces/{}/similar",
+            "/api/pieces/{}/map", "/api/pieces/{}/midi", "/api/jobs/{}", "/api/indexes/{}/map",
+            "/api/indexes/piano/pieces/{}/midi", "/api/indexes/{}/pieces/0/midi"]
+    posts = ["/api/pieces/{}/continue", "/api/pieces/{}/infill", "/api/jobs/{}/cancel", "/api/pieces"]
+
+    def check(r):
+        assert r.status_code < 500, (r.request.method, str(r.url)[:200], r.status_code, r.text[:300])
+        if r.status_code >= 400:
+            assert r.headers["content-type"].startswith("application/json") and "\n" not in r.json()["message"]
+
+    def settle():  # a request that was valid queued a job: cancel it, so nothing runs on
+        for job in list(ex.jobs.values()):
+            ex.cancel(job)
+            if job.future is not None:
+                job.future.result(timeout=300)
+
+    common = dict(derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+
+    @settings(max_examples=150, **common)
+    @given(path=st.sampled_from(gets), seg=segment, params=query)
+    def get(path, seg, params):
+        from urllib.parse import quote
+
+        check(client.get(path.format(quote(seg, safe="")), params=params))
+
+    @settings(max_examples=150, **common)
+    @given(path=st.sampled_from(posts), seg=segment, data=body, params=query,
+           ctype=st.sampled_from(["application/json", "text/plain", "audio/midi", ""]))
+    def post(path, seg, data, params, ctype):
+        from urllib.parse import quote
+
+        try:
+            check(client.post(path.format(quote(seg, safe="")), content=data, params=params,
+                              headers={"content-type": ctype} if ctype else {}))
+        finally:
+            settle()
+
+    get()
+    post()
+
+
 # ------------------------------------------------------------------ a good piano file, end to end
 def test_piano_upload_attribution_similar_map_notes(client, fur_elise):
     p = fur_elise
     assert ID.fullmatch(p["id"]) and p["name"] == "fur-elise.mid" and p["piano"] is True
     assert p["notes"] == 1020 and 150 < p["seconds"] < 160
-    a = client.get(p["links"]["attribution"], params={"k": 3}).json()
+    auto = client.get(p["links"]["attribution"], params={"k": 3}).json()
+    from partita.search import choose_index
+
+    chosen = choose_index([FUR_ELISE])  # the library's one choice, with its reason
+    assert auto["choice"] == {"index": chosen.index_name.removesuffix("-index"), "reason": chosen.reason, "given": False}
+    a = client.get(p["links"]["attribution"], params={"k": 3, "index": "piano"}).json()
+    assert a["choice"] == {"index": "piano", "reason": "chosen: piano", "given": True}
     assert a["index"] == "piano" and a["labels"] == 16 and len(a["top"]) == 3
     probs = [t["probability"] for t in a["top"]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-9
@@ -195,12 +319,12 @@ def test_piano_upload_attribution_similar_map_notes(client, fur_elise):
     direct = load_attribution(index.path).attribute(vecs, k=3)[0]
     assert [t["label"] for t in direct["top"]] == [t["label"] for t in a["top"]]
     assert np.allclose([t["probability"] for t in direct["top"]], probs, atol=1e-5)
-    s = client.get(p["links"]["similar"], params={"k": 5}).json()
+    s = client.get(p["links"]["similar"], params={"k": 5, "index": "piano"}).json()
     assert len(s["hits"]) == 5 and [h["rank"] for h in s["hits"]] == [1, 2, 3, 4, 5]
     assert [h["id"] for h in s["hits"]] == [h.piece["id"] for h in index.search(vecs, 5)[0]]
     assert all("path" not in h for h in s["hits"])
     assert s["playable"] is False and "--pieces" in s["note"]  # pieces=[]: no files to play here
-    m = client.get(p["links"]["map"]).json()
+    m = client.get(p["links"]["map"], params={"index": "piano"}).json()
     assert m["index"] == "piano" and np.isfinite([m["x"], m["y"]]).all() and m["verdict"] == a["verdict"]
     points = client.get(m["points"]).json()
     assert points["count"] == len(index) == len(points["x"]) == len(points["label"])
@@ -403,7 +527,8 @@ def test_index_pieces_are_played_only_from_inside_their_folder(tmp_path):
         assert c.get("/api/info").json()["indexes"] == ["idx"]
         ok = c.get("/api/indexes/idx/pieces/0/midi")
         assert ok.status_code == 200 and ok.content == (root / "a" / "good.mid").read_bytes()
-        for row in (1, 2, 3, 4, -1):
+        _one_line_error(c.get("/api/indexes/idx/pieces/-1/midi"), 422, "invalid_request")
+        for row in (1, 2, 3, 4):
             _one_line_error(c.get(f"/api/indexes/idx/pieces/{row}/midi"), 404, "not_found")
             _one_line_error(c.get(f"/api/indexes/idx/pieces/{row}/audio"), 404 if app.state.explorer.audio_status()["available"] else 501,
                             "not_found" if app.state.explorer.audio_status()["available"] else "audio_unavailable")
@@ -512,8 +637,8 @@ def test_continuation_job_progress_pieces_and_settings(client):
     assert ex.gpt(ex.model_paths["gpt-piano"]) is piano and len(ex.gpts._d) == 2 <= ex.gpts.size
     # Bad settings: one JSON line each, nothing queued.
     for settings, status, code in (
-        ({"temperature": -1}, 400, "bad_request"), ({"n": 9}, 400, "bad_request"), ({"seconds": 600}, 400, "bad_request"),
-        ({"top_p": 2}, 400, "bad_request"), ({"model": "gpt-nonexistent"}, 404, "not_found"),
+        ({"temperature": -1}, 422, "invalid_request"), ({"n": 9}, 422, "invalid_request"), ({"seconds": 600}, 422, "invalid_request"),
+        ({"top_p": 2}, 422, "invalid_request"), ({"model": "gpt-nonexistent"}, 404, "not_found"),
         ({"sconds": 3}, 422, "invalid_request"), ({"seconds": "ten"}, 422, "invalid_request"),
     ):
         _one_line_error(client.post(f"/api/pieces/{pid}/continue", json=settings), status, code)
@@ -554,8 +679,9 @@ def test_infill_is_a_clear_error_without_a_model_trained_for_it(client, fur_elis
         assert capable == [] and "not in this version" in body["message"]
         return
     for settings in ({}, {"bars": "5-8", "seconds": "1-2"}, {"bars": "8-5"}, {"bars": "x"}, {"bars": "1-99"},
-                     {"bars": "5-8", "candidates": 0}, {"bars": "5-8", "candidates": 9}):
-        _one_line_error(client.post(f"/api/pieces/{pid}/infill", json=settings), 400, "bad_request")
+                     {"bars": "5-8", "candidates": 0}, {"bars": "5-8", "candidates": 9}, {"bars": "200-201"},
+                     {"seconds": "500-510"}, {"bars": "1" * 5000 + "-2"}, {"bars": ["5", "8"]}):
+        _one_line_error(client.post(f"/api/pieces/{pid}/infill", json=settings), 422, "invalid_request")
     _one_line_error(client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8", "sconds": 1}), 422, "invalid_request")
     if not capable:
         body = _one_line_error(client.post(f"/api/pieces/{pid}/infill", json={"bars": "5-8"}), 400, "bad_request")

@@ -121,10 +121,11 @@ def test_the_real_server_answers_oversize_uploads_with_413():
     """Through uvicorn and a socket (not only the ASGI client): by Content-Length and chunked.
     The answer reaches the client whole although it comes while the client is still sending
     (unread bytes at close reset the connection: about 1 request in 4 lost its 413 before the
-    server read the rest), so it is asked 10 times each way."""
+    server read the rest): a body within the drain (1 MiB past the answer) is read to its end,
+    so it is asked 10 times each way."""
     httpx = pytest.importorskip("httpx")
-    big = b"MThd" + bytes(3 * 2**20)
-    with serving(pieces=[], max_upload_mb=1) as (url, app):
+    big = b"MThd" + bytes(int(0.9 * 2**20))
+    with serving(pieces=[], max_upload_mb=0.5) as (url, app):
         for _ in range(10):
             r = httpx.post(url + "/api/pieces", content=big, timeout=120)
             assert r.status_code == 413 and r.json()["error"] == "too_large"
@@ -132,6 +133,51 @@ def test_the_real_server_answers_oversize_uploads_with_413():
             assert r.status_code == 413 and r.json()["error"] == "too_large"
         assert httpx.get(url + "/api/info", timeout=60).status_code == 200  # still serving
         assert list(app.state.explorer.folder.iterdir()) == []
+
+
+def test_after_a_413_the_server_closes_the_connection_instead_of_reading_on():
+    """A client that announces 512 MiB and keeps sending: the server answers 413, reads at most
+    about 1 MiB more and closes the connection (it used to read up to 256 MiB, so that 200 such
+    clients held 200 sockets). The client here sends 8 MiB and then waits: the connection ends
+    (EOF or reset) instead of waiting for the rest."""
+    with serving(pieces=[], max_upload_mb=1) as (url, app):
+        port = int(url.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        sock.sendall(b"POST /api/pieces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/midi\r\n"
+                     b"Content-Length: " + str(512 * 2**20).encode() + b"\r\n\r\n")
+        sent = []
+
+        def send_some():
+            chunk = bytes(65536)
+            try:
+                for _ in range(128):  # 8 MiB, then nothing more
+                    sock.sendall(chunk)
+                    sent.append(len(chunk))
+            except OSError:
+                pass  # the server closed: what this test wants
+
+        writer = threading.Thread(target=send_some, daemon=True)
+        writer.start()
+        received, ended = b"", False
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    ended = True
+                    break
+                received += data
+        except ConnectionResetError:
+            ended = True
+        except socket.timeout:
+            ended = False
+        finally:
+            writer.join(timeout=60)
+            sock.close()
+        assert ended, "the server kept the connection open, waiting for the rest of the body"
+        assert not received or received.startswith(b"HTTP/1.1 413")
+        import httpx
+
+        assert httpx.get(url + "/api/info", timeout=60).status_code == 200  # still serving
 
 
 from test_serve import fim_bundle  # noqa: E402,F401  (a tiny model trained for infilling)

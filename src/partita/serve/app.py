@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as FPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -24,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from partita.errors import PartitaError
-from partita.serve.core import Explorer, QueueFull, error_body
+from partita.serve.core import (MAX_CANDIDATES, MAX_SAMPLES, MAX_SECONDS, MAX_BARS, MAX_TEMPERATURE, MAX_TOKENS,
+                                 Explorer, QueueFull, error_body)
 
 log = logging.getLogger("partita.serve")
 
@@ -37,38 +39,46 @@ class TooLarge(PartitaError):
     pass
 
 
+#: A request's settings are checked here, at the door, before anything is queued: strict types
+#: (``true`` is not a number, ``"3"`` is not 3), finite numbers, every number within its range,
+#: strings of bounded length; anything else is a 422 with one line.
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+SEED_MAX = 2**63 - 1
+Name = Field(None, max_length=100, description="auto, or one of GET /api/info's models.")
+
+
 class ContinueSettings(BaseModel):
     """Sampling settings of a continuation (``partita generate``'s options; ``SamplingConfig`` fields)."""
 
-    model_config = ConfigDict(extra="forbid")
-    n: int = Field(1, description="How many continuations (1-4).")
-    seconds: Optional[float] = Field(None, description="Seconds of new music (default 10 when no length is given; at most 60).")
-    bars: Optional[int] = Field(None, description="New bars (at most 32).")
-    max_new_tokens: Optional[int] = Field(None, description="New tokens (at most 4096).")
-    temperature: float = Field(1.0, description="Sampling temperature (0 = greedy).")
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    min_p: Optional[float] = None
-    seed: int = 0
+    model_config = STRICT
+    n: int = Field(1, ge=1, le=MAX_SAMPLES, description=f"How many continuations (1-{MAX_SAMPLES}).")
+    seconds: Optional[float] = Field(None, gt=0, le=MAX_SECONDS, description=f"Seconds of new music (default 10 when no length is given; at most {MAX_SECONDS:g}).")
+    bars: Optional[int] = Field(None, ge=1, le=MAX_BARS, description=f"New bars (at most {MAX_BARS}).")
+    max_new_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS, description=f"New tokens (at most {MAX_TOKENS}).")
+    temperature: float = Field(1.0, ge=0, le=MAX_TEMPERATURE, description="Sampling temperature (0 = greedy).")
+    top_k: Optional[int] = Field(None, ge=1, le=1_000_000)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    min_p: Optional[float] = Field(None, ge=0, lt=1)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     allow_early_end: bool = False
-    prompt_seconds: Optional[float] = Field(None, description="Continue from this many seconds into the piece (default: its end).")
-    model: Optional[str] = Field(None, description="auto, or one of GET /api/info's models.")
+    prompt_seconds: Optional[float] = Field(None, gt=0, description="Continue from this many seconds into the piece (default: its end; at most its length).")
+    model: Optional[str] = Name
 
 
 class InfillSettings(BaseModel):
     """The span to regenerate and the sampling settings (``partita.generation.infill``'s)."""
 
-    model_config = ConfigDict(extra="forbid")
-    bars: Optional[str] = Field(None, description='Bars to regenerate, 1-based and inclusive: "9-12".')
-    seconds: Optional[str] = Field(None, description='Or the bars a time range touches: "10-20".')
-    n: int = Field(1, description="How many versions (1-4).")
-    candidates: int = Field(1, description="Middles sampled per version, the one that leads best into the music after the span kept (1-8).")
-    temperature: float = 1.0
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    min_p: Optional[float] = None
-    seed: int = 0
-    model: Optional[str] = Field(None, description="auto (a model trained for infilling), or one of GET /api/info's models.")
+    model_config = STRICT
+    bars: Optional[str] = Field(None, max_length=40, description='Bars to regenerate, 1-based and inclusive, within the piece: "9-12".')
+    seconds: Optional[str] = Field(None, max_length=40, description='Or the bars a time range touches: "10-20".')
+    n: int = Field(1, ge=1, le=MAX_SAMPLES, description=f"How many versions (1-{MAX_SAMPLES}).")
+    candidates: int = Field(1, ge=1, le=MAX_CANDIDATES, description=f"Middles sampled per version, the one that leads best into the music after the span kept (1-{MAX_CANDIDATES}).")
+    temperature: float = Field(1.0, ge=0, le=MAX_TEMPERATURE)
+    top_k: Optional[int] = Field(None, ge=1, le=1_000_000)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    min_p: Optional[float] = Field(None, ge=0, lt=1)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    model: Optional[str] = Name
 
 
 class _BodyLimit:
@@ -78,10 +88,13 @@ class _BodyLimit:
 
     A 413 goes out while the client may still be sending: closing the socket with its body
     unread would make the kernel reset the connection and the client lose the answer. So the
-    answer's bytes are sent, the rest of the body is read and dropped (up to
-    ``DRAIN_LIMIT`` bytes), and only then is the response ended and the connection closed."""
+    answer's bytes are sent, then up to ``DRAIN_LIMIT`` more bytes of the body are read and
+    dropped for at most ``DRAIN_SECONDS`` (a body a little over the limit reaches its end, and
+    its client reads the answer cleanly), and the connection is closed: a client sending
+    hundreds of MiB holds no socket, buffer or worker of the server."""
 
-    DRAIN_LIMIT = 256 * 2**20
+    DRAIN_LIMIT = 2**20
+    DRAIN_SECONDS = 5.0
 
     def __init__(self, app, max_upload: int):
         self.app, self.max_upload = app, max_upload
@@ -96,14 +109,22 @@ class _BodyLimit:
         expects = dict(scope.get("headers") or []).get(b"expect", b"").lower() == b"100-continue"
 
         async def drain_then_end():
-            drained = 0
-            while not body_done and not expects and drained < self.DRAIN_LIMIT:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # the client is gone: nothing more to send
-                drained += len(message.get("body", b""))
-                if not message.get("more_body"):
-                    break
+            async def drain() -> bool:
+                drained = 0
+                while not body_done and not expects and drained < self.DRAIN_LIMIT:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return False  # the client is gone: nothing more to send
+                    drained += len(message.get("body", b""))
+                    if not message.get("more_body"):
+                        break
+                return True
+
+            try:
+                if not await asyncio.wait_for(drain(), self.DRAIN_SECONDS):
+                    return
+            except asyncio.TimeoutError:
+                pass
             await send({"type": "http.response.body", "body": b""})
 
         async def send_413_whole(message):
@@ -327,6 +348,9 @@ def create_app(explorer: Optional[Explorer] = None, *, host: str = "127.0.0.1", 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
+        if e.status_code == 400 and "parsing the body" in str(e.detail):  # JSON Python's parser refuses (a 5,000-digit number)
+            return JSONResponse({"error": "invalid_request", "message": "the request body is not JSON this server reads "
+                                 "(numbers of at most 4,300 digits)"}, status_code=422)
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return JSONResponse({"error": code, "message": str(e.detail)}, status_code=e.status_code)
 
@@ -364,7 +388,7 @@ def create_app(explorer: Optional[Explorer] = None, *, host: str = "127.0.0.1", 
             "audio/midi": {"schema": {"type": "string", "format": "binary"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
     )
-    async def upload(request: Request, name: Optional[str] = Query(None, description="The file's name, to show and to name downloads.")):
+    async def upload(request: Request, name: Optional[str] = Query(None, max_length=1000, description="The file's name, to show and to name downloads.")):
         """The body is the MIDI file (``curl --data-binary @piece.mid -H 'Content-Type: audio/midi'
         'http://127.0.0.1:8000/api/pieces?name=piece.mid'``). Checked as ``partita.io.load`` checks
         files (MIDI header, chunks, notes): 422 with the reason otherwise; over the limit: 413."""
@@ -403,17 +427,17 @@ def create_app(explorer: Optional[Explorer] = None, *, host: str = "127.0.0.1", 
         return FileResponse(p.path, media_type="audio/midi", filename=_midi_name(p.name))
 
     @app.get("/api/pieces/{piece_id}/attribution", summary="Likely composers with probabilities, or unknown composer")
-    async def attribution(piece_id: str, k: int = Query(3, ge=1, le=20), index: Optional[str] = None):
+    async def attribution(piece_id: str, k: int = Query(3, ge=1, le=20), index: Optional[str] = Query(None, max_length=100)):
         p = ex.store.get(piece_id)
         return await run(ex.attribution, p, index, k)
 
     @app.get("/api/pieces/{piece_id}/similar", summary="The most similar pieces of the index, with links to play them")
-    async def similar(piece_id: str, k: int = Query(10, ge=1, le=50), index: Optional[str] = None):
+    async def similar(piece_id: str, k: int = Query(10, ge=1, le=50), index: Optional[str] = Query(None, max_length=100)):
         p = ex.store.get(piece_id)
         return await run(ex.similar, p, index, k)
 
     @app.get("/api/pieces/{piece_id}/map", summary="The piece's place on the index's map")
-    async def piece_map(piece_id: str, index: Optional[str] = None):
+    async def piece_map(piece_id: str, index: Optional[str] = Query(None, max_length=100)):
         p = ex.store.get(piece_id)
         return await run(ex.place, p, index)
 
@@ -435,6 +459,10 @@ def create_app(explorer: Optional[Explorer] = None, *, host: str = "127.0.0.1", 
     async def job(job_id: str):
         return ex.job(job_id).public(ex.store)
 
+    @app.post("/api/jobs/{job_id}/cancel", summary="Cancel a job (a queued one never runs; a running one stops at its next token)")
+    async def cancel_job(job_id: str):
+        return ex.cancel(ex.job(job_id)).public(ex.store)
+
     @app.get("/api/indexes/{index}/map", summary="Every piece of an index on its 2-D map")
     async def index_map(index: str):
         m = await run(ex.map_points, index)
@@ -442,13 +470,13 @@ def create_app(explorer: Optional[Explorer] = None, *, host: str = "127.0.0.1", 
 
     @app.get("/api/indexes/{index}/pieces/{row}/audio", summary="Audio of an index piece whose file is on this machine",
              response_class=Response, responses={200: {"content": {"audio/mpeg": {}, "audio/ogg": {}, "audio/wav": {}}}})
-    async def index_audio(index: str, row: int):
+    async def index_audio(index: str, row: int = FPath(ge=0, le=10**9)):
         data, mime = await run(ex.index_audio, index, row)
         return Response(data, media_type=mime)
 
     @app.get("/api/indexes/{index}/pieces/{row}/midi", summary="The MIDI file of an index piece on this machine",
              response_class=Response, responses={200: {"content": {"audio/midi": {}}}})
-    async def index_midi(index: str, row: int):
+    async def index_midi(index: str, row: int = FPath(ge=0, le=10**9)):
         _, path = await asyncio.to_thread(ex.index_piece, index, row)
         return FileResponse(path, media_type="audio/midi", filename=_midi_name(path.name))
 

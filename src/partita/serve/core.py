@@ -32,8 +32,12 @@ ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 #: Settings a continuation may ask for, at most (the server is shared).
 MAX_SAMPLES, MAX_SECONDS, MAX_BARS, MAX_TOKENS = 4, 60.0, 32, 4096
 MAX_CANDIDATES = 8  # infilling: middles sampled per version
-#: Notes sent to the page's pianoroll at most (a 20 MB file can hold millions).
-MAX_NOTES_SENT = 200_000
+MAX_TEMPERATURE = 5.0
+#: The largest piece accepted (an upload over any of these is refused with 413 before anything is
+#: drawn or embedded): notes, length, tracks, and beats (a file's ticks over its resolution: a
+#: 66-byte file can claim centuries, or a million bars a second). The largest real piano pieces
+#: hold some 30,000 notes over under an hour.
+MAX_PIECE_NOTES, MAX_PIECE_HOURS, MAX_PIECE_TRACKS, MAX_PIECE_BEATS = 200_000, 2.0, 128, 100_000
 
 
 class NotFound(PartitaError):
@@ -48,8 +52,16 @@ class QueueFull(PartitaError):
         self.retry_after = retry_after
 
 
+class Invalid(PartitaError):
+    """A request whose settings do not fit the piece (HTTP 422)."""
+
+
+class PieceTooLarge(PartitaError):
+    """An upload over the explorer's limits on a piece (HTTP 413)."""
+
+
 class Stopped(Exception):
-    """Raised inside a job when the server stops."""
+    """Raised inside a job when the server stops, or its job is cancelled."""
 
 
 def check_id(value: str, what: str = "piece") -> str:
@@ -175,16 +187,18 @@ class Piece:
     seconds: float
     tracks: list
     piano: bool
+    bars: int  # bars of its own metre (``partita.io.timing.bar_starts``) up to its last note-off
     parent: Optional[str] = None
     settings: dict = field(default_factory=dict)
     audio_from: float = 0.0  # where its audio starts (a continuation: shortly before the new music)
     vectors: dict = field(default_factory=dict)  # index key -> its embedding
+    choice: Optional[dict] = None  # the index chosen for it from its notes (Explorer.index_choice)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def public(self) -> dict:
         base = f"/api/pieces/{self.id}"
         return {
-            "id": self.id, "name": self.name, "kind": self.kind, "notes": self.notes, "seconds": round(self.seconds, 3),
+            "id": self.id, "name": self.name, "kind": self.kind, "notes": self.notes, "seconds": round(self.seconds, 3), "bars": self.bars,
             "tracks": self.tracks, "piano": self.piano, "parent": self.parent, "settings": self.settings,
             "audio_from": round(self.audio_from, 3),
             "links": {
@@ -195,15 +209,37 @@ class Piece:
         }
 
 
-def describe_score(score) -> tuple[int, float, list]:
-    """(notes, seconds, tracks) of a score, with partita's own helpers."""
+def describe_score(score) -> tuple[int, float, list, int]:
+    """(notes, seconds, tracks, bars) of a score, with partita's own helpers."""
     from partita.io import duration_seconds
+    from partita.io.timing import bar_of, bar_starts
     from partita.viz.pianoroll import program_name
 
     tracks = [{"program": int(t.program), "drum": bool(t.is_drum), "notes": int(t.note_num()),
                "instrument": program_name(int(t.program), bool(t.is_drum)), "name": str(t.name)[:60]}
               for t in score.tracks if t.note_num() > 0]
-    return int(score.note_num()), duration_seconds(score), tracks
+    end = max(int(score.end()) - 1, 0)
+    bars = int(bar_of(bar_starts(score), [end])[0]) + 1
+    return int(score.note_num()), duration_seconds(score), tracks, bars
+
+
+def check_size(score, name: str) -> None:
+    """``PieceTooLarge`` for a score over the explorer's limits on a piece (``MAX_PIECE_*``),
+    checked from counts the file's header and events give, before any array is made."""
+    notes = int(score.note_num())
+    if notes > MAX_PIECE_NOTES:
+        raise PieceTooLarge(f"{name} has {notes:,} notes; the explorer takes pieces of at most {MAX_PIECE_NOTES:,}")
+    tracks = sum(1 for t in score.tracks if t.note_num() > 0)
+    if tracks > MAX_PIECE_TRACKS:
+        raise PieceTooLarge(f"{name} has {tracks} tracks with notes; the explorer takes at most {MAX_PIECE_TRACKS}")
+    beats = int(score.end()) / max(int(score.ticks_per_quarter), 1)
+    if beats > MAX_PIECE_BEATS:
+        raise PieceTooLarge(f"{name} lasts {beats:,.0f} beats; the explorer takes pieces of at most {MAX_PIECE_BEATS:,}")
+    from partita.io import duration_seconds
+
+    hours = duration_seconds(score) / 3600
+    if hours > MAX_PIECE_HOURS:
+        raise PieceTooLarge(f"{name} lasts {hours:,.1f} hours; the explorer takes pieces of at most {MAX_PIECE_HOURS:g}")
 
 
 class PieceStore:
@@ -226,9 +262,9 @@ class PieceStore:
             f.write(data)
         from partita.io import is_piano
 
-        notes, seconds, tracks = describe_score(score)
+        notes, seconds, tracks, bars = describe_score(score)
         piano = is_piano(path)
-        piece = Piece(pid, display_name(name), path, kind, notes, seconds, tracks, piano, **extra)
+        piece = Piece(pid, display_name(name), path, kind, notes, seconds, tracks, piano, bars, **extra)
         evicted = []
         with self._lock:
             self._pieces[pid] = piece
@@ -413,24 +449,55 @@ class Explorer:
             score = load(data, max_bytes=self.max_upload_bytes)
         except MidiError as e:
             raise MidiError(e.reason, str(e), shown) from None
+        check_size(score, shown)
         return self.store.add(data, score, shown)
 
     def notes(self, piece: Piece) -> dict:
-        """Note data for the page's pianoroll (seconds), from ``partita.io.note_array``."""
+        """Note data for the page's pianoroll (seconds, from ``partita.io.note_array``): every
+        note (uploads are at most ``MAX_PIECE_NOTES``), the bar lines, and for a piece a model
+        wrote, which notes are new (``new``: 1 for a note its parent does not hold)."""
         from partita.io import note_array
+        from partita.io.timing import bar_starts, seconds_at
 
-        notes = note_array(self.store.score(piece), unit="second")
-        cut = len(notes) > MAX_NOTES_SENT
-        if cut:
-            notes = notes[np.argsort(notes["onset"], kind="stable")[:MAX_NOTES_SENT]]
+        score = self.store.score(piece)
+        notes = note_array(score, unit="second")
+        bars = seconds_at(score, bar_starts(score)[: piece.bars + 1])
+        new = self._new_notes(piece, notes)
         r = lambda a: np.round(a.astype(np.float64), 4).tolist()  # noqa: E731
         return {
-            "id": piece.id, "seconds": round(piece.seconds, 3), "count": int(len(notes)), "truncated": cut,
-            "audio_from": round(piece.audio_from, 3), "new_music": self._new_music(piece),
+            "id": piece.id, "seconds": round(piece.seconds, 3), "count": int(len(notes)),
+            "audio_from": round(piece.audio_from, 3), "new_music": self._new_music(piece), "bars": r(bars),
             "onset": r(notes["onset"]), "duration": r(notes["duration"]), "pitch": notes["pitch"].tolist(),
             "velocity": notes["velocity"].tolist(), "track": notes["track"].tolist(),
-            "drum": notes["is_drum"].astype(int).tolist(),
+            "drum": notes["is_drum"].astype(int).tolist(), "new": None if new is None else new.astype(int).tolist(),
         }
+
+    #: A note of a generated piece is its parent's when the parent has a note of the same pitch
+    #: starting within this many seconds (a tokenizer may move a prompt's notes to its grid).
+    SAME_NOTE_SECONDS = 0.07
+
+    def _new_notes(self, piece: Piece, notes: np.ndarray) -> Optional[np.ndarray]:
+        """Which of ``notes`` (the piece's) its parent piece does not hold: what the model added,
+        read off the two files whatever the library returned (None: an upload, or a parent gone)."""
+        from partita.io import note_array
+
+        if piece.parent is None:
+            return None
+        try:
+            parent = note_array(self.store.score(self.store.get(piece.parent)), unit="second")
+        except PartitaError:
+            return None
+        new = np.ones(len(notes), bool)
+        for pitch in np.unique(notes["pitch"]):
+            mine = np.flatnonzero(notes["pitch"] == pitch)
+            theirs = np.sort(parent["onset"][parent["pitch"] == pitch].astype(np.float64))
+            if not len(theirs):
+                continue
+            t = notes["onset"][mine].astype(np.float64)
+            j = np.searchsorted(theirs, t)  # the parent's nearest onsets of this pitch: before and after
+            before, after = theirs[np.clip(j - 1, 0, len(theirs) - 1)], theirs[np.clip(j, 0, len(theirs) - 1)]
+            new[mine] = np.minimum(np.abs(before - t), np.abs(after - t)) > self.SAME_NOTE_SECONDS
+        return new
 
     @staticmethod
     def _new_music(piece: Piece) -> Optional[list]:
@@ -478,20 +545,30 @@ class Explorer:
 
     # ----------------------------------------------------------------- indexes
     def index_key(self, piece: Piece, name: Optional[str]) -> str:
-        """The index for a piece: ``name`` (one of ``info()["indexes"]``) or the CLI's choice."""
-        if name is not None:
-            if name not in self.index_paths:
-                raise NotFound(f"no index {name[:40]!r} here; choose one of {', '.join(sorted(self.index_paths))}")
-            return name
-        if len(self.index_paths) == 1:
-            return next(iter(self.index_paths))
-        from partita.search.index import choose_index
+        """The index for a piece: ``name`` (one of ``info()["indexes"]``) or the library's choice."""
+        return self.index_choice(piece, name)["index"]
 
-        chosen = choose_index(None, [piece.path]).resolve()
-        for key, path in self.index_paths.items():
-            if path.resolve() == chosen:
-                return key
-        return sorted(self.index_paths)[0]
+    def index_choice(self, piece: Piece, name: Optional[str]) -> dict:
+        """``{"index": key, "reason": one line, "given": bool}``: ``name`` (one of
+        ``info()["indexes"]``, "auto" or None for the choice), the one index this server was
+        started with, or what :func:`partita.search.choose_index` decides from the piece's notes
+        (the choice every command makes), made once per piece."""
+        if name not in (None, "", "auto"):
+            if name not in self.index_paths:
+                raise NotFound(f"no index {name[:40]!r} here; choose auto or one of {', '.join(sorted(self.index_paths))}")
+            return {"index": name, "reason": f"chosen: {name}", "given": True}
+        if len(self.index_paths) == 1:
+            key = next(iter(self.index_paths))
+            return {"index": key, "reason": f"given: --index {self.index_option} -> {key}", "given": True}
+        with piece.lock:
+            if piece.choice is None:
+                from partita.search import choose_index
+
+                chosen = choose_index([piece.path])
+                key = next((k for k, path in self.index_paths.items() if path.resolve() == chosen.index.resolve()),
+                           sorted(self.index_paths)[0])
+                piece.choice = {"index": key, "reason": chosen.reason, "given": False}
+            return dict(piece.choice)
 
     def index(self, key: str) -> IndexEntry:
         if key not in self.index_paths:
@@ -537,17 +614,19 @@ class Explorer:
             return piece.vectors[entry.key]
 
     def attribution(self, piece: Piece, index: Optional[str], k: int) -> dict:
-        entry = self.index(self.index_key(piece, index))
+        choice = self.index_choice(piece, index)
+        entry = self.index(choice["index"])
         if entry.attribution is None:
             raise PartitaError(f"the index {entry.key} has no attribution (it needs labelled pieces)")
         result = entry.attribution.attribute(self.vector(piece, entry), k=k)[0]
         f = entry.attribution.fitted
-        return {"piece": piece.id, "index": entry.key, "k": k, **result,
+        return {"piece": piece.id, "index": entry.key, "choice": choice, "k": k, **result,
                 "temperature": entry.attribution.temperature, "calibration": f.get("calibration"),
                 "labels": len(entry.attribution.labels)}
 
     def similar(self, piece: Piece, index: Optional[str], k: int) -> dict:
-        entry = self.index(self.index_key(piece, index))
+        choice = self.index_choice(piece, index)
+        entry = self.index(choice["index"])
         hits = entry.index.search(self.vector(piece, entry), k)[0]
         out = []
         for h in hits:
@@ -557,7 +636,7 @@ class Explorer:
             base = f"/api/indexes/{entry.key}/pieces/{h.row}"
             d["links"] = {"audio": f"{base}/audio", "midi": f"{base}/midi"} if playable else None
             out.append(d)
-        return {"piece": piece.id, "index": entry.key, "k": k, "hits": out,
+        return {"piece": piece.id, "index": entry.key, "choice": choice, "k": k, "hits": out,
                 "playable": any(h["links"] for h in out),
                 "note": None if any(h["links"] for h in out) else
                 "the index's MIDI files are not on this machine: start partita serve with --pieces FOLDER to play them"}
@@ -605,14 +684,15 @@ class Explorer:
         """Where the piece falls on the index's map (``partita.search.maps.place``: the map does not move)."""
         from partita.search.maps import place
 
-        key = self.index_key(piece, index)
+        choice = self.index_choice(piece, index)
+        key = choice["index"]
         m = self.map_points(key)
         entry = self.index(key)
         xy = place(m["state"], m["reference"], self.vector(piece, entry))[0]
         verdict = None
         if entry.attribution is not None:
             verdict = entry.attribution.attribute(self.vector(piece, entry), k=1)[0]["verdict"]
-        return {"piece": piece.id, "index": key, "x": round(float(xy[0]), 3), "y": round(float(xy[1]), 3),
+        return {"piece": piece.id, "index": key, "choice": choice, "x": round(float(xy[0]), 3), "y": round(float(xy[1]), 3),
                 "verdict": verdict, "points": f"/api/indexes/{key}/map"}
 
     # ----------------------------------------------------------------- generation
@@ -663,10 +743,12 @@ class Explorer:
         s = dict(settings)
         n = _samples(s.pop("n", 1))
         prompt_seconds = s.pop("prompt_seconds", None)
+        if prompt_seconds is not None and not 0 < prompt_seconds <= piece.seconds:
+            raise Invalid(f"prompt_seconds must be within the piece (0 to {piece.seconds:.1f} s), not {prompt_seconds:.4g}")
         model = self.model_path(piece, s.pop("model", None))
         for key, cap in (("seconds", MAX_SECONDS), ("bars", MAX_BARS), ("max_new_tokens", MAX_TOKENS)):
-            if s.get(key) is not None and s[key] > cap:
-                raise PartitaError(f"{key} may be at most {cap:g} on this server, not {s[key]:g}")
+            if s.get(key) is not None and not 0 < s[key] <= cap:
+                raise Invalid(f"{key} must be above 0 and at most {cap:g} on this server, not {s[key]:.4g}")
         if s.get("seconds") is None and s.get("bars") is None and s.get("max_new_tokens") is None:
             s["seconds"] = 10.0
         config = self._sampling(s)
@@ -682,14 +764,21 @@ class Explorer:
         s = dict(settings)
         n = _samples(s.pop("n", 1))
         candidates = s.pop("candidates", 1)
-        if int(candidates) != candidates or not 1 <= int(candidates) <= MAX_CANDIDATES:
-            raise PartitaError(f"candidates must be 1 to {MAX_CANDIDATES}, not {candidates}")
+        if not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES:
+            raise Invalid(f"candidates must be 1 to {MAX_CANDIDATES}, not {candidates!r}")
         bars, seconds = s.pop("bars", None), s.pop("seconds", None)
         if (bars is None) == (seconds is None):
-            raise PartitaError('give the span to fill as bars ("9-12") or seconds ("10-20"), one of them')
-        span = parse_span(bars, "bars") if bars is not None else parse_span(seconds, "seconds")
+            raise Invalid('give the span to fill as bars ("9-12") or seconds ("10-20"), one of them')
+        try:
+            span = parse_span(str(bars)[:40], "bars") if bars is not None else parse_span(str(seconds)[:40], "seconds")
+        except (PartitaError, ValueError, OverflowError) as e:
+            raise Invalid(str(e).replace("--", "")) from None
         if bars is not None and span[1] - span[0] + 1 > MAX_BARS:
-            raise PartitaError(f"at most {MAX_BARS} bars are filled on this server, not {span[1] - span[0] + 1:g}")
+            raise Invalid(f"at most {MAX_BARS} bars are filled on this server, not {span[1] - span[0] + 1:g}")
+        if bars is not None and span[1] > piece.bars:
+            raise Invalid(f"bars {bars}: the piece has {piece.bars} bars")
+        if seconds is not None and span[0] >= piece.seconds:
+            raise Invalid(f"seconds {seconds}: the piece lasts {piece.seconds:.1f} s")
         name = s.pop("model", None)
         if name in (None, "", "auto"):
             capable = self.infill_models()
@@ -709,7 +798,7 @@ class Explorer:
         with self._jobs_lock:
             self.jobs[job.id] = job
             while len(self.jobs) > 256:
-                old = next((j for j in self.jobs.values() if j.state in ("done", "error")), None)
+                old = next((j for j in self.jobs.values() if j.state in ("done", "error", "cancelled")), None)
                 if old is None:
                     break
                 del self.jobs[old.id]
@@ -721,10 +810,13 @@ class Explorer:
         audio_from)`` per new piece (None: a sample without notes); the job says how it went."""
         from partita.io import save
 
+        if job.cancelled:
+            job.state = "cancelled"
+            return
         job.state = "running"
 
         def progress(done: int, total: int) -> None:
-            if self.closing:
+            if self.closing or job.cancelled:
                 raise Stopped()
             job.done, job.total = int(done), int(total)
 
@@ -743,7 +835,10 @@ class Explorer:
                 job.pieces.append(new.id)
             job.state = "done"
         except Stopped:
-            job.state, job.error = "error", {"error": "stopped", "message": "the server stopped"}
+            if job.cancelled:
+                job.state, job.error = "cancelled", {"error": "cancelled", "message": "cancelled"}
+            else:
+                job.state, job.error = "error", {"error": "stopped", "message": "the server stopped"}
         except PartitaError as e:
             job.state, job.error = "error", error_body(e, self.folder)[1]
         except Exception as e:  # a bug: said in one line, the traceback stays in the server's log
@@ -775,15 +870,17 @@ class Explorer:
         return out
 
     def _infill(self, progress, piece: Piece, model: Path, config, n: int, bars, seconds, candidates: int = 1) -> list:
+        from partita.io.timing import seconds_at
+
         results = _infill_module().infill(self.gpt(model), str(piece.path), bars=bars, seconds=seconds, n=n,
                                           candidates=candidates, config=config, progress=progress)
         stem = piece.name.rsplit(".", 1)[0]
         out = []
         for r in results:
-            start = _seconds_at(r.score, r.ticks[0])
+            start, end = (float(x) for x in seconds_at(r.score, list(r.ticks[:2])))
             out.append((r.score, f"{stem}-filled-{r.bars[0]}-{r.bars[1]}-{r.index + 1}.mid",
                         {"stop": r.stop, "filled_bars": list(r.bars), "notes_removed": r.notes_removed,
-                         "notes_added": r.notes_added, "span_seconds": [round(start, 3), round(_seconds_at(r.score, r.ticks[1]), 3)]},
+                         "notes_added": r.notes_added, "span_seconds": [round(start, 3), round(end, 3)]},
                         max(0.0, start - 5.0)))
         return out
 
@@ -793,6 +890,15 @@ class Explorer:
             job = self.jobs.get(jid)
         if job is None:
             raise NotFound(f"no job {jid} on this server")
+        return job
+
+    def cancel(self, job: "Job") -> "Job":
+        """Cancel a job: a queued one never runs, a running one stops at its next token (the
+        pieces it finished stay); a finished one is left as it is."""
+        if job.state in ("queued", "running"):
+            job.cancelled = True
+            if job.future is not None and job.future.cancel():
+                job.state = "cancelled"
         return job
 
     def close(self) -> None:
@@ -808,12 +914,13 @@ class Job:
     piece: str
     model: str = ""
     settings: dict = field(default_factory=dict)
-    state: str = "queued"  # queued | running | done | error
+    state: str = "queued"  # queued | running | done | error | cancelled
     done: int = 0
     total: int = 0
     pieces: list = field(default_factory=list)
     empty: int = 0
     error: Optional[dict] = None
+    cancelled: bool = False
     future: Optional[Future] = field(default=None, repr=False)
 
     def public(self, store: PieceStore) -> dict:
@@ -842,23 +949,9 @@ def _infill_module():
 
 
 def _samples(n: Any) -> int:
-    if int(n) != n or not 1 <= int(n) <= MAX_SAMPLES:
-        raise PartitaError(f"n must be 1 to {MAX_SAMPLES}, not {n}")
-    return int(n)
-
-
-def _seconds_at(score, tick: int) -> float:
-    """Seconds from the start of ``score`` to ``tick``, through its tempo map (symusic's own
-    conversion of a one-note score with the same tempos)."""
-    from symusic import Note, Score, Track
-
-    probe = Score(int(score.ticks_per_quarter))
-    for t in score.tempos:
-        probe.tempos.append(t)
-    track = Track("", 0, False)
-    track.notes.append(Note(int(tick), 1, 60, 1))
-    probe.tracks.append(track)
-    return float(probe.to("second").tracks[0].notes[0].time)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SAMPLES:
+        raise Invalid(f"n must be 1 to {MAX_SAMPLES}, not {n!r}")
+    return n
 
 
 class AudioUnavailable(PartitaError):
@@ -886,6 +979,10 @@ def error_body(e: BaseException, private: Optional[Path] = None) -> tuple[int, d
         return 404, {"error": "not_found", "message": msg}
     if isinstance(e, QueueFull):
         return 503, {"error": "busy", "message": msg, "retry_after": e.retry_after}
+    if isinstance(e, Invalid):
+        return 422, {"error": "invalid_request", "message": msg}
+    if isinstance(e, PieceTooLarge):
+        return 413, {"error": "too_large", "message": msg}
     if isinstance(e, MidiError):
         return 422, {"error": "bad_midi", "reason": e.reason, "message": msg}
     if isinstance(e, AudioUnavailable):
