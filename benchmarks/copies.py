@@ -9,7 +9,7 @@ the training split only.
 
     python benchmarks/copies.py --piano-corpus /tmp/asap-perf --small-corpus /tmp/bundled [--n 20]
 
-Results go to the "Copy check" section of benchmarks/RESULTS.md (by hand).
+Writes the "Copy check" section of benchmarks/RESULTS.md (``benchmarks/results.py``).
 """
 
 from __future__ import annotations
@@ -99,13 +99,26 @@ def main() -> None:
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}")
     results = []
+    keys = ("unconditional", "test prompts", "train prompts", "real held-out bars vs train")
+    rows = [f"| model (copy index) | new bars | " + " | ".join(keys) + " |", "| --- | ---: |" + " --- |" * len(keys)]
     for name in args.models.split(","):
         corpus = args.piano_corpus if name == "gpt-piano" else args.small_corpus
         r = run_model(name, corpus, args)
         results.append(r)
         print(f"{name} (index: {r['index_pieces']} {r['index_split']} pieces), {args.bars} new bars, {r['seconds']:.0f} s:")
-        for key in ("unconditional", "test prompts", "train prompts", "real held-out bars vs train"):
+        for key in keys:
             print(f"  {key}: {spread(r[key], args.max_copied_bars)}")
+        rows.append(f"| `{name}` ({r['index_pieces']} {r['index_split']} pieces) | {args.bars} | "
+                    + " | ".join(spread(r[key], args.max_copied_bars) for key in keys) + " |")
+    from results import write_section  # benchmarks/results.py
+
+    command = ("python benchmarks/copies.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                                                          if v is not None and k not in ("tmp", "json")))
+    body = (f"{args.n} samples of each kind, {args.prompt_bars} bars of prompt, temperature {args.temperature}; "
+            f"a sample is flagged when it repeats more than {args.max_copied_bars} bars of one training piece.\n\n"
+            + "\n".join(rows))
+    write_section("Copy check (benchmarks/copies.py)", command, body,
+                  "the held-out real music's own bars against the training split (the last column)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=int)

@@ -21,7 +21,8 @@
 
 ``--parts`` runs some of them (``generate1``: batch 1 only); only a full run rewrites its section.
 
-Results go to the "Music transformer" section of benchmarks/RESULTS.md.
+A full run (all parts) writes the "Music transformer" section of benchmarks/RESULTS.md
+(``benchmarks/results.py``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Music transformer (benchmarks/gpt.py)"
 
 
@@ -259,14 +257,6 @@ def _prompt_seconds(tokenizer, ids):
     return float(decode_safe(tokenizer, ids)[0].to("second").end())
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 #: Dense bf16 peak FLOP/s by GPU name (vendor data sheets, SXM parts).
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 
@@ -303,12 +293,14 @@ def gpu_mfu(batch=8, steps=10):
             "mfu": flops * tps / peak if peak else None}
 
 
-def write_section(text, section=SECTION):
-    """Replace ``section`` of benchmarks/RESULTS.md (heading to the next heading) with ``text``."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# partita benchmarks\n"
-    pattern = re.compile(re.escape(section) + r".*?(?=\n## |\Z)", re.S)
-    new = pattern.sub(text.strip() + "\n", old) if section in old else old.rstrip() + "\n\n" + text.strip() + "\n"
-    RESULTS.write_text(new)
+def peer_line(results):
+    """The Hugging Face figures this run measured beside partita's."""
+    parts = []
+    if "generate_b1" in results:
+        parts.append(f"HF `generate` {results['generate_b1']['HF generate (cache)']:,.0f} new tokens/s at batch 1")
+    if "train" in results:
+        parts.append(f"HF `GPT2LMHeadModel` training {results['train']['hf_gpt2']:,.0f} tokens/s in fp32")
+    return "; ".join(parts) or "Hugging Face GPT-2 with the same dimensions"
 
 
 def main():
@@ -331,12 +323,10 @@ def main():
     prompt = encode(tokenizer, fixture)[:16]
     cfg = GPTConfig.preset("small", vocab_size=len(tokenizer), n_labels=10, dropout=0.0, bar_embeddings=False)
     gen_cfg = cfg
-    lines = [SECTION, ""]
     cmd = "python benchmarks/gpt.py" + (f" --threads {args.threads}" if args.threads else "")
     cmd += f" --parts {args.parts}" if parts != {"train", "generate", "realtime", "piano"} else ""
-    lines += [f"Command: `{cmd}`, load average {os.getloadavg()[0]:.2f} at the start (each row: best of 3 rounds after a warm-up, the contenders of a table taking turns "
-              f"within each round, so that the machine's changing load falls on all of them). Machine: {os.cpu_count()} cores, "
-              f"{cpu_name()}, torch {torch.__version__}, "
+    lines = [f"Load average {os.getloadavg()[0]:.2f} at the start (each row: best of 3 rounds after a warm-up, the contenders of a table taking turns "
+              f"within each round, so that the machine's changing load falls on all of them); torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads. Model dimensions: the `small` preset "
               f"({cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.d_model}, context {cfg.context}, "
               f"vocabulary {cfg.vocab_size}), no bar embeddings so both models compute the same thing.", ""]
@@ -368,7 +358,9 @@ def main():
     text = "\n".join(lines)
     print(text)
     if parts == {"train", "generate", "realtime", "piano"}:
-        write_section(text)
+        from results import write_section  # benchmarks/results.py
+
+        write_section(SECTION.removeprefix("## "), cmd, text, peer_line(results))
     else:
         print("(a partial run: RESULTS.md not written)")
     if args.json:

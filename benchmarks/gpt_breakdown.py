@@ -11,7 +11,8 @@
 
     python benchmarks/gpt_breakdown.py [--against TREE]
 
-Results go to the "Music transformer: where the time goes" section of benchmarks/RESULTS.md.
+Writes the "Music transformer: where the time goes" section of benchmarks/RESULTS.md
+(``benchmarks/results.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from gpt import cpu_name, hf_model, interleaved, write_section  # noqa: E402
+from gpt import hf_model, interleaved  # noqa: E402
+from results import write_section  # noqa: E402
 
 SECTION = "## Music transformer: where the time goes (benchmarks/gpt_breakdown.py)"
 
@@ -124,9 +126,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--against", default=None, help="an earlier checkout of partita to compare sampling with")
     args = ap.parse_args()
-    lines = [SECTION, "",
-             f"Command: `python benchmarks/gpt_breakdown.py{' --against ' + args.against if args.against else ''}`. "
-             f"Machine: {torch.get_num_threads()} threads, {cpu_name()}, torch {torch.__version__}.", ""]
+    command = f"python benchmarks/gpt_breakdown.py{' --against ' + args.against if args.against else ''}"
+    lines = [f"{torch.get_num_threads()} threads, torch {torch.__version__}.", ""]
     lay = layout()
     base = lay["F.linear, weights [out, in]"]
     lines += ["One decoding step's matrix-vector products (the 25 matrices of the `small` GPT, one row; best of 5, "
@@ -151,7 +152,9 @@ def main():
     lines += [f"| {name} | {p['matrix products']:.0%} | {p['attention (SDPA)']:.0%} |" for name, p in prof.items()]
     text = "\n".join(lines) + "\n"
     print(text)
-    write_section(text, SECTION)
+    peer = (f"PyTorch's `F.linear` for a decoding step's one-row products: {base:.3f} ms a step; "
+            "HF `GPT2LMHeadModel`'s training step profile")
+    write_section(SECTION.removeprefix("## "), command, text, peer)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ after the single sample and after the chosen one.
 
     python benchmarks/infill.py --corpus /tmp/asap-perf [--pieces 20] [--k 8] [--model BUNDLE] [--json out.json]
 
-Results go to the "Piano transformer and infilling" section of benchmarks/RESULTS.md (by hand).
+Writes the "Infilling: choosing among sampled middles" section of benchmarks/RESULTS.md
+(``benchmarks/results.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -108,6 +110,26 @@ def main() -> None:
                         "polyphony_ratio_median": agg(key, "polyphony_ratio")}
     summary["suffix_bits_mean"] = {k: float(np.mean([r["suffix_bits"][k] for r in rows])) for k in rows[0]["suffix_bits"]}
     print(json.dumps(summary, indent=1))
+    from results import write_section  # benchmarks/results.py
+
+    best_k = f"best of {args.k}"
+    table = [f"| {len(rows)} test works, bars {a}-{b} | one sample | {best_k} (`--candidates {args.k}`) |",
+             "| --- | ---: | ---: |"]
+    sb = summary["suffix_bits_mean"]
+    table.append(f"| suffix bits/token after the span (mean; after the real bars {sb['real middle']:.3f}) | "
+                 f"{sb['one sample']:.3f} | {sb[best_k]:.3f} |")
+    for what, key, fmt in (("pitch-class similarity to the real bars (mean cosine)", "pch_similarity_mean", "{:.3f}"),
+                           ("notes: median ratio to real", "notes_ratio_median", "{:.2f}"),
+                           ("notes: share within +-30% of real", "notes_within_30pct", "{:.0%}"),
+                           ("mean pitch: mean distance to the real bars, semitones", "mean_pitch_diff_mean", "{:.1f}"),
+                           ("polyphony: median ratio to real", "polyphony_ratio_median", "{:.2f}")):
+        table.append(f"| {what} | " + " | ".join(fmt.format(summary[k][key]) for k in ("one sample", best_k)) + " |")
+    command = (f"python benchmarks/infill.py --corpus {args.corpus} --pieces {args.pieces} --k {args.k} --bars {args.bars}"
+               f" --threads {args.threads}" + (f" --model {args.model}" if args.model else ""))
+    body = (f"`{Path(args.model).name if args.model else 'gpt-piano'}`; one performance per test work, seed 0; "
+            "features of the notes that start in the span, against the real bars they replace.\n\n" + "\n".join(table))
+    write_section("Infilling: choosing among sampled middles (benchmarks/infill.py)", command, body,
+                  f"the real bars (suffix bits/token after them {sb['real middle']:.3f}) and one sampled middle")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"summary": summary, "pieces": rows}, f, indent=1, default=float)

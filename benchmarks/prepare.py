@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import resource
 import shutil
 import statistics
@@ -59,13 +57,7 @@ FIXTURES = ROOT.parent / "shared" / "fixtures" / "midi"
 if not FIXTURES.is_dir():
     FIXTURES = Path("/work/shared/fixtures/midi")
 FIXTURE_DIRS = ("performance", "multitrack")
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Prepare + pianoroll (benchmarks/prepare.py)"
-RESULTS_HEADER = (
-    "# partita benchmarks\n\n"
-    "Each section is written by the script named in its heading; rerun the script to refresh it.\n"
-    "Speed is reported as ratios against peers measured in the same run on the same machine.\n"
-)
 
 FRAME_SECONDS = 0.05  # 50 ms frames: fs = 20 for pretty_midi
 LOW, HIGH = 29, 100  # the [12, 6, T] roll's range (F1..E7), as partita and Harmonixr use
@@ -475,15 +467,9 @@ def verdict(result: dict, workers: list[int]) -> list[str]:
     return lines
 
 
-def machine() -> list[str]:
+def versions() -> list[str]:
     import importlib.metadata as md
 
-    cpu = "unknown"
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else platform.processor() or "unknown"
-    except OSError:
-        cpu = platform.processor() or "unknown"
     versions = []
     for pkg in ("partita", "numpy", "symusic", "pyarrow", "pretty_midi", "mido"):
         try:
@@ -496,21 +482,13 @@ def machine() -> list[str]:
         commit = f"{commit}{' + uncommitted changes' if dirty else ''}" if commit else "unknown"
     except OSError:
         commit = "unknown"
-    return [
-        f"- machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}",
-        f"- Python {platform.python_version()}; {', '.join(versions)}; partita tree at {commit}",
-    ]
+    return [f"- {', '.join(versions)}; partita tree at {commit}"]
 
 
-def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else RESULTS_HEADER
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
-    RESULTS.write_text(text.rstrip("\n") + "\n")
+def peer_line(results: list[dict]) -> str:
+    """pretty_midi's throughput on each workload of this run, the figure partita is compared with."""
+    return "; ".join(f"pretty_midi `get_piano_roll` {r['files'] / r['summary']['pretty_midi']['work_s_best']:.1f} files/s "
+                     f"on {r['workload']['desc'].split(' (')[0]}" for r in results)
 
 
 def profile(args, tmp: Path) -> None:
@@ -590,9 +568,9 @@ def main(argv=None) -> None:
         results = [bench_workload(w, tmp, args) for w in ws]
         load_after = os.getloadavg()
 
-    lines = [HEADING, "", f"Command: `{command}` (best of {args.repeats} runs per contender, each in a fresh process, contenders interleaved; "
-             f"pianoroll mode `{args.mode}`, 50 ms frames).", ""]
-    lines += machine()
+    lines = [f"Best of {args.repeats} runs per contender, each in a fresh process, contenders interleaved; "
+             f"pianoroll mode `{args.mode}`, 50 ms frames.", ""]
+    lines += versions()
     lines.append(f"- load average (1 min) {load_before[0]:.1f} before the run, {load_after[0]:.1f} after, on "
                  f"{os.cpu_count()} cores" + (": other processes were busy, so timings are noisy and workers=2 "
                  "cannot show its gain" if max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1) else ""))
@@ -618,7 +596,9 @@ def main(argv=None) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     if not args.no_write:
-        write_results(section)
+        from results import RESULTS, write_section  # benchmarks/results.py
+
+        write_section(HEADING.removeprefix("## "), command, section, peer_line(results))
         print(f"(section written to {RESULTS.relative_to(ROOT)})")
 
 

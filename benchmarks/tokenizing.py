@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import resource
 import shutil
 import subprocess
@@ -40,7 +38,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "midi"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Tokenize: the worker pool (benchmarks/tokenizing.py)"
 TARGET = 1.8  # the issue's goal: 2 workers at least 1.8x the single process
 
@@ -125,13 +122,12 @@ def main() -> None:
         commit = "?"
     from importlib.metadata import version
 
+    command = f"python benchmarks/tokenizing.py --repeat {args.repeat} --rounds {args.rounds}"
     section = "\n".join(
         [
-            HEADING,
+            f"Best of {args.rounds} rounds, contenders taking turns within each round; every output checked byte for byte against the single process's.",
             "",
-            f"Command: `python benchmarks/tokenizing.py --repeat {args.repeat} --rounds {args.rounds}` (best of {args.rounds} rounds, contenders taking turns within each round; every output checked byte for byte against the single process's).",
-            "",
-            f"- machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, {platform.system()} {platform.release()}; Python {platform.python_version()}, miditok {version('miditok')}, symusic {version('symusic')}; partita tree at {commit}",
+            f"- miditok {version('miditok')}, symusic {version('symusic')}; partita tree at {commit}",
             f"- load average (1 min) {load_before:.1f} before the run, {load_after:.1f} after, on {os.cpu_count()} cores"
             + (": other processes were busy, so the 2-worker ratio is held down" if max(load_before, load_after) > 0.5 else ""),
             f"- corpus: the fixtures' performance/ + multitrack/ files x {args.repeat}: {best['before']['pieces']} pieces, {hours:.2f} h of music, {best['before']['tokens']:,} REMI tokens",
@@ -150,10 +146,10 @@ def main() -> None:
     )
     print(section)
     if not args.no_write:
-        text = RESULTS.read_text() if RESULTS.exists() else "# partita benchmarks\n\n"
-        pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-        text = pattern.sub(lambda m: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-        RESULTS.write_text(text)
+        from results import RESULTS, write_section  # benchmarks/results.py
+
+        peer = f"one process (the tokenizer before the pool): {best['before']['tokens'] / base:,.0f} tokens/s"
+        write_section(HEADING.removeprefix("## "), command, section, peer)
         print(f"wrote {RESULTS}")
 
 
