@@ -571,23 +571,103 @@ def test_concurrent_uploads_and_model_calls():
     assert len({json.dumps(r.json()["top"]) for r in attributions[:3]}) == 1
 
 
-def test_queue_full_is_503_with_retry_after():
+def test_queue_full_is_503_with_retry_after_in_its_own_lane_only():
+    """Two lanes: the page's quick calls and generation. A full lane refuses with 503 and a
+    Retry-After from its own calls' durations; the other lane answers on."""
     app = create_app(pieces=[], workers=1, queue=1)
     ex = app.state.explorer
     with TestClient(app, base_url=LOCAL) as c:
         pid = _upload(c, FIXTURES / "edge" / "chords.mid").json()["id"]
         release = threading.Event()
-        held = ex.queue.submit(release.wait, 60)  # the one place in the queue is taken
+        held = ex.queue.submit(release.wait, 60)  # the analysis lane's one place is taken
         try:
-            for r in (c.get(f"/api/pieces/{pid}/attribution"), c.get(f"/api/pieces/{pid}/audio"),
-                      c.post(f"/api/pieces/{pid}/continue", json={"seconds": 1})):
+            for r in (c.get(f"/api/pieces/{pid}/attribution"), c.get(f"/api/pieces/{pid}/audio")):
                 body = _one_line_error(r, 503, "busy")
                 assert int(r.headers["retry-after"]) >= 1 and body["retry_after"] == int(r.headers["retry-after"])
+                assert f"retries in {body['retry_after']} s" in body["message"]
             assert c.get(f"/api/pieces/{pid}").status_code == 200  # cheap calls are not queued
+            job = c.post(f"/api/pieces/{pid}/continue", json={"seconds": 1})  # generation has its own lane
+            assert job.status_code == 202
+            c.post(job.json()["links"]["self"] + "/cancel")
         finally:
             release.set()
             held.result(timeout=60)
-        assert c.get(f"/api/pieces/{pid}/attribution").status_code == 200
+        ex.job(job.json()["id"]).future.result(timeout=300)
+        release.clear()
+        held = ex.generation.submit(release.wait, 60)  # now the generation lane is full
+        try:
+            r = c.post(f"/api/pieces/{pid}/continue", json={"seconds": 1})
+            body = _one_line_error(r, 503, "busy")
+            assert 1 <= body["retry_after"] == int(r.headers["retry-after"])
+            assert c.get(f"/api/pieces/{pid}/attribution").status_code == 200  # never behind generation
+        finally:
+            release.set()
+            held.result(timeout=60)
+
+
+def test_retry_after_is_when_the_first_running_call_should_end():
+    from partita.serve.core import ModelQueue
+
+    queue = ModelQueue(workers=1, size=2, seconds=30.0)
+    go = threading.Event()
+    try:
+        first = queue.submit(go.wait, 60)
+        assert 25 <= queue.retry_after() <= 30  # one running call of a 30 s mean, just started
+        second = queue.submit(go.wait, 60)
+        assert 55 <= queue.retry_after() <= 60  # and one waiting behind it
+        with pytest.raises(Exception, match="retries in"):
+            queue.submit(go.wait, 60)
+    finally:
+        go.set()
+        first.result(timeout=60), second.result(timeout=60)
+        queue.close()
+
+
+def test_jobs_show_their_place_in_the_queue_and_can_be_cancelled():
+    app = create_app(pieces=[], workers=1, queue=8)
+    ex = app.state.explorer
+    with TestClient(app, base_url=LOCAL) as c:
+        pid = _upload(c, FIXTURES / "edge" / "chords.mid").json()["id"]
+        jobs = [c.post(f"/api/pieces/{pid}/continue", json={"seconds": 60, "seed": i}).json() for i in range(3)]
+        end = time.monotonic() + 300
+        while ex.job(jobs[0]["id"]).state == "queued" and time.monotonic() < end:
+            time.sleep(0.05)
+        views = [c.get(j["links"]["self"]).json() for j in jobs]
+        assert [v["queue"]["position"] for v in views] == [None, 1, 2] and views[0]["state"] == "running"
+        assert views[1]["queue"]["running"] == 1
+        cancelled = c.post(jobs[1]["links"]["self"] + "/cancel").json()
+        assert cancelled["state"] == "cancelled"  # it never ran
+        assert c.get(jobs[2]["links"]["self"]).json()["queue"]["position"] == 1
+        c.post(jobs[0]["links"]["self"] + "/cancel")
+        c.post(jobs[2]["links"]["self"] + "/cancel")
+        ex.job(jobs[0]["id"]).future.result(timeout=300)  # the queued ones' futures were cancelled: they never ran
+        final = [c.get(j["links"]["self"]).json() for j in jobs]
+        assert [f["state"] for f in final] == ["cancelled"] * 3, final  # the running one stopped at its next token
+        assert ex.generation.held == 0
+        _one_line_error(c.post("/api/jobs/0123456789abcdef/cancel"), 404, "not_found")
+
+
+def test_attribution_answers_while_generation_runs():
+    """A running continuation pauses between tokens while the page's quick calls run, and they
+    never queue behind it."""
+    app = create_app(pieces=[], workers=1, queue=4)
+    ex = app.state.explorer
+    with TestClient(app, base_url=LOCAL) as c:
+        pid = _upload(c, FIXTURES / "edge" / "chords.mid").json()["id"]
+        job = c.post(f"/api/pieces/{pid}/continue", json={"seconds": 60}).json()
+        end = time.monotonic() + 300
+        while ex.job(job["id"]).done == 0 and ex.job(job["id"]).state in ("queued", "running") and time.monotonic() < end:
+            time.sleep(0.05)
+        assert ex.job(job["id"]).state == "running"
+        other = _upload(c, FUR_ELISE).json()
+        before = ex.job(job["id"]).done
+        r = c.get(other["links"]["attribution"])
+        assert r.status_code == 200 and r.json()["top"]
+        # While it ran, generation waited at its tokens (at most YIELD_SECONDS each).
+        assert ex.job(job["id"]).state == "running" and ex.job(job["id"]).done - before < 64
+        c.post(job["links"]["self"] + "/cancel")
+        ex.job(job["id"]).future.result(timeout=300)
+        assert ex.job(job["id"]).state == "cancelled"
 
 
 def test_pieces_kept_are_bounded_and_the_folder_goes_with_the_server():

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from partita.errors import PartitaError
 from partita.serve.core import (MAX_CANDIDATES, MAX_SAMPLES, MAX_SECONDS, MAX_BARS, MAX_TEMPERATURE, MAX_TOKENS,
-                                 Explorer, QueueFull, error_body)
+                                 Explorer, QueueFull, error_body, release_memory)
 
 log = logging.getLogger("partita.serve")
 
@@ -395,7 +395,11 @@ def create_app(explorer: Optional[Explorer] = None, *, host: str = "127.0.0.1", 
         data = await request.body()
         if len(data) > ex.max_upload_bytes:
             raise TooLarge(_too_large(len(data), ex.max_upload_bytes)["message"])
-        piece = await asyncio.to_thread(ex.upload, data, name)
+        try:
+            piece = await asyncio.to_thread(ex.upload, data, name)
+        finally:
+            del data
+            await asyncio.to_thread(release_memory)
         return piece.public()
 
     @app.get("/api/pieces/{piece_id}", summary="A piece: notes, length, instruments, links")
@@ -405,7 +409,9 @@ def create_app(explorer: Optional[Explorer] = None, *, host: str = "127.0.0.1", 
     @app.get("/api/pieces/{piece_id}/notes", summary="Note data for a pianoroll (seconds)")
     async def notes(piece_id: str):
         p = ex.store.get(piece_id)
-        return await asyncio.to_thread(ex.notes, p)
+        body = JSONResponse(await asyncio.to_thread(ex.notes, p))
+        await asyncio.to_thread(release_memory)
+        return body
 
     @app.get("/api/pieces/{piece_id}/pianoroll.png", summary="Pianoroll image (partita.viz.pianoroll)",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -446,22 +452,22 @@ def create_app(explorer: Optional[Explorer] = None, *, host: str = "127.0.0.1", 
     async def continue_piece(piece_id: str, settings: ContinueSettings):
         p = ex.store.get(piece_id)
         job = ex.start_continuation(p, settings.model_dump())
-        return job.public(ex.store)
+        return ex.public_job(job)
 
     @app.post("/api/pieces/{piece_id}/infill", status_code=202,
               summary="Regenerate a span of bars of the piece (a job, like /continue; needs a model trained for infilling)")
     async def infill_piece(piece_id: str, settings: InfillSettings):
         p = ex.store.get(piece_id)
         job = ex.start_infill(p, settings.model_dump())
-        return job.public(ex.store)
+        return ex.public_job(job)
 
     @app.get("/api/jobs/{job_id}", summary="A job's state, progress and the pieces it made")
     async def job(job_id: str):
-        return ex.job(job_id).public(ex.store)
+        return ex.public_job(ex.job(job_id))
 
     @app.post("/api/jobs/{job_id}/cancel", summary="Cancel a job (a queued one never runs; a running one stops at its next token)")
     async def cancel_job(job_id: str):
-        return ex.cancel(ex.job(job_id)).public(ex.store)
+        return ex.public_job(ex.cancel(ex.job(job_id)))
 
     @app.get("/api/indexes/{index}/map", summary="Every piece of an index on its 2-D map")
     async def index_map(index: str):

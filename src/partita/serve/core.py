@@ -33,6 +33,10 @@ ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 MAX_SAMPLES, MAX_SECONDS, MAX_BARS, MAX_TOKENS = 4, 60.0, 32, 4096
 MAX_CANDIDATES = 8  # infilling: middles sampled per version
 MAX_TEMPERATURE = 5.0
+#: Threads of the analysis lane (attribution, similar pieces, map, pianoroll, audio).
+ANALYSIS_WORKERS = 2
+#: The longest a generation job pauses at a token while an analysis call runs.
+YIELD_SECONDS = 0.5
 #: The largest piece accepted (an upload over any of these is refused with 413 before anything is
 #: drawn or embedded): notes, length, tracks, and beats (a file's ticks over its resolution: a
 #: 66-byte file can claim centuries, or a million bars a second). The largest real piano pieces
@@ -83,27 +87,69 @@ def display_name(name: Optional[str], fallback: str = "piece.mid") -> str:
 # --------------------------------------------------------------------------- the queue
 
 
-class ModelQueue:
-    """A thread pool of ``workers`` threads that holds at most ``size`` calls (running and
-    waiting); one more is refused with ``QueueFull`` (HTTP 503 with Retry-After)."""
+def release_memory() -> None:
+    """Hand the heap memory freed by a request back to the system (glibc's ``malloc_trim``;
+    nothing elsewhere): a large piece's note arrays and renders are made per request and
+    dropped after, and without this the process would keep their pages."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
 
-    def __init__(self, workers: int = 2, size: int = 16):
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+
+
+class ModelQueue:
+    """A lane of model calls: a thread pool of ``workers`` threads that holds at most ``size``
+    calls (running and waiting); one more is refused with ``QueueFull`` (HTTP 503 with
+    Retry-After: when the first running call is expected to end, from the mean duration of the
+    lane's calls, ``seconds`` until one has ended). ``idle`` is set while it holds no call."""
+
+    def __init__(self, workers: int = 2, size: int = 16, *, name: str = "model", seconds: float = 1.0):
         if workers < 1 or size < 1:
             raise PartitaError("workers and the queue size must be at least 1")
-        self.workers, self.size = int(workers), int(size)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="partita-model")
+        self.workers, self.size, self.name = int(workers), int(size), name
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"partita-{name}")
         self._lock = threading.Lock()
         self._held = 0
-        self._seconds = 1.0  # running mean of a call's duration, for Retry-After
+        self._running: dict = {}  # call number -> when it started
+        self._calls = 0
+        self._seconds = float(seconds)  # running mean of a call's duration, for Retry-After
+        self.idle = threading.Event()
+        self.idle.set()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def retry_after(self) -> int:
+        """Seconds until a place is expected to free up (at least 1)."""
+        now = time.perf_counter()
+        with self._lock:
+            elapsed = max((now - t for t in self._running.values()), default=0.0)
+            waiting = max(self._held - self.workers, 0)
+        rounds = 1 + waiting // self.workers  # the waiting calls run before a new one
+        return max(int(np.ceil(self._seconds * rounds - elapsed)), 1)
 
     def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Future:
         with self._lock:
-            if self._held >= self.size:
-                wait = int(np.ceil(self._seconds * self._held / self.workers))
-                raise QueueFull(f"the server is busy ({self._held} model calls queued); try again in {max(wait, 1)} s",
-                                retry_after=max(wait, 1))
-            self._held += 1
-        start = time.perf_counter()
+            full = self._held >= self.size
+            if not full:
+                self._held += 1
+                self.idle.clear()
+                self._calls += 1
+                number = self._calls
+        if full:
+            wait = self.retry_after()
+            raise QueueFull(f"the server is busy ({self.size} {self.name} calls held); the page retries in {wait} s",
+                            retry_after=wait)
         released = False
 
         def release() -> None:
@@ -112,22 +158,28 @@ class ModelQueue:
                 if not released:
                     released = True
                     self._held -= 1
-                    self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - start)
+                    started = self._running.pop(number, None)
+                    if started is not None:
+                        self._seconds = 0.7 * self._seconds + 0.3 * (time.perf_counter() - started)
+                    if self._held == 0:
+                        self.idle.set()
 
         def call():
             # The place is given back in the worker, before the future completes: a caller
             # woken by ``result()`` may submit again at once and must find it free (a done
             # callback runs after waiters wake).
+            with self._lock:
+                self._running[number] = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 release()
+                release_memory()
 
         try:
             fut = self._pool.submit(call)
         except RuntimeError:  # shut down
-            with self._lock:
-                self._held -= 1
+            release()
             raise QueueFull("the server is stopping", retry_after=5) from None
         fut.add_done_callback(lambda _: release())  # a call cancelled before it ran
         return fut
@@ -364,7 +416,11 @@ class Explorer:
         self.audio_seconds = float(audio_seconds) if audio_seconds and audio_seconds > 0 else None
         self.folder = Path(tempfile.mkdtemp(prefix="partita-serve-"))  # private: mode 0700
         self.store = PieceStore(self.folder, keep)
-        self.queue = ModelQueue(workers, queue)
+        # Two lanes: the page's quick calls (attribution, similar pieces, map, pianoroll, audio)
+        # never wait behind generation, which has its own threads, and yields to them between
+        # tokens (``_run_job``).
+        self.queue = ModelQueue(ANALYSIS_WORKERS, queue, name="analysis", seconds=2.0)
+        self.generation = ModelQueue(workers, queue, name="generation", seconds=30.0)
         self.closing = False
         # None: find the bundled index's files in the bundled corpus's cached export; a list: only these.
         self.auto_roots = pieces is None
@@ -432,7 +488,9 @@ class Explorer:
             "audio": self.audio_status(),
             "infill": self.infill_models(),
             "limits": {
-                "max_upload_mb": round(self.max_upload_bytes / 2**20, 3), "workers": self.queue.workers,
+                "max_upload_mb": round(self.max_upload_bytes / 2**20, 3), "workers": self.generation.workers,
+                "analysis_workers": self.queue.workers,
+                "piece_notes": MAX_PIECE_NOTES, "piece_hours": MAX_PIECE_HOURS, "piece_tracks": MAX_PIECE_TRACKS,
                 "queue": self.queue.size, "pieces_kept": self.store.limit, "audio_seconds": self.audio_seconds,
                 "samples": MAX_SAMPLES, "seconds": MAX_SECONDS, "bars": MAX_BARS, "max_tokens": MAX_TOKENS,
             },
@@ -802,7 +860,7 @@ class Explorer:
                 if old is None:
                     break
                 del self.jobs[old.id]
-        job.future = self.queue.submit(self._run_job, job, fn, *args)
+        job.future = self.generation.submit(self._run_job, job, fn, *args)
         return job
 
     def _run_job(self, job: "Job", fn: Callable, *args: Any) -> None:
@@ -818,6 +876,10 @@ class Explorer:
         def progress(done: int, total: int) -> None:
             if self.closing or job.cancelled:
                 raise Stopped()
+            # A quick call of the page is running: let it have the processor first (at most
+            # YIELD_SECONDS a token), so that attribution answers while generation runs.
+            if not self.queue.idle.is_set():
+                self.queue.idle.wait(YIELD_SECONDS)
             job.done, job.total = int(done), int(total)
 
         try:
@@ -884,6 +946,16 @@ class Explorer:
                         max(0.0, start - 5.0)))
         return out
 
+    def public_job(self, job: "Job") -> dict:
+        """A job as the API shows it, with its place in the generation queue (``position``: 1
+        for the next to run; None once it runs) and how many jobs run now."""
+        with self._jobs_lock:
+            queued = [j for j in self.jobs.values() if j.state == "queued" and not j.cancelled]
+            running = sum(1 for j in self.jobs.values() if j.state == "running")
+        position = next((i + 1 for i, j in enumerate(queued) if j is job), None)
+        return {**job.public(self.store), "queue": {"position": position, "running": running,
+                                                    "workers": self.generation.workers}}
+
     def job(self, jid: str) -> "Job":
         check_id(jid, "job")
         with self._jobs_lock:
@@ -904,6 +976,7 @@ class Explorer:
     def close(self) -> None:
         self.closing = True
         self.queue.close()
+        self.generation.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
