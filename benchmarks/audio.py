@@ -93,11 +93,12 @@ def speed(args, font):
             totals[name][1] += row[name][1]
         rows.append(row)
         print(f"{row['file']}: " + ", ".join(f"{n} {a:.1f} s audio in {t:.2f} s" for n, (a, t) in ((n, row[n]) for n in impl)), flush=True)
-    print("\n| renderer | files | audio s | compute s | x real time |\n| --- | ---: | ---: | ---: | ---: |")
+    table = ["| renderer | files | audio s | compute s | x real time |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, (audio_s, compute_s) in totals.items():
-        print(f"| {name} | {len(rows)} | {audio_s:.0f} | {compute_s:.1f} | {audio_s / compute_s:.0f}x |")
-    print(f"new / old speed: {totals['old'][1] / totals['new'][1]:.2f}x")
-    return rows
+        table.append(f"| {name} | {len(rows)} | {audio_s:.0f} | {compute_s:.1f} | {audio_s / compute_s:.0f}x |")
+    table += ["", f"new / old speed: {totals['old'][1] / totals['new'][1]:.2f}x"]
+    print("\n" + "\n".join(table))
+    return table, totals
 
 
 def _status_kb(field: str) -> int:
@@ -143,18 +144,32 @@ def main():
         print(json.dumps(memory_case(args.case[0], args.case[1], font)))
         return
     print(f"SoundFont {font}; old = partita/io/audio.py at {OLD_COMMIT[:7]} (engine='sampler'), new = tinysoundfont")
-    speed(args, font)
-    print("\n| file | renderer | audio min | WAV MB | compute s | traced peak MB | RSS growth MB |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    speed_table, totals = speed(args, font)
+    memory = ["| file | renderer | audio min | WAV MB | compute s | traced peak MB | RSS growth MB |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    print("\n" + "\n".join(memory))
     for path in args.long:
         for name in ("old", "new"):
             cmd = [sys.executable, __file__, "--case", name, path, "--soundfont", font]
             done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
             if done.returncode != 0:
-                print(f"| {Path(path).name} | {name} | refused: {done.stderr.strip().splitlines()[-1][:120]} | | | | |", flush=True)
+                memory.append(f"| {Path(path).name} | {name} | refused: {done.stderr.strip().splitlines()[-1][:120]} | | | | |")
+                print(memory[-1], flush=True)
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
             minutes = r["wav_mb"] * 1e6 / (44100 * 4) / 60
-            print(f"| {r['file']} | {name} | {minutes:.1f} | {r['wav_mb']:.0f} | {r['seconds']:.1f} | {r['traced_peak_mb']:.1f} | {r['rss_growth_mb']:.0f} |", flush=True)
+            memory.append(f"| {r['file']} | {name} | {minutes:.1f} | {r['wav_mb']:.0f} | {r['seconds']:.1f} | {r['traced_peak_mb']:.1f} | {r['rss_growth_mb']:.0f} |")
+            print(memory[-1], flush=True)
+    from results import write_section  # benchmarks/results.py
+
+    audio_s, compute_s = totals["old"]
+    body = "\n".join([f"SoundFont `{Path(font).name}`; old = `partita/io/audio.py` at {OLD_COMMIT[:7]} (the hand-written sampler), "
+                      "new = TinySoundFont. Speed: each fixture's first "
+                      f"{args.seconds:g} s, in memory; memory: whole pieces written to WAV, each case in a fresh process.", "",
+                      *speed_table, "", *memory])
+    command = f"python benchmarks/audio.py --seconds {args.seconds:g}" + (f" --long {' '.join(args.long)}" if args.long != DEFAULT_LONG else "")
+    write_section("Audio (benchmarks/audio.py)", command, body,
+                  f"the hand-written SF2 sampler it replaced: {audio_s / compute_s:.0f}x real time in this run")
 
 
 if __name__ == "__main__":

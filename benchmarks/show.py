@@ -10,6 +10,8 @@ python benchmarks/show.py [--metrics-dir DIR] [--render FILE ...]
 """
 import argparse
 import glob
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -65,23 +67,29 @@ def main():
                                                      str(FIXTURES / "performance" / "Maestro_1.mid")])
     args = ap.parse_args()
 
-    print("## render (44.1 kHz stereo, partita's SF2 path)")
-    print("| file | audio s | compute s | x real time |")
-    print("| --- | ---: | ---: | ---: |")
+    lines = ["Render (44.1 kHz stereo, partita's SoundFont path):", "",
+             "| file | audio s | compute s | x real time |", "| --- | ---: | ---: | ---: |"]
     for path in args.render:
         seconds, audio = best(lambda: render(path, sample_rate=44100))
         duration = audio.shape[1] / 44100
-        print(f"| {Path(path).name} | {duration:.1f} | {seconds:.2f} | {duration / seconds:.0f}x |")
+        lines.append(f"| {Path(path).name} | {duration:.1f} | {seconds:.2f} | {duration / seconds:.0f}x |")
+        print(lines[-1], flush=True)
 
     files = sorted(glob.glob(str(args.metrics_dir / "*.mid")))
     notes = sum(symusic.Score(f).note_num() for f in files)
     t_partita, _ = best(lambda: [score_metrics(f) for f in files])
     t_mgeval, _ = best(lambda: mgeval_features(files))
-    print(f"\n## metrics on {len(files)} files of {args.metrics_dir} ({notes:,} notes)")
-    print("| tool | features | s | x partita's time |")
-    print("| --- | ---: | ---: | ---: |")
-    print(f"| partita `score_metrics` | 17 | {t_partita:.2f} | 1.00 |")
-    print(f"| pretty_midi, MGEval's extraction | 6 | {t_mgeval:.2f} | {t_mgeval / t_partita:.1f} |")
+    lines += ["", f"Musical metrics on {len(files)} files of `{args.metrics_dir.name}` ({notes:,} notes), loading included:", "",
+              "| tool | features | s | x partita's time |", "| --- | ---: | ---: | ---: |",
+              f"| partita `score_metrics` | 17 | {t_partita:.2f} | 1.00 |",
+              f"| pretty_midi, MGEval's extraction | 6 | {t_mgeval:.2f} | {t_mgeval / t_partita:.1f} |"]
+    lines += ["", f"Best of 3 per row, one process; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end."]
+    print("\n".join(lines))
+    from results import write_section  # benchmarks/results.py
+
+    command = "python benchmarks/show.py" + "".join(f" {a}" for a in sys.argv[1:])
+    write_section("Musical metrics (benchmarks/show.py)", command, "\n".join(lines),
+                  f"pretty_midi + MGEval's feature extraction: 6 features of {len(files)} files in {t_mgeval:.2f} s")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ accuracy by bar, and what the conductor passes on to the bars (hierarchical mode
 
     python benchmarks/vae_diagnosis.py BUNDLE --data CORPUS [-l LABEL ...] [--split test]
 
-Prints one block of numbers; RESULTS.md ("Latent melodies: MusicVAE") has the diagnosis of the
-16-bar model shipped before issue 12.
+Prints one block of numbers (not written to RESULTS.md; its "Latent melodies: diagnosis" section
+holds the shipped 16-bar model's, copied by hand).
 """
 
 from __future__ import annotations
