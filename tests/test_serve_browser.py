@@ -50,21 +50,48 @@ def _browser():
     return playwright, exe
 
 
+PIXELS = """(args) => { const [id, x0, y0, x1, y1, rgb] = args; const c = document.getElementById(id);
+    const d = c.getContext('2d').getImageData(x0, y0, x1 - x0, y1 - y0).data; let n = 0;
+    for (let i = 0; i < d.length; i += 4) {
+        if (rgb ? Math.abs(d[i] - rgb[0]) < 8 && Math.abs(d[i + 1] - rgb[1]) < 8 && Math.abs(d[i + 2] - rgb[2]) < 8 && d[i + 3] > 200 : d[i + 3] > 0) n++;
+    } return n; }"""
+GOLD = [224, 168, 0]  # new notes
+
+
+def _painted(page, region: str, rgb=None) -> int:
+    """Painted pixels of the pianoroll: in its pitch-name margin, bar-number strip, seconds strip
+    or notes area (margins as app.js draws them), optionally only of one colour."""
+    w, h = page.evaluate("[document.getElementById('roll').width, document.getElementById('roll').height]")
+    box = {"pitches": (0, 16, 44, h - 18), "bars": (44, 0, w, 16), "seconds": (44, h - 18, w, h), "notes": (44, 16, w, h - 18)}[region]
+    return page.evaluate(PIXELS, ["roll", *box, rgb])
+
+
+def _view(page) -> str:
+    return page.inner_text("#view-label")
+
+
 def test_explorer_in_a_browser(tmp_path):
+    """The page a musician uses, end to end: upload, the composers, similar pieces grouped by
+    work, the map, the pianoroll's axes (pitch names, bar numbers, seconds), zoom and scroll
+    by buttons, keys and the scroll bar, play and stop, a continuation whose new notes are gold
+    and scrolled into view, the pieces list (results kept per piece), the index selector, a
+    cancelled job, no request the server answers with an error (the favicon included)."""
     playwright, exe = _browser()
     from partita.io import load
     from partita.io.audio import have_soundfont
 
     audio = have_soundfont()
-    piece = FIXTURES / "edge" / "time-signatures.mid"  # piano, 21 s: the piano index and gpt-piano
+    piece = FIXTURES / "edge" / "time-signatures.mid"  # piano, 21 s
     with serving(pieces=[]) as (url, app), playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS + ["--autoplay-policy=no-user-gesture-required"])
         try:
             page = browser.new_page(accept_downloads=True)
             page.set_default_timeout(120_000)  # a loaded 2-core machine is slow to answer a click
-            errors, elsewhere = [], []
+            errors, elsewhere, failed = [], [], []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else elsewhere.append(r.url))
+            page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
             page.goto(url + "/", wait_until="load")
             assert page.title() == "partita explorer"
             # Keyboard basics: the file chooser has a label and can be reached with Tab.
@@ -75,32 +102,53 @@ def test_explorer_in_a_browser(tmp_path):
             assert focused in ("file", "A"), focused
             page.set_input_files("#file", str(piece))
             page.wait_for_selector("#bars li", timeout=120_000)
-            bars = page.locator("#bars li").count()
-            assert bars >= 3
+            assert page.locator("#bars li").count() >= 3
             assert "Most likely" in page.inner_text("#verdict") or "Unknown composer" in page.inner_text("#verdict")
             widths = page.eval_on_selector_all("#bars .bar span", "els => els.map(e => parseFloat(e.style.width))")
             assert widths == sorted(widths, reverse=True) and widths[0] > 0
-            page.wait_for_selector("#hits li", timeout=120_000)
-            assert page.locator("#hits li").count() == 8
-            page.wait_for_function("document.getElementById('map').getAttribute('aria-busy') === 'false'", timeout=180_000)
-            assert "pieces of the piano index" in page.inner_text("#map-note")
-            # The pianoroll was drawn from the note data (some pixels are not background).
-            painted = page.evaluate("""() => { const c = document.getElementById('roll');
-                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
-                for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
-            assert painted > 1000
+            # The index the notes chose, with the library's reason.
+            from partita.search import choose_index
+
+            assert choose_index([piece]).reason in page.inner_text("#index-note")
+            # Similar pieces, one entry per work, each with its versions.
+            page.wait_for_selector("#hits > li.work", timeout=120_000)
+            works = page.eval_on_selector_all("#hits > li.work > strong", "els => els.map(e => e.textContent)")
+            assert 1 <= len(works) <= 8 and len(set(works)) == len(works)  # a work appears once
+            assert page.locator("#hits > li.work .perf li").count() >= len(works)
+            page.wait_for_function("() => document.getElementById('map').getAttribute('aria-busy') === 'false'", timeout=180_000)
+            assert "pieces of the" in page.inner_text("#map-note")
+            # The pianoroll: notes, pitch names at the left, bar numbers above, seconds below.
+            page.wait_for_function("() => document.getElementById('view-label').textContent.startsWith('The whole piece')")
+            for region in ("notes", "pitches", "bars", "seconds"):
+                assert _painted(page, region) > 30, region
+            whole = _view(page)
+            assert "bars" in whole and "0:21" in whole
+            # Zoom and scroll: buttons, the scroll bar, the keyboard on the focused pianoroll.
+            page.click("#zoom-in")
+            zoomed = _view(page)
+            assert zoomed.startswith("Showing") and page.is_enabled("#scroll")
+            page.fill("#scroll", "1000")
+            assert _view(page) != zoomed and _view(page).endswith(tuple(f"{b}" for b in range(1, 99)))
+            page.focus("#roll")
+            before = _view(page)
+            page.keyboard.press("ArrowLeft")
+            assert _view(page) != before
+            page.keyboard.press("Home")
+            assert _view(page) == whole
+            assert page.get_attribute("#roll", "tabindex") == "0" and "Pianoroll of" in page.get_attribute("#roll", "aria-label")
             # Play, then stop: the player's state changes.
             if audio:
                 assert page.get_attribute("#player", "src").endswith("/audio")
                 page.click("#play")
-                page.wait_for_function("document.getElementById('player').dataset.state === 'playing'", timeout=60_000)
-                page.wait_for_function("document.getElementById('player').currentTime > 0", timeout=60_000)
+                page.wait_for_function("() => document.getElementById('player').dataset.state === 'playing'", timeout=60_000)
+                page.wait_for_function("() => document.getElementById('player').currentTime > 0", timeout=60_000)
                 page.click("#stop")
-                page.wait_for_function("document.getElementById('player').dataset.state === 'stopped'", timeout=10_000)
+                page.wait_for_function("() => document.getElementById('player').dataset.state === 'stopped'", timeout=10_000)
                 assert page.evaluate("document.getElementById('player').paused")
             else:
                 assert "not available" in page.inner_text("#audio-note")
             # Continue it: 2 s, with a progress indicator, then download the new MIDI file.
+            assert page.is_visible("#results-note")
             page.fill("input[name=seconds]", "2")
             page.click("#continue")
             page.wait_for_selector(".result a[download]", timeout=300_000)
@@ -111,10 +159,115 @@ def test_explorer_in_a_browser(tmp_path):
             dl.value.save_as(target)
             assert target.name == "time-signatures-continued-1.mid"
             assert target.read_bytes()[:4] == b"MThd" and load(target).note_num() > 0
+            # A long continuation, cancelled: the page says so and the job stops.
+            page.fill("input[name=seconds]", "60")
+            page.click("#continue")
+            page.wait_for_selector("#continue-cancel:not([hidden])")
+            page.click("#continue-cancel")
+            page.wait_for_function("() => document.getElementById('gen-status').textContent.startsWith('Cancelled')", timeout=300_000)
+            assert [j.state for j in app.state.explorer.jobs.values()] == ["done", "cancelled"]
+            # Explore the continuation: its new notes are gold and in view, the piece list has both.
+            page.click(".result button:has-text('Explore this one')")
+            page.wait_for_selector("#zoom-new:not([hidden])")
+            page.wait_for_function("() => document.getElementById('view-label').textContent.startsWith('Showing')")
+            assert _painted(page, "notes", GOLD) > 20
+            assert "new notes in gold" in page.get_attribute("#roll", "aria-label")
+            assert page.locator("#piece-list button").count() == 2
+            assert page.get_attribute("#piece-list button[aria-current=true]", "data-id") != page.get_attribute("#piece-list button >> nth=0", "data-id")
+            assert page.locator("#results li").count() == 0 and page.is_visible("#results-note")  # results are kept per piece
+            page.click("#piece-list button >> nth=0")
+            page.wait_for_selector("#results li.result")
+            assert page.locator("#results li.result").count() == 1 and _painted(page, "notes", GOLD) == 0
+            # Another index, chosen by hand: every panel follows it.
+            page.select_option("#index", "bundled")
+            page.wait_for_function("() => document.getElementById('attr-note').textContent.startsWith('Index: bundled')", timeout=120_000)
+            assert "chosen: bundled" in page.inner_text("#index-note")
+            page.wait_for_function("() => document.getElementById('sim-note').textContent.startsWith('Index: bundled')", timeout=120_000)
             assert errors == [], errors
             assert elsewhere == [], elsewhere  # nothing fetched from anywhere but this server
+            assert failed == [], failed  # no 404 (the favicon is there), no refused request
         finally:
             browser.close()
+
+
+def test_a_busy_server_is_retried_by_the_page_after_retry_after():
+    """The quick calls' lane is full: the page says it is busy and asks again on its own after
+    Retry-After, and the answer arrives once a place is free."""
+    playwright, exe = _browser()
+    with serving(pieces=[], queue=1) as (url, app), playwright.sync_playwright() as pw:
+        ex = app.state.explorer
+        browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        release = threading.Event()
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(url + "/", wait_until="load")
+            held = ex.queue.submit(release.wait, 120)  # the one place of the quick lane is taken
+            page.set_input_files("#file", str(FIXTURES / "edge" / "chords.mid"))
+            page.wait_for_function("() => document.getElementById('verdict').textContent.includes('busy; asking again in')")
+            release.set()
+            held.result(timeout=60)
+            page.wait_for_selector("#bars li", timeout=180_000)
+        finally:
+            release.set()
+            browser.close()
+
+
+def test_a_page_of_another_origin_cannot_upload_continue_read_or_frame_it():
+    """A page served from another localhost port, in a real Chromium, tries what the issue saw
+    work: a no-cors upload with a text/plain body, a continuation, reading a piece, an <img> of
+    its pianoroll and framing the explorer. Nothing is stored or queued; nothing is read."""
+    import http.server
+
+    playwright, exe = _browser()
+    with serving(pieces=[]) as (url, app), playwright.sync_playwright() as pw:
+        ex = app.state.explorer
+        import httpx
+
+        piece = httpx.post(url + "/api/pieces", content=(FIXTURES / "edge" / "chords.mid").read_bytes(), timeout=60).json()
+        attack = f"""<!doctype html><html><body><iframe id="f" src="{url}/"></iframe><img id="i" src="{url}{piece['links']['pianoroll']}">
+<script>
+window.results = {{}};
+const midi = new Uint8Array([77,84,104,100,0,0,0,6,0,0,0,1,0,96,77,84,114,107,0,0,0,12,0,144,60,64,96,128,60,64,0,255,47,0]);
+async function go() {{
+  try {{ await fetch("{url}/api/pieces?name=x.mid", {{method: "POST", mode: "no-cors", body: new Blob([midi], {{type: "text/plain"}})}}); window.results.upload = "sent"; }} catch (e) {{ window.results.upload = "error"; }}
+  try {{ await fetch("{url}{piece['links']['continue']}", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: '{{"seconds": 1}}'}}); window.results.cont = "sent"; }} catch (e) {{ window.results.cont = "error"; }}
+  try {{ const r = await fetch("{url}{piece['links']['self']}"); window.results.read = await r.text(); }} catch (e) {{ window.results.read = "refused"; }}
+  window.results.done = true;
+}}
+go();
+</script></body></html>"""
+
+        class Attacker(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = attack.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(120_000)
+            before = (len(ex.store._pieces), len(ex.jobs))
+            page.goto(f"http://localhost:{other.server_address[1]}/", wait_until="load")
+            page.wait_for_function("() => window.results && window.results.done === true")
+            results = page.evaluate("window.results")
+            assert results["read"] == "refused", results  # no CORS: the answer is not the page's to read
+            assert (len(ex.store._pieces), len(ex.jobs)) == before  # nothing stored, nothing queued
+            assert page.evaluate("document.getElementById('i').naturalWidth") == 0  # the image was refused
+            framed = [f.content() for f in page.frames[1:]]
+            assert framed and not any("Drop a MIDI file" in html for html in framed)  # not rendered in another site's frame
+        finally:
+            browser.close()
+            other.shutdown()
 
 
 def test_the_real_server_answers_oversize_uploads_with_413():

@@ -357,6 +357,7 @@ class IndexEntry:
     roots: list  # folders where the index's pieces are found by id (to play them)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     map: Optional[dict] = None
+    years: dict = field(default_factory=dict)  # a performance's id -> its year, where the data says it
 
     def piece_file(self, row: int) -> Optional[Path]:
         """The MIDI file of index row ``row`` on this machine, or None. Only paths the index
@@ -376,6 +377,55 @@ class IndexEntry:
             if cand.is_file():
                 return cand
         return None
+
+
+#: An ASAP performance's file: the performer's name, a number, ``M`` (``Shi05M.mid``).
+_PERFORMANCE = re.compile(r"([A-Za-z][A-Za-z_\-]*?)_?(\d+)M\.midi?")
+
+
+def performance(piece_id: str, years: dict, source: Optional[str] = "asap") -> dict:
+    """``{"performer", "year"}`` of an index piece from its id, where the id says it: an ASAP
+    performance is named after its pianist (``Chopin/Etudes_op_10/1/MunA07M.mid``: MunA), its
+    notated score is ``midi_score.mid`` (performer None, ``score``: True); the year comes from
+    the data's own metadata (``years``), never guessed from the name."""
+    name = piece_id.rsplit("/", 1)[-1]
+    if source != "asap":
+        return {"performer": None, "score": False, "year": years.get(piece_id)}
+    if name.lower() in ("midi_score.mid", "midi_score.midi"):
+        return {"performer": None, "score": True, "year": None}
+    m = _PERFORMANCE.fullmatch(name)
+    return {"performer": m.group(1) if m else None, "score": False, "year": years.get(piece_id)}
+
+
+def performance_years(roots: list) -> dict:
+    """Year of each ASAP performance under ``roots`` (its ``metadata.csv`` points at the MAESTRO
+    recording, whose folder is its year): ``{"Bach/Fugue/bwv_846/Shi05M.mid": 2006}``."""
+    import csv
+
+    years = {}
+    for root in roots:
+        meta = Path(root) / "metadata.csv"
+        try:
+            with open(meta, newline="") as f:
+                for row in csv.DictReader(f):
+                    m = re.match(r"\{maestro\}/(\d{4})/", row.get("maestro_midi_performance") or "")
+                    if m and row.get("midi_performance"):
+                        years[row["midi_performance"]] = int(m.group(1))
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue
+    return years
+
+
+def group_by_work(hits: list) -> list:
+    """Hits of one work (the same composer and title: performances and the score of one piece)
+    as one entry, in the order of each work's best hit."""
+    works: dict = {}
+    for h in hits:
+        key = (h.get("label") or "", h.get("title") or h.get("id") or "")
+        w = works.setdefault(key, {"label": key[0] or None, "title": key[1], "rank": h["rank"], "distance": h["distance"],
+                                   "hits": []})
+        w["hits"].append(h["rank"])
+    return list(works.values())
 
 
 def _bundled_exports() -> list:
@@ -653,7 +703,7 @@ class Explorer:
         if self.auto_roots and is_shipped(path) and path.name == "bundled-index":
             roots += _bundled_exports()
         settings = {"windows": int(index.embed.get("windows", 8)), "seed": int(index.embed.get("seed", 0))}
-        return IndexEntry(key, path, index, attribution, embedder, settings, roots)
+        return IndexEntry(key, path, index, attribution, embedder, settings, roots, years=performance_years(roots))
 
     def vector(self, piece: Piece, entry: IndexEntry) -> np.ndarray:
         """The piece's embedding by the index's embedder, with the index's settings (as
@@ -693,8 +743,9 @@ class Explorer:
             playable = entry.piece_file(h.row) is not None
             base = f"/api/indexes/{entry.key}/pieces/{h.row}"
             d["links"] = {"audio": f"{base}/audio", "midi": f"{base}/midi"} if playable else None
+            d.update(performance(d.get("id") or "", entry.years, d.get("source")))
             out.append(d)
-        return {"piece": piece.id, "index": entry.key, "choice": choice, "k": k, "hits": out,
+        return {"piece": piece.id, "index": entry.key, "choice": choice, "k": k, "hits": out, "works": group_by_work(out),
                 "playable": any(h["links"] for h in out),
                 "note": None if any(h["links"] for h in out) else
                 "the index's MIDI files are not on this machine: start partita serve with --pieces FOLDER to play them"}
