@@ -537,6 +537,47 @@ def test_index_pieces_are_played_only_from_inside_their_folder(tmp_path):
             assert played.status_code == 200 and played.headers["content-type"].startswith("audio/")
 
 
+# ------------------------------------------------------------------ what the page draws
+def test_new_notes_are_those_the_parent_does_not_hold(client):
+    """A generated piece's new notes are read off the two files: a note of the parent moved a
+    little (a tokenizer's grid) is the parent's; a note the parent lacks is new."""
+    from symusic import Note
+
+    from partita.io import load
+
+    ex = client.app.state.explorer
+    parent = _upload(client, FIXTURES / "edge" / "chords.mid").json()
+    assert client.get(parent["links"]["notes"]).json()["new"] is None  # an upload: nothing is new
+    score = load(FIXTURES / "edge" / "chords.mid")
+    tpq, end = score.ticks_per_quarter, score.end()
+    track = score.tracks[0]
+    for n in track.notes:
+        n.time += 1  # a tick later: still the parent's note
+    added = [(end + i * tpq, 60 + i) for i in range(5)] + [(0, 127)]  # five after the end, one new pitch at the start
+    for t, pitch in added:
+        track.notes.append(Note(t, tpq, pitch, 90))
+    child = ex.store.add(score.dumps_midi(), score, "child.mid", kind="continuation", parent=parent["id"])
+    n = client.get(f"/api/pieces/{child.id}/notes").json()
+    flagged = sorted((round(o, 3), p) for o, p, f in zip(n["onset"], n["pitch"], n["new"]) if f)
+    assert len(flagged) == len(added) and {p for _, p in flagged} == {p for _, p in added}
+    assert len(n["bars"]) == child.bars + 1 and n["bars"][0] == 0 and n["bars"] == sorted(n["bars"])
+
+
+def test_similar_pieces_are_grouped_by_work_with_their_performers(client, fur_elise):
+    from partita.serve.core import performance
+
+    s = client.get(fur_elise["links"]["similar"], params={"k": 30, "index": "piano"}).json()
+    ranks = [r for w in s["works"] for r in w["hits"]]
+    assert sorted(ranks) == [h["rank"] for h in s["hits"]]  # every hit in exactly one work
+    assert len({(w["label"], w["title"]) for w in s["works"]}) == len(s["works"])
+    assert [w["rank"] for w in s["works"]] == sorted(w["rank"] for w in s["works"])  # in the order of their best hit
+    assert all(h["performer"] or h["score"] for h in s["hits"])  # ASAP: a pianist or the notated score
+    assert performance("Chopin/Etudes_op_10/1/MunA07M.mid", {"Chopin/Etudes_op_10/1/MunA07M.mid": 2015}) == \
+        {"performer": "MunA", "score": False, "year": 2015}
+    assert performance("Bach/Fugue/bwv_846/midi_score.mid", {})["score"] is True
+    assert performance("bach/bwv10.mid", {}, "corpus")["performer"] is None  # a corpus id is not a pianist
+
+
 # ------------------------------------------------------------------ concurrency and the queue
 def test_concurrent_uploads_and_model_calls():
     files = sorted((FIXTURES / "edge").glob("*.mid"))[:10] + [FUR_ELISE, POP]

@@ -379,22 +379,26 @@ class IndexEntry:
         return None
 
 
-#: An ASAP performance's file: the performer's name, a number, ``M`` (``Shi05M.mid``).
-_PERFORMANCE = re.compile(r"([A-Za-z][A-Za-z_\-]*?)_?(\d+)M\.midi?")
+#: An ASAP performance's file: the performer's name, then digits or _ (``Shi05M.mid``, ``Lisiecki02.mid``, ``Na_2006_02.mid``).
+_PERFORMANCE = re.compile(r"([A-Za-z][A-Za-z\-]*)[_0-9].*\.midi?")
+_YEAR_IN_NAME = re.compile(r"_((?:19|20)\d\d)(?:_|\d|M|\.)")  # Na_2006_02.mid, FALIKS02_2004.mid
 
 
 def performance(piece_id: str, years: dict, source: Optional[str] = "asap") -> dict:
     """``{"performer", "year"}`` of an index piece from its id, where the id says it: an ASAP
     performance is named after its pianist (``Chopin/Etudes_op_10/1/MunA07M.mid``: MunA), its
     notated score is ``midi_score.mid`` (performer None, ``score``: True); the year comes from
-    the data's own metadata (``years``), never guessed from the name."""
+    the data's own metadata (``years``) or a year the file's name holds (``Na_2006_02.mid``)."""
     name = piece_id.rsplit("/", 1)[-1]
     if source != "asap":
         return {"performer": None, "score": False, "year": years.get(piece_id)}
     if name.lower() in ("midi_score.mid", "midi_score.midi"):
         return {"performer": None, "score": True, "year": None}
     m = _PERFORMANCE.fullmatch(name)
-    return {"performer": m.group(1) if m else None, "score": False, "year": years.get(piece_id)}
+    year = years.get(piece_id)
+    if year is None and _YEAR_IN_NAME.search(name):
+        year = int(_YEAR_IN_NAME.search(name).group(1))
+    return {"performer": m.group(1) if m else None, "score": False, "year": year}
 
 
 def performance_years(roots: list) -> dict:
