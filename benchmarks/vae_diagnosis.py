@@ -3,8 +3,8 @@ accuracy by bar, and what the conductor passes on to the bars (hierarchical mode
 
     python benchmarks/vae_diagnosis.py BUNDLE --data CORPUS [-l LABEL ...] [--split test]
 
-Prints one block of numbers (not written to RESULTS.md; its "Latent melodies: diagnosis" section
-holds the shipped 16-bar model's, copied by hand).
+Prints one block of numbers and writes it to the "Latent melodies: diagnosis" section of
+benchmarks/RESULTS.md (``benchmarks/results.py``).
 """
 
 from __future__ import annotations
@@ -63,4 +63,18 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import contextlib
+    import io
+    import sys
+
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            main()
+    finally:
+        print(printed.getvalue(), end="")
+    from results import write_section  # benchmarks/results.py
+
+    write_section("Latent melodies: diagnosis (benchmarks/vae_diagnosis.py)",
+                  "python benchmarks/vae_diagnosis.py " + " ".join(sys.argv[1:]), "```\n" + printed.getvalue() + "```",
+                  "decoding z = 0 and another window's code: a decoder that ignores z scores the same as with its own code")
