@@ -123,6 +123,7 @@ def test_explorer_in_a_browser(tmp_path):
                 assert _painted(page, region) > 30, region
             whole = _view(page)
             assert "bars" in whole and "0:21" in whole
+            assert not page.is_visible("#zoom-new") and not page.is_visible("#continue-cancel")  # nothing new in an upload
             # Zoom and scroll: buttons, the scroll bar, the keyboard on the focused pianoroll.
             page.click("#zoom-in")
             zoomed = _view(page)
@@ -152,7 +153,7 @@ def test_explorer_in_a_browser(tmp_path):
             page.fill("input[name=seconds]", "2")
             page.click("#continue")
             page.wait_for_selector(".result a[download]", timeout=300_000)
-            assert "done: 1 continuation" in page.inner_text("#gen-status")
+            assert "done: 1 continuation" in page.inner_text("#gen-status") and not page.is_visible("#continue-cancel")
             with page.expect_download() as dl:
                 page.click(".result a[download]")
             target = tmp_path / dl.value.suggested_filename

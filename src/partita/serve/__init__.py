@@ -11,7 +11,10 @@ map, and continue it with the shipped transformer; every result can be downloade
 The page and its scripts ship in the package (``static/``) and load nothing from the network.
 The API is described at ``/api`` (and ``/openapi.json``). The server calls the library's own
 functions (``partita.io``, ``partita.search``, ``partita.generation``, ``partita.viz``), loads each
-model once, and runs model calls in a bounded queue off the event loop (``core.ModelQueue``).
+model once, and runs model calls off the event loop in two bounded queues (``core.ModelQueue``):
+the page's quick calls and generation. It answers only to its own host names, refuses requests
+from other origins, and needs a token on an address other machines reach (``app._Guard``);
+docs/serve.md is the user's manual.
 """
 
 from __future__ import annotations
