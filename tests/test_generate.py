@@ -697,10 +697,10 @@ class WrongInstrument(Scripted):
 
 
 def _new_programs(tok, s):
-    """Programs of the notes a sample added to its prompt."""
-    prompt = decode_safe(tok, s.ids[: s.prompt_length])[0]
-    n_prompt = {t.program: t.note_num() for t in prompt.tracks}
-    return {t.program for t in s.score.tracks if t.note_num() > n_prompt.get(t.program, 0)}
+    """Programs of the notes a sample added to its prompt (as the model wrote them)."""
+    from partita.edit import new_notes
+
+    return {t.program for t in new_notes(tok, s.ids, s.prompt_length).tracks if t.note_num()}
 
 
 def test_continuations_keep_the_prompts_instruments(tok, bundle):

@@ -20,7 +20,7 @@ LAYERS = {
     "data": 1,
     "represent": 2,
     "nn": 3, "models": 3, "bundle": 3, "pretrained": 3,
-    "search": 4, "generation": 4, "evaluate": 4, "viz": 4,
+    "search": 4, "generation": 4, "edit": 4, "evaluate": 4, "viz": 4,
     "train": 5,
     "demo": 6, "serve": 6,
     "": 6,  # partita/__init__.py: the Python API's front door (partita.load, partita.generate)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from partita.cli.common import console, progress_bar, write_json
+from partita.cli.common import console, err_console, progress_bar, write_json
 from partita.errors import PartitaError
 
 _TOKEN_FORMATS = ("npy", "txt")
@@ -17,8 +17,8 @@ def generate(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Bundle folder of a trained GPT (default: gpt-piano for a piano --prompt, else gpt-small)."),
     n: int = typer.Option(4, "-n", "--num-samples", help="How many pieces to sample."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder for sample-000.mid, sample-001.mid, ..."),
-    prompt: Optional[Path] = typer.Option(None, "--prompt", "-p", help="A MIDI file to continue from its end (the model reads as much of it as its window and memories hold)."),
-    prompt_bars: Optional[int] = typer.Option(None, "--prompt-bars", help="Keep the first N bars of the prompt (and continue from there)."),
+    prompt: Optional[Path] = typer.Option(None, "--prompt", "-p", help="A MIDI file to continue after its last note; the output is that file, every note, track and event kept, with the new notes added."),
+    prompt_bars: Optional[int] = typer.Option(None, "--prompt-bars", help="Keep the first N bars of the prompt, in its own metre (and continue from there)."),
     prompt_seconds: Optional[float] = typer.Option(None, "--prompt-seconds", help="Keep the first S seconds of the prompt."),
     prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="Keep the first N tokens of the prompt."),
     composer: Optional[str] = typer.Option(None, "--composer", "-c", help="Sample in the style of this label of the model's card (any letter case)."),
@@ -109,10 +109,13 @@ def generate(
             "bars": s.bars,
             "seconds": round(s.seconds, 3),
             "notes": s.notes,
+            "new_notes": s.new_notes,
+            "new_seconds": round(s.new_seconds, 3),
+            "prompt_end_seconds": round(s.prompt_end, 3),
             "stop": s.stop,
             "repaired_tokens": s.dropped,
             "token_file": None if tok_file is None else str(tok_file),
-            "error": None if s.ok else "no notes: the model wrote no note, nothing saved",
+            "error": None if s.ok else "no new notes: the model wrote no note" + (" after the prompt" if s.prompt_length > 1 else "") + ", nothing saved",
         })
         if copies is not None:
             match = copies.check(copies_tok, s.ids, s.prompt_length)
@@ -121,13 +124,14 @@ def generate(
 
     table = Table(title=f"Samples in {out}", title_justify="left")
     for col, justify in (("file", "left"), ("tokens", "right"), ("bars", "right"), ("seconds", "right"),
-                         ("notes", "right"), ("stop", "left")):
-        table.add_column(col, justify=justify)
+                         ("notes", "right"), ("new notes", "right"), ("new seconds", "right"), ("stop", "left")):
+        table.add_column(col, justify=justify, no_wrap=col == "file")
     if copies is not None:
         table.add_column("copied bars", justify="right")
     for r in rows:
-        name = Path(r["file"]).name if r["file"] else "(no notes, not written)"
-        cells = [name, f"{r['tokens']:,}", f"{r['bars']:,}", f"{r['seconds']:.1f}", f"{r['notes']:,}", r["stop"]]
+        name = Path(r["file"]).name if r["file"] else "(no new notes, not written)"
+        cells = [name, f"{r['tokens']:,}", f"{r['bars']:,}", f"{r['seconds']:.1f}", f"{r['notes']:,}",
+                 f"{r['new_notes']:,}", f"{r['new_seconds']:.1f}", r["stop"]]
         if copies is not None:
             cells.append(f"{r['copied_bars']}" + (" COPY" if r["copy_flag"] else ""))
         table.add_row(*cells)
@@ -141,7 +145,10 @@ def generate(
         console.print(f"copy check: {len(flagged)} of {len(rows)} sample(s) repeat more than {max_copied_bars} bars of a "
                       f"training piece ({len(copies):,} pieces in {Path(str(copies.path)).name}'s copy index)")
     written = sum(1 for r in rows if r["file"])
-    console.print(f"wrote {written} MIDI file(s) to {out}" + (f"; {len(rows) - written} sample(s) had no notes" if written < len(rows) else ""))
+    for k, r in enumerate(rows):
+        if r["error"]:
+            err_console.print(f"sample {k}: {r['error']}", markup=False, highlight=False)
+    console.print(f"wrote {written} MIDI file(s) to {out}" + (f"; {len(rows) - written} sample(s) had no new notes" if written < len(rows) else ""))
     write_json(json_path, {
         "model": str(model),
         "out": str(out),

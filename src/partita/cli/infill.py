@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from partita.cli.common import console, progress_bar, write_json
+from partita.cli.common import console, err_console, progress_bar, write_json
 from partita.errors import PartitaError
 
 
@@ -46,10 +46,17 @@ def infill(
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in results:
-        path = save(r.score, out / f"{file.stem}-infill-{r.index:03d}.mid")
-        rows.append({"file": str(path), "bars": list(r.bars), "ticks": list(r.ticks), "tokens": int(len(r.middle)),
-                     "notes_removed": r.notes_removed, "notes_added": r.notes_added, "stop": r.stop,
-                     "candidates": r.candidates, "suffix_bits": r.suffix_bits})
-        console.print(f"{path}: bars {r.bars[0]}-{r.bars[1]} regenerated ({r.notes_removed} notes replaced by "
-                      f"{r.notes_added}, {len(r.middle)} tokens)", markup=False, highlight=False)
+        path = None
+        if r.notes_added:  # a span the model left empty is reported, not written as a file with a hole
+            path = save(r.score, out / f"{file.stem}-infill-{r.index:03d}.mid")
+        rows.append({"file": None if path is None else str(path), "bars": list(r.bars), "ticks": list(r.ticks),
+                     "tokens": int(len(r.middle)), "notes_removed": r.notes_removed, "notes_added": r.notes_added,
+                     "new_notes": r.notes_added, "stop": r.stop, "candidates": r.candidates, "suffix_bits": r.suffix_bits,
+                     "error": None if r.notes_added else "no new notes: the model wrote no note in the span, nothing saved"})
+        if path is None:
+            err_console.print(f"version {r.index}: bars {r.bars[0]}-{r.bars[1]}: the model wrote no note in the span "
+                              f"({r.notes_removed} notes there in the file); nothing saved", markup=False, highlight=False)
+            continue
+        console.print(f"{path}: bars {r.bars[0]}-{r.bars[1]} regenerated ({r.notes_removed} notes of the span replaced by "
+                      f"{r.notes_added} new notes, {len(r.middle)} tokens)", markup=False, highlight=False)
     write_json(json_path, {"file": str(file), "model": None if model is None else str(model), "samples": rows})

@@ -15,19 +15,24 @@ Prompts (at most one source of music, optionally a composer):
 * ``prompt=``: a MIDI file (path or bytes), a ``symusic.Score``, or token ids of the model's
   tokenizer (used as they are; normally starting with BOS);
 * ``chords=`` / ``scale=`` / ``motif=``: text read by ``partita.io.prompts.parse_prompt``;
-* ``prompt_bars`` / ``prompt_seconds`` / ``prompt_tokens``: keep only the first bars (counted
-  with ``token_timing`` on the encoded prompt), seconds (the score clipped at that time: notes that
-  start before it keep their whole duration) or tokens of the prompt;
+* ``prompt_bars`` / ``prompt_seconds`` / ``prompt_tokens``: keep only the first bars (in the
+  file's own metre, ``partita.io.timing.bar_starts``), seconds (through its tempo map) or tokens
+  of the prompt; notes that start before the cut keep their whole duration;
 * ``composer=``: a label name of the bundle's card (``card["labels"]``), matched ignoring case
   (or a label index).
 
-A prompt score is encoded with the bundle's tokenizer, framed with BOS and without its EOS, so the
-model continues it. Every output is the prompt followed by the continuation.
+A music prompt is read as ``partita.edit.prompt_view`` says (sustain pedal applied as in
+training, nothing past its last note), encoded with the bundle's tokenizer, framed with BOS and
+without its EOS, so the model continues it after its last note. The output of a music prompt is
+the user's own score (cut where the prompt was cut) with the new notes added by
+``partita.edit.splice``: every original note, track and meta event as it was, in ticks; the
+new notes at the beats the model wrote them on, in the prompt's tracks (``partita.edit.TRACK_RULE``).
+A token-id prompt or no prompt gives the decoded tokens.
 
 Outputs are decoded with ``decode_safe`` (``partita.generation.sampling``): whatever the model
 sampled, the result is a score that writes to a MIDI file partita reads back. A sample in which
-the model wrote no note at all gives a score without notes: ``Sample.ok`` is False, and
-``partita generate`` reports it in its table instead of writing an empty file.
+the model wrote no new note: ``Sample.ok`` is False, ``Sample.new_notes`` is 0, and
+``partita generate`` reports it (stderr, its table and JSON) instead of writing a file.
 
 ``partita.generation`` is both this package and its ``generate`` function: calling the module calls
 the function.
@@ -90,10 +95,13 @@ class Sample:
     stop: str  # "eos" | "tokens" | "bars" | "seconds"
     notes: int
     seconds: float  # length of the score to its last note-off
-    bars: int  # bars of the whole piece (token_timing), 0 when it has no token
+    bars: int  # bars of the whole piece in its own metre (partita.io.timing), 0 without notes
     dropped: int  # base tokens the repair removed before decoding
     index: int = 0
     meta: dict = field(default_factory=dict)
+    new_notes: int = 0  # notes the model wrote (the prompt's not counted)
+    new_seconds: float = 0.0  # seconds from the prompt's end to the last new note-off (0 without new notes)
+    prompt_end: float = 0.0  # where the prompt ends in ``score``, seconds (0 without a prompt)
 
     @property
     def new_tokens(self) -> int:
@@ -101,8 +109,9 @@ class Sample:
 
     @property
     def ok(self) -> bool:
-        """True when the sample has notes (it then loads with ``partita.io.load``)."""
-        return self.notes > 0
+        """True when the model wrote at least one new note (a continuation that adds nothing is
+        not a result: ``partita generate`` says so instead of writing the prompt back)."""
+        return self.new_notes > 0
 
 
 # --------------------------------------------------------------------------- model, labels
@@ -181,27 +190,24 @@ def resolve_label(composer: Any, labels: Sequence[str], n_labels: int) -> Option
 # --------------------------------------------------------------------------- prompts
 
 
-def _tick_at_seconds(score: Score, seconds: float) -> int:
-    """The tick at ``seconds`` from the start, following the tempo map (120 qpm before any tempo)."""
-    tpq = score.ticks_per_quarter
-    tick, elapsed, qpm = 0, 0.0, 120.0
-    for t in sorted(score.tempos, key=lambda t: t.time):
-        if t.time > tick:
-            span = (t.time - tick) * 60.0 / (qpm * tpq)
-            if elapsed + span >= seconds:
-                break
-            elapsed += span
-            tick = t.time
-        qpm = float(t.qpm)
-    return int(round(tick + (seconds - elapsed) * qpm * tpq / 60.0))
-
-
 def _is_ids(prompt: Any) -> bool:
     if hasattr(prompt, "detach") and hasattr(prompt, "dim"):  # a torch tensor
         return True
     if isinstance(prompt, np.ndarray):
         return True
     return isinstance(prompt, (list, tuple)) and all(isinstance(x, (int, np.integer)) for x in prompt)
+
+
+@dataclass
+class _Prompt:
+    """A prompt as generation uses it: the model's ``ids``, and for music (a file, a score, a
+    chord/scale/motif text) the user's ``score`` cut where the prompt ends (the output's base),
+    the model's ``view`` of it and the tick ``end`` where new music starts (``partita.edit``)."""
+
+    ids: np.ndarray
+    score: Optional[Score] = None
+    view: Optional[Score] = None
+    end: int = 0
 
 
 def build_prompt(
@@ -216,9 +222,26 @@ def build_prompt(
     prompt_tokens: Optional[int] = None,
 ) -> np.ndarray:
     """The prompt's song token ids (``[BOS, ...]`` without EOS) for ``sample`` (module doc)."""
+    return _read_prompt(tokenizer, prompt, chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars,
+                        prompt_seconds=prompt_seconds, prompt_tokens=prompt_tokens).ids
+
+
+def _read_prompt(
+    tokenizer: Any,
+    prompt: Any = None,
+    *,
+    chords: Optional[str] = None,
+    scale: Optional[str] = None,
+    motif: Optional[str] = None,
+    prompt_bars: Optional[int] = None,
+    prompt_seconds: Optional[float] = None,
+    prompt_tokens: Optional[int] = None,
+) -> _Prompt:
+    from partita.edit import cut, last_onset, prompt_view, to_ticks
     from partita.io.midi import load
     from partita.io.prompts import parse_prompt
-    from partita.represent.tokens import encode, special_id, token_timing
+    from partita.io.timing import bar_starts, ticks_at
+    from partita.represent.tokens import decode, encode, special_id, token_timing
 
     given = [name for name, v in (("prompt", prompt), ("chords", chords), ("scale", scale), ("motif", motif))
              if v is not None]
@@ -232,7 +255,7 @@ def build_prompt(
     if not given:
         if crops:
             raise PartitaError(f"{crops[0]} crops a prompt, but no prompt was given")
-        return np.array([bos], np.int64)
+        return _Prompt(np.array([bos], np.int64))
     for name, value in (("prompt_bars", prompt_bars), ("prompt_tokens", prompt_tokens)):
         if value is not None and (int(value) != value or int(value) < 1):
             raise PartitaError(f"{name} must be a whole number >= 1, got {value}")
@@ -257,7 +280,7 @@ def build_prompt(
         if prompt_tokens is not None:
             start = 1 if ids.size and ids[0] == bos else 0
             ids = ids[: start + int(prompt_tokens)]
-        return ids
+        return _Prompt(ids)
     elif isinstance(prompt, _SCORE_TYPES):
         score = prompt if isinstance(prompt, symusic.core.ScoreTick) else prompt.to("tick")
     elif isinstance(prompt, (str, os.PathLike, bytes, bytearray)):
@@ -267,19 +290,29 @@ def build_prompt(
     else:
         raise PartitaError(f"a prompt is a MIDI file, a symusic Score or token ids, not {type(prompt).__name__}")
 
+    at = None  # where the user's file is cut (its own ticks): the end of its first seconds or bars
     if prompt_seconds is not None:
-        score = score.clip(0, max(_tick_at_seconds(score, float(prompt_seconds)), 1), clip_end=False)
-    if score.note_num() == 0:
-        raise PartitaError(f"{what}: no notes to continue" + (" in that many seconds" if prompt_seconds else ""))
-    ids = encode(tokenizer, score, bos_eos=True)[:-1]  # drop EOS: the model continues the piece
-    if prompt_bars is not None:
-        ids = ids[token_timing(tokenizer, ids)[0] < int(prompt_bars)]
-    if prompt_tokens is not None:
+        at = max(int(ticks_at(score, float(prompt_seconds))), 1)
+    elif prompt_bars is not None:
+        at = int(bar_starts(score, 0, bars=int(prompt_bars))[int(prompt_bars)])
+    view = prompt_view(score, at)
+    if view.note_num() == 0:
+        raise PartitaError(f"{what}: no notes to continue" + (" in that many seconds" if prompt_seconds else "")
+                           + (" in that many bars" if prompt_bars else ""))
+    ids = encode(tokenizer, view, bos_eos=True)[:-1]  # drop EOS: the model continues the piece
+    if prompt_tokens is not None and len(ids) > 1 + int(prompt_tokens):
         ids = ids[: 1 + int(prompt_tokens)]
+        kept = decode(tokenizer, ids)  # the file is cut just after the last note the kept tokens hold
+        if kept.note_num() == 0:
+            raise PartitaError(f"{what}: the first {prompt_tokens} tokens hold no note to continue")
+        at = int(to_ticks(last_onset(kept) + 1, int(kept.ticks_per_quarter), int(score.ticks_per_quarter)))
+        view = prompt_view(score, at)
     special = _special_mask(tokenizer)
     if not (~special[ids]).any():
         raise PartitaError(f"{what}: nothing in it that the model's tokenizer can represent (notes out of range?)")
-    return ids
+    base = cut(score, at)
+    end = last_onset(base) if at is None else at
+    return _Prompt(ids, base, view, int(end))
 
 
 def _special_mask(tokenizer: Any) -> np.ndarray:
@@ -291,16 +324,16 @@ def _special_mask(tokenizer: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- generation
 
 
-def _bars_of(tokenizer: Any, ids: np.ndarray) -> int:
-    from partita.represent.tokens import token_timing
+def _bars_of(score: Score) -> int:
+    """Bars of ``score`` in its own metre, to its last note-off (0 without notes)."""
+    from partita.io.timing import bar_of, bar_starts
 
-    music = ids[~_special_mask(tokenizer)[ids]] if len(ids) else ids
-    if len(music) == 0:
+    from partita.io.midi import last_note_off
+
+    if score.note_num() == 0:
         return 0
-    try:
-        return int(token_timing(tokenizer, music)[0].max()) + 1
-    except PartitaError:
-        return 0
+    end = last_note_off(score)
+    return int(bar_of(bar_starts(score, end), max(end - 1, 0))) + 1
 
 
 def generate_samples(
@@ -327,25 +360,46 @@ def generate_samples(
     ``config``: a ``SamplingConfig`` (``partita generate`` builds one); ``options`` change its
     fields (``temperature=0.9, bars=8``...). With ``programs="auto"`` (the default) a
     continuation keeps the instruments of its prompt; a chord, scale or motif prompt is piano.
+    A music prompt holds the model to its metre (``time_signatures``, unless given).
     """
-    from partita.io.midi import duration_seconds
+    from partita.edit import new_notes, splice, to_ticks
+    from partita.io.midi import duration_seconds, last_note_off
+    from partita.io.timing import metres, seconds_at
 
     cfg = (config or SamplingConfig()).replace(**options)
     model, tokenizer, labels = resolve_model(model, tokenizer=tokenizer, labels=labels, device=device, prompt=prompt)
     label = resolve_label(composer, labels, int(getattr(model.config, "n_labels", 0)))
-    ids = build_prompt(tokenizer, prompt, chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars,
-                       prompt_seconds=prompt_seconds, prompt_tokens=prompt_tokens)
+    read = _read_prompt(tokenizer, prompt, chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars,
+                        prompt_seconds=prompt_seconds, prompt_tokens=prompt_tokens)
     if cfg.programs == "auto" and any(v is not None for v in (chords, scale, motif)):
         cfg = cfg.replace(programs=(0,))  # structure prompts are piano
-    raw = sample(model, tokenizer, prompts=[ids], n=n, config=cfg, label=label, progress=progress,
+    if read.view is not None and cfg.time_signatures is None:  # the file's metre as the tokenizer writes it
+        cfg = cfg.replace(time_signatures=metres(decode_safe(tokenizer, read.ids)[0]))
+    raw = sample(model, tokenizer, prompts=[read.ids], n=n, config=cfg, label=label, progress=progress,
                  return_details=True)
     out = []
     for i, r in enumerate(raw):
-        score, dropped = decode_safe(tokenizer, r.ids)
+        added = new_notes(tokenizer, r.ids, r.prompt_length)
+        if read.score is not None:  # the user's music with the new notes added (partita.edit)
+            spliced = splice(read.score, added)
+            score, n_new, dropped = spliced.score, spliced.added, 0
+            end = read.end
+        else:
+            score, dropped = decode_safe(tokenizer, r.ids)
+            n_new = int(added.note_num())
+            prompt_part, _ = decode_safe(tokenizer, r.ids[: r.prompt_length])
+            end = last_note_off(prompt_part)
+            scale_ = int(score.ticks_per_quarter) / int(prompt_part.ticks_per_quarter)
+            end = int(round(end * scale_))
+        prompt_end = float(seconds_at(score, [end])[0]) if end > 0 else 0.0
+        total = duration_seconds(score)
+        new_end = int(to_ticks(last_note_off(added), int(added.ticks_per_quarter), int(score.ticks_per_quarter))) if n_new else 0
+        new_seconds = max(0.0, float(seconds_at(score, [new_end])[0]) - prompt_end) if n_new else 0.0
         out.append(Sample(
             score=score, ids=r.ids, prompt_length=r.prompt_length, stop=r.stop, notes=int(score.note_num()),
-            seconds=duration_seconds(score), bars=_bars_of(tokenizer, r.ids), dropped=dropped, index=i,
+            seconds=total, bars=_bars_of(score), dropped=dropped, index=i,
             meta={"label": None if label is None else (labels[label] if label < len(labels) else label)},
+            new_notes=n_new, new_seconds=new_seconds, prompt_end=prompt_end,
         ))
     return out
 

@@ -15,11 +15,15 @@ prefix is read window by window into the memories (as much as they hold), the la
 the markers, the suffix (at most ``SUFFIX_TOKENS`` of it) and the end of the prefix, and leaves
 room for the middle.
 
-The output is the input score with the notes that start in the span removed and the new
-middle's notes added (ticks rescaled from the tokenizer's resolution to the file's); every note
-outside the span is kept exactly. ``seconds=(a, b)`` selects the bars that the time range
-touches (whole bars are regenerated: the model writes bars). Bars are the tokenizer's (its time
-signatures, 4/4 when the file has none), mapped back to the file's ticks.
+Bars are the file's own, counted in its time signatures (``partita.io.timing.bar_starts``; 4/4
+before the first); ``seconds=(a, b)`` selects the bars that the time range touches (whole bars
+are regenerated: the model writes bars). The model reads the file as ``partita.edit.prompt_view``
+says, regenerates the bars of its own view that cover the span, and is held to the file's metre
+(``SamplingConfig.time_signatures``). The output is the user's score with the notes that start
+in the span removed and the new notes that start in it added (``partita.edit.splice``: same
+beats, the tracks by ``TRACK_RULE``): no new note starts outside the span, every note that starts
+outside it and every meta event is kept exactly, and ``notes_removed``/``notes_added`` count the
+span's notes only.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from symusic import Score
 from partita.errors import PartitaError
 from partita.generation.sampling import FillPrompt, SamplingConfig, decode_safe, sample
 
-__all__ = ["Infilled", "SUFFIX_TOKENS", "bar_starts", "fill_layout", "infill", "parse_span", "suffix_bits"]
+__all__ = ["Infilled", "SUFFIX_TOKENS", "fill_layout", "infill", "parse_span", "suffix_bits"]
 
 #: At most this many suffix tokens are shown to the model (about 4-8 bars of piano music).
 SUFFIX_TOKENS = 160
@@ -79,28 +83,6 @@ def parse_span(text: Any, what: str) -> tuple[float, float]:
     if b < a or (what == "seconds" and b == a):
         raise PartitaError(f"--{what} {text!r}: the range ends before it starts")
     return a, b
-
-
-def bar_starts(score: Score, n_bars: int = 0, *, until: int = -1) -> np.ndarray:
-    """Tick of the start of bars ``0..n_bars`` (and on until one starts after tick ``until``) from
-    the score's time signatures (4/4 before the first, as the tokenizer counts them)."""
-    tpq = int(score.ticks_per_quarter)
-    sigs = sorted(((int(t.time), int(t.numerator), int(t.denominator)) for t in score.time_signatures))
-    if not sigs or sigs[0][0] > 0:
-        sigs.insert(0, (0, 4, 4))
-    starts = [0]
-    k = 0
-    while len(starts) <= n_bars or starts[-1] <= until:
-        tick = starts[-1]
-        while k + 1 < len(sigs) and sigs[k + 1][0] <= tick:
-            k += 1
-        _, num, den = sigs[k]
-        starts.append(tick + max(tpq * 4 * num // den, 1))
-    return np.asarray(starts, np.int64)
-
-
-def _bar_of(starts: np.ndarray, ticks: np.ndarray) -> np.ndarray:
-    return np.searchsorted(starts, ticks, side="right") - 1
 
 
 def fill_layout(model: Any, tokenizer: Any, ids: np.ndarray, first_bar: int, end_bar: int,
@@ -164,22 +146,24 @@ def _eos(tokenizer: Any) -> int:
     return special_id(tokenizer, "EOS")
 
 
-def _span_bars(score: Score, ref: Score, bars: Any, seconds: Any) -> tuple[int, int]:
-    """0-based ``[first, end)`` bars from ``bars=(9, 12)`` (1-based, inclusive) or seconds (bars
-    as the tokenizer counts them: those of ``ref``, the score decoded from the tokens)."""
+def _span_ticks(score: Score, bars: Any, seconds: Any) -> tuple[int, int, int, int]:
+    """``(first, end, t0, t1)``: the 0-based bars ``[first, end)`` of the file (in its own metre,
+    ``partita.io.timing.bar_starts``) from ``bars=(9, 12)`` (1-based, inclusive) or the bars the
+    time range ``seconds`` touches, and their ticks ``[t0, t1)``."""
+    from partita.io.timing import bar_of, bar_starts, ticks_at
+
     if (bars is None) == (seconds is None):
         raise PartitaError("give the span to regenerate as --bars A-B or --seconds A-B (one of them)")
     if bars is not None:
         a, b = parse_span(bars, "bars")
-        return int(a) - 1, int(b)
-    from partita.generation import _tick_at_seconds
-
-    a, b = parse_span(seconds, "seconds")
-    scale = int(ref.ticks_per_quarter) / int(score.ticks_per_quarter)
-    t0, t1 = _tick_at_seconds(score, a) * scale, _tick_at_seconds(score, b) * scale
-    starts = bar_starts(ref, until=int(t1))
-    first, last = int(_bar_of(starts, np.array([t0]))[0]), int(_bar_of(starts, np.array([max(t1 - 1, t0)]))[0])
-    return first, last + 1
+        first, end = int(a) - 1, int(b)
+    else:
+        a, b = parse_span(seconds, "seconds")
+        t0, t1 = (int(x) for x in ticks_at(score, [a, b]))
+        starts = bar_starts(score, t1)
+        first, end = int(bar_of(starts, t0)), int(bar_of(starts, max(t1 - 1, t0))) + 1
+    starts = bar_starts(score, 0, bars=end)
+    return first, end, int(starts[first]), int(starts[end])
 
 
 def infill(
@@ -209,8 +193,10 @@ def infill(
     not taught the model to (version ``i`` with ``k=1`` is candidate 0 of its group). A model
     trained without fill-in-the-middle tokens is a one-line error.
     """
+    from partita.edit import new_notes, prompt_view, splice, to_ticks
     from partita.generation import resolve_label, resolve_model
-    from partita.io.midi import load
+    from partita.io.midi import last_note_off, load
+    from partita.io.timing import bar_of, bar_starts, metres
     from partita.represent.tokens import encode
 
     if midi is None:
@@ -230,16 +216,26 @@ def infill(
         score = midi if isinstance(midi, symusic.core.ScoreTick) else midi.to("tick")
     else:
         raise PartitaError(f"infill fills a MIDI file or a symusic Score, not {type(midi).__name__}")
-    ids = encode(tokenizer, score, bos_eos=True)
+    first, end, t0, t1 = _span_ticks(score, bars, seconds)
+    if last_note_off(score) <= t0:
+        raise PartitaError(f"bars {first + 1}-{end}: the file has {_bars_in(score)} bars")
+    view = prompt_view(score)
+    ids = encode(tokenizer, view, bos_eos=True)
     ref, _ = decode_safe(tokenizer, ids)  # the piece as the tokenizer sees it: its bars
-    first, end = _span_bars(score, ref, bars, seconds)
-    prompt, _ = fill_layout(model, tokenizer, ids, first, end)
+    rt = int(ref.ticks_per_quarter)
+    m0, m1 = (int(x) for x in to_ticks([t0, t1], int(score.ticks_per_quarter), rt))
+    ref_starts = bar_starts(ref, m1)
+    # the model's bars covering the file's span (the same bars when the tokenizer keeps the metre)
+    m_first, m_end = int(bar_of(ref_starts, m0)), int(bar_of(ref_starts, max(m1 - 1, m0))) + 1
+    prompt, _ = fill_layout(model, tokenizer, ids, m_first, m_end)
 
     k = int(candidates)
     if k < 1:
         raise PartitaError(f"candidates must be >= 1, got {candidates}")
     cfg = (config or SamplingConfig()).replace(**options)
-    cfg = cfg.replace(bars=end - first, seconds=None, prompt_read=None, allow_early_end=False)
+    cfg = cfg.replace(bars=m_end - m_first, seconds=None, prompt_read=None, allow_early_end=False)
+    if cfg.time_signatures is None:
+        cfg = cfg.replace(time_signatures=metres(ref))  # the file's metre as the tokenizer writes it
     raw = sample(model, tokenizer, prompts=[prompt], n=n * k, config=cfg, label=label, progress=progress,
                  return_details=True)
     bits: list[Optional[float]] = [None] * len(raw)
@@ -248,21 +244,24 @@ def infill(
         best = [min(range(g * k, (g + 1) * k), key=lambda j: bits[j]) for g in range(n)]
         raw, bits = [raw[j] for j in best], [bits[j] for j in best]
 
-    starts = bar_starts(ref, end + 1) * (int(score.ticks_per_quarter) / int(ref.ticks_per_quarter))
-    t0, t1 = int(round(starts[first])), int(round(starts[end]))
     kept, removed = _without_span(score, t0, t1)
     out = []
     for i, r in enumerate(raw):
         middle = r.new_ids
-        piece, _ = decode_safe(tokenizer, np.concatenate([prompt.prefix, middle]))
-        added = _span_notes(piece, first, end, int(score.ticks_per_quarter))
-        result = kept.copy()
-        for track, notes in added.items():
-            _add_notes(result, track, notes)
-        out.append(Infilled(score=result, bars=(first + 1, end), ticks=(t0, t1), middle=middle,
-                            notes_removed=removed, notes_added=sum(len(v["time"]) for v in added.values()), stop=r.stop,
+        added = new_notes(tokenizer, np.concatenate([prompt.prefix, middle]), len(prompt.prefix))
+        spliced = splice(kept, added, start=t0, end=t1)  # nothing starts outside the span
+        out.append(Infilled(score=spliced.score, bars=(first + 1, end), ticks=(t0, t1), middle=middle,
+                            notes_removed=removed, notes_added=spliced.added, stop=r.stop,
                             index=i, candidates=k, suffix_bits=bits[i]))
     return out
+
+
+def _bars_in(score: Score) -> int:
+    from partita.io.midi import last_note_off
+    from partita.io.timing import bar_of, bar_starts
+
+    end = last_note_off(score)
+    return int(bar_of(bar_starts(score, end), max(end - 1, 0))) + 1
 
 
 def suffix_bits(model: Any, tokenizer: Any, prefix: np.ndarray, middle: np.ndarray, suffix: np.ndarray,
@@ -315,36 +314,3 @@ def _without_span(score: Score, t0: int, t1: int) -> tuple[Score, int]:
         removed += int((~keep).sum())
         track.notes = symusic.Note.from_numpy(**{k: v[keep] for k, v in notes.items()})
     return out, removed
-
-
-def _span_notes(piece: Score, first: int, end: int, tpq: int) -> dict:
-    """Notes of ``piece`` (decoded in the tokenizer's ticks) that start in bars ``[first, end)``,
-    in ticks of resolution ``tpq``, by (program, is_drum)."""
-    starts = bar_starts(piece, end + 1)
-    t0, t1 = int(starts[first]), int(starts[end])
-    scale = tpq / int(piece.ticks_per_quarter)
-    out: dict = {}
-    for track in piece.tracks:
-        notes = track.notes.numpy()
-        keep = (notes["time"] >= t0) & (notes["time"] < t1)
-        if not keep.any():
-            continue
-        sel = {k: v[keep] for k, v in notes.items()}
-        sel["time"] = np.round(sel["time"] * scale).astype(sel["time"].dtype)
-        sel["duration"] = np.maximum(np.round(sel["duration"] * scale), 1).astype(sel["duration"].dtype)
-        out.setdefault((int(track.program), bool(track.is_drum)), []).append(sel)
-    return {k: {f: np.concatenate([s[f] for s in v]) for f in v[0]} for k, v in out.items()}
-
-
-def _add_notes(score: Score, key: tuple[int, bool], notes: dict) -> None:
-    """Add ``notes`` to the first track of ``score`` with that program (a new track if none)."""
-    program, drum = key
-    track = next((t for t in score.tracks if int(t.program) == program and bool(t.is_drum) == drum), None)
-    if track is None:
-        track = symusic.core.TrackTick(name="infill", program=program, is_drum=drum)
-        score.tracks.append(track)
-        track = score.tracks[-1]
-    old = track.notes.numpy()
-    merged = {k: np.concatenate([old[k], notes[k].astype(old[k].dtype)]) for k in old}
-    order = np.argsort(merged["time"], kind="stable")
-    track.notes = symusic.Note.from_numpy(**{k: v[order] for k, v in merged.items()})

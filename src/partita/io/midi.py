@@ -298,9 +298,23 @@ def pitched(notes: np.ndarray, *, require: tuple[str, ...] = ("onset", "duration
     return notes[np.lexsort((notes["pitch"], notes["onset"]))] if sort else notes
 
 
+def last_note_off(score: Score) -> int:
+    """The tick (in ``score``'s unit) where its last note ends; 0 without notes. Meta events
+    (tempo, metre, markers) and pedals after it do not count: they are not music."""
+    ends = [int((n["time"] + n["duration"]).max()) for n in (t.notes.numpy() for t in score.tracks) if len(n["time"])]
+    return max(ends) if ends else 0
+
+
 def duration_seconds(score: Score) -> float:
-    """Length of the score from time 0 to its last note-off, in seconds."""
-    return float(score.to("second").end()) if score.note_num() else 0.0
+    """Length of the score from time 0 to its last note-off, in seconds (``partita.io.timing``)."""
+    if score.note_num() == 0:
+        return 0.0
+    if score.ttype == symusic.TimeUnit.second:
+        return float(last_note_off(score))
+    from partita.io.timing import seconds_at
+
+    tick = score if score.ttype == symusic.TimeUnit.tick else score.to("tick")
+    return float(seconds_at(tick, [last_note_off(tick)])[0])
 
 
 #: General MIDI programs of the piano family (acoustic grand to clavinet).
