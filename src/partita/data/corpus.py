@@ -62,16 +62,10 @@ def _offsets(counts) -> np.ndarray:
 
 
 def ticks_to_seconds(ticks: np.ndarray, tempos: np.ndarray, tpq: int) -> np.ndarray:
-    """Seconds at each tick under a tempo map (120 qpm before the first change), vectorised."""
-    ticks = np.asarray(ticks, dtype=np.float64)
-    if len(tempos) == 0 or tempos["tick"][0] > 0:
-        tempos = np.concatenate([np.array([(0, 500000)], TEMPO_DTYPE), tempos])
-    t = tempos["tick"].astype(np.float64)
-    sec_per_tick = tempos["mspq"].astype(np.float64) / 1e6 / tpq
-    start_sec = np.concatenate([[0.0], np.cumsum(np.diff(t) * sec_per_tick[:-1])])
-    k = np.searchsorted(t, ticks, side="right") - 1
-    k = np.maximum(k, 0)
-    return start_sec[k] + (ticks - t[k]) * sec_per_tick[k]
+    """Seconds at each tick under a tempo map (``TEMPO_DTYPE`` rows; ``partita.io.timing``)."""
+    from partita.io.timing import ticks_to_seconds as convert
+
+    return convert(ticks, tempos["tick"], tempos["mspq"], tpq)
 
 
 class Corpus:

@@ -965,8 +965,7 @@ class Explorer:
             job.state, job.error = "error", {"error": "internal", "message": f"internal error ({type(e).__name__}); see the server's log"}
 
     def _continue(self, progress, piece: Piece, model: Path, config, n: int, prompt_seconds) -> list:
-        from partita.generation import decode_safe, generate_samples
-        from partita.io import duration_seconds
+        from partita.generation import generate_samples
 
         # Sampling keeps its state (KV cache, memories) in objects of its own, not in the model,
         # so continuations of one model run side by side in the queue's threads.
@@ -979,8 +978,7 @@ class Explorer:
             if not s.ok:
                 out.append(None)
                 continue
-            # Where the prompt ends in the new piece's own timeline (the prompt as the tokenizer wrote it).
-            prompt_end = duration_seconds(decode_safe(bundle.tokenizer, s.ids[: s.prompt_length])[0])
+            prompt_end = s.prompt_end  # where the prompt ends in the new piece: the user's file, new notes added
             out.append((s.score, f"{stem}-continued-{s.index + 1}.mid",
                         {"stop": s.stop, "new_tokens": s.new_tokens, "prompt_end": round(prompt_end, 3)},
                         max(0.0, prompt_end - 5.0)))

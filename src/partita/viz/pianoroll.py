@@ -72,28 +72,13 @@ def program_name(program: int, is_drum: bool = False) -> str:
 
 
 def bar_ticks(score) -> np.ndarray:
-    """Tick of every bar start from 0 to the score's end, following its time signatures.
+    """Tick of every bar start from 0 to the score's end: the file's bar grid
+    (``partita.io.timing.bar_starts``: its time signatures, 4/4 when there is none)."""
+    from partita.io.timing import bar_starts
 
-    A bar of ``n/d`` lasts ``n * 4/d`` quarter notes. A time signature that changes in the middle
-    of a bar starts a new bar there (as notation programs do). 4/4 when there is none.
-    """
-    tpq = score.tpq
     end = max(int(score.end()), 1)
-    ts = score.time_signatures.numpy() if len(score.time_signatures) else None
-    if ts is None or len(ts["time"]) == 0:
-        times, nums, dens = np.array([0]), np.array([4]), np.array([4])
-    else:
-        order = np.argsort(ts["time"], kind="stable")
-        times, nums, dens = ts["time"][order].astype(np.int64), ts["numerator"][order], ts["denominator"][order]
-        if times[0] > 0:
-            times, nums, dens = np.r_[0, times], np.r_[4, nums], np.r_[4, dens]
-    bars = []
-    for k in range(len(times)):
-        seg_end = times[k + 1] if k + 1 < len(times) else end
-        length = max(int(round(int(nums[k]) * 4 * tpq / max(int(dens[k]), 1))), 1)
-        bars.append(np.arange(times[k], max(seg_end, times[k] + 1), length))
-    out = np.unique(np.concatenate(bars))
-    return out[out <= end]
+    starts = bar_starts(score, end)
+    return starts[starts <= end]
 
 
 def _as_score(x):
@@ -105,12 +90,9 @@ def _as_score(x):
 def _to_unit(ticks: np.ndarray, score, unit: str) -> np.ndarray:
     if unit == "beat":
         return np.asarray(ticks, np.float64) / score.tpq
-    from partita.data.corpus import TEMPO_DTYPE, ticks_to_seconds
+    from partita.io.timing import seconds_at
 
-    t = score.tempos.numpy()
-    tempos = np.zeros(len(t["time"]), TEMPO_DTYPE)
-    tempos["tick"], tempos["mspq"] = t["time"], t["mspq"]
-    return ticks_to_seconds(np.asarray(ticks), tempos[np.argsort(tempos["tick"], kind="stable")], score.tpq)
+    return seconds_at(score, np.asarray(ticks))
 
 
 def plot_pianoroll(
