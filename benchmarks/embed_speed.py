@@ -144,6 +144,16 @@ def scale(source: Path, sizes: list[int], work: Path) -> None:
         rows.append((n, wall, rss, report["added"], len(report["failures"])))
         print(f"{n:7,d} files: {wall:7.1f} s  {n / wall:7.1f} files/s  peak {rss:6.0f} MiB  "
               f"(added {report['added']:,}, skipped {len(report['failures'])}; {report['choice']['reason']})", flush=True)
+    # The peer, in the same run: the same 300 files through siavit-small, the model embed used before.
+    n0 = sizes[0]
+    peer_index = work / f"index-{n0}-siavit"
+    shutil.rmtree(peer_index, ignore_errors=True)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", child, "embed", str(work / f"set-{n0}"), "-m", "siavit-small", "--index", str(peer_index)],
+                   capture_output=True, text=True, env=env)
+    peer_wall = time.perf_counter() - t
+    peer = f"siavit-small, the same {n0:,} files, same run: {peer_wall:.1f} s ({n0 / peer_wall:.1f} files/s)"
+    print(peer, flush=True)
     # Resume: stop the largest run halfway, then run the same command again.
     n, wall = rows[-1][0], rows[-1][1]
     folder, index = work / f"set-{n}", work / f"index-{n}-resume"
@@ -160,8 +170,23 @@ def scale(source: Path, sizes: list[int], work: Path) -> None:
     subprocess.run(cmd, capture_output=True, text=True, env=env)
     again = time.perf_counter() - t
     r = json.loads((work / "r.json").read_text())
-    print(f"resume: stopped after {wall / 2:.0f} s with {kept:,} pieces saved; the same command again added "
-          f"{r['added']:,} and skipped {r['already_in_index']:,} in {again:.1f} s")
+    resume = (f"resume: stopped after {wall / 2:.0f} s with {kept:,} pieces saved; the same command again added "
+              f"{r['added']:,} and skipped {r['already_in_index']:,} in {again:.1f} s")
+    print(resume)
+    sys.path.insert(0, str(HERE))
+    # (load on the machine: the 1-minute load average when the sizes ran is in the body)
+    from results import write_section
+
+    body = ["| files | seconds | files/s | peak memory (MiB) | embedded | skipped (no notes) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    body += [f"| {n:,} | {w:.1f} | {n / w:.0f} | {m:.0f} | {a:,} | {f} |" for n, w, m, a, f in rows]
+    body += ["", f"Files: excerpts of 30-180 s of ASAP's MIDI files, transposed -3..+3 semitones, in {work}; each size "
+                 f"in a fresh process, start-up included; the choice picked featnet-piano for every size.",
+             "", resume, "", f"1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+             "(other work shared the machine: compare with the peer of the same run)."]
+    write_section("partita embed at corpus scale (benchmarks/embed_speed.py --sizes)",
+                  command=f"python benchmarks/embed_speed.py --folder {source} --sizes {' '.join(map(str, sizes))}",
+                  body="\n".join(body), peer=f"{peer}; the issue's starting point was 21 files/s through siavit-small")
 
 
 if __name__ == "__main__":
