@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import partita
 from partita.data.prepare import prepare
 from partita.errors import PartitaError
-from partita.train.common import BestWeights, RunConfig, parse_duration
+from partita.train.common import BestWeights, RunConfig, StopOnSignal, TimeBudget, parse_duration
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +164,13 @@ def test_signal_writes_the_bundle_exits_130_and_resume_goes_on(corpus, tmp_path,
     assert all("Tip" not in line and "💡" not in line for line in lines + log.read_text().splitlines())
     card = json.loads((run / "bundle" / "card.json").read_text())
     assert card["stopped"] == "interrupted" and card["best_step"] is not None
+    assert "training gpt (" in log.read_text() and " on the CPU (" in log.read_text()  # what it trains on
     printed = [line for line in log.read_text().splitlines() if line.startswith("step ")]
     assert printed and all("tokens/s" in line and "ETA" in line for line in printed)
 
     steps = card["steps"]
     proc = subprocess.run([sys.executable, "-m", "partita", "train", "gpt", "--data", str(corpus), "--out", str(run),
-                           *TINY, "--max-steps", str(steps + 3), "--val-every", "3", "--resume", "--progress", "none"],
+                           "--max-steps", str(steps + 3), "--resume", "--override", "--progress", "none"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "bundle" / "card.json").read_text())["steps"] == steps + 3
@@ -219,3 +220,124 @@ def test_every_family_stops_on_its_time_budget_with_the_best_bundle(styles_corpu
                  batch_size=4, progress="none", **extra)
     assert card["stopped"] == "max_time" and card["best_step"] is not None
     assert load_bundle(tmp_path / family / "bundle").card["best_step"] == card["best_step"]
+
+
+def test_resume_is_the_run_and_a_contradicting_option_is_an_error(corpus, tmp_path):
+    from partita.train.gpt import train_gpt
+
+    out = tmp_path / "r"
+    card = train_gpt(corpus, out, preset="tiny", batch_size=2, seq_len=32, max_steps=4, val_every=2, lr=3e-2,
+                     warmup=1, progress="none")
+    assert card["tokens_seen"] == 4 * 2 * 32
+    with pytest.raises(PartitaError, match=r"already ended at its --max-steps 4.*--override"):
+        train_gpt(corpus, out, resume=True, progress="none")  # nothing left to do
+    with pytest.raises(PartitaError, match=r"--batch-size 4 \(the run's: 2\).*--override"):
+        train_gpt(corpus, out, resume=True, batch_size=4, max_steps=6, progress="none")
+    with pytest.raises(PartitaError, match=r"--preset small \(the run's: tiny\).*keeps its model"):
+        train_gpt(corpus, out, resume=True, preset="small", max_steps=6, override=True, progress="none")
+    with pytest.raises(PartitaError, match=r"--set n_layer"):
+        train_gpt(corpus, out, resume=True, overrides={"n_layer": 7}, max_steps=6, override=True, progress="none")
+    with pytest.raises(PartitaError, match="--override .* with --resume"):
+        train_gpt(corpus, tmp_path / "other", override=True, progress="none")
+    # Only the new budget: the preset, batch, learning rate, schedule and sequence length come back.
+    card = train_gpt(corpus, out, resume=True, max_steps=6, override=True, progress="none")
+    assert card["steps"] == 6 and card["preset"] == "tiny"
+    assert card["run"]["batch_size"] == 2 and card["run"]["lr"] == 3e-2 and card["run"]["warmup"] == 1
+    assert card["tokens_seen"] == 6 * 2 * 32  # counted over both invocations, not recomputed from the new one
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["state"] == {"steps": 6, "seconds": saved["state"]["seconds"], "stopped": "max_steps"}
+    assert saved["family"]["seq_len"] == 32 and saved["run"]["max_steps"] == 6
+
+
+def test_a_spent_time_budget_is_not_resumed_without_a_new_one(corpus, tmp_path):
+    from partita.train.gpt import train_gpt
+
+    out = tmp_path / "t"
+    card = train_gpt(corpus, out, preset="tiny", batch_size=2, seq_len=32, max_steps=10**6, max_time=1.0,
+                     val_every=5, progress="none")
+    assert card["stopped"] == "max_time"
+    with pytest.raises(PartitaError, match="spent its --max-time"):
+        train_gpt(corpus, out, resume=True, progress="none")
+    card2 = train_gpt(corpus, out, resume=True, max_time=card["train_seconds"] + 2.0, override=True, progress="none")
+    assert card2["steps"] > card["steps"] and card2["stopped"] == "max_time"
+    assert card2["train_seconds"] > card["train_seconds"]  # one clock over both invocations
+
+
+def test_the_budget_keeps_time_for_the_final_validation():
+    class Trainer:
+        should_stop = False
+        num_val_batches = []
+
+    now = time.monotonic()
+    roomy = TimeBudget(10.0, started=now - 2.0)  # 2 s spent
+    roomy.validation_seconds = 5.0  # 8 s left hold a 5 s validation and the bundle: go on
+    trainer = Trainer()
+    roomy.on_train_batch_end(trainer)
+    assert not trainer.should_stop and not roomy.stopped_by_time
+    tight = TimeBudget(10.0, started=now - 4.5)  # 5.5 s left: not enough for 1.1 x 5 s + the bundle
+    tight.validation_seconds = 5.0
+    tight.on_train_batch_end(trainer)
+    assert trainer.should_stop and tight.stopped_by_time
+    unknown = TimeBudget(100.0, started=now)  # before the first validation: a share of the budget is kept
+    assert 0 < unknown.reserve() < 100.0
+    again = TimeBudget(10.0)
+    again.load_state_dict(tight.state_dict())
+    assert again.elapsed() >= 4.5 and again.validation_seconds == 5.0  # resumed: the clock goes on
+
+
+def test_a_signal_cuts_a_validation_short_and_it_chooses_nothing(tmp_path):
+    class Trainer(_Trainer):
+        should_stop = False
+
+    trainer = Trainer()
+    stop = StopOnSignal()
+    stop.on_validation_batch_end(trainer)  # no signal: nothing happens
+    stop.signal = "SIGINT"
+    stop.on_validation_start(trainer, None)
+    with pytest.raises(StopIteration):  # Lightning's evaluation loop ends on it
+        stop.on_validation_batch_end(trainer)
+    assert trainer.should_stop and stop.validation_cut
+    module = torch.nn.Module()
+    module.model = torch.nn.Linear(3, 2)
+    best = BestWeights(tmp_path, "val/loss", "min", stop)
+    trainer.global_step, trainer.callback_metrics = 7, {"val/loss": torch.tensor(0.1)}
+    best.on_validation_end(trainer, module)  # the figures of a partial validation
+    assert best.best_step is None and best.last_validated_step is None
+    waits = StopOnSignal(validate_on_stop=True)
+    waits.signal = "SIGTERM"
+    waits.on_validation_batch_end(trainer)  # --validate-on-stop: the validation goes on
+    assert not waits.validation_cut
+
+
+def test_devices_as_lightning_takes_them():
+    from partita.cli.train import parse_devices
+    from partita.train.common import _accelerator_and_devices
+
+    assert parse_devices("2") == 2 and parse_devices("0,1") == [0, 1] and parse_devices("1,") == [1]
+    assert parse_devices("auto") == "auto" and parse_devices(None) is None
+    with pytest.raises(PartitaError, match="--devices"):
+        parse_devices("two")
+    with pytest.raises(PartitaError, match="--accelerator"):
+        RunConfig(accelerator="tpu").check()
+    with pytest.raises(PartitaError, match="number of processes"):
+        RunConfig(accelerator="cpu", devices=[0, 1]).check()
+    assert _accelerator_and_devices(RunConfig(accelerator="cpu", devices=2)) == ("cpu", 2)
+    if not torch.cuda.is_available():
+        with pytest.raises(PartitaError, match="no GPU"):
+            _accelerator_and_devices(RunConfig(accelerator="gpu"))
+        with pytest.raises(PartitaError, match="no GPU"):
+            _accelerator_and_devices(RunConfig(devices=[0]))
+
+
+@pytest.mark.parametrize("family", ["classifier", "vae"])
+def test_other_families_resume_with_their_preset_and_model(styles_corpus, tmp_path, family):
+    from partita.train import classifier, vae
+
+    train = {"classifier": classifier.train_classifier, "vae": vae.train_vae}[family]
+    extra = {"classifier": dict(min_pieces=2, evaluate=False), "vae": dict(bars=2)}[family]
+    out = tmp_path / family
+    train(styles_corpus, out, preset="tiny", max_steps=2, val_every=2, batch_size=4, progress="none", **extra)
+    with pytest.raises(PartitaError, match=r"--preset small \(the run's: tiny\)"):
+        train(styles_corpus, out, preset="small", resume=True, max_steps=4, override=True, progress="none", **extra)
+    card = train(styles_corpus, out, resume=True, max_steps=4, override=True, progress="none", **extra)
+    assert card["steps"] == 4 and card["preset"] == "tiny" and card["run"]["batch_size"] == 4

@@ -141,7 +141,11 @@ def test_eval_gpt_reports_transformer_with_and_without_memory_and_ngram(corpus, 
     from partita.evaluate.gpt import evaluate_gpt
 
     train_gpt(corpus, tmp_path / "run", **{**ARGS, "max_steps": 4})
-    results = evaluate_gpt(tmp_path / "run" / "bundle", corpus, split="test", orders=(1, 2))
+    calls = []
+    results = evaluate_gpt(tmp_path / "run" / "bundle", corpus, split="test", orders=(1, 2),
+                           progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) > 3 and calls[-1][0] == calls[-1][1]  # progress through the passes, to the end
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     names = [k for k, v in results.items() if isinstance(v, dict)]
     assert names[:2] == ["transformer, no memory", "transformer, with memory"]
     assert any("gram" in n for n in names)

@@ -22,9 +22,11 @@ def gpt_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
 ) -> None:
     """Bits per token and per note: the transformer (with and without memory) vs an n-gram."""
+    from partita.cli.common import progress_bar
     from partita.evaluate.gpt import evaluate_gpt
 
-    results = evaluate_gpt(model, data, split=split, batch_size=batch_size)
+    with progress_bar("scoring", unit="tokens") as update:
+        results = evaluate_gpt(model, data, split=split, batch_size=batch_size, progress=update)
     table = Table(title=f"{results['split']} split: {results['pieces']} pieces, {results['tokens']:,} tokens, {results['notes']:,} notes", title_justify="left")
     for col in ("model", "bits/token", "bits/note", "bits/token far into pieces"):
         table.add_column(col, justify="left" if col == "model" else "right")

@@ -36,7 +36,7 @@ def train_vae_cmd(
     out: Path = typer.Option(Path("runs/vae"), "--out", "-o", help="Run folder: checkpoints, logs, bundle."),
     bars: int = typer.Option(2, "--bars", help="Window length in 16-step bars (2 and 16 in MusicVAE)."),
     decoder: Optional[str] = typer.Option(None, "--decoder", help="flat or hierarchical (default: flat up to 4 bars, else hierarchical)."),
-    preset: str = typer.Option("small", "--preset", help="tiny (tests), small (CPU) or base (the paper's sizes, GPU)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="tiny (tests), small (CPU; the default) or base (the paper's sizes, GPU); a resumed run keeps its own."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of MusicVAEConfig fields."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set z_size=256 (repeatable)."),
     labels: list[str] = typer.Option([], "--labels", "-l", help="Train only on pieces with these labels (repeatable), e.g. -l Essen."),

@@ -29,8 +29,10 @@ LN2 = float(np.log(2.0))
 
 
 @torch.no_grad()
-def transformer_nll(model, streams, pieces: list[int], label_tokens: list[int], *, memory: bool, batch_size: int = 8):
-    """Per-token NLL (nats) and each token's distance into its piece, over ``pieces``."""
+def transformer_nll(model, streams, pieces: list[int], label_tokens: list[int], *, memory: bool, batch_size: int = 8,
+                    progress=None):
+    """Per-token NLL (nats) and each token's distance into its piece, over ``pieces``;
+    ``progress(tokens_done)`` after every batch."""
     model.eval()
     c = model.config
     stream = SongStream(streams, pieces, label_tokens, batch_size=batch_size, seq_len=c.context,
@@ -57,6 +59,8 @@ def transformer_nll(model, streams, pieces: list[int], label_tokens: list[int], 
         nll.append(token_nll.numpy()[m])
         depth.append(pos[m])
         offsets += c.context - 1
+        if progress is not None:
+            progress(int(m.sum()))
     return np.concatenate(nll), np.concatenate(depth)
 
 
@@ -119,9 +123,11 @@ def span_bits(model, streams, pieces: list[int], label_tokens: list[int], *, spa
 
 
 def evaluate_gpt(model_path: str | Path, corpus_dir: str | Path, *, split: str = "test", orders=(1, 2, 3, 4, 5),
-                 batch_size: int = 8) -> dict:
+                 batch_size: int = 8, progress=None) -> dict:
     """Bits per token and per note on ``split`` for the transformer (with and without memory)
-    and for the n-gram baseline (order chosen on the validation split), trained on train."""
+    and for the n-gram baseline (order chosen on the validation split), trained on train.
+    ``progress(done, total)`` counts the tokens scored by every transformer pass, then one unit
+    per n-gram order fitted."""
     from partita.bundle import load
     from partita.evaluate.baselines import NGramLM, count_notes
 
@@ -152,8 +158,16 @@ def evaluate_gpt(model_path: str | Path, corpus_dir: str | Path, *, split: str =
     runs = {"transformer": False}
     if model.config.xl_memory or model.config.knn_memory:
         runs = {"transformer, no memory": False, "transformer, with memory": True}
+    total = len(runs) * results["tokens"] + len(orders)
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(min(done[0], total), total)
+
     for name, memory in runs.items():
-        nll, depth = transformer_nll(model, streams, pieces, labels, memory=memory, batch_size=batch_size)
+        nll, depth = transformer_nll(model, streams, pieces, labels, memory=memory, batch_size=batch_size, progress=step)
         far = depth >= model.config.context
         results[name] = {
             "bits_per_token": float(nll.mean() / LN2),
@@ -170,6 +184,7 @@ def evaluate_gpt(model_path: str | Path, corpus_dir: str | Path, *, split: str =
     for order in orders:
         lm = NGramLM(order=order, vocab_size=streams.vocab_size).fit(train)
         score = lm.bits_per_token(valid) if valid else 0.0
+        step(1)
         if best is None or score < best[0]:
             best = (score, order, lm)
     _, order, lm = best

@@ -33,7 +33,7 @@ from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.data.segments import LabelledSegments, choose_labels
 from partita.models.classifier import ClassifierConfig, GRUClassifier
-from partita.train.common import ResumableModule, RunConfig, run, start_run
+from partita.train.common import ResumableModule, RunConfig, resumed_model, run, start_run
 from partita.represent.tokens import token_streams
 
 __all__ = ["train_classifier"]
@@ -123,7 +123,7 @@ def train_classifier(
     out: str | Path,
     run_config: RunConfig | None = None,
     *,
-    preset: str = "small",
+    preset: str | None = None,
     overrides: dict | None = None,
     labels: list[str] | None = None,
     min_pieces: int = 40,
@@ -139,6 +139,7 @@ def train_classifier(
     from partita.represent.tokens import special_id
 
     config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
+    preset, model = resumed_model(out, config_run, preset, overrides)  # ``preset`` defaults to small
     corpus = Corpus(corpus_dir)
     streams = token_streams(corpus)
     tokenizer = streams.tokenizer()
@@ -146,8 +147,8 @@ def train_classifier(
     data = LabelledSegments(corpus, streams, names, pad_id=special_id(tokenizer, "PAD"))
     data.check("train", "training")
     data.check("valid", "validation")
-    config = ClassifierConfig.preset(preset, **{"vocab_size": len(tokenizer), "labels": names,
-                                                "pad_id": special_id(tokenizer, "PAD"), **(overrides or {})})
+    config = ClassifierConfig.from_dict(model) if model else ClassifierConfig.preset(
+        preset, **{"vocab_size": len(tokenizer), "labels": names, "pad_id": special_id(tokenizer, "PAD"), **(overrides or {})})
     if config.vocab_size != len(tokenizer):
         raise PartitaError(f"vocab_size {config.vocab_size} does not match the tokenizer's {len(tokenizer)} tokens")
     if config.labels != names:
@@ -177,7 +178,8 @@ def train_classifier(
         "preset": preset,
         "parameters": GRUClassifier(config).num_parameters(),
     }
-    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks)
+    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks,
+               settings={"preset": preset, "model": config.to_dict()})
 
 
 __all__ += ["ClassifierModule", "SeededBatches", "fixed_loader"]

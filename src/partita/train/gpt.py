@@ -26,7 +26,7 @@ from partita.data.streams import IGNORE, SongData, SongStream
 from partita.represent.tokens import token_streams
 from partita.errors import PartitaError
 from partita.models.gpt import GPT, GPTConfig
-from partita.train.common import RunConfig, RunModule, adamw_warmup_cosine, run, start_run
+from partita.train.common import RunConfig, RunModule, adamw_warmup_cosine, resumed_settings, run, start_run
 
 LN2 = float(np.log(2.0))
 
@@ -72,6 +72,7 @@ class GPTModule(RunModule):
         self.streams = None
         self.val_notes = 0
         self.batches_seen = 0
+        self.tokens_seen = 0  # over every process and every resume: the card's tokens_seen
         self._xl = self._knn = None
         self._val_xl = self._val_knn = None
         self._val_sum = self._val_count = None
@@ -174,10 +175,11 @@ class GPTModule(RunModule):
     def training_step(self, batch, batch_idx):
         _, loss = self._step(batch, val=False)
         self.batches_seen += 1
+        self.tokens_seen += int(batch["ids"].numel()) * (self.trainer.world_size if self._trainer is not None else 1)
         n_tokens = int((batch["targets"] != IGNORE).sum())
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/bits_per_token", loss / LN2)
-        self.log("train/tokens", float(self.batches_seen * batch["ids"].numel()), reduce_fx="max")
+        self.log("train/tokens", float(self.tokens_seen), reduce_fx="max")
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         if n_tokens == 0:  # only padding in this batch: nothing to learn, keep graph valid
             return loss * 0.0
@@ -212,7 +214,7 @@ class GPTModule(RunModule):
     # checkpoints ---------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint):
-        state = {"batches": self.batches_seen, "rng": torch.get_rng_state()}
+        state = {"batches": self.batches_seen, "tokens": self.tokens_seen, "rng": torch.get_rng_state()}
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         state["memory"] = _memory_state(self._xl, self._knn)
@@ -221,6 +223,7 @@ class GPTModule(RunModule):
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("partita", {})
         self.batches_seen = int(state.get("batches", 0))
+        self.tokens_seen = int(state.get("tokens", self.batches_seen * self.run_config.batch_size * self.seq_len))
         if "rng" in state:
             torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
@@ -236,10 +239,10 @@ def train_gpt(
     out: str | Path,
     run_config: RunConfig | None = None,
     *,
-    preset: str = "small",
+    preset: str | None = None,
     overrides: dict | None = None,
     seq_len: int | None = None,
-    fim: float = 0.0,
+    fim: float | None = None,
     init: str | Path | None = None,
     callbacks: list | None = None,
     command: str | None = None,
@@ -254,14 +257,30 @@ def train_gpt(
     ``init``: a gpt bundle to start from (fine-tuning): its config is the model's (``preset`` is
     not used), its weights the starting point; FIM marker rows it lacks start as copies of its
     "no label" row. ``overrides`` may only add what ``INIT_ADDS`` lists (bar and position-in-bar
-    embeddings: new tables that start at zero, so step 0 computes what the bundle computes)."""
+    embeddings: new tables that start at zero, so step 0 computes what the bundle computes).
+
+    With ``resume``, the run goes on with its own settings (``RUN/run.json``): ``preset``,
+    ``overrides`` and ``init`` may only repeat them; ``seq_len`` and ``fim`` (and the run options)
+    that differ are an error unless ``override``. ``preset`` defaults to ``small``, ``fim`` to 0."""
     config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
+    stored = None
+    if config_run.resume:
+        given = {"preset": preset, "init": _init_name(out, init), "seq_len": seq_len, "fim": fim}
+        stored = resumed_settings(out, given, fixed=("preset", "init"), override=config_run.override)
+    if stored is not None:
+        preset, seq_len, fim = stored.get("preset"), stored.get("seq_len"), stored.get("fim", 0.0)
+        init = None  # the checkpoint holds the weights; the bundle it started from is in the settings
+        _check_model_overrides(out, GPTConfig.from_dict(stored["model"]), overrides)
+    preset = "small" if preset is None else preset
+    fim = 0.0 if fim is None else fim
     corpus = Corpus(corpus_dir)
     streams = token_streams(corpus)
     data = SongData(corpus, streams)
     tokenizer = streams.tokenizer()
     start = _init_bundle(init, streams, data.labels) if init is not None else None
-    if start is not None:
+    if stored is not None:
+        config = GPTConfig.from_dict(stored["model"])
+    elif start is not None:
         config = GPTConfig.from_dict({**start.model.config.to_dict(), **_init_additions(start.model.config, overrides),
                                       "fim": start.model.config.fim or fim > 0})
     else:
@@ -283,7 +302,7 @@ def train_gpt(
         return module
 
     def export(module: GPTModule, card: dict) -> None:
-        card["tokens_seen"] = int(module.batches_seen * config_run.batch_size * module.seq_len)
+        card["tokens_seen"] = int(module.tokens_seen)
         save_bundle(module.model.cpu().float(), out / "bundle", tokenizer=tokenizer, card=card,
                     fp16=config_run.fp16_bundle)
 
@@ -293,13 +312,39 @@ def train_gpt(
         "source": corpus.config.get("source"),
         "labels": data.labels,
         "command": command or "partita.train.gpt.train_gpt(...)",
-        "preset": preset if start is None else None,
-        "init": None if start is None else str(start.path),
+        "preset": stored["preset"] if stored is not None else None if start is not None else preset,
+        "init": stored.get("init") if stored is not None else None if start is None else str(start.path),
         "fim": fim,
         "parameters": GPT(config).num_parameters(),
         "notes": "metrics are on the corpus's validation split; see 'partita eval gpt' for test-split numbers",
     }
-    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks, cpu_bf16=True)
+    settings = {"preset": card["preset"], "init": card["init"], "seq_len": seq_len, "fim": fim, "model": config.to_dict()}
+    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks, cpu_bf16=True,
+               settings=settings)
+
+
+def _init_name(out: Path, init) -> str | None:
+    """``--init`` given to a resumed run, as the run's settings name it when it is the same bundle
+    (a shipped name or another spelling of the folder), else as given."""
+    from partita.train.common import read_run_file
+
+    if init is None:
+        return None
+    stored = ((read_run_file(out) or {}).get("family") or {}).get("init")
+    if stored is not None and (Path(str(init)).name == Path(stored).name or
+                               Path(str(init)).expanduser().resolve() == Path(stored).resolve()):
+        return stored
+    return str(init)
+
+
+def _check_model_overrides(out: Path, model: GPTConfig, overrides: dict | None) -> None:
+    """``--set`` / ``--config`` fields given to a resumed run must repeat its model's."""
+    from partita.train.common import contradiction
+
+    clashes = [(f"--set {k}", v, getattr(model, k, None)) for k, v in (overrides or {}).items()
+               if getattr(model, k, None) != v]
+    if clashes:
+        raise contradiction(out, clashes, fixed=True)
 
 
 def _init_bundle(path, streams, labels: list[str]):

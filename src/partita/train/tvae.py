@@ -34,7 +34,7 @@ from partita.errors import PartitaError
 from partita.models.tvae import TVAE, TVAEConfig
 from partita.data.segments import LabelledSegments, choose_labels
 from partita.train.classifier import SeededBatches, fixed_loader
-from partita.train.common import ResumableModule, RunConfig, run, start_run
+from partita.train.common import ResumableModule, RunConfig, resumed_model, run, start_run
 from partita.represent.tokens import token_streams
 
 __all__ = ["TVAEModule", "train_tvae", "kl_weight", "component_log_density"]
@@ -128,7 +128,7 @@ def train_tvae(
     out: str | Path,
     run_config: RunConfig | None = None,
     *,
-    preset: str = "small",
+    preset: str | None = None,
     overrides: dict | None = None,
     labels: list[str] | None = None,
     min_pieces: int = 40,
@@ -144,6 +144,7 @@ def train_tvae(
     from partita.represent.tokens import special_id
 
     config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
+    preset, model = resumed_model(out, config_run, preset, overrides)  # ``preset`` defaults to small
     corpus = Corpus(corpus_dir)
     streams = token_streams(corpus)
     tokenizer = streams.tokenizer()
@@ -152,7 +153,7 @@ def train_tvae(
     data = LabelledSegments(corpus, streams, names, pad_id=pad, keep_eos=True)
     data.check("train", "training")
     data.check("valid", "validation")
-    config = TVAEConfig.preset(preset, **{"vocab_size": len(tokenizer), "labels": names, "pad_id": pad,
+    config = TVAEConfig.from_dict(model) if model else TVAEConfig.preset(preset, **{"vocab_size": len(tokenizer), "labels": names, "pad_id": pad,
                                           "bos_id": special_id(tokenizer, "BOS"), "eos_id": special_id(tokenizer, "EOS"),
                                           **(overrides or {})})
     if config.vocab_size != len(tokenizer):
@@ -184,4 +185,5 @@ def train_tvae(
         "free_bits": free_bits,
         "notes": "metrics are on the corpus's validation split; 'partita eval conditioned' gives the test-split numbers",
     }
-    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks)
+    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks,
+               settings={"preset": preset, "model": config.to_dict()})

@@ -31,7 +31,7 @@ from partita.data.corpus import Corpus
 from partita.errors import PartitaError
 from partita.models.musicvae import MusicVAE, MusicVAEConfig
 from partita.represent.melody import NOTE_OFF, corpus_windows, drop_windows
-from partita.train.common import ResumableModule, RunConfig, run, start_run, warmup_cosine_optimizer
+from partita.train.common import ResumableModule, RunConfig, resumed_model, run, start_run, warmup_cosine_optimizer
 
 
 # --- corpus -> melody windows ------------------------------------------------------------------
@@ -196,7 +196,7 @@ def train_vae(
     *,
     bars: int = 2,
     decoder: str | None = None,
-    preset: str = "small",
+    preset: str | None = None,
     overrides: dict | None = None,
     labels: Optional[Iterable[str]] = None,
     holdout: Iterable[str | Path] = (),
@@ -218,6 +218,7 @@ def train_vae(
     arguments describe the run.
     """
     config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
+    preset, model = resumed_model(out, config_run, preset, overrides)  # ``preset`` defaults to small
     corpus = Corpus(corpus_dir)
     if bars < 1:
         raise PartitaError(f"--bars must be at least 1, got {bars}")
@@ -237,7 +238,8 @@ def train_vae(
         decoder = "hierarchical"
         overrides.update(segment_bars=sc.bars, segment_z=sc.z_size, embed_size=sc.embed_size, enc_size=sc.enc_size,
                          enc_layers=sc.enc_layers, dec_size=sc.dec_size, dec_layers=sc.dec_layers, dropout=sc.dropout)
-    config = MusicVAEConfig.preset(preset, **{"bars": bars, "decoder": decoder, **overrides})
+    config = MusicVAEConfig.from_dict(model) if model else MusicVAEConfig.preset(
+        preset, **{"bars": bars, "decoder": decoder, **overrides})
     if config.bars != bars:
         raise PartitaError("set the window length with --bars, not with --set bars=...")
 
@@ -292,4 +294,5 @@ def train_vae(
         "holdout": held_out,
         "notes": "metrics are on the corpus's validation split; see 'partita eval vae' for test-split numbers",
     }
-    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks)
+    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks,
+               settings={"preset": preset, "model": config.to_dict()})
