@@ -406,3 +406,51 @@ def test_bad_inputs_are_one_line_errors(trained, tmp_path, request):
         interpolate(path, windows[0], edge / "single-track-single-channel.mid")
     with pytest.raises(PartitaError, match="not melody events"):
         reconstruct(path, np.array([200, 1, 2]))
+
+
+def _jig(n_bars: int, line: int, tpq: int = 480):
+    """A made 6/8 tune at 90 qpm, ``n_bars`` 16-step bars of 8th notes, with one note held across
+    the window line at step ``line`` (steps line-4 to line+4)."""
+    from symusic import Note, Score, Tempo, TimeSignature, Track
+
+    from partita.io.midi import load
+
+    s = Score(tpq)
+    t = Track("tune", 0, False)
+    step = tpq // 4
+    k = 0
+    while k < n_bars * 16:
+        if k == line - 4:
+            t.notes.append(Note(k * step, 8 * step, 67, 90))
+            k += 8
+            continue
+        t.notes.append(Note(k * step, 2 * step, 62 + (k * 3) % 9, 90))
+        k += 2
+    s.tracks.append(t)
+    s.tempos.append(Tempo(0, 90.0))
+    s.time_signatures.append(TimeSignature(0, 6, 8))
+    return load(s.dumps_midi())
+
+
+@pytest.mark.parametrize("bars, n_bars, line", [(2, 3, 32), (16, 17, 256)])
+def test_shipped_vae_outputs_keep_the_inputs_metre_tempo_and_silence(bars, n_bars, line):
+    from partita.generation.vae import interpolate, interpolation_frame, reconstruct
+    from partita.represent.melody import sounding
+
+    jig = _jig(n_bars, line)
+    rec = reconstruct(None, jig, bars=bars)
+    for score in (rec.score, rec.input_score):
+        assert [(t.numerator, t.denominator) for t in score.time_signatures] == [(6, 8)]
+        assert [round(t.qpm, 3) for t in score.tempos] == [90.0]
+    # the input line as read: the note held over the window line is one note, not struck again
+    written = [(n.time, n.duration, n.pitch) for n in rec.input_score.tracks[0].notes]
+    assert ((line - 4) * 120, 8 * 120, 67) in written and len(written) == jig.note_num()
+    # the padding rest that completes the last window: nothing sounds there in the reconstruction
+    assert len(rec.melody) > n_bars * 16
+    assert (sounding(rec.melody.events)[n_bars * 16 :] < 0).all()
+    if bars == 2:
+        frame = interpolation_frame(jig)
+        for m in interpolate(None, jig, jig, steps=1, bars=bars):
+            score = m.to_score(frame=frame)
+            assert [(t.numerator, t.denominator) for t in score.time_signatures] == [(6, 8)]
+            assert [round(t.qpm, 3) for t in score.tempos] == [90.0]

@@ -15,7 +15,9 @@ explorer's jobs all go through here:
   exactly as it was (in ticks). A new note is placed at the same beat the model wrote it on,
   ``tick = model_tick * file_tpq / model_tpq``: the tokenizer keeps beats (it rescales and
   quantises ticks; tempo is a token of its own), so the file's own tempo map plays the new notes.
-  ``splice(..., start=, end=)`` keeps only the new notes that start in ``[start, end)``.
+  ``splice(..., start=, end=)`` keeps only the new notes that start in ``[start, end)``: a
+  continuation starts at the prompt's last onset (a note the model writes at an earlier position
+  of that bar is dropped), an infilling's notes lie in its span.
 
 Which track a new note joins (``TRACK_RULE``): a drum note joins a drum track; a pitched note a
 track of its program, where any piano program (0-7) counts as piano, and it takes that track's
@@ -167,6 +169,7 @@ class Spliced:
     added: int  # new notes in the score
     by_track: dict  # track index -> notes added to it
     new_tracks: int = 0  # tracks made for programs the file had none of
+    end: int = 0  # tick where the last new note ends (0 without new notes)
 
 
 def _qualifies(track: Any, program: int, drum: bool) -> bool:
@@ -199,6 +202,7 @@ def splice(original: Any, added: Score, *, start: Optional[int] = None, end: Opt
     by_track: dict[int, list] = {}
     new_tracks = 0
     registers: dict[int, float] = {}
+    last_end = 0
     for track in added.tracks:
         n = track.notes.numpy()
         if len(n["time"]) == 0:
@@ -213,6 +217,7 @@ def splice(original: Any, added: Score, *, start: Optional[int] = None, end: Opt
         if not keep.any():
             continue
         time, dur, pitch, vel = time[keep], dur[keep], n["pitch"][keep], n["velocity"][keep]
+        last_end = max(last_end, int((time + dur).max()))
         program, drum = int(track.program), bool(track.is_drum)
         candidates = [i for i, t in enumerate(score.tracks) if t.note_num() and _qualifies(t, program, drum)]
         if not candidates:
@@ -247,7 +252,7 @@ def splice(original: Any, added: Score, *, start: Optional[int] = None, end: Opt
         order = np.argsort(merged["time"], kind="stable")
         track.notes = Note.from_numpy(**{k: v[order] for k, v in merged.items()})
     counts = {i: int(sum(len(p[0]) for p in parts)) for i, parts in by_track.items()}
-    return Spliced(score=score, added=int(sum(counts.values())), by_track=counts, new_tracks=new_tracks)
+    return Spliced(score=score, added=int(sum(counts.values())), by_track=counts, new_tracks=new_tracks, end=last_end)
 
 
 def _program_label(program: int, drum: bool) -> str:

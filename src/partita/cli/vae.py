@@ -103,7 +103,7 @@ def reconstruct_cmd(
                       temperature=temperature, seed=seed, bars=bars)
     out.mkdir(parents=True, exist_ok=True)
     stem = midi.stem
-    original = save(rec.original.to_score(qpm=rec.qpm), out / f"{stem}-input.mid")
+    original = save(rec.input_score, out / f"{stem}-input.mid")
     rebuilt = save(rec.score, out / f"{stem}-reconstruction.mid")
     table = Table(title=f"Reconstruction of {midi.name} (track {rec.original.track})", title_justify="left")
     for col in ("file", "windows", "bars", "notes", "step accuracy"):
@@ -169,12 +169,13 @@ def interpolate_cmd(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Spherical interpolation in latent space from A to B; writes steps + 2 melodies (A's and B's reconstructions at the ends)."""
-    from partita.generation.vae import interpolate
+    from partita.generation.vae import interpolate, interpolation_frame
 
     _check_out(out)
     melodies = interpolate(None if model is None else str(model), str(a), str(b), steps, temperature=temperature,
                            seed=seed, bars=bars)
-    files = _write(melodies, out, "interpolation")
+    frame = interpolation_frame(str(a))  # A's tempo and metre
+    files = _write([m.to_score(frame=frame) for m in melodies], out, "interpolation")
     table = Table(title=f"Interpolation {a.name} -> {b.name} in {out}", title_justify="left")
     for col in ("file", "t", "notes"):
         table.add_column(col, justify="left" if col == "file" else "right")

@@ -362,7 +362,7 @@ def generate_samples(
     continuation keeps the instruments of its prompt; a chord, scale or motif prompt is piano.
     A music prompt holds the model to its metre (``time_signatures``, unless given).
     """
-    from partita.edit import new_notes, splice, to_ticks
+    from partita.edit import last_onset, new_notes, splice, to_ticks
     from partita.io.midi import duration_seconds, last_note_off
     from partita.io.timing import metres, seconds_at
 
@@ -381,19 +381,19 @@ def generate_samples(
     for i, r in enumerate(raw):
         added = new_notes(tokenizer, r.ids, r.prompt_length)
         if read.score is not None:  # the user's music with the new notes added (partita.edit)
-            spliced = splice(read.score, added)
-            score, n_new, dropped = spliced.score, spliced.added, 0
+            # from the prompt's last onset on: a note the model puts earlier in that bar is dropped
+            spliced = splice(read.score, added, start=max(last_onset(read.score), 0))
+            score, n_new, dropped, new_end = spliced.score, spliced.added, 0, spliced.end
             end = read.end
         else:
             score, dropped = decode_safe(tokenizer, r.ids)
             n_new = int(added.note_num())
             prompt_part, _ = decode_safe(tokenizer, r.ids[: r.prompt_length])
-            end = last_note_off(prompt_part)
             scale_ = int(score.ticks_per_quarter) / int(prompt_part.ticks_per_quarter)
-            end = int(round(end * scale_))
+            end = int(round(last_note_off(prompt_part) * scale_))
+            new_end = int(to_ticks(last_note_off(added), int(added.ticks_per_quarter), int(score.ticks_per_quarter)))
         prompt_end = float(seconds_at(score, [end])[0]) if end > 0 else 0.0
         total = duration_seconds(score)
-        new_end = int(to_ticks(last_note_off(added), int(added.ticks_per_quarter), int(score.ticks_per_quarter))) if n_new else 0
         new_seconds = max(0.0, float(seconds_at(score, [new_end])[0]) - prompt_end) if n_new else 0.0
         out.append(Sample(
             score=score, ids=r.ids, prompt_length=r.prompt_length, stop=r.stop, notes=int(score.note_num()),

@@ -18,6 +18,13 @@ line is cut into consecutive windows of the model's length; the last one is comp
 A file with no usable line, or whose line is shorter than one window, is a ``PartitaError``
 (``MidiError``) with a one-line message.
 
+Outputs keep the input's clock: a reconstruction (and the input line written beside it) goes
+back where the line was, with the file's tempo map, time and key signatures (``Reconstruction.frame``);
+interpolations take the tempo, time and key signature in force where A's melody starts. The padding
+rest that completes the last window stays silent in the reconstruction (a note the model holds
+into it ends where the input's music ends), and the input line is written as read: a note held
+across a window boundary is not struck again.
+
 Decoding is greedy (temperature 0) for ``reconstruct`` and ``interpolate`` by default: a
 reconstruction is the model's best guess, and the same input always gives the same output; with
 a temperature > 0 it samples, seeded by ``seed``. The code of a window is the mean of its
@@ -49,6 +56,7 @@ from partita.represent.melody import (
 
 __all__ = [
     "Reconstruction",
+    "interpolation_frame",
     "interpolate",
     "interpolate_files",
     "load_vae",
@@ -130,6 +138,13 @@ def melody_of(source: Source, *, track: Optional[int] = None, skyline: bool = Tr
 
 def _windows(melody: Melody, bars: int, max_windows: Optional[int] = None, what: str = "input") -> np.ndarray:
     """The melody cut into consecutive ``bars``-bar windows ``[n, bars * 16]``, the last completed with rest."""
+    return _cut(melody, bars, max_windows, what)[0]
+
+
+def _cut(melody: Melody, bars: int, max_windows: Optional[int] = None, what: str = "input") -> tuple[np.ndarray, np.ndarray, int]:
+    """``(windows, line, music)``: the windows the model reads (a window that opens mid-note starts
+    with that note), the same steps as read (no note struck again at a window's start), and how
+    many of those steps are the melody's (the rest is the padding that completes the last window)."""
     size = bars * STEPS_PER_BAR
     ev = canonicalize(melody.events)
     if len(ev) < size:
@@ -153,7 +168,7 @@ def _windows(melody: Melody, bars: int, max_windows: Optional[int] = None, what:
     starts = np.arange(n) * size
     carried = (rows[:, 0] == HOLD) & (pitch[starts] >= 0)
     rows[carried, 0] = pitch[starts[carried]]
-    return canonicalize(rows)
+    return canonicalize(rows), canonicalize(padded), keep
 
 
 def _encode(model, windows: np.ndarray):
@@ -180,10 +195,11 @@ def _decode(model, z, temperature: float, seed: int) -> np.ndarray:
 class Reconstruction:
     """A melody and what the model made of it, window by window (same length)."""
 
-    original: Melody  # the input line, cut and completed to whole windows
-    melody: Melody  # the reconstruction
+    original: Melody  # the input line as read, cut and completed to whole windows
+    melody: Melody  # the reconstruction (silent in the padding that completes the last window)
     qpm: float = 120.0
     windows: int = 0
+    frame: Optional[Score] = None  # the input's tempo map, time and key signatures (None: 4/4 at qpm)
 
     @property
     def accuracy(self) -> float:
@@ -192,7 +208,13 @@ class Reconstruction:
 
     @property
     def score(self) -> Score:
-        return self.melody.to_score(qpm=self.qpm)
+        """The reconstruction where the input line was, in the input's tempo and metre."""
+        return self.melody.to_score(qpm=self.qpm, frame=self.frame, start_step=self.melody.start_step)
+
+    @property
+    def input_score(self) -> Score:
+        """The input line as read, in the same place, tempo and metre."""
+        return self.original.to_score(qpm=self.qpm, frame=self.frame, start_step=self.original.start_step)
 
 
 def reconstruct(
@@ -209,11 +231,48 @@ def reconstruct(
     vae = load_vae(bundle, bars=bars)
     model = vae.model
     melody, qpm = melody_of(source, track=track)
-    rows = _windows(melody, model.config.bars, max_windows)
+    rows, line, music = _cut(melody, model.config.bars, max_windows)
     out = _decode(model, _encode(model, rows), temperature, seed)
-    original = Melody(rows.reshape(-1), melody.track, melody.program, melody.start_step, melody.name)
-    rebuilt = Melody(canonicalize(out.reshape(-1)), melody.track, melody.program, melody.start_step, melody.name)
-    return Reconstruction(original, rebuilt, qpm, len(rows))
+    original = Melody(line, melody.track, melody.program, melody.start_step, melody.name)
+    rebuilt = Melody(_silent_after(out.reshape(-1), music), melody.track, melody.program, melody.start_step, melody.name)
+    return Reconstruction(original, rebuilt, qpm, len(rows), _frame_of(source))
+
+
+def _silent_after(events: np.ndarray, step: int) -> np.ndarray:
+    """``events`` with nothing sounding from ``step`` on: the padding rest that completes the last
+    window is the input's silence, never a note the model held into it."""
+    ev = np.array(events, copy=True)
+    if step < len(ev):
+        ev[step:] = HOLD
+        ev[step] = NOTE_OFF  # canonical form turns it back into HOLD where nothing sounds
+    return canonicalize(ev)
+
+
+def _frame_of(source: Source, at_step: Optional[int] = None) -> Optional[Score]:
+    """The tempo map, time and key signatures of a MIDI file or score (None for events); with
+    ``at_step``, only those in force at that 16th-note step, moved to 0."""
+    if isinstance(source, (str, os.PathLike)):
+        from partita.io.midi import load
+
+        score = load(source)
+    elif isinstance(source, Score):
+        score = source if source.ttype == symusic.TimeUnit.tick else source.to("tick")
+    else:
+        return None
+    frame = Score(int(score.ticks_per_quarter))
+    if at_step is None:
+        frame.tempos, frame.time_signatures, frame.key_signatures = score.tempos, score.time_signatures, score.key_signatures
+        return frame
+    tick = int(at_step) * int(score.ticks_per_quarter) // 4
+    for name in ("tempos", "time_signatures", "key_signatures"):
+        events = sorted(getattr(score, name), key=lambda e: e.time)
+        before = [e for e in events if e.time <= tick]
+        if before:
+            e = before[-1].copy()
+            e.time = 0
+            getattr(frame, name).append(e)
+    return frame
+
 
 
 def sample(
@@ -266,7 +325,7 @@ def interpolate(
         raise PartitaError(f"--steps must be >= 0, got {steps}")
     vae = load_vae(bundle, bars=bars)
     model = vae.model
-    ma, _ = melody_of(a, track=track_a)
+    ma, qpm = melody_of(a, track=track_a)
     mb, _ = melody_of(b, track=track_b)
     wa = _windows(ma, model.config.bars, 1, "first")
     wb = _windows(mb, model.config.bars, 1, "second")
@@ -277,7 +336,17 @@ def interpolate(
     return [Melody(row, 0, ma.program, 0, f"interpolation-{k}") for k, row in enumerate(out)]
 
 
+def interpolation_frame(a: Source, track: Optional[int] = None) -> Optional[Score]:
+    """The tempo, time and key signature in force where A's melody starts (the first window
+    every interpolation step stands for), at tick 0."""
+    if not isinstance(a, (str, os.PathLike, Score)):
+        return None
+    melody, _ = melody_of(a, track=track)
+    return _frame_of(a, melody.start_step)
+
+
 def interpolate_files(a, b, steps: int = 7, bundle: Any = None, seed: int = 0, temperature: float = 0.0,
                       bars: int = 2) -> list[Score]:
     """The demo's interpolation: ``interpolate`` with the shipped model for ``bars`` by default, as Scores."""
-    return [m.to_score() for m in interpolate(bundle, a, b, steps, temperature=temperature, seed=seed, bars=bars)]
+    frame = interpolation_frame(a)
+    return [m.to_score(frame=frame) for m in interpolate(bundle, a, b, steps, temperature=temperature, seed=seed, bars=bars)]

@@ -83,7 +83,8 @@ class Melody:
         return len(self.events) / STEPS_PER_BAR
 
     def to_score(self, **kwargs) -> Score:
-        """Decode to a one-track score with this melody's program (see ``events_to_score``)."""
+        """Decode to a one-track score with this melody's program (see ``events_to_score``; pass
+        ``frame=`` the source score and ``start_step=self.start_step`` to put it back in place)."""
         kwargs.setdefault("program", self.program)
         return events_to_score(self.events, **kwargs)
 
@@ -243,11 +244,17 @@ def events_to_score(
     program: int = 0,
     velocity: int = 100,
     name: str = "melody",
+    frame: Optional[Score] = None,
+    start_step: int = 0,
 ) -> Score:
     """Decode events to a one-track score in ticks (4/4, one tempo, an ``"end"`` marker).
 
     Works for any ints in [0, 130): a note-on starts a note that lasts until the next event that
     is not HOLD, or to the end of the sequence; a NOTE_OFF in silence does nothing.
+
+    ``frame``: a score whose tempo map, time and key signatures the output takes instead of
+    ``qpm`` and 4/4 (rescaled to ``tpq``; what a melody read from a file goes back into), and
+    ``start_step``: the step of that file where ``events`` begin.
     """
     if tpq <= 0 or tpq % STEPS_PER_QUARTER:
         raise ValueError(f"tpq must be a positive multiple of 4 (a step is tpq/4 ticks), not {tpq}")
@@ -260,7 +267,8 @@ def events_to_score(
     ends = np.append(changes[1:], len(ev))
     is_on = ev[changes] < NOTE_OFF
     on, off = changes[is_on], ends[is_on]
-    t_on, t_off = _steps_to_ticks(on, tpq), _steps_to_ticks(off, tpq)
+    start_step = int(start_step)
+    t_on, t_off = _steps_to_ticks(on + start_step, tpq), _steps_to_ticks(off + start_step, tpq)
 
     score = Score(tpq)
     track = Track(name, int(program), False)
@@ -271,9 +279,20 @@ def events_to_score(
         velocity=np.full(len(on), velocity, np.int8),
     )
     score.tracks.append(track)
-    score.tempos.append(Tempo(0, float(qpm)))
-    score.time_signatures.append(TimeSignature(0, 4, 4))
-    score.markers.append(TextMeta(int(_steps_to_ticks(len(ev), tpq)), END_MARKER))
+    if frame is not None:
+        frame = _in_ticks(frame)
+        scale = tpq / int(frame.ticks_per_quarter)
+        for t in frame.tempos:
+            score.tempos.append(Tempo(int(round(t.time * scale)), float(t.qpm)))
+        for t in frame.time_signatures:
+            score.time_signatures.append(TimeSignature(int(round(t.time * scale)), int(t.numerator), int(t.denominator)))
+        for k in frame.key_signatures:
+            score.key_signatures.append(symusic.KeySignature(int(round(k.time * scale)), int(k.key), int(k.tonality)))
+    if len(score.tempos) == 0 or min(t.time for t in score.tempos) > 0:
+        score.tempos.insert(0, Tempo(0, float(qpm) if frame is None else 120.0))
+    if len(score.time_signatures) == 0:
+        score.time_signatures.append(TimeSignature(0, 4, 4))
+    score.markers.append(TextMeta(int(_steps_to_ticks(len(ev) + start_step, tpq)), END_MARKER))
     return score
 
 
