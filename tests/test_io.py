@@ -6,10 +6,11 @@ import struct
 
 import numpy as np
 import pytest
+import symusic
 from conftest import make_score
 from symusic import Pedal, Score, Track
 
-from partita.io import MidiError, load, merge_tracks, note_array, preprocess, save, sustain_pedal
+from partita.io import MidiError, duration_seconds, load, merge_tracks, note_array, preprocess, save, sustain_pedal
 
 
 def _smf(fmt: int = 1, ntracks: int = 1, division: int = 480, tracks: list[bytes] | None = None) -> bytes:
@@ -185,3 +186,67 @@ def test_pitched_drops_drums_and_refuses_other_arrays():
     assert pitched(notes, sort=True)["pitch"].tolist() == [64, 60]
     with pytest.raises(PartitaError, match="expected a note array"):
         pitched(np.zeros(3))
+
+
+# --------------------------------------------------------------------------- the file's clock (io.timing)
+
+
+def _timed(tpq=480, tempos=((0, 120.0),), metre=()):
+    from symusic import Note, Score, Tempo, TimeSignature, Track
+
+    s = Score(tpq)
+    t = Track("", 0, False)
+    t.notes.append(Note(0, 10, 60, 80))
+    t.notes.append(Note(tpq * 40, 10, 60, 80))
+    s.tracks.append(t)
+    for tick, qpm in tempos:
+        s.tempos.append(Tempo(tick, qpm))
+    for tick, n, d in metre:
+        s.time_signatures.append(TimeSignature(tick, n, d))
+    return s
+
+
+@pytest.mark.parametrize("metre, bar", [((0, 2, 4), 960), ((0, 3, 4), 1440), ((0, 6, 8), 1440), ((0, 3, 8), 720), ((0, 5, 8), 1200)])
+def test_bar_grid_in_the_files_own_metre(metre, bar):
+    from partita.io.timing import bar_of, bar_starts, metres
+
+    s = _timed(metre=(metre,))
+    starts = bar_starts(s, bars=10)
+    assert starts[:11].tolist() == [k * bar for k in range(11)]
+    assert bar_of(starts, [0, bar - 1, bar]).tolist() == [0, 0, 1]
+    assert metres(s) == ((metre[1], metre[2]),)
+
+
+def test_bar_grid_follows_metre_changes_and_starts_a_bar_at_a_change():
+    from partita.io.timing import bar_starts, metres
+
+    s = _timed(metre=((0, 4, 4), (3840, 3, 4), (3840 + 1440 + 480, 2, 4)))  # the last change comes mid-bar
+    starts = bar_starts(s, 8000).tolist()
+    assert starts[:6] == [0, 1920, 3840, 5280, 5760, 6720]
+    assert metres(s) == ((2, 4), (3, 4), (4, 4))
+    assert bar_starts(_timed(), bars=2)[:3].tolist() == [0, 1920, 3840]  # 4/4 when there is none
+
+
+def test_seconds_and_ticks_through_the_tempo_map_agree_with_symusic():
+    from partita.io.timing import seconds_at, ticks_at
+
+    s = _timed(tempos=((0, 30.0), (960, 90.0), (4800, 200.0)))
+    ticks = np.array([0, 100, 960, 2000, 4800, 19200])
+    mine = seconds_at(s, ticks)
+    theirs = []
+    for tick in ticks:  # symusic's own conversion of a note at that tick
+        probe = s.copy()
+        probe.tracks[0].notes.append(symusic.Note(int(tick), 1, 61, 1))
+        sec = probe.to("second")
+        theirs.append(min(n.time for n in sec.tracks[0].notes if n.pitch == 61))
+    np.testing.assert_allclose(mine, theirs, atol=1e-6)
+    assert ticks_at(s, mine).tolist() == ticks.tolist()
+    assert seconds_at(_timed(tempos=()), [480]).tolist() == [0.5]  # 120 qpm before any tempo
+
+
+def test_duration_counts_notes_not_meta_events():
+    from symusic import Tempo
+
+    s = _timed()
+    s.tempos.append(Tempo(480 * 400, 60.0))  # a tempo map that runs on past the music
+    assert duration_seconds(s) == pytest.approx((480 * 40 + 10) / 960)
