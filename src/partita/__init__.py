@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 from partita.viz.show import show  # noqa: E402  (display a pianoroll and a player in Jupyter)
 
-__all__ = ["__version__", "generate", "infill", "load"]
+__all__ = ["__version__", "accompany", "generate", "infill", "load"]
 
 
 def load(name_or_path, family=None, **kwargs):
@@ -46,3 +46,14 @@ def infill(model=None, midi=None, **kwargs):
     from partita.generation.infill import infill as _infill
 
     return _infill(model, midi, **kwargs)
+
+
+def accompany(midi, **kwargs):
+    """Write an accompaniment under the melody of a MIDI file: ``partita.generation.accompany.accompany``
+    (same arguments: ``style`` pop/folk, ``melody_track``, ``chords``, ``n``, ``model``, sampling
+    options). Returns one result per version (``.score``: the file with every note kept and the new
+    track added, ``.melody_track``, ``.added``).
+    """
+    from partita.generation.accompany import accompany as _accompany
+
+    return _accompany(midi, **kwargs)

@@ -23,6 +23,7 @@ _USAGE = tuple({click.ClickException, _TyperClickException})
 from partita.cli import data as data_cmds
 from partita.cli import demo as demo_cmds
 from partita.cli import generate as generate_cmds
+from partita.cli import accompany as accompany_cmds
 from partita.cli import infill as infill_cmds
 from partita.cli import evaluate as eval_cmds
 from partita.cli import train as train_cmds
@@ -49,6 +50,7 @@ app.add_typer(vae_cmds.app, name="vae")
 app.command("demo")(demo_cmds.demo)
 app.command("generate")(generate_cmds.generate)
 app.command("infill")(infill_cmds.infill)
+app.command("accompany")(accompany_cmds.accompany)
 app.command("render")(show_cmds.render)
 app.command("plot")(show_cmds.plot)
 app.command("classify")(conditioned_cmds.classify)

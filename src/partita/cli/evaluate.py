@@ -107,3 +107,33 @@ def continuation_cmd(
         goal = f">= {goal:.3f}" if not isinstance(goal, list) else f"in [{goal[0]}, {goal[1]}]"
         console.print(f"target {name}: model {t['model']:.3f}, goal {goal}: {'met' if t['met'] else 'NOT met'}")
     write_json(json_out, results)
+
+
+@app.command("accompany")
+def accompany_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="An accompaniment bundle (partita train gpt --accompany); none: the baselines only."),
+    data: Path = typer.Option(..., "--data", help="A POP909 folder (NNN/NNN.mid with chord_midi.txt); the held-out songs are scored."),
+    limit: Optional[int] = typer.Option(10, "--limit", help="At most this many held-out songs."),
+    bars: Optional[int] = typer.Option(32, "--bars", help="The first N bars of every song (0: whole songs)."),
+    seed: int = typer.Option(0, "--seed"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results (per song too) as JSON here."),
+) -> None:
+    """Chord fit, beats, density, polyphony and register of accompaniments of held-out melodies:
+    the model next to the real accompaniment, the rule (diatonic block chords) and another song's."""
+    from partita.cli.common import progress_bar
+    from partita.evaluate.accompany import evaluate_accompany
+
+    options = {k: v for k, v in {"temperature": temperature, "top_p": top_p}.items() if v is not None}
+    with progress_bar("accompanying", unit="songs") as update:
+        results = evaluate_accompany(model, data, limit=limit, bars=bars or None, seed=seed, progress=update, **options)
+    table = Table(title=f"{len(results['songs'])} held-out songs, first {results['bars'] or 'all'} bars", title_justify="left")
+    cols = ("chord_fit", "on_beat", "notes_per_beat", "notes_per_beat_ratio", "polyphony", "polyphony_ratio", "below_melody")
+    table.add_column("system")
+    for col in cols:
+        table.add_column(col.replace("_", " "), justify="right")
+    for name, row in results["systems"].items():
+        table.add_row(name, *("" if row[c] is None else f"{row[c]:.3f}" for c in cols))
+    console.print(table)
+    write_json(json_out, results)

@@ -14,6 +14,7 @@ from partita.errors import PartitaError
 ROOT = Path(__file__).resolve().parent
 GPT = "gpt-small"
 GPT_PIANO = "gpt-piano"
+GPT_ACCOMPANY = "gpt-accompany"  # writes POP909-style piano under a melody (partita accompany)
 CLASSIFIER = "classifier-small"
 TVAE = "tvae-small"
 MUSICVAE_2BAR = "musicvae-2bar"

@@ -1,0 +1,50 @@
+"""``partita accompany``: write an accompaniment under a melody (thin over ``partita.generation.accompany``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from partita.cli.common import console, progress_bar, write_json
+from partita.cli.sampling import sampling_options
+from partita.errors import PartitaError
+
+
+@sampling_options(exclude=("bars", "seconds", "max_new_tokens", "allow_early_end", "programs", "max_pause"))
+def accompany(
+    file: Path = typer.Argument(..., help="The MIDI file with the melody."),
+    style: str = typer.Option("pop", "--style", help="pop (POP909-style piano, the model), folk (block chords, the rule) or chorale (not yet)."),
+    melody_track: Optional[int] = typer.Option(None, "--melody-track", help="The melody's track, 1-based (default: a track named MELODY, else the highest track of single notes)."),
+    chords: Optional[str] = typer.Option(None, "--chords", help="Impose a progression, one chord per bar, repeated: --chords \"C G Am F\"."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="An accompaniment bundle (default: gpt-accompany)."),
+    n: int = typer.Option(1, "-n", "--num-samples", help="How many versions to write (version i uses seed + i)."),
+    out: Path = typer.Option(Path("accompanied"), "--out", "-o", help="Folder for FILE-accompany-000.mid, ..."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, ..."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    sampling: dict = None,
+) -> None:
+    """Write an accompaniment under the melody of a MIDI file: every note of the file is kept as it
+    was, the accompaniment is a new track."""
+    from partita.generation.accompany import accompany as run_accompany
+    from partita.io.midi import save
+
+    if out.exists() and not out.is_dir():
+        raise PartitaError(f"{out}: exists and is not a folder (choose another --out)")
+    with progress_bar("accompanying", unit="windows") as update:
+        results = run_accompany(str(file), style=style, model=None if model is None else str(model),
+                                melody_track=melody_track, chords=chords, n=n, device=device, progress=update,
+                                **sampling)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in results:
+        path = save(r.score, out / f"{file.stem}-accompany-{r.index:03d}.mid")
+        added = ", ".join(f"{name} ({k} notes)" for name, k in r.added.items())
+        console.print(f"{path}: melody = track {r.melody_track + 1} {r.melody_name}; added {added} over {r.bars} bars "
+                      f"({r.style}, {'the model' if r.method == 'model' else 'the rule: block chords'})",
+                      markup=False, highlight=False)
+        rows.append({"file": str(path), "melody_track": r.melody_track + 1, "melody_name": r.melody_name,
+                     "added": r.added, "bars": r.bars, "style": r.style, "method": r.method, "tokens": r.tokens,
+                     "stops": r.stops})
+    write_json(json_path, {"file": str(file), "model": None if model is None else str(model), "samples": rows})

@@ -1,0 +1,216 @@
+"""Accompaniment on held-out songs (``partita eval accompany``), every figure next to baselines.
+
+For each held-out POP909 song (``partita.data.accompany.song_split`` == "test"), the first
+``bars`` bars of its MELODY are accompanied by each system, and each accompaniment is measured:
+
+* ``chord_fit``: the share of accompaniment notes, weighted by duration (seconds), whose pitch
+  class is in the annotated chord sounding at its onset (``chord_midi.txt``; notes under "N" are
+  not counted);
+* ``on_beat``: the share of onsets within an eighth of a beat of an annotated beat (``beat_midi.txt``;
+  without it, of a quarter note of the file's ticks);
+* ``notes_per_beat`` (density) and ``polyphony`` (notes sounding, on a 16th-note grid, where any
+  sounds), also as ratios to the real accompaniment's;
+* ``below_melody``: the share of 16th-note steps where both sound in which the accompaniment's
+  highest note is below the melody's lowest.
+
+Systems: ``real`` (the song's own PIANO track: the upper bound), ``rule`` (diatonic block chords
+from the melody's pitch classes, ``partita.generation.accompany.rule_chords``), ``other`` (the
+next held-out song's PIANO, transposed to this song's key: the lower bound) and ``model``.
+Figures are means over songs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import symusic
+
+from partita.data.accompany import read_chords, song_files, song_split
+from partita.errors import PartitaError
+
+__all__ = ["SYSTEMS", "accompaniment_metrics", "chord_fit", "evaluate_accompany"]
+
+SYSTEMS = ("real", "rule", "other", "model")
+_KEYS = ("chord_fit", "on_beat", "notes_per_beat", "polyphony", "below_melody")
+
+
+def _seconds(score, ticks) -> np.ndarray:
+    from partita.io.timing import seconds_at
+
+    return np.asarray(seconds_at(score, np.asarray(ticks, np.int64)), float)
+
+
+def chord_fit(onsets: np.ndarray, durations: np.ndarray, pitches: np.ndarray, chords: list) -> Optional[float]:
+    """Duration-weighted share of notes (onset and duration in seconds) whose pitch class is in
+    the chord ``(start, end, pitch classes or None)`` sounding at their onset; None when no note
+    falls under a chord."""
+    if not chords:
+        return None
+    starts = np.array([c[0] for c in chords])
+    ends = np.array([c[1] for c in chords])
+    k = np.searchsorted(starts, np.asarray(onsets, float), side="right") - 1
+    hit = total = 0.0
+    for i, j in enumerate(k):
+        if j < 0 or onsets[i] >= ends[j] or chords[j][2] is None:
+            continue
+        w = float(durations[i])
+        total += w
+        hit += w * (int(pitches[i]) % 12 in chords[j][2])
+    return hit / total if total > 0 else None
+
+
+def _sounding(notes: dict, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per grid step: how many notes sound, the highest and the lowest pitch (-1 / 128 when none)."""
+    count = np.zeros(len(steps), np.int64)
+    high = np.full(len(steps), -1, np.int64)
+    low = np.full(len(steps), 128, np.int64)
+    for t, d, p in zip(notes["time"], notes["duration"], notes["pitch"]):
+        a, b = np.searchsorted(steps, t, side="left"), np.searchsorted(steps, t + max(int(d), 1), side="left")
+        count[a:b] += 1
+        high[a:b] = np.maximum(high[a:b], p)
+        low[a:b] = np.minimum(low[a:b], p)
+    return count, high, low
+
+
+def _on_beat(seconds_on: np.ndarray, beats: np.ndarray) -> Optional[float]:
+    """Share of onsets (seconds) within an eighth of the local beat length of an annotated beat."""
+    if len(seconds_on) == 0 or len(beats) < 2:
+        return None
+    k = np.clip(np.searchsorted(beats, seconds_on), 1, len(beats) - 1)
+    length = beats[k] - beats[k - 1]
+    near = np.minimum(np.abs(seconds_on - beats[k - 1]), np.abs(beats[k] - seconds_on))
+    return float(np.mean(near <= length / 8))
+
+
+def accompaniment_metrics(score, melody: dict, notes: dict, chords: list, *, end: int,
+                          beats: Optional[np.ndarray] = None) -> dict:
+    """The module doc's figures of an accompaniment ``notes`` (a symusic note dict in ``score``'s
+    ticks) under ``melody`` (likewise), over ticks ``[0, end)``; ``beats``: annotated beat times
+    (seconds)."""
+    tpq = int(score.ticks_per_quarter)
+    keep = notes["time"] < end
+    notes = {k: v[keep] for k, v in notes.items()}
+    on, dur = notes["time"], notes["duration"]
+    seconds_on = _seconds(score, on)
+    seconds_dur = _seconds(score, on + dur) - seconds_on
+    beats_of = on / tpq
+    steps = np.arange(0, end, max(tpq // 4, 1))
+    count, high, _ = _sounding(notes, steps)
+    m_count, _, m_low = _sounding(melody, steps)
+    both = (count > 0) & (m_count > 0)
+    return {
+        "chord_fit": chord_fit(seconds_on, seconds_dur, notes["pitch"], chords),
+        "on_beat": (_on_beat(seconds_on, np.asarray(beats, float)) if beats is not None else
+                    float(np.mean(np.abs(beats_of - np.round(beats_of)) <= 0.125)) if len(on) else None),
+        "notes_per_beat": float(len(on) / max(end / tpq, 1e-9)),
+        "polyphony": float(count[count > 0].mean()) if (count > 0).any() else 0.0,
+        "below_melody": float(np.mean(high[both] < m_low[both])) if both.any() else None,
+    }
+
+
+def _key_tonic(folder: Path) -> Optional[int]:
+    from partita.data.accompany import chord_pitch_classes
+
+    path = folder / "key_audio.txt"
+    if not path.exists():
+        return None
+    parts = path.read_text().split()
+    if len(parts) < 3:
+        return None
+    root = parts[2].split(":")[0]
+    pcs = chord_pitch_classes(f"{root}:1")
+    return None if pcs is None else min(pcs)
+
+
+def _notes(track) -> dict:
+    return {k: np.asarray(v) for k, v in track.notes.numpy().items()}
+
+
+def _track(score, name: str):
+    for t in score.tracks:
+        if t.name.strip().upper() == name:
+            return t
+    return None
+
+
+def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 10, bars: Optional[int] = 32,
+                       seed: int = 0, progress: Any = None, **options: Any) -> dict:
+    """Means over the held-out songs of ``data`` (a POP909 folder) of every system's figures
+    (module doc); ``model`` a bundle (None: no model row); ``bars``: the first bars of every song
+    (None: whole songs); sampling ``options`` as ``SamplingConfig`` fields."""
+    from partita.generation.accompany import accompany, rule_chords
+    from partita.io.midi import load
+    from partita.io.timing import bar_starts
+
+    files = [f for f in song_files(data) if song_split(f.stem) == "test" and (f.parent / "chord_midi.txt").exists()]
+    if limit is not None:
+        files = files[: int(limit)]
+    if len(files) < 2:
+        raise PartitaError(f"{data}: fewer than 2 held-out songs with chord_midi.txt (test = song numbers ending in 9)")
+    loaded = []
+    for f in files:
+        score = load(f)
+        if _track(score, "MELODY") is None or _track(score, "PIANO") is None:
+            continue
+        loaded.append((f, score))
+    bundle = None
+    if model is not None:
+        from partita.bundle import load as load_bundle
+
+        bundle = load_bundle(str(model), "gpt")
+    per: dict[str, list[dict]] = {s: [] for s in SYSTEMS if s != "model" or bundle is not None}
+    skipped: list[str] = []
+    scored: list[str] = []
+    for i, (f, score) in enumerate(loaded):
+        melody_track = next(k for k, t in enumerate(score.tracks) if t.name.strip().upper() == "MELODY")
+        melody = _notes(score.tracks[melody_track])
+        end = int((melody["time"] + melody["duration"]).max())
+        if bars is not None:
+            end = min(end, int(bar_starts(score, 0, bars=int(bars))[int(bars)]))
+        cut = score.copy()
+        for t in cut.tracks:
+            t.notes = t.notes.filter(lambda n: n.time < end, inplace=False)
+        melody = _notes(cut.tracks[melody_track])
+        if len(melody["time"]) == 0:  # an intro longer than the bars scored
+            skipped.append(f"{f.stem}: no melody in the first {bars} bars")
+            continue
+        chords = read_chords(f.parent / "chord_midi.txt")
+        beat_file = f.parent / "beat_midi.txt"
+        beats = (np.array([float(line.split()[0]) for line in beat_file.read_text().splitlines() if line.strip()])
+                 if beat_file.exists() else None)
+        systems = {"real": _notes(_track(cut, "PIANO")), "rule": _notes(rule_chords(cut, melody_track))}
+        of, other = loaded[(i + 1) % len(loaded)]
+        o = _notes(_track(other, "PIANO"))
+        o["time"] = np.round(o["time"] * score.ticks_per_quarter / other.ticks_per_quarter).astype(o["time"].dtype)
+        o["duration"] = np.round(o["duration"] * score.ticks_per_quarter / other.ticks_per_quarter).astype(o["duration"].dtype)
+        a, b = _key_tonic(f.parent), _key_tonic(of.parent)
+        shift = 0 if a is None or b is None else ((a - b + 6) % 12) - 6
+        o["pitch"] = np.clip(o["pitch"].astype(np.int64) + shift, 0, 127)
+        systems["other"] = o
+        if bundle is not None:
+            done = accompany(cut, model=bundle, melody_track=melody_track + 1, seed=seed + i, **options)[0]
+            systems["model"] = _notes(done.score.tracks[-1])
+        real = None
+        for name, notes in systems.items():
+            m = accompaniment_metrics(cut, melody, notes, chords, end=end, beats=beats)
+            if name == "real":
+                real = m
+            for k in ("notes_per_beat", "polyphony"):
+                m[f"{k}_ratio"] = m[k] / real[k] if real[k] else None
+            m["song"] = f.stem
+            per[name].append(m)
+        scored.append(f.stem)
+        if progress is not None:
+            progress(i + 1, len(loaded))
+    summary = {}
+    for name, rows in per.items():
+        summary[name] = {k: _mean([r[k] for r in rows]) for k in (*_KEYS, "notes_per_beat_ratio", "polyphony_ratio")}
+    return {"songs": scored, "skipped": skipped, "bars": bars, "systems": summary, "per_song": per,
+            "model": None if model is None else str(model)}
+
+
+def _mean(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
