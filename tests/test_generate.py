@@ -529,6 +529,19 @@ def test_cli_writes_samples_tokens_and_json(bundle, tmp_path):
     assert (out / "sample-000.txt").read_text().split()[0] == str(T.special_id(T.load_tokenizer(bundle), "BOS"))
 
 
+def test_cli_says_when_a_continuation_adds_no_note(bundle, tmp_path):
+    """Two new tokens cannot make a note (pitch, velocity, duration): said on stderr, in the table
+    and the JSON, and no file is written (the prompt is not handed back as a result)."""
+    out = tmp_path / "out"
+    proc = cli("--model", bundle, "-n", "1", "--out", out, "--prompt", POP, "--prompt-bars", "2", "--max-tokens", "2",
+               "--allow-early-end", "--json", tmp_path / "g.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "no new notes" in proc.stderr and "no new notes, not written" in proc.stdout
+    (row,) = json.loads((tmp_path / "g.json").read_text())["samples"]
+    assert row["new_notes"] == 0 and row["file"] is None and "no new notes" in row["error"] and row["notes"] > 0
+    assert not list(out.glob("*.mid"))
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
