@@ -168,7 +168,7 @@ def test_span_bits_with_and_without_future(fim_bundle):
         (("--seconds", "5-5"), "ends before it starts"),
         (("--bars", "2-3", "--seconds", "1-2"), "one of them"),
         ((), "one of them"),
-        (("--bars", "900-901"), "the file has 175 bars"),
+        (("--bars", "900-901"), "the file has 174 bars"),
     ],
 )
 def test_cli_span_mistakes_are_one_line(fim_bundle, tmp_path, capsys, args, expected):

@@ -51,6 +51,10 @@ def test_train_vae_writes_a_bundle_and_refuses_to_overwrite(run, corpus, capsys)
     assert card["steps"] == 12 and card["windows"]["train"] > 0
     assert card["command"].startswith("partita ")  # in-process: sys.argv is pytest's
     assert (run / "checkpoints" / "last.ckpt").exists() and "val/accuracy" in card["metrics"]["valid"]
+    # training flushed denormal floats to zero for its run only: the process's floats are whole again
+    import torch
+
+    assert torch.tensor(1e-40, dtype=torch.float32).item() != 0.0 and (torch.tensor(1e-38) / 1e3).item() != 0.0
     with pytest.raises(SystemExit) as e:
         main(["train", "vae", "--data", str(corpus), "--out", str(run), "--preset", "tiny"])
     assert e.value.code == 2 and "already holds a training run" in _one_line(capsys)

@@ -261,10 +261,6 @@ def train_vae(
     if len(valid) > max_valid:  # a fixed, seeded subset: validation stays quick and comparable
         valid = valid[np.sort(np.random.default_rng(config_run.seed).choice(len(valid), max_valid, replace=False))]
 
-    # LSTM gradients shrink through hundreds of steps into denormal floats, which a CPU handles
-    # ~10x slower (16-bar windows); flushing them to zero changes nothing that matters.
-    torch.set_flush_denormal(True)
-
     def make_module(r: RunConfig) -> VAEModule:
         module = VAEModule(config.to_dict(), r, transpose=transpose)
         if segment_model is not None:  # a resumed run then loads its own weights over these
@@ -294,5 +290,13 @@ def train_vae(
         "holdout": held_out,
         "notes": "metrics are on the corpus's validation split; see 'partita eval vae' for test-split numbers",
     }
-    return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks,
-               settings={"preset": preset, "model": config.to_dict()})
+    # LSTM gradients shrink through hundreds of steps into denormal floats, which a CPU handles
+    # ~10x slower (16-bar windows); flushing them to zero changes nothing that matters. The flag is
+    # the thread's floating-point state, so it is set for the run only and put back after.
+    flushed = torch.set_flush_denormal(True)
+    try:
+        return run(make_module, config_run, out, card=card, export=export, callbacks=callbacks,
+                   settings={"preset": preset, "model": config.to_dict()})
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
