@@ -213,6 +213,28 @@ def test_scores_of_voices_on_program_0_are_not_piano_music(tmp_path):
     assert piano_share([tmp_path / "keyboard.mid"]) == (1.0, 1)
 
 
+def test_a_solo_piano_piece_with_a_staff_a_hand_goes_to_the_piano_index(fixtures, tmp_path):
+    """Fur Elise exported from notation: right and left hand on two program-0 tracks, each
+    mostly one line; the two staves together are a keyboard part. Two voices of a four-voice
+    chorale alone stay apart from this only by sounding as one line together."""
+    from partita.search import choose_index
+    from partita.search.choice import piano_share
+    from partita.search.index import shipped_index
+
+    elise = fixtures / "edge" / "fur-elise.mid"
+    assert choose_index([elise]).index == shipped_index("piano")
+    assert piano_share([elise]) == (1.0, 1)
+    from symusic import Note, Score, Track
+
+    score = Score(480)
+    for v, base in enumerate((72, 48)):  # two tracks taking turns: one line between them
+        t = Track(f"voice {v}", 0, False)
+        t.notes.extend(Note((2 * i + v) * 480, 480, base + (i % 3), 80) for i in range(16))
+        score.tracks.append(t)
+    score.dump_midi(str(tmp_path / "turns.mid"))
+    assert piano_share([tmp_path / "turns.mid"]) == (0.0, 1)
+
+
 def test_shipped_embedder_names_work_in_every_command(fixtures, tmp_path, capsys):
     """-m featnet-piano (typer hands a Path) in embed, similar, attribute and map; the choice is in
     the table title and the JSON."""

@@ -87,15 +87,22 @@ def _keyboard_share(onset, end, program, track, drum) -> Optional[float]:
     """Share of the pitched notes that are on piano programs in tracks of keyboard texture
     (``KEYBOARD_SOUNDING`` notes or more sounding on average): a score exported with the default
     program 0 for every voice (a chorale, a madrigal, a folk tune) has one line a track, and is not
-    piano music for being on program 0. None: no pitched note."""
+    piano music for being on program 0. Exactly two piano-program tracks are judged together: a
+    solo piece exported from notation keeps each hand on its own staff, and its two lines sound as
+    one keyboard part. None: no pitched note."""
     keep = ~drum
     if not keep.any():
         return None
     onset, end, program, track = onset[keep], end[keep], program[keep], track[keep]
     piano = 0
-    for t in np.unique(track):
+    tracks = [t for t in np.unique(track) if (program[track == t] < 8).all()]
+    if len(tracks) == 2:  # a piano's two staves, one hand a track (a solo piece exported from notation)
+        m = np.isin(track, tracks)
+        if _sounding(onset[m], end[m]) >= KEYBOARD_SOUNDING:
+            return int(m.sum()) / len(onset)
+    for t in tracks:
         m = track == t
-        if (program[m] < 8).all() and _sounding(onset[m], end[m]) >= KEYBOARD_SOUNDING:
+        if _sounding(onset[m], end[m]) >= KEYBOARD_SOUNDING:
             piano += int(m.sum())
     return piano / len(onset)
 
