@@ -232,11 +232,11 @@ def test_imposed_chords_move_notes_to_chord_tones(tmp_path):
 
 
 def test_eval_accompany_cli(tiny_bundle, tmp_path):
-    result = runner.invoke(app, ["eval", "accompany", "--model", str(tiny_bundle), "--data", str(FIX), "--bars", "8",
+    result = runner.invoke(app, ["eval", "accompany", "--model", str(tiny_bundle), "--data", str(FIX), "--bars", "4",
                                  "--json", str(tmp_path / "e.json")])
     assert result.exit_code == 0, result.output
     r = json.loads((tmp_path / "e.json").read_text())
-    assert r["songs"] == ["009"] and r["skipped"] == ["019: no melody in the first 8 bars"]
+    assert r["songs"] == ["009"] and r["skipped"] == ["019: no melody in the first 4 bars"]
     assert set(r["systems"]) == {"real", "rule", "other", "model"}
     assert r["systems"]["real"]["notes_per_beat_ratio"] == pytest.approx(1.0)
     assert 0.0 <= r["systems"]["rule"]["chord_fit"] <= 1.0 and r["systems"]["real"]["chord_fit"] > 0.9

@@ -1,7 +1,8 @@
 """Accompaniment on held-out songs (``partita eval accompany``), every figure next to baselines.
 
 For each held-out POP909 song (``partita.data.accompany.song_split`` == "test"), the first
-``bars`` bars of its MELODY are accompanied by each system, and each accompaniment is measured:
+``bars`` bars of 4 beats of its MELODY are accompanied by each system (a song whose melody starts
+later is skipped and listed), and each accompaniment is measured:
 
 * ``chord_fit``: the share of accompaniment notes, weighted by duration (seconds), whose pitch
   class is in the annotated chord sounding at its onset (``chord_midi.txt``; notes under "N" are
@@ -9,7 +10,8 @@ For each held-out POP909 song (``partita.data.accompany.song_split`` == "test"),
 * ``on_beat``: the share of onsets within an eighth of a beat of an annotated beat (``beat_midi.txt``;
   without it, of a quarter note of the file's ticks);
 * ``notes_per_beat`` (density) and ``polyphony`` (notes sounding, on a 16th-note grid, where any
-  sounds), also as ratios to the real accompaniment's;
+  sounds; the real piano's notes held by its sustain pedal, as the model learns them), also as
+  ratios to the real accompaniment's;
 * ``below_melody``: the share of 16th-note steps where both sound in which the accompaniment's
   highest note is below the melody's lowest.
 
@@ -141,8 +143,7 @@ def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 1
     (module doc); ``model`` a bundle (None: no model row); ``bars``: the first bars of every song
     (None: whole songs); sampling ``options`` as ``SamplingConfig`` fields."""
     from partita.generation.accompany import accompany, rule_chords
-    from partita.io.midi import load
-    from partita.io.timing import bar_starts
+    from partita.io.midi import load, sustain_pedal
 
     files = [f for f in song_files(data) if song_split(f.stem) == "test" and (f.parent / "chord_midi.txt").exists()]
     if limit is not None:
@@ -167,8 +168,8 @@ def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 1
         melody_track = next(k for k, t in enumerate(score.tracks) if t.name.strip().upper() == "MELODY")
         melody = _notes(score.tracks[melody_track])
         end = int((melody["time"] + melody["duration"]).max())
-        if bars is not None:
-            end = min(end, int(bar_starts(score, 0, bars=int(bars))[int(bars)]))
+        if bars is not None:  # bars of 4 beats (POP909 files write 1/4 and 2/4 metres)
+            end = min(end, int(bars) * 4 * int(score.ticks_per_quarter))
         cut = score.copy()
         for t in cut.tracks:
             t.notes = t.notes.filter(lambda n: n.time < end, inplace=False)
@@ -180,9 +181,11 @@ def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 1
         beat_file = f.parent / "beat_midi.txt"
         beats = (np.array([float(line.split()[0]) for line in beat_file.read_text().splitlines() if line.strip()])
                  if beat_file.exists() else None)
-        systems = {"real": _notes(_track(cut, "PIANO")), "rule": _notes(rule_chords(cut, melody_track))}
+        # the real and the other song's piano with their sustain pedal in the durations, as the
+        # model reads (partita.edit.prompt_view) and writes them
+        systems = {"real": _notes(_track(sustain_pedal(cut), "PIANO")), "rule": _notes(rule_chords(cut, melody_track))}
         of, other = loaded[(i + 1) % len(loaded)]
-        o = _notes(_track(other, "PIANO"))
+        o = _notes(_track(sustain_pedal(other), "PIANO"))
         o["time"] = np.round(o["time"] * score.ticks_per_quarter / other.ticks_per_quarter).astype(o["time"].dtype)
         o["duration"] = np.round(o["duration"] * score.ticks_per_quarter / other.ticks_per_quarter).astype(o["duration"].dtype)
         a, b = _key_tonic(f.parent), _key_tonic(of.parent)

@@ -208,10 +208,14 @@ def _diatonic_triads(tonic: int, mode: str) -> list[frozenset[int]]:
 
 
 def _segments(score: Score, end: int) -> np.ndarray:
-    """Tick starts of half bars (bars of an even numerator >= 4 beats are halved), through ``end``."""
+    """Tick starts of half bars (bars of an even numerator >= 4 beats are halved; bars shorter than
+    2 beats, such as POP909's 1/4, give way to 2-beat segments), through ``end``."""
     from partita.io.timing import bar_starts
 
     starts = bar_starts(score, end)
+    tpq = int(score.ticks_per_quarter)
+    if len(starts) > 1 and np.min(np.diff(starts)) < 2 * tpq:
+        return np.arange(0, int(starts[-1]) + 2 * tpq, 2 * tpq, dtype=np.int64)
     out = []
     for a, b in zip(starts[:-1], starts[1:]):
         beats = (b - a) / int(score.ticks_per_quarter)
@@ -420,7 +424,6 @@ def accompany(
     ``SamplingConfig`` fields (``temperature``, ``top_p``, ``seed``...); version ``i`` uses seed
     ``seed + i``. Key, tempo and metre are the file's.
     """
-    from partita.generation.sampling import SamplingConfig
 
     if style not in STYLES:
         raise PartitaError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
@@ -445,12 +448,7 @@ def accompany(
         from partita.pretrained import GPT_ACCOMPANY, bundle_path
 
         model = str(bundle_path(GPT_ACCOMPANY))
-    if isinstance(model, (str, os.PathLike)):
-        from partita.bundle import load
-
-        model = load(str(model), "gpt", device=device or "cpu")
-    bundle_config = SamplingConfig.of_bundle(model) if hasattr(model, "generation") else SamplingConfig()
-    model, tokenizer, _ = resolve_model(model, device=device)
+    model, tokenizer, _, bundle_config = resolve_model(model, device=device or "cpu")
     if not getattr(model.config, "fim", False):
         raise PartitaError("this model has no fill-in-the-middle markers: train it with 'partita train gpt --accompany MELODY:PIANO'")
     cfg = (config or bundle_config).replace(**options).replace(programs="0")
