@@ -250,3 +250,14 @@ def test_track_tokens_keep_bars(tiny_bundle):
     score = symusic.Score(str(SONG))
     ids, bars, positions = track_tokens(tok, score, [score.tracks[0]])
     assert len(ids) == len(bars) == len(positions) and np.all(np.diff(bars) >= 0)
+
+
+def test_fine_tuned_bundle_lists_no_inherited_labels(tmp_path):
+    """The accompaniment model conditions on no label: an init's composer labels stay off its card."""
+    from partita.train.accompany import train_accompany
+    from partita.pretrained import bundle_path
+
+    train_accompany(FIX, tmp_path / "run", tracks="MELODY:PIANO", init=bundle_path("gpt-small"), max_steps=1,
+                    batch_size=1, val_every=1, progress="none", seed=0)
+    card = json.loads((tmp_path / "run" / "bundle" / "card.json").read_text())
+    assert card["labels"] == [] and card["init"].endswith("gpt-small")

@@ -53,12 +53,10 @@ def train_accompany(folder: str | Path, out: str | Path, run_config: RunConfig |
     if start is not None:
         tokenizer = start.tokenizer
         config = GPTConfig.from_dict({**start.model.config.to_dict(), "fim": True})
-        labels = list(start.card.get("labels") or [])
     else:
         tokenizer = make_tokenizer()
         config = GPTConfig.preset(preset or "small", **{"vocab_size": len(tokenizer), "n_labels": 0, "fim": True,
                                                         "bar_embeddings": True, **(overrides or {})})
-        labels = []
     songs, skipped = read_songs(folder, tokenizer, pair)
     if not songs["train"] or not songs["valid"]:
         raise PartitaError(f"{folder}: no songs with tracks {pair[0]} and {pair[1]} in the train or valid split "
@@ -81,7 +79,7 @@ def train_accompany(folder: str | Path, out: str | Path, run_config: RunConfig |
         "task": "accompany",
         "tracks": {"given": pair[0], "written": pair[1]},
         "corpus": str(Path(folder).expanduser()),
-        "labels": labels,
+        "labels": [],  # conditions on no label: an init's composer labels are not the model's
         "command": command or "partita.train.accompany.train_accompany(...)",
         "init": None if start is None else str(start.path),
         "preset": None if start is not None else (preset or "small"),
