@@ -297,3 +297,25 @@ def test_attributing_piano_music_right_after_install_names_a_piano_composer_or_u
     main(["similar", str(queries[0]), "-k", "3", "--json", str(tmp_path / "hits.json")])
     hits = _json.loads((tmp_path / "hits.json").read_text())["results"][0]["hits"]
     assert len(hits) == 3 and all(h["label"] in pianists for h in hits)
+
+
+def test_a_map_and_the_attribute_command_name_the_same_composer(fixtures, tmp_path, capsys):
+    """partita map --highlight says the verdict of the index's composer readout, the one
+    partita attribute gives (a copy of the piano index: a fitted map is stored in its folder)."""
+    import shutil
+
+    from partita.search.index import Index, shipped_index
+    from partita.search.maps import draw_map
+    from partita.search.reader import attribute_files, load_reader
+
+    folder = tmp_path / "piano-index"
+    shutil.copytree(shipped_index("piano"), folder)
+    elise = fixtures / "edge" / "fur-elise.mid"
+    info = draw_map(folder, tmp_path / "m.html", highlight=[elise], method="pca")
+    index = Index.load(folder)
+    direct = attribute_files(index, load_reader(folder), [elise], k=1, nearest=0)[0][0]
+    assert direct["nearest"] == {direct["top"][0]["label"]: []}
+    assert info["highlights"][0]["note"].startswith(f"attributed: {direct['verdict']}")
+    code, out, err = cli(capsys, "attribute", elise, "--json", tmp_path / "a.json")
+    assert code == 0 and "piano-index/featnet-piano" in out, err
+    assert json.loads((tmp_path / "a.json").read_text())["results"][0]["verdict"] == direct["verdict"]

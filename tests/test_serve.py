@@ -305,20 +305,24 @@ def test_piano_upload_attribution_similar_map_notes(client, fur_elise):
     assert auto["choice"] == {"index": chosen.index_name.removesuffix("-index"), "reason": chosen.reason, "given": False}
     a = client.get(p["links"]["attribution"], params={"k": 3, "index": "piano"}).json()
     assert a["choice"] == {"index": "piano", "reason": "chosen: piano", "given": True}
-    assert a["index"] == "piano" and a["labels"] == 16 and len(a["top"]) == 3
+    from partita.search.index import Index, embed_queries, shipped_index
+    from partita.search.reader import attribute_files, load_reader
+
+    index = Index.load(shipped_index("piano"))
+    reader = load_reader(index.path)  # the composer readout partita attribute uses
+    assert a["index"] == "piano" and a["method"] == "readout" and a["labels"] == len(reader.labels) and len(a["top"]) == 3
     probs = [t["probability"] for t in a["top"]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-9
     assert a["verdict"] in ({t["label"] for t in a["top"]} | {"unknown composer"})
-    assert a["known"] == (a["novelty"] <= a["threshold"])
-    # The same numbers as the library (and so the CLI): attribute the same file with partita.search.
-    from partita.search.attribute import load_attribution
-    from partita.search.index import Index, embed_queries, shipped_index
-
-    index = Index.load(shipped_index("piano"))
-    vecs, kept, _ = embed_queries(index, [FUR_ELISE])
-    direct = load_attribution(index.path).attribute(vecs, k=3)[0]
+    assert a["known"] == (a["novelty"] <= a["threshold"]) and "query" not in a
+    # The same numbers and the same explanation as the library (and so the CLI).
+    direct = attribute_files(index, reader, [FUR_ELISE], k=3)[0][0]
     assert [t["label"] for t in direct["top"]] == [t["label"] for t in a["top"]]
     assert np.allclose([t["probability"] for t in direct["top"]], probs, atol=1e-5)
+    assert a["why"]["between"] == [t["label"] for t in a["top"][:2]] == direct["why"]["between"]
+    assert [f["feature"] for f in a["why"]["features"]] == [f["feature"] for f in direct["why"]["features"]]
+    assert set(a["nearest"]) == set(a["why"]["between"]) and all(a["nearest"].values())
+    vecs, kept, _ = embed_queries(index, [FUR_ELISE])
     s = client.get(p["links"]["similar"], params={"k": 5, "index": "piano"}).json()
     assert len(s["hits"]) == 5 and [h["rank"] for h in s["hits"]] == [1, 2, 3, 4, 5]
     assert [h["id"] for h in s["hits"]] == [h.piece["id"] for h in index.search(vecs, 5)[0]]

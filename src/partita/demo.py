@@ -169,7 +169,14 @@ def _piano(asap: Optional[Path], held_out: int = 4) -> dict:
     vectors, kept, failures = embed_files(model, files)
     out: dict = {"choice": choice.to_dict(), "transcriptions": [], "renditions": [],
                  "failures": [f"{p}: {why}" for p, why in failures]}
-    for path, verdict, hits in zip(kept, attribution.attribute(vectors, k=3), index.search(vectors, 3)):
+    verdicts = attribution.attribute(vectors, k=3)
+    from partita.search.reader import attribute_files, load_reader
+
+    readout = load_reader(folder)
+    if readout is not None and len(kept):  # the composer readout partita attribute uses
+        read = {r["query"]: r for r in attribute_files(index, readout, kept, k=3, nearest=0)[0]}
+        verdicts = [read.get(str(p)) or v for p, v in zip(kept, verdicts)]
+    for path, verdict, hits in zip(kept, verdicts, index.search(vectors, 3)):
         out["transcriptions"].append({
             "piece": Path(path).stem.rsplit(",", 1)[0], "verdict": verdict["verdict"] if verdict["known"] else "unknown composer",
             "top3": ", ".join(f"{t['label']} {t['probability']:.0%}" for t in verdict["top"]),

@@ -785,11 +785,3 @@ def shipped_index(name: str = "bundled") -> Path:
         raise PartitaError(f"no shipped index {name!r} (shipped: {', '.join(SHIPPED_INDEXES)}); "
                            f"pass --index with one built by 'partita embed'")
     return path
-
-
-def choose_index(index: Optional[str | os.PathLike], queries: Sequence[str | os.PathLike] = ()) -> Path:
-    """The index folder :func:`partita.search.choose_index` picks (kept for callers that only
-    need the folder)."""
-    from partita.search.choice import choose_index as choose
-
-    return choose(list(queries), index).index

@@ -398,6 +398,12 @@ def draw_map(
         ref = index.vectors(rows) if len(rows) else np.zeros((0, index.dim))
         placed = place(state, ref, vecs) if len(vecs) else np.zeros((0, dims))
         verdicts = attribution.attribute(vecs, k=1) if attribution is not None and len(vecs) else [None] * len(vecs)
+        from partita.search.reader import attribute_files, load_reader
+
+        readout = load_reader(index.path)
+        if readout is not None and len(kept):  # the composer readout partita attribute uses
+            read = {r["query"]: r for r in attribute_files(index, readout, kept, k=1, nearest=0)[0]}
+            verdicts = [read.get(str(p)) for p in kept]
         for path, c, v in zip(kept, placed, verdicts):
             # A highlighted file that is itself in the index sits where the index has it.
             row = index.row_of(str(Path(path).resolve()))

@@ -348,7 +348,7 @@ def attribute_files(index, readout: Readout, files: Sequence, *, k: int = 3, nea
     vecs, kept, failures = embed_queries(index, files)
     labels = index.column("label")
     results = []
-    hits_all = index.search(vecs, len(index)) if len(kept) else []
+    hits_all = index.search(vecs, len(index)) if len(kept) and nearest > 0 else [[] for _ in kept]
     for path, hits in zip(kept, hits_all):
         try:
             notes = note_array(preprocess(load(path), sustain=True), unit="second")
@@ -367,7 +367,7 @@ def attribute_files(index, readout: Readout, files: Sequence, *, k: int = 3, nea
 def _distinct_titles(hits: list, n: int) -> list[dict]:
     """The first ``n`` hits of distinct titles (the other performances of a work add nothing)."""
     out, seen = [], set()
-    for h in hits:
+    for h in hits if n > 0 else ():
         title = h.piece.get("title")
         if title in seen:
             continue

@@ -244,6 +244,7 @@ class Piece:
     settings: dict = field(default_factory=dict)
     audio_from: float = 0.0  # where its audio starts (a continuation: shortly before the new music)
     vectors: dict = field(default_factory=dict)  # index key -> its embedding
+    readouts: dict = field(default_factory=dict)  # (index key, k) -> its attribution by the index's readout
     choice: Optional[dict] = None  # the index chosen for it from its notes (Explorer.index_choice)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -346,7 +347,8 @@ class PieceStore:
 
 @dataclass
 class IndexEntry:
-    """A loaded index with its attribution, its embedder and (once drawn) its map."""
+    """A loaded index with its attribution (the composer readout ``partita attribute`` uses, else
+    the older centroid attribution of an index without one), its embedder and (once drawn) its map."""
 
     key: str
     path: Path
@@ -358,6 +360,7 @@ class IndexEntry:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     map: Optional[dict] = None
     years: dict = field(default_factory=dict)  # a performance's id -> its year, where the data says it
+    reader: Any = None  # partita.search.reader.Readout of the index, where it has one
 
     def piece_file(self, row: int) -> Optional[Path]:
         """The MIDI file of index row ``row`` on this machine, or None. Only paths the index
@@ -464,7 +467,8 @@ class Explorer:
         keep: int = 256,
         audio_seconds: float = 90.0,
     ):
-        from partita.search.index import SHIPPED_INDEXES, choose_index, shipped_index
+        from partita.search import choose_index
+        from partita.search.index import SHIPPED_INDEXES, shipped_index
 
         self.max_upload_bytes = int(max_upload_mb * 2**20)
         self.audio_seconds = float(audio_seconds) if audio_seconds and audio_seconds > 0 else None
@@ -484,7 +488,7 @@ class Explorer:
                 raise PartitaError(f"{root}: no such folder (--pieces takes folders holding the index's MIDI files)")
         # Index choices by name: the request names one of these keys, never a path.
         if index is not None:
-            path = choose_index(index)
+            path = choose_index([], index).index  # a folder or a shipped name, as every command takes it
             from partita.search.index import Index
 
             Index.load(path)  # a bad --index is a one-line error at start, not at the first request
@@ -691,9 +695,11 @@ class Explorer:
         import partita
         from partita.search.attribute import load_attribution
         from partita.search.index import Index, is_shipped, resolve_model
+        from partita.search.reader import load_reader
 
         path = self.index_paths[key]
         index = Index.load(path)
+        reader = load_reader(path)
         attribution = None
         try:
             attribution = load_attribution(path)
@@ -707,7 +713,7 @@ class Explorer:
         if self.auto_roots and is_shipped(path) and path.name == "bundled-index":
             roots += _bundled_exports()
         settings = {"windows": int(index.embed.get("windows", 8)), "seed": int(index.embed.get("seed", 0))}
-        return IndexEntry(key, path, index, attribution, embedder, settings, roots, years=performance_years(roots))
+        return IndexEntry(key, path, index, attribution, embedder, settings, roots, years=performance_years(roots), reader=reader)
 
     def vector(self, piece: Piece, entry: IndexEntry) -> np.ndarray:
         """The piece's embedding by the index's embedder, with the index's settings (as
@@ -726,15 +732,40 @@ class Explorer:
             return piece.vectors[entry.key]
 
     def attribution(self, piece: Piece, index: Optional[str], k: int) -> dict:
+        """The piece's composers as ``partita attribute`` gives them: the index's readout
+        (calibrated probabilities, the length-aware "unknown", and why: the features between the
+        top two composers and their nearest pieces), or the centroid attribution of an index
+        without a readout."""
         choice = self.index_choice(piece, index)
         entry = self.index(choice["index"])
+        if entry.reader is not None:
+            return self._read_composer(piece, entry, choice, k)
         if entry.attribution is None:
             raise PartitaError(f"the index {entry.key} has no attribution (it needs labelled pieces)")
         result = entry.attribution.attribute(self.vector(piece, entry), k=k)[0]
         f = entry.attribution.fitted
-        return {"piece": piece.id, "index": entry.key, "choice": choice, "k": k, **result,
+        return {"piece": piece.id, "index": entry.key, "choice": choice, "k": k, "method": "centroids", **result,
                 "temperature": entry.attribution.temperature, "calibration": f.get("calibration"),
-                "labels": len(entry.attribution.labels)}
+                "labels": len(entry.attribution.labels), "why": None, "nearest": {}}
+
+    def _read_composer(self, piece: Piece, entry: IndexEntry, choice: dict, k: int) -> dict:
+        from partita.search.reader import attribute_files
+
+        with piece.lock:
+            cached = piece.readouts.get((entry.key, k))
+        if cached is None:
+            results, failures = attribute_files(entry.index, entry.reader, [piece.path], k=k)
+            if not results:
+                reason = failures[0][1] if failures else "cannot read this piece"
+                raise PartitaError(str(reason).replace(str(piece.path), piece.name))
+            cached = dict(results[0])
+            cached.pop("query", None)  # where the upload lies on this machine is not the client's business
+            with piece.lock:
+                piece.readouts[(entry.key, k)] = cached
+        f = entry.reader.fitted
+        return {"piece": piece.id, "index": entry.key, "choice": choice, "k": k, "method": "readout", **cached,
+                "temperature": entry.reader.temperature, "calibration": f.get("held_out"),
+                "labels": len(entry.reader.labels)}
 
     def similar(self, piece: Piece, index: Optional[str], k: int) -> dict:
         choice = self.index_choice(piece, index)
@@ -803,7 +834,9 @@ class Explorer:
         entry = self.index(key)
         xy = place(m["state"], m["reference"], self.vector(piece, entry))[0]
         verdict = None
-        if entry.attribution is not None:
+        if entry.reader is not None:
+            verdict = self._read_composer(piece, entry, choice, 3)["verdict"]
+        elif entry.attribution is not None:
             verdict = entry.attribution.attribute(self.vector(piece, entry), k=1)[0]["verdict"]
         return {"piece": piece.id, "index": key, "choice": choice, "x": round(float(xy[0]), 3), "y": round(float(xy[1]), 3),
                 "verdict": verdict, "points": f"/api/indexes/{key}/map"}

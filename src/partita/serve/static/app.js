@@ -331,6 +331,7 @@ function showChoice(choice) {
 async function loadAttribution(piece) {
   const sec = $("attribution"); sec.setAttribute("aria-busy", "true");
   $("bars").replaceChildren(); $("verdict").textContent = "working…"; $("verdict").className = ""; $("attr-note").textContent = "";
+  $("attr-why").replaceChildren();
   try {
     const a = await api(`${piece.links.attribution}?k=5${indexParam("&")}`, undefined, (m) => { $("verdict").textContent = m; });
     if (CURRENT.piece.id !== piece.id) return;
@@ -349,10 +350,29 @@ async function loadAttribution(piece) {
     });
     $("attr-note").textContent = `Index: ${a.index} (${a.labels} composers); calibrated probabilities; novelty ${a.novelty.toFixed(2)}` +
       (a.threshold !== null ? ` (unknown above ${a.threshold.toFixed(2)})` : "");
+    showWhy(a);
   } catch (e) {
     if (CURRENT.piece.id !== piece.id) return;
     $("verdict").textContent = "Attribution failed: " + e.message; $("verdict").className = "error";
   } finally { sec.setAttribute("aria-busy", "false"); }
+}
+
+// Why: the descriptor features that pulled the decision between the top two composers (the
+// readout is linear, so this is exact) and the nearest pieces of each in the index.
+function showWhy(a) {
+  const box = $("attr-why");
+  if (!a.why) return;
+  const [top, second] = a.why.between;
+  box.append(make("p", {}, `Why ${top} rather than ${second}:`));
+  const ul = make("ul");
+  a.why.features.slice(0, 5).forEach((f) => {
+    const sd = (f.value_sd >= 0 ? "+" : "") + f.value_sd.toFixed(1);
+    ul.append(make("li", {}, `${f.feature} (${sd} sd from the training pieces) pulls toward ${f.toward}`));
+  });
+  box.append(ul);
+  Object.entries(a.nearest || {}).forEach(([label, hits]) => {
+    if (hits.length) box.append(make("p", {}, `Nearest pieces by ${label}: ` + hits.map((h) => h.title || h.id).join("; ")));
+  });
 }
 
 // ------------------------------------------------------------------ similar pieces, by work
