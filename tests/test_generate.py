@@ -518,6 +518,8 @@ def test_cli_writes_samples_tokens_and_json(bundle, tmp_path):
     assert "notes" in proc.stdout and "sample-000.mid" in proc.stdout
     report = json.loads((tmp_path / "g.json").read_text())
     assert len(report["samples"]) == 2 and report["settings"]["composer"] == "folk"
+    assert report["model"] == str(bundle) and report["model_reason"] == "given with --model"
+    assert f"model: {bundle} (given with --model)" in proc.stdout
     for i, row in enumerate(report["samples"]):
         assert row["file"].endswith(f"sample-{i:03d}.mid") and row["notes"] > 0 and row["tokens"] <= 30
         assert load(row["file"]).note_num() == row["notes"]
@@ -527,6 +529,21 @@ def test_cli_writes_samples_tokens_and_json(bundle, tmp_path):
                "--tokens-format", "txt")
     assert proc.returncode == 0, proc.stderr
     assert (out / "sample-000.txt").read_text().split()[0] == str(T.special_id(T.load_tokenizer(bundle), "BOS"))
+
+
+@pytest.mark.parametrize("prompt, name, why", [(None, "gpt-small", "no prompt"), (FIXTURES / "multitrack" / "Funkytown.mid", "gpt-small", "not a piano file"),
+                                               (ELISE, "gpt-piano", "piano prompt")])
+def test_cli_names_the_default_model_and_why(tmp_path, prompt, name, why):
+    """Without --model the table's footer and the JSON say which shipped bundle sampled and why."""
+    args = ["-n", "1", "--out", tmp_path / "o", "--max-tokens", "3", "--json", tmp_path / "g.json"]
+    if prompt is not None:
+        args += ["--prompt", prompt, "--prompt-bars", "1"]
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert os.path.basename(report["model"]) == name and why in report["model_reason"]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("model: "))
+    assert name in line and why in line
 
 
 def test_cli_says_when_a_continuation_adds_no_note(bundle, tmp_path):

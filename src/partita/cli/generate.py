@@ -53,10 +53,7 @@ def generate(
         raise PartitaError(f"--tokens-format takes npy or txt, not {tokens_format!r}")
     if out.exists() and not out.is_dir():
         raise PartitaError(f"{out}: exists and is not a folder (choose another --out)")
-    if model is None:
-        from partita.pretrained import default_gpt
-
-        model = default_gpt(prompt)
+    model, model_reason = _chosen_model(model, prompt)
     from partita.generation import SamplingConfig
 
     copies = copies_tok = None
@@ -136,6 +133,7 @@ def generate(
             cells.append(f"{r['copied_bars']}" + (" COPY" if r["copy_flag"] else ""))
         table.add_row(*cells)
     console.print(table)
+    console.print(f"model: {model} ({model_reason})", markup=False, highlight=False, soft_wrap=True)
     if copies is not None:
         flagged = [r for r in rows if r["copy_flag"]]
         for r in flagged:
@@ -151,6 +149,7 @@ def generate(
     console.print(f"wrote {written} MIDI file(s) to {out}" + (f"; {len(rows) - written} sample(s) had no new notes" if written < len(rows) else ""))
     write_json(json_path, {
         "model": str(model),
+        "model_reason": model_reason,
         "out": str(out),
         "settings": {
             "n": n, "prompt": None if prompt is None else str(prompt), "prompt_bars": prompt_bars,
@@ -163,3 +162,21 @@ def generate(
         },
         "samples": rows,
     })
+
+def _chosen_model(model, prompt):
+    """The bundle to sample from and why: given with --model, or the shipped default for the prompt
+    (gpt-piano for a piano MIDI prompt, else gpt-small)."""
+    if model is not None:
+        return model, "given with --model"
+    from partita.pretrained import GPT_PIANO, ROOT, default_gpt
+
+    chosen = default_gpt(prompt)
+    if chosen.name == GPT_PIANO:
+        return chosen, "the default for a piano prompt: shipped gpt-piano, trained on ASAP's piano performances"
+    if prompt is None:
+        why = "no prompt"
+    elif not (ROOT / GPT_PIANO / "config.json").exists():
+        why = "gpt-piano is not installed"
+    else:
+        why = "the prompt is not a piano file"
+    return chosen, f"the default, {why}: shipped gpt-small, trained on the bundled corpus; choose another with --model"
