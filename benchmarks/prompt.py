@@ -43,7 +43,7 @@ def first_token(seconds: float = 600.0) -> tuple[float, int]:
     t = time.perf_counter()
     score = load(PROMPT)
     score = score.clip(0, _tick_at_seconds(score, seconds), clip_end=False)
-    model, tok, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
+    model, tok, _, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
     ids = build_prompt(tok, score)
     sample(model, tok, prompts=ids, max_new_tokens=1, seed=0)
     return time.perf_counter() - t, len(ids)
@@ -53,7 +53,7 @@ def decode_speed(threads, tokens: int, prompt) -> tuple[float, np.ndarray]:
     from partita.generation import resolve_model
     from partita.generation.sampling import sample
 
-    model, tok, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
+    model, tok, _, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
     t = time.perf_counter()
     out = sample(model, tok, prompts=prompt, max_new_tokens=tokens, seed=0, threads=threads)[0]
     return tokens / (time.perf_counter() - t), out
@@ -82,7 +82,7 @@ def main() -> None:
 
     from partita.generation import build_prompt, resolve_model
 
-    _, tok, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
+    _, tok, _, _ = resolve_model(None, device="cpu", prompt=str(PROMPT))
     prompt = build_prompt(tok, str(PROMPT), prompt_tokens=args.prompt_tokens)
     settings = [("1 thread", 1), (f"{n} threads", n), ("auto", None)]
     for case in ("as it is", f"{args.busy} busy process(es)"):

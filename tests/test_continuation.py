@@ -105,7 +105,7 @@ def test_shipped_piano_model_same_tokens_on_1_and_2_threads():
     from partita.generation.sampling import sample
     from partita.pretrained import GPT_PIANO, bundle_path
 
-    model, tok, _ = resolve_model(bundle_path(GPT_PIANO), device="cpu")
+    model, tok, _, _ = resolve_model(bundle_path(GPT_PIANO), device="cpu")
     prompt = build_prompt(tok, FIXTURES / "performance" / "Maestro_3.mid", prompt_tokens=1100)
     assert len(prompt) > 2 * model.config.context
     n = torch.get_num_threads()

@@ -8,11 +8,16 @@ from typing import Optional
 import typer
 
 from partita.cli.common import console, err_console, progress_bar, write_json
+from partita.cli.sampling import sampling_options
 from partita.errors import PartitaError
 
 _TOKEN_FORMATS = ("npy", "txt")
 
 
+@sampling_options(defaults={"max_new_tokens": "512, and the model may end sooner; a cap with --bars/--seconds",
+                             "programs": "auto: the prompt's; piano for --chords/--scale/--motif",
+                             "threads": "the faster of 1 and all, measured while decoding",
+                             "max_pause": "the model's generation.json, else never"})
 def generate(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Bundle folder of a trained GPT (default: gpt-piano for a piano --prompt, else gpt-small)."),
     n: int = typer.Option(4, "-n", "--num-samples", help="How many pieces to sample."),
@@ -25,24 +30,13 @@ def generate(
     chords: Optional[str] = typer.Option(None, "--chords", help='Start from a chord progression, e.g. "C G Am F".'),
     scale: Optional[str] = typer.Option(None, "--scale", help='Start from a scale, e.g. "D dorian".'),
     motif: Optional[str] = typer.Option(None, "--motif", help='Start from a motif, e.g. "C4:1 E4:0.5 G4:0.5".'),
-    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Sampling temperature (0 = greedy)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K most likely tokens."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this probability."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Keep tokens at least this fraction as likely as the best one."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="New tokens per sample (default 512, and the model may end sooner; a cap with --bars/--seconds)."),
-    bars: Optional[int] = typer.Option(None, "--bars", help="N new bars (the piece does not end before them)."),
-    seconds: Optional[float] = typer.Option(None, "--seconds", help="S seconds beyond the prompt (the piece does not end before them)."),
-    allow_early_end: bool = typer.Option(False, "--allow-early-end", help="Let the model end a piece before the asked --bars/--seconds/--max-tokens."),
-    programs: str = typer.Option("auto", "--programs", help="Instruments of the new notes: auto (the prompt's; piano for --chords/--scale/--motif), all, or GM numbers like 0,33 (-1 or drums)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for decoding (default: the faster of 1 and all, measured while decoding; samples are the same either way)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same pieces."),
     tokens: bool = typer.Option(False, "--tokens", "--tokens-out", help="Also write each sample's token ids (sample-000.npy...)."),
     tokens_format: str = typer.Option("npy", "--tokens-format", help="Format of --tokens files: npy or txt (ids separated by spaces)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:1, mps..."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples decoded at once (default: all)."),
     check_copies: bool = typer.Option(False, "--check-copies", help="Compare each sample with the model's training pieces (its bundle's copy index) and flag repeated bars."),
     max_copied_bars: int = typer.Option(4, "--max-copied-bars", help="With --check-copies: flag a sample that repeats more than this many bars (with notes) of one training piece."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    sampling: dict = None,
 ) -> None:
     """Sample pieces from a trained GPT: unconditionally, continuing a MIDI prompt, from chords, a
     scale or a motif, or in the style of a composer. Writes MIDI files and prints a table."""
@@ -54,8 +48,6 @@ def generate(
     if out.exists() and not out.is_dir():
         raise PartitaError(f"{out}: exists and is not a folder (choose another --out)")
     model, model_reason = _chosen_model(model, prompt)
-    from partita.generation import SamplingConfig
-
     copies = copies_tok = None
     if check_copies:  # before sampling: a missing index is a one-line error, not a wasted run
         from partita.generation.copies import CopyIndex
@@ -67,17 +59,13 @@ def generate(
             raise PartitaError(f"{model}: not a gpt bundle (no tokenizer.json)")
         copies_tok = load_tokenizer(Path(model) / "tokenizer.json")
         copies = CopyIndex.load(model, copies_tok)
-    config = SamplingConfig(
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, max_new_tokens=max_tokens,
-        bars=bars, seconds=seconds, allow_early_end=allow_early_end, programs=programs, batch_size=batch_size,
-        threads=threads,
-    ).checked()
     with progress_bar("sampling", unit="tokens") as update:
         samples = generate_samples(
-            str(model), None if prompt is None else str(prompt), n=n, config=config, composer=composer,
+            str(model), None if prompt is None else str(prompt), n=n, composer=composer,
             chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars, prompt_seconds=prompt_seconds,
-            prompt_tokens=prompt_tokens, device=device, progress=update,
+            prompt_tokens=prompt_tokens, device=device, progress=update, **sampling,
         )
+    config = samples[0].meta["sampling"] if samples else None
 
     from rich.table import Table
 
@@ -154,14 +142,13 @@ def generate(
         "settings": {
             "n": n, "prompt": None if prompt is None else str(prompt), "prompt_bars": prompt_bars,
             "prompt_seconds": prompt_seconds, "prompt_tokens": prompt_tokens, "composer": composer,
-            "chords": chords, "scale": scale, "motif": motif, "temperature": temperature, "top_k": top_k,
-            "top_p": top_p, "min_p": min_p, "max_tokens": max_tokens, "bars": bars, "seconds": seconds,
-            "seed": seed, "allow_early_end": allow_early_end,
+            "chords": chords, "scale": scale, "motif": motif,
             "check_copies": check_copies, "max_copied_bars": max_copied_bars if check_copies else None,
-            "programs": "all" if config.programs is None else (config.programs if isinstance(config.programs, str) else list(config.programs)),
+            **({} if config is None else config.as_settings()),
         },
         "samples": rows,
     })
+
 
 def _chosen_model(model, prompt):
     """The bundle to sample from and why: given with --model, or the shipped default for the prompt

@@ -8,9 +8,12 @@ from typing import Optional
 import typer
 
 from partita.cli.common import console, err_console, progress_bar, write_json
+from partita.cli.sampling import sampling_options
 from partita.errors import PartitaError
 
 
+@sampling_options(exclude=("bars", "seconds", "max_new_tokens", "allow_early_end", "max_pause"),
+                  defaults={"programs": "auto: the file's", "threads": "chosen while decoding; the same notes either way"})
 def infill(
     file: Path = typer.Argument(..., help="The MIDI file to fill."),
     bars: Optional[str] = typer.Option(None, "--bars", help="Bars to regenerate, 1-based and inclusive: --bars 9-12."),
@@ -20,29 +23,20 @@ def infill(
     candidates: int = typer.Option(1, "--candidates", "-k", help="Sample K middles per version and keep the one after which the model finds the music after the span most likely."),
     out: Path = typer.Option(Path("infilled"), "--out", "-o", help="Folder for FILE-infill-000.mid, ..."),
     composer: Optional[str] = typer.Option(None, "--composer", "-c", help="A label of the model's card (any letter case)."),
-    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Sampling temperature (0 = greedy)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K most likely tokens."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this probability."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Keep tokens at least this fraction as likely as the best one."),
-    programs: str = typer.Option("auto", "--programs", help="Instruments of the new notes: auto (the file's), all, or GM numbers like 0,33."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for decoding (default: chosen while decoding; the same notes either way)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same notes."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda..."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    sampling: dict = None,
 ) -> None:
     """Regenerate bars of a MIDI file given the music before and after them (fill-in-the-middle);
     every note outside the span is kept as it was."""
-    from partita.generation import SamplingConfig
     from partita.generation.infill import infill as run_infill
     from partita.io.midi import save
 
     if out.exists() and not out.is_dir():
         raise PartitaError(f"{out}: exists and is not a folder (choose another --out)")
-    config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-                            programs=programs, threads=threads).checked()
     with progress_bar("infilling", unit="tokens") as update:
         results = run_infill(None if model is None else str(model), str(file), bars=bars, seconds=seconds, n=n,
-                             candidates=candidates, config=config, composer=composer, device=device, progress=update)
+                             candidates=candidates, composer=composer, device=device, progress=update, **sampling)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in results:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import symusic
@@ -77,6 +77,7 @@ __all__ = [
     "infill",
     "repair_tokens",
     "resolve_label",
+    "ResolvedModel",
     "resolve_model",
     "row_generator",
     "sample",
@@ -125,16 +126,28 @@ def _auto_device(device: Any) -> Any:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class ResolvedModel(NamedTuple):
+    """A GPT ready to sample: the model, its tokenizer, its label names and its sampling
+    defaults (the bundle's ``generation.json`` over ``SamplingConfig()``)."""
+
+    model: Any
+    tokenizer: Any
+    labels: list[str]
+    defaults: SamplingConfig
+
+
 def resolve_model(
     model: Any, *, tokenizer: Any = None, labels: Optional[Sequence[str]] = None, device: Any = None,
     prompt: Any = None,
-) -> tuple[Any, Any, list[str]]:
-    """``(model, tokenizer, labels)`` from a bundle folder, a ``Bundle``, a model, or None (the
-    shipped model for ``prompt``: ``gpt-piano`` for a piano MIDI file, else ``gpt-small``).
+) -> ResolvedModel:
+    """``(model, tokenizer, labels, defaults)`` from a bundle folder, a shipped name, a
+    ``Bundle``, a model, or None (the shipped model for ``prompt``: ``gpt-piano`` for a piano
+    MIDI file, else ``gpt-small``).
 
     A folder is loaded with ``load_bundle`` on ``device`` (default: CUDA when available); the
-    labels come from its card (``card["labels"]``). A bare model needs ``tokenizer=`` (and
-    ``labels=`` for ``composer`` names); with an explicit ``device`` it is moved there.
+    labels come from its card (``card["labels"]``), the sampling defaults from its
+    ``generation.json``. A bare model needs ``tokenizer=`` (and ``labels=`` for ``composer``
+    names) and has ``SamplingConfig()``'s defaults; with an explicit ``device`` it is moved there.
     """
     from partita.bundle import Bundle, load
 
@@ -144,8 +157,10 @@ def resolve_model(
         model = load(model, "gpt", default=None if model is not None else str(default_gpt(prompt)),
                      device=_auto_device(device))
         device = None
+    defaults = SamplingConfig()
     if isinstance(model, Bundle):
         bundle = model
+        defaults = SamplingConfig.of_bundle(bundle)
         model = bundle.model
         tokenizer = tokenizer if tokenizer is not None else bundle.tokenizer
         if labels is None:
@@ -160,7 +175,7 @@ def resolve_model(
     if device is not None and str(device) != "auto":
         model = model.to(device)
     labels = [str(x) for x in (labels or [])]
-    return model, tokenizer, labels
+    return ResolvedModel(model, tokenizer, labels, defaults)
 
 
 def resolve_label(composer: Any, labels: Sequence[str], n_labels: int) -> Optional[int]:
@@ -324,18 +339,6 @@ def _special_mask(tokenizer: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- generation
 
 
-def _bars_of(score: Score) -> int:
-    """Bars of ``score`` in its own metre, to its last note-off (0 without notes)."""
-    from partita.io.timing import bar_of, bar_starts
-
-    from partita.io.midi import last_note_off
-
-    if score.note_num() == 0:
-        return 0
-    end = last_note_off(score)
-    return int(bar_of(bar_starts(score, end), max(end - 1, 0))) + 1
-
-
 def generate_samples(
     model: Any = None,
     prompt: Any = None,
@@ -357,17 +360,19 @@ def generate_samples(
 ) -> list[Sample]:
     """Like ``generate`` but returns ``Sample`` records (score, ids, stop reason, counts).
 
-    ``config``: a ``SamplingConfig`` (``partita generate`` builds one); ``options`` change its
-    fields (``temperature=0.9, bars=8``...). With ``programs="auto"`` (the default) a
+    ``config``: a ``SamplingConfig`` (default: the bundle's defaults, ``resolve_model``);
+    ``options`` change its fields (``temperature=0.9, bars=8``...); each sample's
+    ``meta["sampling"]`` is the config it was drawn with. With ``programs="auto"`` (the default) a
     continuation keeps the instruments of its prompt; a chord, scale or motif prompt is piano.
     A music prompt holds the model to its metre (``time_signatures``, unless given).
     """
     from partita.edit import last_onset, new_notes, splice, to_ticks
     from partita.io.midi import duration_seconds, last_note_off
-    from partita.io.timing import metres, seconds_at
+    from partita.io.timing import bar_count, metres, seconds_at
 
-    cfg = (config or SamplingConfig()).replace(**options)
-    model, tokenizer, labels = resolve_model(model, tokenizer=tokenizer, labels=labels, device=device, prompt=prompt)
+    model, tokenizer, labels, defaults = resolve_model(model, tokenizer=tokenizer, labels=labels, device=device,
+                                                       prompt=prompt)
+    cfg = (config or defaults).replace(**options)
     label = resolve_label(composer, labels, int(getattr(model.config, "n_labels", 0)))
     read = _read_prompt(tokenizer, prompt, chords=chords, scale=scale, motif=motif, prompt_bars=prompt_bars,
                         prompt_seconds=prompt_seconds, prompt_tokens=prompt_tokens)
@@ -397,8 +402,8 @@ def generate_samples(
         new_seconds = max(0.0, float(seconds_at(score, [new_end])[0]) - prompt_end) if n_new else 0.0
         out.append(Sample(
             score=score, ids=r.ids, prompt_length=r.prompt_length, stop=r.stop, notes=int(score.note_num()),
-            seconds=total, bars=_bars_of(score), dropped=dropped, index=i,
-            meta={"label": None if label is None else (labels[label] if label < len(labels) else label)},
+            seconds=total, bars=bar_count(score), dropped=dropped, index=i,
+            meta={"label": None if label is None else (labels[label] if label < len(labels) else label), "sampling": cfg},
             new_notes=n_new, new_seconds=new_seconds, prompt_end=prompt_end,
         ))
     return out

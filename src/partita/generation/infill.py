@@ -196,7 +196,7 @@ def infill(
     from partita.edit import new_notes, prompt_view, splice, to_ticks
     from partita.generation import resolve_label, resolve_model
     from partita.io.midi import last_note_off, load
-    from partita.io.timing import bar_of, bar_starts, metres
+    from partita.io.timing import bar_count, bar_of, bar_starts, metres
     from partita.represent.tokens import encode
 
     if midi is None:
@@ -205,7 +205,7 @@ def infill(
         from partita.pretrained import GPT_PIANO, bundle_path
 
         model = str(bundle_path(GPT_PIANO))
-    model, tokenizer, labels = resolve_model(model, tokenizer=tokenizer, device=device)
+    model, tokenizer, labels, defaults = resolve_model(model, tokenizer=tokenizer, device=device)
     if not getattr(model.config, "fim", False):
         raise PartitaError("this model was not trained for infilling (no fill-in-the-middle tokens): "
                            "use gpt-piano or a model trained with 'partita train gpt --fim 0.5'")
@@ -218,7 +218,7 @@ def infill(
         raise PartitaError(f"infill fills a MIDI file or a symusic Score, not {type(midi).__name__}")
     first, end, t0, t1 = _span_ticks(score, bars, seconds)
     if last_note_off(score) <= t0:
-        raise PartitaError(f"bars {first + 1}-{end}: the file has {_bars_in(score)} bars")
+        raise PartitaError(f"bars {first + 1}-{end}: the file has {bar_count(score)} bars")
     view = prompt_view(score)
     ids = encode(tokenizer, view, bos_eos=True)
     ref, _ = decode_safe(tokenizer, ids)  # the piece as the tokenizer sees it: its bars
@@ -232,7 +232,7 @@ def infill(
     k = int(candidates)
     if k < 1:
         raise PartitaError(f"candidates must be >= 1, got {candidates}")
-    cfg = (config or SamplingConfig()).replace(**options)
+    cfg = (config or defaults).replace(**options)
     cfg = cfg.replace(bars=m_end - m_first, seconds=None, prompt_read=None, allow_early_end=False)
     if cfg.time_signatures is None:
         cfg = cfg.replace(time_signatures=metres(ref))  # the file's metre as the tokenizer writes it
@@ -254,14 +254,6 @@ def infill(
                             notes_removed=removed, notes_added=spliced.added, stop=r.stop,
                             index=i, candidates=k, suffix_bits=bits[i]))
     return out
-
-
-def _bars_in(score: Score) -> int:
-    from partita.io.midi import last_note_off
-    from partita.io.timing import bar_of, bar_starts
-
-    end = last_note_off(score)
-    return int(bar_of(bar_starts(score, end), max(end - 1, 0))) + 1
 
 
 def suffix_bits(model: Any, tokenizer: Any, prefix: np.ndarray, middle: np.ndarray, suffix: np.ndarray,

@@ -157,6 +157,17 @@ class SamplingConfig:
         c.time_signatures = parse_time_signatures(c.time_signatures)
         return c
 
+    def as_settings(self) -> dict:
+        """Every field as JSON values (tuples as lists; ``programs`` None as ``"all"``), for the
+        settings a command reports."""
+        out = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = [list(v) if isinstance(v, tuple) else v for v in value] if isinstance(value, tuple) else value
+        if out["programs"] is None:
+            out["programs"] = "all"
+        return out
+
     @property
     def length_asked(self) -> bool:
         return self.max_new_tokens is not None or self.bars is not None or self.seconds is not None

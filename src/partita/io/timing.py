@@ -103,6 +103,16 @@ def bar_of(starts: np.ndarray, ticks) -> np.ndarray:
     return np.searchsorted(starts, np.asarray(ticks), side="right") - 1
 
 
+def bar_count(score) -> int:
+    """Bars of ``score`` in its own metre, through the bar of its last note-off (0 without notes)."""
+    from partita.io.midi import last_note_off
+
+    if score.note_num() == 0:
+        return 0
+    end = last_note_off(score)
+    return int(bar_of(bar_starts(score, end), max(end - 1, 0))) + 1
+
+
 def metres(score) -> tuple[tuple[int, int], ...]:
     """The distinct time signatures ``(numerator, denominator)`` of ``score``; ``((4, 4),)`` when it has none."""
     _, nums, dens = _time_signatures(score)
