@@ -341,3 +341,19 @@ def test_prompt_reading_in_bf16_follows_the_cpu_and_can_be_forced(tok, monkeypat
                               label_id=model.label_token(None), eos=T.special_id(tok, "EOS"), progress=None, n_rows=1)
         assert forced_off.bf16_prompt is False
     assert chosen == {"0": False, "avx512_bf16": True}
+
+
+def test_generate_and_infill_start_from_the_bundles_generation_defaults(tmp_path, tok):
+    """The CLI passes only what the user said; the rest comes from the bundle's generation.json."""
+    import json
+
+    from partita.bundle import save_bundle
+    from partita.cli import main
+
+    save_bundle(tiny_gpt(len(tok)), tmp_path / "b", tok, generation={"max_pause": 2.5, "top_k": 7})
+    for extra, pause, top_k in (([], 2.5, 7), (["--max-pause", "1.5"], 1.5, 7), (["--top-k", "3"], 2.5, 3)):
+        out = tmp_path / f"g{len(extra)}{top_k}.json"
+        main(["generate", "--model", str(tmp_path / "b"), "-n", "1", "--max-tokens", "4", "--out",
+              str(tmp_path / "o"), "--json", str(out), *extra])
+        settings = json.loads(out.read_text())["settings"]
+        assert (settings["max_pause"], settings["top_k"], settings["temperature"]) == (pause, top_k, 1.0)
