@@ -319,3 +319,45 @@ def test_a_map_and_the_attribute_command_name_the_same_composer(fixtures, tmp_pa
     code, out, err = cli(capsys, "attribute", elise, "--json", tmp_path / "a.json")
     assert code == 0 and "piano-index/featnet-piano" in out, err
     assert json.loads((tmp_path / "a.json").read_text())["results"][0]["verdict"] == direct["verdict"]
+
+
+def test_every_command_takes_a_shipped_index_name_a_folder_and_a_mixed_set(fixtures, tmp_path, capsys):
+    """similar, attribute, map and classify (and serve's --index): a folder of piano performances
+    goes to the piano index, a shipped name (a typer Path) is used as given, a mixed set of piano
+    pieces and band songs (under 80% of notes on piano) to the bundled index."""
+    from partita.search.index import shipped_index
+    from partita.serve.core import Explorer
+
+    folder = fixtures / "performance"
+    band = fixtures / "multitrack" / "Funkytown.mid"
+    piano = sorted(folder.glob("*.mid"))[:2]
+    mixed = [*piano, band, fixtures / "multitrack" / "Aicha.mid"]
+
+    def choice_of(*args):
+        code, out, err = cli(capsys, *args, "--json", tmp_path / "r.json")
+        assert code == 0, err
+        c = json.loads((tmp_path / "r.json").read_text())["choice"]
+        assert c["reason"] in " ".join(out.split())  # said in the table title
+        return c
+
+    for command in ("similar", "attribute", "classify"):
+        c = choice_of(command, folder)
+        assert c["index_name"] == "piano-index" and c["embedder"] == "featnet-piano" and not c["given"]
+        if command != "classify":  # classify takes a classifier, not an index
+            c = choice_of(command, band, "--index", "piano")
+            assert c["index_name"] == "piano-index" and c["given"]
+    for command in ("similar", "attribute"):
+        c = choice_of(command, *mixed)
+        assert c["index_name"] == "bundled-index" and c["embedder"] == "siavit-small" and 0.3 < c["piano_share"] < 0.8
+    code, out, err = cli(capsys, "classify", *mixed, "--json", tmp_path / "c.json")
+    assert code == 0 and "not piano music" in out and "piano-index" not in out, err
+    c = choice_of("map", "-H", folder, "--method", "pca", "-o", tmp_path / "m.html")
+    assert c["index_name"] == "piano-index" and not c["given"]
+    c = choice_of("map", "bundled", "-H", band, "--method", "pca", "-o", tmp_path / "m.html")
+    assert c["index_name"] == "bundled-index" and c["given"]
+    for name in (Path("piano"), "piano", shipped_index("piano")):  # serve's --index: a name or a folder
+        explorer = Explorer(index=name, pieces=[])
+        try:
+            assert {k: v.resolve() for k, v in explorer.index_paths.items()} == {"piano-index": shipped_index("piano").resolve()}
+        finally:
+            explorer.close()
