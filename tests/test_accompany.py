@@ -122,6 +122,22 @@ def test_folk_keeps_every_note_and_adds_a_named_track(tmp_path):
     _same_tracks(symusic.Score(str(path)), alone.score)
 
 
+def test_broken_chords_play_the_block_chords_one_note_a_beat(tmp_path):
+    # a C major tune in 4/4 (the default metre): one chord per half bar, two beats each
+    path = _melody_file(tmp_path, [(i * 480, 460, [72, 76, 79, 76][i % 4]) for i in range(16)])
+    block = accompany(str(path), style="folk")[0].score.tracks[-1].notes.numpy()
+    broken = accompany(str(path), style="folk", pattern="broken")[0]
+    _same_tracks(symusic.Score(str(path)), broken.score)
+    b = broken.score.tracks[-1].notes.numpy()
+    assert len(np.unique(b["time"])) == len(b["time"])  # one note at a time
+    assert set(np.diff(b["time"]).tolist()) == {480} and b["duration"].max() == 480  # one a beat
+    for seg in np.unique(block["time"]):  # each half bar: the block chord's bass first, then its upper notes
+        chord = np.sort(block["pitch"][block["time"] == seg])
+        played = b["pitch"][(b["time"] >= seg) & (b["time"] < seg + 960)]
+        assert played[0] == chord[0] and set(played[1:].tolist()) <= set(chord[1:].tolist())
+    assert np.array_equal(np.unique(b["time"] // 960 * 960), np.unique(block["time"]))
+
+
 def test_melody_track_choice_and_errors(tmp_path):
     score = symusic.Score(480)
     chords = symusic.core.TrackTick("Pad", 0, False)
@@ -168,6 +184,7 @@ def test_splits_and_track_names():
         ([str(SONG), "--style", "jazz"], "--style must be one of"),
         ([str(SONG), "--style", "folk", "--chords", "C Hm"], "unparseable chord"),
         ([str(SONG), "--style", "folk", "--melody-track", "9"], "has 3 tracks"),
+        ([str(SONG), "--style", "folk", "--pattern", "waltz"], "--pattern must be one of"),
     ],
 )
 def test_cli_mistakes_are_one_line(tmp_path, capsys, args, expected):

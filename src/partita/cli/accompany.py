@@ -18,6 +18,7 @@ def accompany(
     style: str = typer.Option("pop", "--style", help="pop (POP909-style piano, the model), folk (block chords, the rule) or chorale (not yet)."),
     melody_track: Optional[int] = typer.Option(None, "--melody-track", help="The melody's track, 1-based (default: a track named MELODY, else the highest track of single notes)."),
     chords: Optional[str] = typer.Option(None, "--chords", help="Impose a progression, one chord per bar, repeated: --chords \"C G Am F\"."),
+    pattern: str = typer.Option("block", "--pattern", help="folk: block chords, or broken (one note a beat, the bass first)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="An accompaniment bundle (default: gpt-accompany)."),
     n: int = typer.Option(1, "-n", "--num-samples", help="How many versions to write (version i uses seed + i)."),
     out: Path = typer.Option(Path("accompanied"), "--out", "-o", help="Folder for FILE-accompany-000.mid, ..."),
@@ -34,7 +35,7 @@ def accompany(
         raise PartitaError(f"{out}: exists and is not a folder (choose another --out)")
     with progress_bar("accompanying", unit="windows") as update:
         results = run_accompany(str(file), style=style, model=None if model is None else str(model),
-                                melody_track=melody_track, chords=chords, n=n, device=device, progress=update,
+                                melody_track=melody_track, chords=chords, n=n, device=device, progress=update, pattern=pattern,
                                 **sampling)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -42,7 +43,7 @@ def accompany(
         path = save(r.score, out / f"{file.stem}-accompany-{r.index:03d}.mid")
         added = ", ".join(f"{name} ({k} notes)" for name, k in r.added.items())
         console.print(f"{path}: melody = track {r.melody_track + 1} {r.melody_name}; added {added} over {r.bars} bars "
-                      f"({r.style}, {'the model' if r.method == 'model' else 'the rule: block chords'})",
+                      f"({r.style}, {'the model' if r.method == 'model' else f'the rule: {pattern} chords'})",
                       markup=False, highlight=False)
         rows.append({"file": str(path), "melody_track": r.melody_track + 1, "melody_name": r.melody_name,
                      "added": r.added, "bars": r.bars, "style": r.style, "method": r.method, "tokens": r.tokens,

@@ -43,6 +43,7 @@ __all__ = ["STYLES", "Accompanied", "accompany", "beat_phase", "choose_melody_tr
            "read_songs", "rule_chords", "track_tokens"]
 
 STYLES = ("pop", "folk", "chorale")
+PATTERNS = ("block", "broken")  # folk: chords struck together, or broken one note a beat
 #: At most this many tokens a bar per window (POP909's piano has about 22; 4x that is a model
 #: that does not end its bars, cut short).
 TOKENS_PER_BAR = 96
@@ -253,14 +254,19 @@ def _voice(pcs: list[int], root: int, top: int) -> list[int]:
     return sorted(set(notes))
 
 
-def rule_chords(score: Score, melody_track: int, *, chords: Any = None, velocity: int = 70) -> symusic.core.TrackTick:
+def rule_chords(score: Score, melody_track: int, *, chords: Any = None, velocity: int = 70,
+                pattern: str = "block") -> symusic.core.TrackTick:
     """The rule accompaniment (the baseline): block chords in a new "PIANO" track, one chord per half
     bar, each a bass root and the triad below the melody. Half bars start on the melody's beats
     (``beat_phase``). The chord is the diatonic triad of the melody's key (Krumhansl-Kessler) holding most of the melody's sounding duration in that half bar
     (ties: the chord before, then the tonic, IV, V first); with ``chords`` (``"C G Am F"``), those,
-    one per bar."""
+    one per bar. ``pattern="broken"``: the same chords broken, one note a beat (the bass on the
+    first beat of the half bar, then the chord's upper notes in turn, rising)."""
     from partita.io.timing import bar_of, bar_starts
 
+    if pattern not in PATTERNS:
+        raise PartitaError(f"--pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
+    beat = int(score.ticks_per_quarter)
     mel = score.tracks[melody_track].notes.numpy()
     track = symusic.core.TrackTick("PIANO", 0, False)
     if len(mel["time"]) == 0:
@@ -292,7 +298,14 @@ def rule_chords(score: Score, melody_track: int, *, chords: Any = None, velocity
             pcs = sorted(t)
         sounding = overlap > 0
         top = int(mel["pitch"][sounding].min()) if sounding.any() else 72
-        for p in _voice(pcs, root, top):
+        voiced = list(_voice(pcs, root, top))
+        if pattern == "broken" and b - a >= 2 * beat and len(voiced) > 1:
+            onsets = list(range(int(a), int(b), beat))
+            for j, t0 in enumerate(onsets):
+                p = voiced[0] if j == 0 else voiced[1 + (j - 1) % (len(voiced) - 1)]
+                times.append(t0), durs.append((onsets[j + 1] if j + 1 < len(onsets) else int(b)) - t0), pitches.append(p)
+            continue
+        for p in voiced:
             times.append(a), durs.append(b - a), pitches.append(p)
     if times:
         track.notes = symusic.Note.from_numpy(time=np.asarray(times, np.int32), duration=np.asarray(durs, np.int32),
@@ -413,6 +426,7 @@ def accompany(
     config: Any = None,
     device: Any = None,
     progress: Any = None,
+    pattern: str = "block",
     **options: Any,
 ) -> list[Accompanied]:
     """``n`` accompaniments of the melody of ``midi`` (a path, bytes or ``symusic.Score``).
@@ -422,11 +436,14 @@ def accompany(
     ``melody_track``: the melody's track, 1-based (default: chosen, ``choose_melody_track``).
     ``chords``: a progression to impose, one chord per bar. Sampling options are
     ``SamplingConfig`` fields (``temperature``, ``top_p``, ``seed``...); version ``i`` uses seed
-    ``seed + i``. Key, tempo and metre are the file's.
+    ``seed + i``. Key, tempo and metre are the file's. ``pattern`` (folk): ``block`` or
+    ``broken`` chords.
     """
 
     if style not in STYLES:
         raise PartitaError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
+    if pattern not in PATTERNS:
+        raise PartitaError(f"--pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
     if style == "chorale":
         raise PartitaError("--style chorale is not trained yet: use --style pop or folk")
     score, name = _read(midi)
@@ -438,7 +455,7 @@ def accompany(
         raise PartitaError(f"-n must be >= 1, got {n}")
     out = []
     if style == "folk":
-        new = rule_chords(score, track, chords=chords)
+        new = rule_chords(score, track, chords=chords, pattern=pattern)
         for i in range(n):
             out.append(_result(score, track, new.copy(), style, "rule", 0, i))
         return out
