@@ -913,3 +913,16 @@ def test_a_finished_call_has_given_its_place_back_when_its_caller_wakes():
         assert queue.submit(lambda: 8).result(timeout=60) == 8
     finally:
         queue.close()
+
+
+def test_request_models_are_made_from_sampling_config():
+    """The API's sampling fields carry SamplingConfig's help; a field not sent is None, so the
+    model's generation.json and the config's defaults apply."""
+    from partita.generation.sampling import SamplingConfig
+    from partita.serve.app import ContinueSettings, InfillSettings
+
+    for model in (ContinueSettings, InfillSettings):
+        for name in ("temperature", "top_p", "seed"):
+            f = model.model_fields[name]
+            assert f.default is None and f.description.startswith(SamplingConfig.help(name))
+    assert ContinueSettings(max_pause=1.5).max_pause == 1.5 and ContinueSettings().temperature is None

@@ -21,7 +21,7 @@ from fastapi import Path as FPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from partita.errors import PartitaError
@@ -47,38 +47,54 @@ SEED_MAX = 2**63 - 1
 Name = Field(None, max_length=100, description="auto, or one of GET /api/info's models.")
 
 
-class ContinueSettings(BaseModel):
-    """Sampling settings of a continuation (``partita generate``'s options; ``SamplingConfig`` fields)."""
-
-    model_config = STRICT
-    n: int = Field(1, ge=1, le=MAX_SAMPLES, description=f"How many continuations (1-{MAX_SAMPLES}).")
-    seconds: Optional[float] = Field(None, gt=0, le=MAX_SECONDS, description=f"Seconds of new music (default 10 when no length is given; at most {MAX_SECONDS:g}).")
-    bars: Optional[int] = Field(None, ge=1, le=MAX_BARS, description=f"New bars (at most {MAX_BARS}).")
-    max_new_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS, description=f"New tokens (at most {MAX_TOKENS}).")
-    temperature: float = Field(1.0, ge=0, le=MAX_TEMPERATURE, description="Sampling temperature (0 = greedy).")
-    top_k: Optional[int] = Field(None, ge=1, le=1_000_000)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    min_p: Optional[float] = Field(None, ge=0, lt=1)
-    seed: int = Field(0, ge=0, le=SEED_MAX)
-    allow_early_end: bool = False
-    prompt_seconds: Optional[float] = Field(None, gt=0, description="Continue from this many seconds into the piece (default: its end; at most its length).")
-    model: Optional[str] = Name
+#: The range this server takes for each sampling option; the option's type and help are
+#: ``SamplingConfig``'s (one list of options for the CLI, the API and Python).
+SAMPLING_BOUNDS = {
+    "seconds": dict(gt=0, le=MAX_SECONDS), "bars": dict(ge=1, le=MAX_BARS), "max_new_tokens": dict(ge=1, le=MAX_TOKENS),
+    "temperature": dict(ge=0, le=MAX_TEMPERATURE), "top_k": dict(ge=1, le=1_000_000), "top_p": dict(gt=0, le=1),
+    "min_p": dict(ge=0, lt=1), "seed": dict(ge=0, le=SEED_MAX), "max_pause": dict(gt=0, le=MAX_SECONDS),
+    "allow_early_end": {},
+}
+_TYPES = {"float": float, "int": int, "bool": bool, "Optional[int]": int, "Optional[float]": float}
 
 
-class InfillSettings(BaseModel):
-    """The span to regenerate and the sampling settings (``partita.generation.infill``'s)."""
+def sampling_fields(*names: str, notes: Optional[dict] = None) -> dict:
+    """Pydantic fields for ``SamplingConfig``'s ``names``: its type and help, this server's
+    bounds; None (not sent) leaves the model's ``generation.json`` and the config's default."""
+    from partita.generation.sampling import SamplingConfig
 
-    model_config = STRICT
-    bars: Optional[str] = Field(None, max_length=40, description='Bars to regenerate, 1-based and inclusive, within the piece: "9-12".')
-    seconds: Optional[str] = Field(None, max_length=40, description='Or the bars a time range touches: "10-20".')
-    n: int = Field(1, ge=1, le=MAX_SAMPLES, description=f"How many versions (1-{MAX_SAMPLES}).")
-    candidates: int = Field(1, ge=1, le=MAX_CANDIDATES, description=f"Middles sampled per version, the one that leads best into the music after the span kept (1-{MAX_CANDIDATES}).")
-    temperature: float = Field(1.0, ge=0, le=MAX_TEMPERATURE)
-    top_k: Optional[int] = Field(None, ge=1, le=1_000_000)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    min_p: Optional[float] = Field(None, ge=0, lt=1)
-    seed: int = Field(0, ge=0, le=SEED_MAX)
-    model: Optional[str] = Name
+    notes = notes or {}
+    out = {}
+    for name in names:
+        f = SamplingConfig.__dataclass_fields__[name]
+        kind = _TYPES[str(f.type)]
+        text = SamplingConfig.help(name) + (f" {notes[name]}" if name in notes else "")
+        out[name] = (Optional[kind], Field(None, description=text, **SAMPLING_BOUNDS[name]))
+    return out
+
+
+_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "seed")
+
+ContinueSettings = create_model(
+    "ContinueSettings", __config__=STRICT,
+    __doc__="Sampling settings of a continuation (``partita generate``'s options; ``SamplingConfig`` fields).",
+    n=(int, Field(1, ge=1, le=MAX_SAMPLES, description=f"How many continuations (1-{MAX_SAMPLES}).")),
+    **sampling_fields("seconds", "bars", "max_new_tokens", "max_pause", "allow_early_end", *_SAMPLING,
+                      notes={"seconds": f"Default 10 when no length is given; at most {MAX_SECONDS:g} here."}),
+    prompt_seconds=(Optional[float], Field(None, gt=0, description="Continue from this many seconds into the piece (default: its end; at most its length).")),
+    model=(Optional[str], Name),
+)
+
+InfillSettings = create_model(
+    "InfillSettings", __config__=STRICT,
+    __doc__="The span to regenerate and the sampling settings (``partita.generation.infill``'s).",
+    bars=(Optional[str], Field(None, max_length=40, description='Bars to regenerate, 1-based and inclusive, within the piece: "9-12".')),
+    seconds=(Optional[str], Field(None, max_length=40, description='Or the bars a time range touches: "10-20".')),
+    n=(int, Field(1, ge=1, le=MAX_SAMPLES, description=f"How many versions (1-{MAX_SAMPLES}).")),
+    candidates=(int, Field(1, ge=1, le=MAX_CANDIDATES, description=f"Middles sampled per version, the one that leads best into the music after the span kept (1-{MAX_CANDIDATES}).")),
+    **sampling_fields(*_SAMPLING),
+    model=(Optional[str], Name),
+)
 
 
 class _BodyLimit:

@@ -879,10 +879,14 @@ class Explorer:
                 pass
         return out
 
-    def _sampling(self, s: dict):
+    def _sampling(self, s: dict) -> dict:
+        """The sampling options the request gave (checked now, before anything is queued); the
+        model's ``generation.json`` and ``SamplingConfig``'s defaults fill in the rest."""
         from partita.generation import SamplingConfig
 
-        return SamplingConfig(**{k: v for k, v in s.items() if v is not None}).checked()
+        given = {k: v for k, v in s.items() if v is not None}
+        SamplingConfig().replace(**given).checked()
+        return given
 
     def start_continuation(self, piece: Piece, settings: dict) -> "Job":
         """Check the settings, then queue the continuation; returns its job at once."""
@@ -897,9 +901,9 @@ class Explorer:
                 raise Invalid(f"{key} must be above 0 and at most {cap:g} on this server, not {s[key]:.4g}")
         if s.get("seconds") is None and s.get("bars") is None and s.get("max_new_tokens") is None:
             s["seconds"] = 10.0
-        config = self._sampling(s)
+        options = self._sampling(s)
         shown = {"n": n, "prompt_seconds": prompt_seconds, "model": model.name, **{k: v for k, v in s.items() if v is not None}}
-        return self._queue_job("continuation", piece, model, shown, self._continue, piece, model, config, n, prompt_seconds)
+        return self._queue_job("continuation", piece, model, shown, self._continue, piece, model, options, n, prompt_seconds)
 
     def start_infill(self, piece: Piece, settings: dict) -> "Job":
         """Check the settings, then queue the infilling (``partita.generation.infill``)."""
@@ -933,10 +937,10 @@ class Explorer:
             default = self.model_path(piece, None).name
             name = default if default in capable else capable[0]
         model = self.model_path(piece, name)
-        config = self._sampling(s)
+        options = self._sampling(s)
         shown = {"n": n, "candidates": int(candidates), "model": model.name, "bars": bars, "seconds": seconds,
                  **{k: v for k, v in s.items() if v is not None}}
-        return self._queue_job("infill", piece, model, shown, self._infill, piece, model, config, n, bars, seconds,
+        return self._queue_job("infill", piece, model, shown, self._infill, piece, model, options, n, bars, seconds,
                                int(candidates))
 
     def _queue_job(self, kind: str, piece: Piece, model: Path, shown: dict, fn: Callable, *args: Any) -> "Job":
@@ -997,14 +1001,14 @@ class Explorer:
             logging.getLogger("partita.serve").exception("%s %s failed", job.kind, job.id)
             job.state, job.error = "error", {"error": "internal", "message": f"internal error ({type(e).__name__}); see the server's log"}
 
-    def _continue(self, progress, piece: Piece, model: Path, config, n: int, prompt_seconds) -> list:
+    def _continue(self, progress, piece: Piece, model: Path, options: dict, n: int, prompt_seconds) -> list:
         from partita.generation import generate_samples
 
         # Sampling keeps its state (KV cache, memories) in objects of its own, not in the model,
         # so continuations of one model run side by side in the queue's threads.
         bundle = self.gpt(model)
-        samples = generate_samples(bundle, str(piece.path), n=n, config=config,
-                                   prompt_seconds=prompt_seconds, progress=progress)
+        samples = generate_samples(bundle, str(piece.path), n=n, prompt_seconds=prompt_seconds, progress=progress,
+                                   **options)
         stem = piece.name.rsplit(".", 1)[0]
         out = []
         for s in samples:
@@ -1017,11 +1021,11 @@ class Explorer:
                         max(0.0, prompt_end - 5.0)))
         return out
 
-    def _infill(self, progress, piece: Piece, model: Path, config, n: int, bars, seconds, candidates: int = 1) -> list:
+    def _infill(self, progress, piece: Piece, model: Path, options: dict, n: int, bars, seconds, candidates: int = 1) -> list:
         from partita.io.timing import seconds_at
 
         results = _infill_module().infill(self.gpt(model), str(piece.path), bars=bars, seconds=seconds, n=n,
-                                          candidates=candidates, config=config, progress=progress)
+                                          candidates=candidates, progress=progress, **options)
         stem = piece.name.rsplit(".", 1)[0]
         out = []
         for r in results:
