@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -71,6 +72,50 @@ def test_warmup_cosine():
     assert warmup_cosine(9, warmup=10, total=100) == pytest.approx(1.0)
     assert warmup_cosine(100, warmup=10, total=100, min_ratio=0.1) == pytest.approx(0.1)
     assert warmup_cosine(55, warmup=10, total=100, min_ratio=0.0) == pytest.approx(0.5)
+
+
+def test_warmup_cosine_as_a_fraction_of_the_run():
+    """Warmup and decay in shares of the run: by steps, or by the time budget when it ends first."""
+    f = dict(warmup=10_000, total=100, min_ratio=0.0, warmup_fraction=0.1)  # the step count is not used
+    assert warmup_cosine(0, **f) == pytest.approx(0.1)
+    assert warmup_cosine(9, **f) == pytest.approx(1.0)
+    assert warmup_cosine(54, **f) == pytest.approx(0.5)  # halfway through the decay (55% of the run)
+    assert warmup_cosine(99, **f) == pytest.approx(0.0)
+    # a 2000-step run whose clock ends first: 5% of the time is half the warmup, 55% half the decay
+    t = dict(warmup=100, total=2000, min_ratio=0.0, warmup_fraction=0.1)
+    assert warmup_cosine(3, time_fraction=0.05, **t) == pytest.approx(0.5)
+    assert warmup_cosine(30, time_fraction=0.55, **t) == pytest.approx(0.5)
+    assert warmup_cosine(30, time_fraction=1.0, **t) == pytest.approx(0.0)
+    assert warmup_cosine(5, time_fraction=0.3, warmup=0, total=100, min_ratio=0.0, warmup_fraction=0.0) == \
+        pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
+
+
+def test_run_config_warmup_fraction_drives_the_scheduler():
+    """``--warmup-fraction`` reaches the optimizer's schedule: 20% of a 10-step run is 2 steps."""
+    from types import SimpleNamespace
+
+    from partita.train.common import RunConfig, warmup_cosine_optimizer
+
+    config = RunConfig(max_steps=10, lr=1.0, warmup=100, warmup_fraction=0.2, min_lr_ratio=0.0).with_defaults()
+    weight = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([weight], lr=1.0)
+    sched = warmup_cosine_optimizer(opt, SimpleNamespace(run_config=config))["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[9] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_warmup_fraction_out_of_range_is_an_error(value):
+    from partita.errors import PartitaError
+    from partita.train.common import RunConfig
+
+    with pytest.raises(PartitaError, match="--warmup-fraction"):
+        RunConfig(warmup_fraction=value).with_defaults()
 
 
 class StopAt(Callback):

@@ -29,6 +29,7 @@ RUN_OPTIONS = [
     ("batch_size", Optional[int], typer.Option(None, "--batch-size", "-b", help="Examples per micro-batch and process (songs, windows, crops).")),
     ("lr", Optional[float], typer.Option(None, "--lr", help="Peak learning rate.")),
     ("warmup", Optional[int], typer.Option(None, "--warmup", help="Linear warmup steps before the cosine decay.")),
+    ("warmup_fraction", Optional[float], typer.Option(None, "--warmup-fraction", help="Warmup as a share of the run instead of --warmup steps, e.g. 0.05: of --max-steps or --max-time, whichever ends the run first; the cosine decays over the rest.")),
     ("min_lr_ratio", Optional[float], typer.Option(None, "--min-lr-ratio", help="The cosine decays to lr x this.")),
     ("weight_decay", Optional[float], typer.Option(None, "--weight-decay", help="AdamW weight decay (matrices only).")),
     ("grad_clip", Optional[float], typer.Option(None, "--grad-clip", help="Gradient norm clipping (0: off; default 1).")),

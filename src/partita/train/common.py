@@ -31,10 +31,21 @@ from partita.errors import PartitaError
 from partita.nn.linear import cpu_bf16_flag
 
 
-def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float = 0.1, time_fraction: float = 0.0) -> float:
+def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float = 0.1, time_fraction: float = 0.0,
+                  warmup_fraction: float | None = None) -> float:
     """Learning-rate multiplier: linear warmup to 1 over ``warmup`` steps, then cosine decay to
     ``min_ratio`` at ``total`` steps (and flat after). With a time budget, ``time_fraction`` (the
-    share of it spent) moves the decay along when the clock, not the step count, ends the run."""
+    share of it spent) moves the decay along when the clock, not the step count, ends the run.
+
+    With ``warmup_fraction`` the warmup is that share of the run instead of a step count: the run's
+    progress is the larger of the share of ``total`` steps done and ``time_fraction`` (whichever
+    ends the run first), warmup up to ``warmup_fraction`` of it, the cosine over the rest."""
+    if warmup_fraction is not None:
+        done = max((step + 1) / max(1, total), time_fraction)
+        if done < warmup_fraction:
+            return done / warmup_fraction
+        progress = min(1.0, (done - warmup_fraction) / max(1e-9, 1.0 - warmup_fraction))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     if step < warmup:
         return (step + 1) / max(1, warmup)
     progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
@@ -50,7 +61,8 @@ def warmup_cosine_optimizer(opt, module) -> dict:
     def factor(step: int) -> float:
         budget = getattr(module, "budget", None)
         spent = budget.fraction() if budget is not None else 0.0
-        return warmup_cosine(step, warmup=r.warmup, total=r.max_steps, min_ratio=r.min_lr_ratio, time_fraction=spent)
+        return warmup_cosine(step, warmup=r.warmup, total=r.max_steps, min_ratio=r.min_lr_ratio, time_fraction=spent,
+                             warmup_fraction=r.warmup_fraction)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -175,6 +187,7 @@ class RunConfig:
     batch_size: Optional[int] = None  # examples (songs, windows, crops) per optimizer micro-batch and process
     lr: Optional[float] = None  # peak learning rate
     warmup: Optional[int] = None  # linear warmup steps before the cosine decay
+    warmup_fraction: Optional[float] = None  # warmup as a share of the run (steps or time, whichever ends first); replaces warmup
     min_lr_ratio: Optional[float] = None  # the cosine decays to lr * min_lr_ratio
     weight_decay: Optional[float] = None  # AdamW weight decay on matrices
     grad_clip: Optional[float] = None  # gradient norm clipping (0: off)
@@ -234,6 +247,8 @@ class RunConfig:
             raise PartitaError(f"--max-time must be positive, not {self.max_time}")
         if self.lr is not None and not self.lr > 0:
             raise PartitaError(f"--lr must be positive, not {self.lr}")
+        if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
+            raise PartitaError(f"--warmup-fraction must be at least 0 and below 1, not {self.warmup_fraction}")
         if self.patience is not None and self.patience < 1:
             raise PartitaError(f"--patience must be at least 1, not {self.patience}")
         if self.progress not in ("auto", "bar", "lines", "none"):
