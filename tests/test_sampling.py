@@ -357,3 +357,30 @@ def test_generate_and_infill_start_from_the_bundles_generation_defaults(tmp_path
               str(tmp_path / "o"), "--json", str(out), *extra])
         settings = json.loads(out.read_text())["settings"]
         assert (settings["max_pause"], settings["top_k"], settings["temperature"]) == (pause, top_k, 1.0)
+
+
+def test_a_model_is_held_only_to_metres_it_writes_bars_of():
+    """held_metres keeps a file's metres when the model's BPE merged bar lines of each (it met
+    them often), else leaves the metre free; a vocabulary without such merges cannot tell: held."""
+    import partita
+    from partita.generation.filters import bar_metres, held_metres
+    from partita.represent.token_tables import token_tables
+
+    piano = token_tables(partita.load("gpt-piano").tokenizer)
+    small = token_tables(partita.load("gpt-small").tokenizer)
+    assert bar_metres(piano) == {(4, 4)} and {(3, 4), (6, 8), (4, 4)} <= bar_metres(small)
+    assert held_metres(piano, [(4, 4)]) == ((4, 4),) and held_metres(piano, [(3, 4)]) is None
+    assert held_metres(piano, [(4, 4), (2, 4)]) is None
+    assert held_metres(small, [(6, 8), (3, 4)]) == ((3, 4), (6, 8))
+
+
+def test_an_untrained_vocabulary_holds_the_file_metre(tok):
+    from partita.generation.filters import bar_metres, held_metres
+    from partita.represent.token_tables import token_tables
+
+    tables = token_tables(tok)
+    if bar_metres(tables) is None:
+        assert held_metres(tables, [(3, 4)]) == ((3, 4),)
+    else:  # the test tokenizer merged bar lines: held exactly to those it knows
+        known = sorted(bar_metres(tables))
+        assert held_metres(tables, known) == tuple(known)

@@ -368,7 +368,9 @@ def generate_samples(
     """
     from partita.edit import last_onset, new_notes, splice, to_ticks
     from partita.io.midi import duration_seconds, last_note_off
+    from partita.generation.filters import held_metres
     from partita.io.timing import bar_count, metres, seconds_at
+    from partita.represent.token_tables import token_tables
 
     model, tokenizer, labels, defaults = resolve_model(model, tokenizer=tokenizer, labels=labels, device=device,
                                                        prompt=prompt)
@@ -379,7 +381,7 @@ def generate_samples(
     if cfg.programs == "auto" and any(v is not None for v in (chords, scale, motif)):
         cfg = cfg.replace(programs=(0,))  # structure prompts are piano
     if read.view is not None and cfg.time_signatures is None:  # the file's metre as the tokenizer writes it
-        cfg = cfg.replace(time_signatures=metres(decode_safe(tokenizer, read.ids)[0]))
+        cfg = cfg.replace(time_signatures=held_metres(token_tables(tokenizer), metres(decode_safe(tokenizer, read.ids)[0])))
     raw = sample(model, tokenizer, prompts=[read.ids], n=n, config=cfg, label=label, progress=progress,
                  return_details=True)
     out = []

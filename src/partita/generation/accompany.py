@@ -352,7 +352,9 @@ def _model_track(model, tokenizer, score: Score, melody_track: int, cfg, label, 
     """The model's accompaniment of ``score``'s melody, as a "PIANO" track in the file's ticks."""
     from partita.edit import new_notes, to_ticks
     from partita.generation.sampling import FillPrompt, sample
+    from partita.generation.filters import held_metres
     from partita.io.timing import metres
+    from partita.represent.token_tables import token_tables
     from partita.represent.tokens import special_id, token_timing
 
     mel = track_tokens(tokenizer, score, [score.tracks[melody_track]])
@@ -364,7 +366,7 @@ def _model_track(model, tokenizer, score: Score, melody_track: int, cfg, label, 
     bos, eos = special_id(tokenizer, "BOS"), special_id(tokenizer, "EOS")
     written = np.array([bos], np.int64)
     if cfg.time_signatures is None:
-        cfg = cfg.replace(time_signatures=metres(_melody_only(score, melody_track)))
+        cfg = cfg.replace(time_signatures=held_metres(token_tables(tokenizer), metres(_melody_only(score, melody_track))))
     windows = _windows(n_bars)
     stops: dict = {}
     for k, (shown, first, end) in enumerate(windows):

@@ -196,7 +196,9 @@ def infill(
     from partita.edit import new_notes, prompt_view, splice, to_ticks
     from partita.generation import resolve_label, resolve_model
     from partita.io.midi import last_note_off, load
+    from partita.generation.filters import held_metres
     from partita.io.timing import bar_count, bar_of, bar_starts, metres
+    from partita.represent.token_tables import token_tables
     from partita.represent.tokens import encode
 
     if midi is None:
@@ -235,7 +237,8 @@ def infill(
     cfg = (config or defaults).replace(**options)
     cfg = cfg.replace(bars=m_end - m_first, seconds=None, prompt_read=None, allow_early_end=False)
     if cfg.time_signatures is None:
-        cfg = cfg.replace(time_signatures=metres(ref))  # the file's metre as the tokenizer writes it
+        # the file's metre as the tokenizer writes it, where the model can write its bars
+        cfg = cfg.replace(time_signatures=held_metres(token_tables(tokenizer), metres(ref)))
     raw = sample(model, tokenizer, prompts=[prompt], n=n * k, config=cfg, label=label, progress=progress,
                  return_details=True)
     bits: list[Optional[float]] = [None] * len(raw)
