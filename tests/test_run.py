@@ -280,6 +280,19 @@ def test_the_budget_keeps_time_for_the_final_validation():
     assert trainer.should_stop and tight.stopped_by_time
     unknown = TimeBudget(100.0, started=now)  # before the first validation: a share of the budget is kept
     assert 0 < unknown.reserve() < 100.0
+    # before Lightning counts the validation batches, the module's loader says how many there are
+    class Module:
+        def val_dataloader(self):
+            return [None] * 40
+
+    class Counting:
+        num_val_batches = []
+        lightning_module = Module()
+
+    counted = TimeBudget(600.0, started=now)
+    counted.step_seconds = 2.0  # 40 batches of about half a 2 s step: 40 s, not 5% of the budget
+    assert counted.reserve(Counting()) == pytest.approx(1.1 * 40 + TimeBudget.EXPORT_SECONDS)
+    assert counted.reserve(Trainer()) == pytest.approx(1.1 * 30 + TimeBudget.EXPORT_SECONDS)
     again = TimeBudget(10.0)
     again.load_state_dict(tight.state_dict())
     assert again.elapsed() >= 4.5 and again.validation_seconds == 5.0  # resumed: the clock goes on

@@ -351,7 +351,7 @@ class TimeBudget(L.Callback):
             return 0.0
         val = self.validation_seconds
         if val is None:  # never validated: forward passes over the validation batches, if their number is known
-            n = sum(trainer.num_val_batches) if trainer is not None and trainer.num_val_batches else float("inf")
+            n = sum(trainer.num_val_batches) if trainer is not None and trainer.num_val_batches else _val_batches(trainer)
             val = n * self.step_seconds * 0.5 if self.step_seconds and math.isfinite(n) else 0.05 * self.max_time
         return 1.1 * val + self.EXPORT_SECONDS
 
@@ -384,6 +384,15 @@ class TimeBudget(L.Callback):
     def load_state_dict(self, state):
         self.before = float(state.get("seconds", 0.0))
         self.validation_seconds = state.get("validation_seconds")
+
+
+def _val_batches(trainer) -> float:
+    """Batches of the module's validation loader before Lightning has counted them (it does at
+    the first validation; a run without a sanity check has no count until then); inf unknown."""
+    try:
+        return float(len(trainer.lightning_module.val_dataloader()))
+    except Exception:  # no module, no loader, or a loader without a length
+        return float("inf")
 
 
 class StopOnSignal(L.Callback):
