@@ -180,7 +180,7 @@ def test_splits_and_track_names():
     "args, expected",
     [
         (["missing.mid"], "missing.mid"),
-        ([str(SONG), "--style", "chorale"], "chorale is not trained yet"),
+        ([str(SONG), "--style", "chorale", "--chords", "C G"], "--chords works with --style pop and folk"),
         ([str(SONG), "--style", "jazz"], "--style must be one of"),
         ([str(SONG), "--style", "folk", "--chords", "C Hm"], "unparseable chord"),
         ([str(SONG), "--style", "folk", "--melody-track", "9"], "has 3 tracks"),

@@ -9,17 +9,18 @@ import typer
 
 from partita.cli.common import console, progress_bar, write_json
 from partita.cli.sampling import sampling_options
+from partita.cli.train import app as train_app
 from partita.errors import PartitaError
 
 
 @sampling_options(exclude=("bars", "seconds", "max_new_tokens", "allow_early_end", "programs", "max_pause"))
 def accompany(
     file: Path = typer.Argument(..., help="The MIDI file with the melody."),
-    style: str = typer.Option("pop", "--style", help="pop (POP909-style piano, the model), folk (block chords, the rule) or chorale (not yet)."),
+    style: str = typer.Option("pop", "--style", help="pop (POP909-style piano, the model), folk (block chords, the rule) or chorale (alto, tenor, bass under a soprano)."),
     melody_track: Optional[int] = typer.Option(None, "--melody-track", help="The melody's track, 1-based (default: a track named MELODY, else the highest track of single notes)."),
     chords: Optional[str] = typer.Option(None, "--chords", help="Impose a progression, one chord per bar, repeated: --chords \"C G Am F\"."),
     pattern: str = typer.Option("block", "--pattern", help="folk: block chords, or broken (one note a beat, the bass first)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="An accompaniment bundle (default: gpt-accompany)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="An accompaniment bundle (default: gpt-accompany; chorale: chorale-harmony)."),
     n: int = typer.Option(1, "-n", "--num-samples", help="How many versions to write (version i uses seed + i)."),
     out: Path = typer.Option(Path("accompanied"), "--out", "-o", help="Folder for FILE-accompany-000.mid, ..."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, ..."),
@@ -49,3 +50,36 @@ def accompany(
                      "added": r.added, "bars": r.bars, "style": r.style, "method": r.method, "tokens": r.tokens,
                      "stops": r.stops})
     write_json(json_path, {"file": str(file), "model": None if model is None else str(model), "samples": rows})
+
+
+@train_app.command("chorale")
+def train_chorale(
+    data: str = typer.Option("bundled", "--data", help="A folder of four-part chorales (MIDI, a track a voice), or 'bundled' for music21's Bach chorales."),
+    out: Path = typer.Option(Path("runs/chorale-harmony"), "--out", "-o", help="The bundle folder to write."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Score the held-out chorales into the card (partita eval accompany --style chorale)."),
+) -> None:
+    """Count a chorale harmonizer (partita accompany --style chorale) from four-part chorales: the
+    chords Bach follows a chord with, the soprano tones and basses of each, the voices' ranges. The
+    tunes of the held-out split are left out."""
+    from partita.bundle import save_bundle
+    from partita.generation.chorale import chorale_files, split_chorales, train_harmony
+
+    with progress_bar("reading", unit="files") as update:
+        files = chorale_files(data, progress=update)
+    splits, skipped = split_chorales(files)
+    with progress_bar("counting", unit="chorales") as update:
+        model, report = train_harmony(splits["train"], progress=update)
+    card = {"family": "harmony", "data": "music21's Bach chorales (music21 corpus, BSD-3 licence; the music is public domain)"
+            if data == "bundled" else str(data), "command": f"partita train chorale --data {data} --out {out}", "split": "by tune: the first 12 soprano intervals, 15% held out",
+            "train_chorales": report["chorales"], "test_chorales": len(splits["test"]), "skipped": len(skipped),
+            "beats": report["beats"], "chords": report["chords"], "modes": report["modes"]}
+    save_bundle(model, out, card=card, generation={"temperature": 0.5})
+    if evaluate:
+        from partita.evaluate.accompany import evaluate_chorales
+
+        with progress_bar("harmonizing held-out chorales", unit="chorales") as update:
+            results = evaluate_chorales(str(out), data, progress=update)
+        card["metrics"] = {"test": {"chorales": len(results["chorales"]), "beats": results["beats"], "systems": results["systems"]}}
+        save_bundle(model, out, card=card, generation={"temperature": 0.5})
+    console.print(f"{out}: {report['chorales']} chorales ({report['beats']} beats, {report['chords']} chords), "
+                  f"{len(splits['test'])} held out, {len(skipped)} skipped (not four voices)", markup=False, highlight=False)

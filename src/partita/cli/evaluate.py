@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from partita.cli.common import console, write_json
+from partita.errors import PartitaError
 
 app = typer.Typer(help="Evaluate models on held-out pieces against baselines.", no_args_is_help=True)
 
@@ -111,9 +112,12 @@ def continuation_cmd(
 
 @app.command("accompany")
 def accompany_cmd(
-    model: Optional[Path] = typer.Option(None, "--model", help="An accompaniment bundle (partita train gpt --accompany); none: the baselines only."),
-    data: Path = typer.Option(..., "--data", help="A POP909 folder (NNN/NNN.mid with chord_midi.txt); the held-out songs are scored."),
-    limit: Optional[int] = typer.Option(10, "--limit", help="At most this many held-out songs."),
+    model: Optional[Path] = typer.Option(None, "--model", help="An accompaniment bundle (partita train gpt --accompany); none: the baselines only. "
+                                         "chorale: a harmony bundle (default chorale-harmony)."),
+    data: str = typer.Option(..., "--data", help="pop: a POP909 folder (NNN/NNN.mid with chord_midi.txt); chorale: a folder of "
+                             "four-part chorales or 'bundled'. The held-out songs (chorales) are scored."),
+    style: str = typer.Option("pop", "--style", help="pop (POP909 songs) or chorale (alto, tenor, bass under held-out Bach sopranos)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most this many held-out songs (default 10) or chorales (default: all)."),
     bars: Optional[int] = typer.Option(32, "--bars", help="The first N bars of every song (0: whole songs)."),
     seed: int = typer.Option(0, "--seed"),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t"),
@@ -125,9 +129,13 @@ def accompany_cmd(
     from partita.cli.common import progress_bar
     from partita.evaluate.accompany import evaluate_accompany
 
+    if style == "chorale":
+        return _chorales(model, data, limit, seed, temperature, json_out)
+    if style != "pop":
+        raise PartitaError(f"--style must be pop or chorale, not {style!r}")
     options = {k: v for k, v in {"temperature": temperature, "top_p": top_p}.items() if v is not None}
     with progress_bar("accompanying", unit="songs") as update:
-        results = evaluate_accompany(model, data, limit=limit, bars=bars or None, seed=seed, progress=update, **options)
+        results = evaluate_accompany(model, data, limit=10 if limit is None else limit, bars=bars or None, seed=seed, progress=update, **options)
     table = Table(title=f"{len(results['songs'])} held-out songs, first {results['bars'] or 'all'} bars", title_justify="left")
     cols = ("chord_fit", "on_beat", "notes_per_beat", "notes_per_beat_ratio", "polyphony", "polyphony_ratio", "below_melody")
     table.add_column("system")
@@ -135,5 +143,24 @@ def accompany_cmd(
         table.add_column(col.replace("_", " "), justify="right")
     for name, row in results["systems"].items():
         table.add_row(name, *("" if row[c] is None else f"{row[c]:.3f}" for c in cols))
+    console.print(table)
+    write_json(json_out, results)
+
+
+def _chorales(model, data: str, limit: Optional[int], seed: int, temperature: Optional[float], json_out: Optional[Path]) -> None:
+    from partita.cli.common import progress_bar
+    from partita.evaluate.accompany import evaluate_chorales
+
+    with progress_bar("harmonizing", unit="chorales") as update:
+        results = evaluate_chorales(None if model is None else str(model), data, limit=limit,
+                                    seed=seed, temperature=temperature, progress=update)
+    table = Table(title=f"{len(results['chorales'])} held-out chorales ({results['beats']} beats), alto, tenor and bass "
+                        f"under Bach's soprano; per 100 beats", title_justify="left")
+    cols = ("chord_fit", "parallels", "parallel_fifths", "parallel_octaves", "crossing", "out_of_range", "notes_per_beat")
+    table.add_column("system")
+    for col in cols:
+        table.add_column(col.replace("_", " "), justify="right")
+    for name, row in results["systems"].items():
+        table.add_row({"real": "Bach"}.get(name, name), *("" if row[c] is None else f"{row[c]:.3f}" for c in cols))
     console.print(table)
     write_json(json_out, results)

@@ -32,7 +32,7 @@ import symusic
 from partita.data.accompany import read_chords, song_files, song_split
 from partita.errors import PartitaError
 
-__all__ = ["SYSTEMS", "accompaniment_metrics", "chord_fit", "evaluate_accompany"]
+__all__ = ["CHORALE_RANGES", "SYSTEMS", "accompaniment_metrics", "chord_fit", "chorale_metrics", "evaluate_accompany", "evaluate_chorales"]
 
 SYSTEMS = ("real", "rule", "other", "model")
 _KEYS = ("chord_fit", "on_beat", "notes_per_beat", "polyphony", "below_melody")
@@ -217,3 +217,91 @@ def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 1
 def _mean(values) -> Optional[float]:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
+
+
+# --------------------------------------------------------------------------- chorales
+
+#: The voices' textbook ranges (alto G3-D5, tenor C3-G4, bass E2-C4), the same for every system.
+CHORALE_RANGES = ((55, 74), (48, 67), (40, 60))
+CHORALE_SYSTEMS = ("real", "model", "rule", "other")
+
+
+def chorale_metrics(satb: np.ndarray, bach: np.ndarray, onsets: int) -> dict:
+    """Figures of a harmonization on the beat grid: ``satb`` [beats, 4] (soprano first, -1 in a
+    rest), ``bach`` Bach's own [beats, 4], ``onsets``: the notes its three lower voices start.
+    Parallel fifths, octaves and beats with a voice crossing per 100 beats; ``out_of_range``: the
+    share of lower-voice beats outside ``CHORALE_RANGES``; ``chord_fit``: the share of lower-voice
+    beats whose pitch class is in Bach's chord at that beat; ``notes_per_beat``: per voice."""
+    from partita.models.harmony import voice_leading_errors
+
+    e = voice_leading_errors(satb)
+    both = (satb >= 0).all(axis=1) & (bach >= 0).all(axis=1)
+    fit = [int(satb[k, j]) % 12 in {int(p) % 12 for p in bach[k]} for k in np.flatnonzero(both) for j in (1, 2, 3)]
+    sounding = satb[(satb >= 0).all(axis=1)]
+    out = [not lo <= p <= hi for row in sounding for p, (lo, hi) in zip(row[1:], CHORALE_RANGES)]
+    beats = max(e["beats"], 1)
+    return {"parallel_fifths": 100 * e["parallel_fifths"] / beats, "parallel_octaves": 100 * e["parallel_octaves"] / beats,
+            "parallels": 100 * (e["parallel_fifths"] + e["parallel_octaves"]) / beats, "crossing": 100 * e["crossing"] / beats,
+            "out_of_range": float(np.mean(out)) if out else None, "chord_fit": float(np.mean(fit)) if fit else None,
+            "notes_per_beat": onsets / (3 * beats), "beats": e["beats"]}
+
+
+def evaluate_chorales(model: Any, data: str | Path = "bundled", *, limit: Optional[int] = None, seed: int = 0,
+                      temperature: Optional[float] = None, progress: Any = None) -> dict:
+    """Means over the held-out chorales of ``data`` (a folder of four-part chorales, or
+    "bundled": music21's; held out by tune, ``partita.generation.chorale.tune_split``) of
+    ``chorale_metrics`` for Bach's own lower voices (``real``), the model's (``model``: a harmony
+    bundle, None for the shipped one), the naive rule's (``rule_voices``) and another held-out
+    chorale's lower voices moved to this one's key (``other``, the lower bound)."""
+    from partita.bundle import load as load_bundle
+    from partita.generation.chorale import (beat_voices, chorale_files, chorale_voices, harmonize, rule_voices,
+                                            soprano_key, sounding_at, split_chorales)
+    from partita.io.midi import load
+    from partita.pretrained import CHORALE_HARMONY
+
+    bundle = load_bundle(model, "harmony", default=CHORALE_HARMONY)
+    temperature = float(bundle.generation.get("temperature", 1.0) if temperature is None else temperature)
+    files = split_chorales(chorale_files(data))[0]["test"]
+    if limit is not None:
+        files = files[: int(limit)]
+    if len(files) < 2:
+        raise PartitaError(f"{data}: fewer than 2 held-out four-part chorales")
+    loaded = []
+    for f in files:
+        score = load(f)
+        voices = chorale_voices(score)
+        grid, satb = beat_voices(score, voices)
+        loaded.append((f, score, voices, grid, satb, soprano_key(score, voices[0])))
+    per: dict[str, list[dict]] = {s: [] for s in CHORALE_SYSTEMS}
+    for i, (f, score, voices, grid, satb, (tonic, _)) in enumerate(loaded):
+        soprano = satb[:, :1]
+
+        def on_grid(tracks) -> tuple[np.ndarray, int]:
+            cols = [sounding_at(t.notes.numpy(), grid.starts) for t in tracks]
+            return np.concatenate([soprano, np.stack(cols, axis=1)], axis=1), sum(t.note_num() for t in tracks)
+
+        _, _, _, _, o_satb, (o_tonic, _) = loaded[(i + 1) % len(loaded)]
+        shift = ((tonic - o_tonic + 6) % 12) - 6
+        other = np.resize(o_satb[:, 1:], (len(satb), 3))
+        other = np.where(other >= 0, other + shift, -1)
+        systems = {
+            "real": (satb, sum(score.tracks[v].note_num() for v in voices[1:])),
+            "model": on_grid(harmonize(bundle.model, score, voices[0], temperature=temperature, seed=seed + i)),
+            "rule": on_grid(rule_voices(score, voices[0])),
+            "other": (np.concatenate([soprano, other], axis=1), int((np.diff(np.r_[[[-2] * 3], other], axis=0) != 0).sum())),
+        }
+        for name, (arr, onsets) in systems.items():
+            m = chorale_metrics(arr, satb, onsets)
+            m["chorale"] = f.stem
+            per[name].append(m)
+        if progress is not None:
+            progress(i + 1, len(loaded))
+    keys = ("chord_fit", "parallels", "parallel_fifths", "parallel_octaves", "crossing", "out_of_range", "notes_per_beat")
+    summary = {}
+    for name, rows in per.items():
+        beats = sum(r["beats"] for r in rows)
+        summary[name] = {k: (sum(r[k] * r["beats"] for r in rows) / max(beats, 1) if k in ("parallels", "parallel_fifths", "parallel_octaves", "crossing")
+                             else _mean([r[k] for r in rows])) for k in keys}
+    return {"chorales": [r["chorale"] for r in per["real"]], "systems": summary, "per_chorale": per,
+            "model": str(bundle.path) if bundle.path is not None else None, "temperature": temperature,
+            "beats": sum(r["beats"] for r in per["real"])}

@@ -18,7 +18,9 @@ The user's tracks are kept exactly (every note, in ticks, every meta event; a co
 * ``folk``: block chords, one diatonic triad per half bar chosen from the melody's pitch classes
   (``rule_chords``): the rule baseline of ``partita eval accompany``, given as a style of its own
   until a folk model is trained.
-* ``chorale``: not trained yet (a one-line error).
+* ``chorale``: alto, tenor and bass under a soprano (``partita.generation.chorale``: a chord model
+  counted from Bach's chorales, ``chorale-harmony``, with a voice-leading search), three named
+  tracks.
 
 ``chords="C G Am F"`` imposes a progression, one chord per bar, repeated: the rule voices it; with
 the model, each new note's pitch moves to the nearest tone of its bar's chord (the model's rhythm
@@ -434,7 +436,8 @@ def accompany(
     """``n`` accompaniments of the melody of ``midi`` (a path, bytes or ``symusic.Score``).
 
     ``style``: ``pop`` (the model; ``model``: a bundle folder, a ``Bundle`` or a shipped name,
-    default ``gpt-accompany``), ``folk`` (the rule's block chords) or ``chorale`` (not yet).
+    default ``gpt-accompany``), ``folk`` (the rule's block chords) or ``chorale`` (alto, tenor and
+    bass; ``model``: a harmony bundle, default ``chorale-harmony``).
     ``melody_track``: the melody's track, 1-based (default: chosen, ``choose_melody_track``).
     ``chords``: a progression to impose, one chord per bar. Sampling options are
     ``SamplingConfig`` fields (``temperature``, ``top_p``, ``seed``...); version ``i`` uses seed
@@ -446,8 +449,8 @@ def accompany(
         raise PartitaError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
     if pattern not in PATTERNS:
         raise PartitaError(f"--pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
-    if style == "chorale":
-        raise PartitaError("--style chorale is not trained yet: use --style pop or folk")
+    if style == "chorale" and chords is not None:
+        raise PartitaError("--chords works with --style pop and folk; a chorale's chords are the model's")
     score, name = _read(midi)
     track = choose_melody_track(score, melody_track, name=name)
     if chords is not None:
@@ -459,8 +462,10 @@ def accompany(
     if style == "folk":
         new = rule_chords(score, track, chords=chords, pattern=pattern)
         for i in range(n):
-            out.append(_result(score, track, new.copy(), style, "rule", 0, i))
+            out.append(_result(score, track, [new.copy()], style, "rule", 0, i))
         return out
+    if style == "chorale":
+        return _chorale(score, track, model, n, config, options, progress)
     from partita.generation import resolve_model
 
     if model is None:
@@ -476,22 +481,41 @@ def accompany(
         new, ids, stops = _model_track(model, tokenizer, score, track, cfg.replace(seed=int(cfg.seed) + i), None, progress)
         if chords is not None:
             impose_chords(new, score, chords)
-        out.append(_result(score, track, new, style, "model", len(ids) - 1, i))
+        out.append(_result(score, track, [new], style, "model", len(ids) - 1, i))
         out[-1].ids, out[-1].stops = ids, stops
     return out
 
 
-def _result(score: Score, track: int, new, style: str, method: str, tokens: int, index: int) -> Accompanied:
+def _chorale(score: Score, track: int, model: Any, n: int, config: Any, options: dict, progress: Any) -> list[Accompanied]:
+    """``n`` harmonizations (alto, tenor, bass) of the soprano ``score.tracks[track]``."""
+    from partita.bundle import load as load_bundle
+    from partita.generation.chorale import harmonize
+    from partita.generation.sampling import SamplingConfig
+    from partita.pretrained import CHORALE_HARMONY
+
+    bundle = load_bundle(model, "harmony", default=CHORALE_HARMONY)
+    cfg = (config or SamplingConfig.of_bundle(bundle)).replace(**options).checked()
+    out = []
+    for i in range(n):
+        voices = harmonize(bundle.model, score, track, temperature=cfg.temperature, seed=int(cfg.seed) + i)
+        out.append(_result(score, track, voices, "chorale", "model", 0, i))
+        if progress is not None:
+            progress(i + 1, n)
+    return out
+
+
+def _result(score: Score, track: int, new: list, style: str, method: str, tokens: int, index: int) -> Accompanied:
     from partita.io.timing import bar_of, bar_starts
 
     out = score.copy()
     names = {t.name for t in out.tracks}
-    if new.name in names:  # the file has a PIANO track already: the new one is told apart
-        new.name = f"{new.name} (accompaniment)"
-    out.tracks.append(new)
+    for t in new:
+        if t.name in names:  # the file has a PIANO (Alto...) track already: the new one is told apart
+            t.name = f"{t.name} (accompaniment)"
+        out.tracks.append(t)
     mel = score.tracks[track].notes.numpy()
     end = int((mel["time"] + mel["duration"]).max()) if len(mel["time"]) else 0
     bars = int(bar_of(bar_starts(score, end), max(end - 1, 0))) + 1
     return Accompanied(score=out, melody_track=track, melody_name=score.tracks[track].name or f"track {track + 1}",
-                       added={new.name: int(new.note_num())}, style=style, method=method, bars=bars, tokens=tokens,
+                       added={t.name: int(t.note_num()) for t in new}, style=style, method=method, bars=bars, tokens=tokens,
                        index=index)

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent
 GPT = "gpt-small"
 GPT_PIANO = "gpt-piano"
 GPT_ACCOMPANY = "gpt-accompany"  # writes POP909-style piano under a melody (partita accompany)
+CHORALE_HARMONY = "chorale-harmony"  # alto, tenor and bass under a soprano (accompany --style chorale)
 CLASSIFIER = "classifier-small"
 TVAE = "tvae-small"
 MUSICVAE_2BAR = "musicvae-2bar"
