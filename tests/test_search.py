@@ -313,51 +313,72 @@ def _notes(score):
     return note_array(score, unit="second")
 
 
-def test_conformal_thresholds_keep_the_false_alarm_budget_per_length_bin():
-    from partita.search.reader import conformal_thresholds
+def test_length_normalised_novelty_keeps_the_false_alarm_budget_in_every_length_bin():
+    from partita.search.reader import LengthModel, conformal_threshold, length_bins
 
     rng = np.random.default_rng(0)
-    bins = np.repeat([0, 1, 2, 3], 200)
-    scores = rng.normal(size=800) + bins  # longer bins score higher: one global threshold would be unfair
-    th = conformal_thresholds(scores, bins, alpha=0.1)
+    seconds = np.exp(rng.uniform(np.log(20), np.log(900), 4000))
+    # Short pieces are farther from everything and spread more: one threshold on the raw
+    # distance would call most short pieces unknown and almost no long ones.
+    log_d = 0.5 - 0.3 * np.log(seconds) + (0.6 - 0.08 * np.log(seconds)) * rng.normal(size=len(seconds))
+    d = np.exp(log_d)
+    cal, new = np.arange(2000), np.arange(2000, 4000)
+    bins = length_bins(seconds[new])
+    raw = d[new] > conformal_threshold(d[cal], alpha=0.1)
+    assert raw[bins == 0].mean() > 0.2 and raw[bins == 3].mean() < 0.05
+    model = LengthModel.fit(d[cal], seconds[cal])
+    th = conformal_threshold(model.score(d[cal], seconds[cal]), alpha=0.1)
+    flagged = model.score(d[new], seconds[new]) > th
     for b in range(4):
-        share = (scores[bins == b] > th[b]).mean()
-        assert 0.05 <= share <= 0.1
-    # A bin with too few pieces borrows the threshold of all of them.
-    few = conformal_thresholds(scores[:210], bins[:210], alpha=0.1)
-    assert few[1] == few[2] == few[3] != few[0]
+        assert 0.05 <= flagged[bins == b].mean() <= 0.15
+    assert LengthModel.from_dict(model.to_dict()).score(d[:5], seconds[:5]) == pytest.approx(model.score(d[:5], seconds[:5]))
+    # Lengths beyond the fitted range are held to the range's edge, never extrapolated.
+    assert model.score([0.1], [5000.0]) == pytest.approx(model.score([0.1], [seconds[cal].max()]))
 
 
 def test_readout_attributes_new_works_explains_exactly_and_round_trips(tmp_path):
+    from partita.represent.features import feature_vector
     from partita.search import reader as R
 
     styles = ("low", "high", "mid")
     notes = [_notes(styled_piece(s, seed=10 * k + j)) for k, s in enumerate(styles) for j in range(6)]
     labels = [s for s in styles for _ in range(6)]
     groups = [f"{s}{j}" for s in styles for j in range(6)]
-    readout = R.fit_reader(notes, labels, groups, folds=3)
+    # The hand-made feature vector stands in for an index's embedding (any vectors of the pieces).
+    readout = R.fit_reader(notes, labels, groups, folds=3, vectors=[feature_vector(n) for n in notes], embedder="fv")
     assert readout.labels == sorted(styles) and readout.fitted["works"] == 18
-    assert readout.fitted["top1"] == 1.0 and readout.thresholds is not None and 0 < readout.temperature
+    assert readout.fitted["top1"] == 1.0 and readout.threshold is not None and 0 < readout.temperature
+    assert readout.fitted["novelty_from"] == ["descriptor", "embedder"] and set(readout.length_models) == {"descriptor", "embedder"}
     for k, s in enumerate(styles):
-        views = R.piece_views(_notes(styled_piece(s, seed=99 + k)))  # a work never seen
-        r = readout.attribute(*views, seconds=20.0)
-        assert r["top"][0]["label"] == s and r["why"]["between"][0] == s
+        n = _notes(styled_piece(s, seed=99 + k))  # a work never seen
+        views = R.piece_views(n)
+        r = readout.attribute(*views, seconds=20.0, vector=feature_vector(n))
+        assert r["known"] and r["top"][0]["label"] == s and r["why"]["between"][0] == s
         # The explanation is exact: the features' contributions and the biases sum to the logit gap.
         a, b = (readout.labels.index(x) for x in r["why"]["between"])
         full = readout.explain(*views, a, b, top=10_000)
         z = readout.logits(np.vstack([views[0], views[1][None]])).mean(0)
         assert sum(f["logit"] for f in full) + readout.bias[a] - readout.bias[b] == pytest.approx(z[a] - z[b], abs=0.05)
     # Random notes are far from every training piece.
-    far = readout.attribute(*R.piece_views(_notes(random_note_piece(seed=3, seconds=20))), seconds=20.0)
-    assert not far["known"] and far["verdict"] == "unknown composer"
+    rn = _notes(random_note_piece(seed=3, seconds=20))
+    far = readout.attribute(*R.piece_views(rn), seconds=20.0, vector=feature_vector(rn))
+    assert not far["known"] and far["verdict"] == "unknown composer" and far["novelty"] > far["threshold"]
+    with pytest.raises(PartitaError, match="pass the piece's vector"):
+        readout.attribute(*R.piece_views(rn), seconds=20.0)
     readout.save(tmp_path)
     back = R.load_reader(tmp_path)
-    assert back.labels == readout.labels and back.temperature == readout.temperature
-    assert back.attribute(*views, seconds=20.0)["top"][0]["label"] == styles[-1]
+    assert back.labels == readout.labels and back.temperature == readout.temperature and back.embedder == "fv"
+    again = back.attribute(*views, seconds=20.0, vector=feature_vector(n))
+    assert again["top"][0]["label"] == styles[-1] and again["novelty"] == pytest.approx(r["novelty"], abs=0.05)
+    assert not back.attribute(*R.piece_views(rn), seconds=20.0, vector=feature_vector(rn))["known"]
     (tmp_path / "reader.safetensors").write_bytes(b"garbage")
     with pytest.raises(PartitaError, match="corrupt composer readout"):
         R.load_reader(tmp_path)
     assert R.fit_reader(notes[:6], labels[:6], groups[:6]) is None  # one label: nothing to choose between
+    # Without vectors the novelty is the descriptor's alone.
+    plain = R.fit_reader(notes, labels, groups, folds=3)
+    assert plain.embedded is None and set(plain.length_models) == {"descriptor"}
+    assert plain.attribute(*views, seconds=20.0)["top"][0]["label"] == styles[-1]
 
 
 def test_an_interrupted_embed_resumes_where_it_stopped(tmp_path, monkeypatch):

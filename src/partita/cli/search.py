@@ -223,7 +223,7 @@ def _attribute_with_readout(idx, readout, choice, queries: list[Path], k: int, j
         raise PartitaError("no query MIDI files given")
     _report_failures(failures)
     table = Table(title=f"Attribution ({choice.reason}; {len(readout.labels)} composers, unknown beyond the "
-                        f"novelty of {readout.fitted.get('alpha', 0.05):.0%} of held-out works of the same length)",
+                        f"length-normalised novelty of {readout.fitted.get('alpha', 0.05):.0%} of held-out works)",
                   title_justify="left")
     table.add_column("file", no_wrap=True, overflow="ellipsis", max_width=28)
     table.add_column("verdict", overflow="fold")

@@ -670,8 +670,8 @@ def embed_into_index(
         raise PartitaError(f"{out} is a {index.kind} index; --index-type {kind} applies only to a new index")
     if not added:
         index.save(out)
-    if calibrate and not existing and embedder.family == "featnet":
-        _fit_reader(jobs, out, store_paths)
+    if calibrate and not existing:
+        _fit_reader(jobs, out, index)
     if calibrate:
         from partita.search.attribute import fit_attribution
 
@@ -687,9 +687,10 @@ def embed_into_index(
                        choice=choice)
 
 
-def _fit_reader(jobs: list, out: Path, store_paths: bool) -> None:
-    """Fit the composer readout (``partita.search.reader``) of a new FeatNet index from the
-    labelled pieces just embedded, when at least two labels have enough works."""
+def _fit_reader(jobs: list, out: Path, index: "Index") -> None:
+    """Fit the composer readout (``partita.search.reader``) of a new index from the labelled
+    pieces just embedded, when at least two labels have enough works; its novelty also measures
+    the distance to the training pieces in the index's own embedding."""
     from partita.search import reader as R
 
     works: dict = {}
@@ -698,9 +699,10 @@ def _fit_reader(jobs: list, out: Path, store_paths: bool) -> None:
             works.setdefault(piece["label"], set()).add(_work(piece, src))
     if sum(len(w) >= 5 for w in works.values()) < 2:
         return
-    notes, labels, groups = [], [], []
+    notes, labels, groups, vectors = [], [], [], []
     for piece, src in jobs:
-        if piece["label"] is None:
+        row = index.row_of(piece["id"])
+        if piece["label"] is None or row is None:  # unlabelled, or the embedder skipped it
             continue
         try:
             if isinstance(src, tuple):
@@ -715,7 +717,8 @@ def _fit_reader(jobs: list, out: Path, store_paths: bool) -> None:
         notes.append(n)
         labels.append(piece["label"])
         groups.append(_work(piece, src))
-    readout = R.fit_reader(notes, labels, groups)
+        vectors.append(index.vectors([row])[0])
+    readout = R.fit_reader(notes, labels, groups, vectors=vectors, embedder=index.model.get("fingerprint"))
     if readout is not None:
         readout.save(out)
 

@@ -9,11 +9,20 @@ transposed up to ``TRANSPOSE`` semitones, tempo, dropped notes, velocities), eac
 to the same total so that the composer with the most works is not the default answer. A piece's
 log-probabilities are the mean of its crops' (test-time augmentation), re-normalised.
 
-Calibration: a temperature on those log-probabilities, fitted on held-out works. "Unknown":
-split conformal prediction per length bin (``LENGTH_BINS``): in each bin the threshold is the
-``1 - ALPHA`` quantile (finite-sample corrected) of the held-out works' nonconformity
-``-log p(top composer)``, so about ``ALPHA`` of pieces by known composers of that length are
-called unknown, short ones no more often than long ones.
+Calibration: a temperature on those log-probabilities, fitted on held-out works.
+
+"Unknown" (novelty): how far a piece is from the pieces the readout learnt from, measured twice
+and combined: (1) the root mean squared distance of its mean standardised view, each feature
+clipped to +-``CLIP`` sd (so one extreme histogram bin cannot dominate), to its ``NEIGHBOURS``
+nearest training pieces; (2) where the index's vectors are given, the mean cosine distance of
+its embedding (the index's own embedder: what ``similar`` ranks by) to its ``NEIGHBOURS`` nearest
+training pieces. Short pieces are farther from everything (fewer notes, noisier descriptors), so
+each log-distance is normalised for length: a location-scale model linear in log seconds
+(:class:`LengthModel`), fitted on the held-out works' distances, turns it into a standard score
+whatever the length. The novelty is the mean of those scores, and the threshold the split-
+conformal ``1 - ALPHA`` quantile (finite-sample corrected) of the held-out works' novelty: about
+``ALPHA`` of pieces by known composers are called unknown, short ones no more often than long
+ones, and the threshold of the few short pieces borrows strength from all the others.
 
 Why a decision was made: the readout is linear in the standardised descriptor, so the difference
 between the logits of the predicted and the runner-up composer is exactly a sum over the
@@ -31,8 +40,8 @@ import numpy as np
 from partita.errors import PartitaError
 from partita.represent.features import augmented_crop, piano_descriptor
 
-__all__ = ["ALPHA", "CROPS", "LENGTH_BINS", "Readout", "conformal_thresholds", "crop_descriptors", "fit_readout",
-           "length_bins", "load_reader", "fit_reader", "piece_views"]
+__all__ = ["ALPHA", "CROPS", "LENGTH_BINS", "LengthModel", "Readout", "calibrate_novelty", "conformal_threshold",
+           "crop_descriptors", "fit_readout", "length_bins", "load_reader", "fit_reader", "novelty_score", "piece_views"]
 
 CROPS = 8
 CROP_SECONDS = (30.0, 90.0)
@@ -40,8 +49,12 @@ TRANSPOSE = 3
 ALPHA = 0.05
 #: Training pieces the novelty of a query is measured against (its nearest ones).
 NEIGHBOURS = 5
+#: Standardised descriptor values are clipped to +-CLIP sd before distances are taken.
+CLIP = 3.0
+#: Distances below this count as this (the float16 precision of the stored references).
+FLOOR = 1e-3
 READER_FILE, READER_WEIGHTS = "reader.json", "reader.safetensors"
-#: Upper edges (seconds) of the length bins of the "unknown" threshold; the last bin is open.
+#: Upper edges (seconds) of the length bins "unknown" is reported by; the last bin is open.
 LENGTH_BINS = (60.0, 180.0, 360.0)
 BIN_NAMES = ("< 1 min", "1-3 min", "3-6 min", ">= 6 min")
 
@@ -83,23 +96,68 @@ def crop_descriptors(notes: np.ndarray, *, seed: int = 0, crops: int = CROPS, tr
     return np.stack(out).astype(np.float32)
 
 
-def conformal_thresholds(nonconformity: np.ndarray, bins: np.ndarray, *, alpha: float = ALPHA,
-                         min_per_bin: int = 20) -> np.ndarray:
-    """Per length bin, the split-conformal threshold: the ``ceil((n + 1)(1 - alpha)) / n``
-    quantile of the bin's held-out nonconformity. A bin with fewer than ``min_per_bin`` pieces
-    borrows the threshold of all pieces together."""
-    nonconformity, bins = np.asarray(nonconformity, np.float64), np.asarray(bins)
+def conformal_threshold(scores: np.ndarray, *, alpha: float = ALPHA) -> float:
+    """The split-conformal threshold of held-out scores: their ``ceil((n + 1)(1 - alpha)) / n``
+    quantile, so a new exchangeable score exceeds it with probability at most ``alpha``."""
+    x = np.asarray(scores, np.float64)
+    n = len(x)
+    if n == 0:
+        return float("inf")
+    level = min(1.0, np.ceil((n + 1) * (1 - alpha)) / n)
+    return float(np.quantile(x, level, method="higher"))
 
-    def q(x):
-        n = len(x)
-        if n == 0:
-            return np.inf
-        level = min(1.0, np.ceil((n + 1) * (1 - alpha)) / n)
-        return float(np.quantile(x, level, method="higher"))
 
-    overall = q(nonconformity)
-    return np.array([q(nonconformity[bins == b]) if (bins == b).sum() >= min_per_bin else overall
-                     for b in range(len(LENGTH_BINS) + 1)])
+@dataclass
+class LengthModel:
+    """A location-scale model of a log-distance against log seconds: ``log d = a + b log s +
+    exp(c + e log s) * r``; :meth:`score` returns the residual ``r`` standardised by its held-out
+    mean and sd. Lengths are clipped to the range it was fitted on (no extrapolation), distances
+    below ``FLOOR`` count as ``FLOOR`` (the precision of the float16 references)."""
+
+    location: tuple  # (b, a): slope and intercept of log d on log seconds
+    scale: tuple  # (e, c): the same for log |residual|
+    mean: float
+    sd: float
+    log_seconds: tuple  # (min, max) of the fit
+
+    @classmethod
+    def fit(cls, distances: np.ndarray, seconds: np.ndarray) -> "LengthModel":
+        ls = np.log(np.maximum(np.asarray(seconds, np.float64), 1.0))
+        ld = np.log(np.maximum(np.asarray(distances, np.float64), FLOOR))
+        A = np.vander(ls, 2)
+        loc = np.linalg.lstsq(A, ld, rcond=None)[0]
+        res = ld - A @ loc
+        sca = np.linalg.lstsq(A, np.log(np.abs(res) + 1e-6), rcond=None)[0]
+        r = res / np.exp(A @ sca)
+        return cls(tuple(float(x) for x in loc), tuple(float(x) for x in sca), float(r.mean()),
+                   float(max(r.std(), 1e-6)), (float(ls.min()), float(ls.max())))
+
+    def score(self, distances, seconds) -> np.ndarray:
+        ls = np.clip(np.log(np.maximum(np.asarray(seconds, np.float64), 1.0)), *self.log_seconds)
+        ld = np.log(np.maximum(np.asarray(distances, np.float64), FLOOR))
+        A = np.vander(np.atleast_1d(ls), 2)
+        r = (np.atleast_1d(ld) - A @ np.asarray(self.location)) / np.exp(A @ np.asarray(self.scale))
+        return (r - self.mean) / self.sd
+
+    def to_dict(self) -> dict:
+        return {"location": list(self.location), "scale": list(self.scale), "mean": self.mean, "sd": self.sd,
+                "log_seconds": list(self.log_seconds)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LengthModel":
+        return cls(tuple(d["location"]), tuple(d["scale"]), float(d["mean"]), float(d["sd"]), tuple(d["log_seconds"]))
+
+
+def novelty_score(models: dict, distances: dict, seconds) -> np.ndarray:
+    """The mean of the length-normalised scores of the distances ``models`` has a model for."""
+    return np.mean([models[k].score(distances[k], seconds) for k in models], axis=0)
+
+
+def calibrate_novelty(distances: dict, seconds: np.ndarray, *, alpha: float = ALPHA) -> tuple[dict, float]:
+    """Length models of held-out ``distances`` (name -> array) and the split-conformal threshold
+    of the novelty they give: ``(models, threshold)``."""
+    models = {k: LengthModel.fit(v, seconds) for k, v in distances.items()}
+    return models, conformal_threshold(novelty_score(models, distances, seconds), alpha=alpha)
 
 
 @dataclass
@@ -112,9 +170,14 @@ class Readout:
     weight: np.ndarray  # (L, D) on standardised descriptors
     bias: np.ndarray  # (L,)
     temperature: float = 1.0
-    references: Optional[np.ndarray] = None  # (N, D) standardised mean views of the training pieces
-    thresholds: Optional[np.ndarray] = None  # per length bin, of the novelty; None: never unknown
+    references: Optional[np.ndarray] = None  # (N, D) clipped standardised mean views of the training pieces
+    embedded: Optional[np.ndarray] = None  # (N, E) the training pieces' unit vectors by the index's embedder
+    embedder: Optional[str] = None  # that embedder's fingerprint
+    length_models: dict = field(default_factory=dict)  # "descriptor" / "embedder" -> LengthModel
+    threshold: Optional[float] = None  # of the novelty; None: never unknown
     fitted: dict = field(default_factory=dict)
+    #: The cross-fitted held-out distances and lengths it was calibrated on (fit_reader; not saved).
+    held_out: Optional[dict] = None
 
     def _z(self, descriptors: np.ndarray) -> np.ndarray:
         return (np.atleast_2d(np.asarray(descriptors, np.float64)) - self.mean) / self.scale
@@ -149,26 +212,46 @@ class Readout:
         return [{"feature": DESCRIPTOR_NAMES[j], "toward": self.labels[a] if contribution[j] > 0 else self.labels[b],
                  "logit": round(float(contribution[j]), 3), "value_sd": round(float(z[j]), 2)} for j in order]
 
-    def novelty(self, crops: np.ndarray, whole: Optional[np.ndarray] = None) -> float:
-        """Root mean squared distance of the piece's mean standardised view to its ``NEIGHBOURS``
-        nearest training pieces: music unlike any piece the readout learnt from is far."""
+    def distances(self, crops: np.ndarray, whole: Optional[np.ndarray] = None, vector: Optional[np.ndarray] = None) -> dict:
+        """The raw distances the novelty combines: ``descriptor`` (RMS distance of the piece's mean
+        clipped standardised view to its ``NEIGHBOURS`` nearest training pieces) and, for a readout
+        with the index's vectors, ``embedder`` (mean cosine distance of ``vector`` to its
+        ``NEIGHBOURS`` nearest training pieces)."""
         views = np.asarray(crops, np.float64) if whole is None else np.vstack([crops, np.atleast_2d(whole)])
-        return float(_knn_distance(self._z(views).mean(0, keepdims=True), self.references)[0])
+        out = {"descriptor": float(_knn_distance(_mean_view(self, views)[None], self.references)[0])}
+        if self.embedded is not None:
+            if vector is None:
+                raise PartitaError("this readout measures novelty with the index's embedder too: pass the piece's vector")
+            out["embedder"] = float(_cosine_knn(np.atleast_2d(vector), self.embedded)[0])
+        return out
+
+    def novelty(self, crops: np.ndarray, whole: Optional[np.ndarray] = None, seconds: float = 60.0,
+                vector: Optional[np.ndarray] = None) -> float:
+        """How unlike every training piece a piece is, in held-out standard scores for its length
+        (module doc); None-free: a readout without length models returns the descriptor distance."""
+        d = self.distances(crops, whole, vector)
+        if not self.length_models:
+            return d["descriptor"]
+        return float(novelty_score(self.length_models, d, np.array([seconds]))[0])
 
     def attribute(self, crops: np.ndarray, whole: Optional[np.ndarray], seconds: float, k: int = 3,
-                  explain: int = 5) -> dict:
+                  explain: int = 5, vector: Optional[np.ndarray] = None) -> dict:
         """One piece: ``verdict`` (a label or "unknown composer"), ``known``, ``novelty`` and the
-        ``threshold`` of its length bin, ``top`` (k labels, calibrated probabilities) and ``why``
-        (the features between the top two labels, :meth:`explain`)."""
+        ``threshold`` it is held to, the raw ``distances``, ``top`` (k labels, calibrated
+        probabilities) and ``why`` (the features between the top two labels, :meth:`explain`).
+        ``vector``: the piece's embedding by the index's embedder (needed when the readout has
+        the index's vectors)."""
         p = self.probabilities(self.log_proba(crops, whole))[0]
         order = np.argsort(-p, kind="stable")
-        nov = self.novelty(crops, whole)
+        d = self.distances(crops, whole, vector)
+        nov = float(novelty_score(self.length_models, d, np.array([seconds]))[0]) if self.length_models else d["descriptor"]
         b = int(length_bins(np.array([seconds]))[0])
-        limit = float(self.thresholds[b]) if self.thresholds is not None else float("inf")
+        limit = float(self.threshold) if self.threshold is not None else float("inf")
         known = nov <= limit
         return {
             "verdict": self.labels[order[0]] if known else "unknown composer", "known": bool(known),
-            "novelty": round(nov, 4), "threshold": limit if np.isfinite(limit) else None, "length_bin": BIN_NAMES[b],
+            "novelty": round(nov, 4), "threshold": round(limit, 4) if np.isfinite(limit) else None, "length_bin": BIN_NAMES[b],
+            "distances": {key: round(v, 4) for key, v in d.items()},
             "top": [{"label": self.labels[j], "probability": float(p[j])} for j in order[:k]],
             "why": {"between": [self.labels[order[0]], self.labels[order[1]]],
                     "features": self.explain(crops, whole, int(order[0]), int(order[1]), top=explain)} if len(order) > 1 else None,
@@ -176,8 +259,9 @@ class Readout:
 
     # ---------------------------------------------------------------- files
     def save(self, folder) -> None:
-        """``reader.safetensors`` (the arrays) and ``reader.json`` (labels, temperature,
-        thresholds and how they were fitted) in ``folder``."""
+        """``reader.safetensors`` (the arrays: the references in 8 bits, the index's vectors in 16)
+        and ``reader.json`` (labels, temperature,
+        threshold, length models and how they were fitted) in ``folder``."""
         import json
         from pathlib import Path
 
@@ -188,16 +272,21 @@ class Readout:
         folder = Path(folder)
         arrays = {"mean": self.mean.astype(np.float32), "scale": self.scale.astype(np.float32),
                   "weight": self.weight.astype(np.float32), "bias": np.maximum(self.bias, -1e4).astype(np.float32),
-                  "references": self.references.astype(np.float16)}
+                  # clipped to +-CLIP: 8 bits a value (steps of CLIP / 127 sd) lose nothing a distance notices
+                  "references_int8": np.round(np.clip(self.references, -CLIP, CLIP) * (127 / CLIP)).astype(np.int8)}
+        if self.embedded is not None:
+            arrays["embedded"] = self.embedded.astype(np.float16)
         with atomic_path(folder / READER_WEIGHTS) as tmp:
             save_file(arrays, str(tmp))
         atomic_write(folder / READER_FILE, json.dumps({
             "method": "multinomial logistic regression on standardised piano descriptors of crops, class-balanced; "
-                      "probabilities: mean crop log-probability / temperature; unknown: split-conformal threshold per "
-                      "length bin on the distance to the nearest training pieces",
-            "labels": self.labels, "temperature": self.temperature, "neighbours": NEIGHBOURS,
-            "length_bins": list(LENGTH_BINS), "thresholds": None if self.thresholds is None else self.thresholds.tolist(),
-            "fitted": self.fitted}, indent=1, ensure_ascii=False) + "\n")
+                      "probabilities: mean crop log-probability / temperature; unknown: split-conformal threshold on "
+                      "the novelty, the mean of length-normalised log-distances to the nearest training pieces (clipped "
+                      "standardised descriptors" + ("; the index's embedder" if self.embedded is not None else "") + ")",
+            "format": 2, "labels": self.labels, "temperature": self.temperature, "neighbours": NEIGHBOURS, "clip": CLIP,
+            "embedder_fingerprint": self.embedder,
+            "length_models": {k: m.to_dict() for k, m in self.length_models.items()},
+            "threshold": self.threshold, "length_bins": list(LENGTH_BINS), "fitted": self.fitted}, indent=1, ensure_ascii=False) + "\n")
 
 
 def load_reader(folder) -> Optional[Readout]:
@@ -212,15 +301,39 @@ def load_reader(folder) -> Optional[Readout]:
     from partita.search.index import read_json
 
     d = read_json(folder / READER_FILE, "composer readout")
+    if d.get("format") != 2:
+        raise PartitaError(f"{folder}: the composer readout is of an older partita; run 'partita embed' on the index again")
     try:
         a = load_file(str(folder / READER_WEIGHTS))
         return Readout(labels=list(d["labels"]), mean=a["mean"].astype(np.float64), scale=a["scale"].astype(np.float64),
                        weight=a["weight"].astype(np.float64), bias=a["bias"].astype(np.float64),
-                       temperature=float(d["temperature"]), references=a["references"].astype(np.float32),
-                       thresholds=None if d.get("thresholds") is None else np.asarray(d["thresholds"], np.float64),
+                       temperature=float(d["temperature"]),
+                       references=a["references_int8"].astype(np.float32) * np.float32(float(d.get("clip", CLIP)) / 127),
+                       embedded=a["embedded"].astype(np.float32) if "embedded" in a else None,
+                       embedder=d.get("embedder_fingerprint"),
+                       length_models={k: LengthModel.from_dict(m) for k, m in (d.get("length_models") or {}).items()},
+                       threshold=None if d.get("threshold") is None else float(d["threshold"]),
                        fitted=dict(d.get("fitted") or {}))
     except Exception as e:  # a damaged file: one line, never a traceback
         raise PartitaError(f"{folder}: corrupt composer readout ({type(e).__name__}); run 'partita embed' on the index again") from None
+
+
+def _mean_view(readout: "Readout", views: np.ndarray) -> np.ndarray:
+    return np.clip(readout._z(views), -CLIP, CLIP).mean(0)
+
+
+def _cosine_knn(queries: np.ndarray, references: np.ndarray, k: int = None) -> np.ndarray:
+    """Mean cosine distance of each query to its ``k`` nearest references (unit rows)."""
+    k = min(k or NEIGHBOURS, len(references))
+    q = np.asarray(queries, np.float32)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    d = 1.0 - q @ np.asarray(references, np.float32).T
+    return np.sort(d, axis=1)[:, :k].mean(1)
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, np.float32).reshape(len(v), -1)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 def _knn_distance(queries: np.ndarray, references: np.ndarray, k: int = None) -> np.ndarray:
@@ -264,13 +377,18 @@ def piece_views(notes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_reader(notes: Sequence[np.ndarray], labels: Sequence[Optional[str]], groups: Sequence[Optional[str]], *,
-               min_works: int = 5, folds: int = 5, seed: int = 0, progress=None) -> Optional[Readout]:
+               vectors: Optional[Sequence[np.ndarray]] = None, embedder: Optional[str] = None,
+               min_works: int = 5, folds: int = 5, seed: int = 0, alpha: float = ALPHA,
+               progress=None) -> Optional[Readout]:
     """A calibrated readout of the labels with at least ``min_works`` works (``groups``; a piece
     without a group is its own work), or None when fewer than 2 labels have that many.
+    ``vectors``: the pieces' embeddings by the index's embedder (``embedder``: its fingerprint),
+    for the second novelty distance (module doc); without them the novelty is the descriptor's.
 
-    Temperature and "unknown" thresholds come from held-out works: ``folds``-fold cross-fitting
-    grouped by work (no work on both sides), and the numbers it saw (top-1, per-composer recall,
-    ECE, unknown rate per length bin) are recorded in ``fitted``; the final readout is then fit on
+    Temperature, length models and the "unknown" threshold come from held-out works:
+    ``folds``-fold cross-fitting grouped by work (no work on both sides), and the numbers it saw
+    (top-1, per-composer recall, ECE, unknown rate per length bin, each fold held to a threshold
+    calibrated on the other folds) are recorded in ``fitted``; the final readout is then fit on
     every piece."""
     from sklearn.model_selection import GroupKFold
 
@@ -287,6 +405,7 @@ def fit_reader(notes: Sequence[np.ndarray], labels: Sequence[Optional[str]], gro
     rows = [i for i, lab in enumerate(labels) if lab in names]
     y = np.array([names.index(labels[i]) for i in rows])
     g = np.array([groups[i] for i in rows])
+    emb = _unit([vectors[i] for i in rows]) if vectors is not None else None
     L = len(names)
     views, train, seconds = [], [], []
     for k, i in enumerate(rows):
@@ -300,22 +419,27 @@ def fit_reader(notes: Sequence[np.ndarray], labels: Sequence[Optional[str]], gro
     whole = [w for _, w in views]
     splits = list(GroupKFold(n_splits=min(folds, len(set(g)))).split(rows, y, g))
     logp = np.zeros((len(rows), L))
-    novelty = np.zeros(len(rows))
+    dist = {"descriptor": np.zeros(len(rows))}
+    if emb is not None:
+        dist["embedder"] = np.zeros(len(rows))
     for tr, te in splits:
         r = fit_readout([train[i] for i in tr], [whole[i] for i in tr], y[tr], L, seed=seed)
         r.references = _references(r, [views[i] for i in tr])
+        r.embedded = None if emb is None else emb[tr]
         for i in te:
             logp[i] = r.log_proba(*views[i])
-            novelty[i] = r.novelty(*views[i])
+            for key, v in r.distances(*views[i], None if emb is None else emb[i]).items():
+                dist[key][i] = v
     t = fit_temperature(logp, y)
     z = np.exp(logp / t - (logp / t).max(1, keepdims=True))
     probs = z / z.sum(1, keepdims=True)
     bins = length_bins(seconds)
-    thresholds = conformal_thresholds(novelty, bins)
+    models, threshold = calibrate_novelty(dist, seconds, alpha=alpha)
     pred = probs.argmax(1)
-    unknown = np.zeros(len(rows), bool)  # each fold against thresholds from the others
+    unknown = np.zeros(len(rows), bool)  # each fold against length models and a threshold from the others
     for tr, te in splits:
-        unknown[te] = novelty[te] > conformal_thresholds(novelty[tr], bins[tr])[bins[te]]
+        m, th = calibrate_novelty({k: v[tr] for k, v in dist.items()}, seconds[tr], alpha=alpha)
+        unknown[te] = novelty_score(m, {k: v[te] for k, v in dist.items()}, seconds[te]) > th
     fitted = {
         "pieces": len(rows), "works": len(set(g)), "folds": len(splits), "min_works": min_works,
         "held_out": "cross-fitted, grouped by work",
@@ -323,18 +447,21 @@ def fit_reader(notes: Sequence[np.ndarray], labels: Sequence[Optional[str]], gro
         "balanced_top1": round(float(np.mean([(pred[y == c] == c).mean() for c in range(L)])), 4),
         "recall": {names[c]: round(float((pred[y == c] == c).mean()), 4) for c in range(L)},
         "ece": round(expected_calibration_error(probs, y), 4),
+        "novelty_from": sorted(dist),
         "unknown_by_length": {BIN_NAMES[b]: [int((bins == b).sum()), round(float(unknown[bins == b].mean()), 4)]
                               for b in range(len(BIN_NAMES)) if (bins == b).any()},
-        "alpha": ALPHA,
+        "alpha": alpha,
     }
     final = fit_readout(train, whole, y, L, labels=names, seed=seed)
     final.references = _references(final, views)
-    final.temperature, final.thresholds, final.fitted = float(t), thresholds, fitted
+    final.embedded, final.embedder = emb, (embedder if emb is not None else None)
+    final.temperature, final.length_models, final.threshold, final.fitted = float(t), models, threshold, fitted
+    final.held_out = {"distances": dist, "seconds": seconds}
     return final
 
 
 def _references(readout: Readout, views: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    return np.stack([readout._z(np.vstack([c, np.atleast_2d(w)])).mean(0) for c, w in views]).astype(np.float32)
+    return np.stack([_mean_view(readout, np.vstack([c, np.atleast_2d(w)])) for c, w in views]).astype(np.float32)
 
 
 def attribute_files(index, readout: Readout, files: Sequence, *, k: int = 3, nearest: int = 3) -> tuple[list, list]:
@@ -345,11 +472,13 @@ def attribute_files(index, readout: Readout, files: Sequence, *, k: int = 3, nea
     from partita.io import MidiError, load, note_array, preprocess
     from partita.search.index import embed_queries
 
+    if readout.embedded is not None and readout.embedder and readout.embedder != index.model.get("fingerprint"):
+        raise PartitaError(f"{index.path}: the composer readout belongs to another embedder; run 'partita embed' on the index again")
     vecs, kept, failures = embed_queries(index, files)
     labels = index.column("label")
     results = []
     hits_all = index.search(vecs, len(index)) if len(kept) and nearest > 0 else [[] for _ in kept]
-    for path, hits in zip(kept, hits_all):
+    for path, hits, vec in zip(kept, hits_all, vecs):
         try:
             notes = note_array(preprocess(load(path), sustain=True), unit="second")
             views = piece_views(notes)
@@ -357,7 +486,7 @@ def attribute_files(index, readout: Readout, files: Sequence, *, k: int = 3, nea
             failures.append((str(path), str(e).splitlines()[0] if str(e) else type(e).__name__))
             continue
         seconds = float((notes["onset"] + notes["duration"]).max())
-        r = readout.attribute(*views, seconds, k=k)
+        r = readout.attribute(*views, seconds, k=k, vector=vec)
         wanted = [t["label"] for t in r["top"][:2]]
         r["nearest"] = {lab: _distinct_titles([h for h in hits if labels[h.row] == lab], nearest) for lab in wanted}
         results.append({"query": str(path), "seconds": round(seconds, 1), **r})
