@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from partita.cli.common import console, print_corpus_summary, progress_bar, write_json
+from partita.cli.common import console, err_console, print_corpus_summary, progress_bar, write_json
 from partita.errors import PartitaError
 
 app = typer.Typer(help="Prepare corpora of MIDI files and their token streams.", no_args_is_help=True)
@@ -144,23 +144,43 @@ def _tracked(items, update, total):
 @tokenizer_app.command("train")
 def tokenizer_train_cmd(
     corpus: Path = typer.Argument(..., help="A prepared corpus folder."),
-    vocab: int = typer.Option(10000, "--vocab", help="Vocabulary size: base tokens plus learned merges."),
+    vocab: Optional[int] = typer.Option(None, "--vocab", help="Vocabulary size: base tokens plus learned merges "
+                                        "(default: chosen from the corpus's notes, one merge per ~1,000 base tokens; said on stdout)."),
     model: str = typer.Option("BPE", "--model", help="BPE or Unigram."),
     tokenizer: str = typer.Option("REMI", "--tokenizer", help="miditok tokenizer: REMI, TSD, MIDILike or Structured."),
     split: str = typer.Option("train", "--split", help="Which split to learn from ('all' for every piece)."),
+    tracks: str = typer.Option("keep", "--tracks", help="keep: named tracks that share a program (POP909's MELODY, BRIDGE, "
+                               "PIANO) stay apart, written with programs of their own and decoded back; merge: one track per program."),
+    metre: str = typer.Option("beats", "--metre", help="beats: a file written in 1/4 is read in bars of its beats' grouping "
+                              "(4, or 3), said once for the corpus; written: as the file says."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Tokenizer JSON file (default: CORPUS/tokenizer.json)."),
 ) -> None:
     """Learn BPE (or Unigram) merges on a prepared corpus and save the tokenizer as one JSON file."""
     from partita.data.corpus import Corpus
-    from partita.represent.tokens import make_tokenizer, save_tokenizer, train_tokenizer
+    from partita.represent.tokens import (learn_track_roles, make_tokenizer, save_tokenizer, set_options,
+                                          suggest_vocab_size, train_tokenizer)
 
     if model not in ("BPE", "Unigram"):
         raise PartitaError(f"--model must be BPE or Unigram, not {model!r}")
+    if tracks not in ("keep", "merge"):
+        raise PartitaError(f"--tracks must be keep or merge, not {tracks!r}")
+    if metre not in ("beats", "written"):
+        raise PartitaError(f"--metre must be beats or written, not {metre!r}")
     c = Corpus(corpus)
     chosen = c.indices(split=None if split == "all" else split)
     if not chosen:
         raise PartitaError(f"{corpus}: no pieces in split {split!r}")
     base = make_tokenizer(tokenizer)
+    roles = learn_track_roles(c.score(i) for i in chosen) if tracks == "keep" else []
+    set_options(base, roles=roles, metre_from_beats=metre == "beats")
+    if roles:
+        shown = ", ".join(f"{r['name']} (program {r['program']}" + (f", written as {r['token_program']})" if r["token_program"] != r["program"] else ")")
+                          for r in roles)
+        console.print(f"tracks kept apart: {shown}; --tracks merge for one track per program", markup=False, highlight=False)
+    if vocab is None:
+        notes = int(sum(c.pieces[i]["n_notes"] for i in chosen))
+        vocab, why = suggest_vocab_size(len(base), notes)
+        console.print(f"vocabulary {vocab:,} (no --vocab): {why}", markup=False, highlight=False)
     with progress_bar(f"learning {model} on {len(chosen)} pieces") as update:
         trained = train_tokenizer(_tracked((c.score(i) for i in chosen), update, len(chosen)), vocab_size=vocab, model=model, base=base)
     path = save_tokenizer(trained, out or c.path / "tokenizer.json")
@@ -196,6 +216,12 @@ def tokenize_cmd(
     console.print(f"{len(streams)} pieces, {total:,} tokens ({total / max(len(streams), 1):,.0f} per piece) -> {out}")
     for piece_id, reason in streams.skipped[:10]:
         console.print(f"  skipped {piece_id}: {reason}", markup=False, highlight=False)
+    if streams.metre_assumed:
+        n = sum(streams.metre_assumed.values())
+        how = ", ".join(f"{k.split(' as ')[1]}: {v}" for k, v in streams.metre_assumed.items())
+        err_console.print(f"warning: {n} of {len(streams)} pieces write a 1/4 time signature (one beat a bar); they were "
+                          f"read in bars of their beats' grouping ({how}), from the beat where each file's harmony changes most "
+                          f"(a tokenizer trained with --metre written keeps 1/4)", markup=False, highlight=False)
 
 
 @app.command("copy-index")

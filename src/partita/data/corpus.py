@@ -6,7 +6,8 @@ Folder layout::
     pieces.parquet   one row per file: id, path, label, title, source, group, split, status,
                      reason, message, tpq, duration (s), n_notes, n_tempos, n_timesigs, n_tracks,
                      kind (a work's rendition where the source says: "performance" or "score"),
-                     content (a hash of the notes: equal for duplicates, which splits keep together)
+                     content (a hash of the notes: equal for duplicates, which splits keep together),
+                     track_names (JSON {track index: name} of the file's named tracks, or null)
     notes.npy        every note of every good piece, piece after piece (STORE_NOTE_DTYPE, 14 B)
     tempos.npy       tempo changes, piece after piece (tick, microseconds per quarter)
     timesigs.npy     time signatures, piece after piece
@@ -147,12 +148,14 @@ class Corpus:
 
     def score(self, i: int, *, drums: bool = True, merge: bool = False) -> Score:
         """Piece ``i`` as a symusic ``Score`` in ticks: one track per source track with notes
-        (empty tracks, track names, key signatures and controllers are not kept)."""
+        (empty tracks, key signatures and controllers are not kept; tracks keep their names where
+        the corpus has them, ``track_names``)."""
         stored, tempos, timesigs, tpq = self._slices(i)
         score = Score(int(tpq))
+        names = self.track_names(i)
         for k in np.unique(stored["track"]):
             sel = stored[stored["track"] == k]
-            track = Track("", int(sel["program"][0]), bool(sel["is_drum"][0]))
+            track = Track(names.get(int(k), ""), int(sel["program"][0]), bool(sel["is_drum"][0]))
             track.notes = Note.from_numpy(
                 time=_i32(sel["tick"]),
                 duration=_i32(sel["ticks"]),
@@ -169,6 +172,15 @@ class Corpus:
                 denominator=np.array(timesigs["denominator"], dtype=np.uint8),
             )
         return preprocess(score, drums=drums, merge=merge)
+
+    def track_names(self, i: int) -> dict[int, str]:
+        """The source file's names of piece ``i``'s tracks (``{track index: name}``, as the
+        note store's ``track`` field numbers them); empty for unnamed tracks and for corpora
+        prepared before names were kept."""
+        text = self.pieces[i].get("track_names")
+        if not text:
+            return {}
+        return {int(k): str(v) for k, v in json.loads(text).items()}
 
     def score_ref(self, i: int, *, drums: bool = True, merge: bool = False) -> "ScoreRef":
         """A small picklable stand-in for ``score(i)``, built where it is called (in a worker
@@ -300,5 +312,6 @@ def _schema() -> pa.Schema:
             ("source_split", pa.string()),
             ("kind", pa.string()),
             ("content", pa.string()),
+            ("track_names", pa.string()),
         ]
     )

@@ -64,10 +64,13 @@ def read_piece(path: str, options: ReadOptions) -> dict:
     score = load(path, max_bytes=options.max_bytes)
     tpq = int(score.ticks_per_quarter)
     parts = []
+    names = {}
     for i, track in enumerate(score.tracks):
         n = track.notes.numpy()
         if len(n["time"]) == 0:
             continue
+        if track.name.strip():
+            names[str(i)] = track.name.strip()
         a = np.empty(len(n["time"]), STORE_NOTE_DTYPE)
         a["tick"] = n["time"]
         a["ticks"] = sustained_durations(n, track.pedals.numpy()) if options.sustain else n["duration"]
@@ -101,6 +104,7 @@ def read_piece(path: str, options: ReadOptions) -> dict:
         "timesigs": timesigs,
         "duration": seconds,
         "n_tracks": len(parts),
+        "track_names": names,
     }
 
 
@@ -165,6 +169,7 @@ class _Buffer:
                 n_tempos=len(data["tempos"]),
                 n_timesigs=len(data["timesigs"]),
                 n_tracks=data["n_tracks"],
+                track_names=json.dumps(data["track_names"], ensure_ascii=False) if data.get("track_names") else None,
             )
             self.notes.append(data["notes"])
             self.tempos.append(data["tempos"])

@@ -86,8 +86,14 @@ __all__ = [
     "TokenStreams",
     "decode",
     "encode",
+    "assumed_metre",
+    "learn_track_roles",
     "load_tokenizer",
     "make_tokenizer",
+    "restore_tracks",
+    "set_options",
+    "suggest_vocab_size",
+    "track_roles",
     "save_tokenizer",
     "special_id",
     "token_tables",
@@ -336,9 +342,11 @@ def _time_sorted(score: Score) -> Score:
 
 
 def _prepare(tokenizer: MusicTokenizer, score: Score) -> Score:
-    """miditok's preprocessing followed by partita's canonical form (module doc)."""
+    """partita's options (track roles, the metre read from the beats), miditok's preprocessing,
+    then partita's canonical form (module doc)."""
     if not isinstance(score, symusic.core.ScoreTick):
         score = score.to("tick")
+    score = _with_options(tokenizer, score)
     pre = tokenizer.preprocess_score(_time_sorted(score))
     if tokenizer.config.use_time_signatures and len(pre.time_signatures) > 0:
         # miditok picks the new resolution from the time signatures before it delays them to
@@ -407,7 +415,189 @@ def decode(tokenizer: MusicTokenizer, ids: Iterable[int] | np.ndarray) -> Score:
         raise TokenizerError(f"token ids must be in [0, {len(table.lengths)}), got {ids.min()}..{ids.max()}")
     ids = ids[~table.special[ids]]
     seq = TokSequence(ids=ids.tolist(), are_ids_encoded=tokenizer.is_trained)
-    return tokenizer.decode(seq)
+    return restore_tracks(tokenizer, tokenizer.decode(seq))
+
+
+# --------------------------------------------------------------------------- partita's options
+
+#: ``config.additional_params`` keys of partita's own tokenizer options (saved in tokenizer.json;
+#: a tokenizer without them, such as those of the shipped models, tokenizes as it always did).
+TRACKS_KEY = "partita_track_roles"
+METRE_KEY = "partita_metre_from_beats"
+
+
+def track_roles(tokenizer: MusicTokenizer) -> list[dict]:
+    """The tokenizer's track roles: ``[{"program": p, "name": NAME, "token_program": q}]``; a
+    track of program ``p`` named ``NAME`` is written with ``Program_q`` tokens and decoded back
+    to program ``p`` named ``NAME``, so same-program tracks (POP909's MELODY, BRIDGE and PIANO,
+    all piano) stay apart. Empty: tracks of one program are merged (miditok's one stream)."""
+    return list(tokenizer.config.additional_params.get(TRACKS_KEY) or [])
+
+
+def _name_key(name: str) -> str:
+    return " ".join(str(name).split()).upper()
+
+
+def learn_track_roles(scores: Iterable[Score], *, min_files: int = 2) -> list[dict]:
+    """Track roles (``track_roles``) from a corpus: in every score, the named tracks that share
+    their program with another track; a name that does so in at least ``min_files`` scores is a
+    role. Of a program's roles the one with the most notes keeps the program (so an unnamed track
+    of it, a user's plain piano prompt, reads as that role); the others get programs no track of
+    the corpus uses, nearest first in the program's General MIDI family."""
+    counts: dict[tuple[int, str], list[int]] = {}  # (program, NAME) -> [files, notes]
+    used: set[int] = set()
+    for score in scores:
+        by_program: dict[int, list] = {}
+        for track in score.tracks:
+            if track.is_drum or track.note_num() == 0:
+                continue
+            used.add(int(track.program))
+            by_program.setdefault(int(track.program), []).append(track)
+        for program, tracks in by_program.items():
+            if len(tracks) < 2:
+                continue
+            for name in {_name_key(t.name) for t in tracks if t.name.strip()}:
+                entry = counts.setdefault((program, name), [0, 0])
+                entry[0] += 1
+                entry[1] += sum(t.note_num() for t in tracks if _name_key(t.name) == name)
+    roles: list[dict] = []
+    taken = set(used)
+    for program in sorted({p for p, _ in counts}):
+        names = sorted(((n, c) for (p, n), c in counts.items() if p == program and c[0] >= min_files),
+                       key=lambda x: (-x[1][1], x[0]))
+        if len(names) < 2:
+            continue
+        family = list(range(program // 8 * 8, program // 8 * 8 + 8))
+        free = [q for q in sorted(family, key=lambda q: abs(q - program)) + list(range(128)) if q not in taken]
+        for k, (name, _) in enumerate(names):
+            if k == 0:
+                q = program
+            elif free:
+                q = free.pop(0)
+                taken.add(q)
+            else:
+                break  # no program left to write it with: it merges, as before
+            roles.append({"program": program, "name": name, "token_program": q})
+    return roles
+
+
+def _role_maps(tokenizer: MusicTokenizer) -> tuple[dict, dict]:
+    roles = track_roles(tokenizer)
+    to_token = {(r["program"], r["name"]): r["token_program"] for r in roles}
+    back = {r["token_program"]: (r["program"], r["name"]) for r in roles}
+    return to_token, back
+
+
+def restore_tracks(tokenizer: MusicTokenizer, score: Score) -> Score:
+    """A decoded ``score`` with its tracks given back the programs and names of the tokenizer's
+    track roles (``track_roles``; in place; nothing changes without roles). Tracks stay apart."""
+    _, back = _role_maps(tokenizer)
+    if not back:
+        return score
+    for track in score.tracks:
+        if not track.is_drum and int(track.program) in back:
+            track.program, track.name = back[int(track.program)][0], back[int(track.program)][1]
+    return score
+
+
+def assumed_metre(tokenizer: MusicTokenizer, score: Score) -> str | None:
+    """What the tokenizer assumes of ``score``'s metre (``METRE_KEY`` on): a file written in 1/4 (a
+    sequencer's "one beat a bar", as 593 of the 808 POP909 files here write, 524 of them throughout,
+    the others among 4/4 or 2/4 bars) is read in
+    bars of the beats' own grouping, 4 (or 3 where its harmony changes every third beat), from the
+    beat where the harmony changes most often (on POP909's annotated downbeats this finds the
+    bar's first beat in about half of the files, against a quarter by chance); ``"4/4"`` or ``"3/4"``, None when nothing is assumed."""
+    found = _regrouped(tokenizer, score)
+    return None if found is None else f"{found[0]}/4"
+
+
+def _regrouped(tokenizer: MusicTokenizer, score: Score) -> tuple[int, int] | None:
+    """``(beats a bar, beat of the first downbeat)`` for a 1/4 file under ``METRE_KEY``, else None."""
+    if not tokenizer.config.additional_params.get(METRE_KEY) or len(score.time_signatures) == 0:
+        return None
+    ts = score.time_signatures.numpy()
+    # 1/4 throughout, or 1/4 bars among 2/4 and 4/4 ones (a sequencer's grid, not a notated metre)
+    if not (np.any(ts["numerator"] == 1) and np.all(ts["denominator"] == 4) and np.all(np.isin(ts["numerator"], (1, 2, 4)))):
+        return None
+    tpq = int(score.ticks_per_quarter)
+    notes = [t.notes.numpy() for t in score.tracks if not t.is_drum and t.note_num() > 0]
+    if not notes:
+        return None
+    start = np.concatenate([n["time"] for n in notes]).astype(np.int64) // tpq
+    end = np.maximum((np.concatenate([n["time"] + n["duration"] for n in notes]).astype(np.int64)) // tpq, start + 1)
+    pitch = np.concatenate([n["pitch"] for n in notes]).astype(np.int64) % 12
+    beats = int(end.max()) + 1
+    if beats < 16:
+        return 4, 0
+    # the pitch classes sounding in every beat; a bar starts where the harmony changes most
+    length = end - start
+    rows = np.repeat(start, length) + (np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length))
+    chroma = np.zeros((beats, 12))
+    np.add.at(chroma, (rows, np.repeat(pitch, length)), 1.0)
+    chroma /= np.maximum(np.linalg.norm(chroma, axis=1, keepdims=True), 1e-9)
+    change = np.r_[0.0, 1.0 - (chroma[1:] * chroma[:-1]).sum(axis=1)]
+    best = {}
+    for group in (4, 3):
+        means = [change[phase::group].mean() for phase in range(group)]
+        best[group] = (max(means) / max(change.mean(), 1e-9), int(np.argmax(means)))
+    group = 3 if best[3][0] > 1.15 * best[4][0] else 4
+    return group, best[group][1]
+
+
+def _with_options(tokenizer: MusicTokenizer, score: Score) -> Score:
+    """``score`` (a ScoreTick) as the tokenizer's options read it: tracks of its roles written
+    with their role's program, a 1/4 file in the bars of its beats (``assumed_metre``). A copy
+    when anything changes; the caller's score is never modified."""
+    to_token, _ = _role_maps(tokenizer)
+    regroup = _regrouped(tokenizer, score)
+    renamed = [i for i, t in enumerate(score.tracks)
+               if to_token and not t.is_drum and (int(t.program), _name_key(t.name)) in to_token]
+    if not renamed and regroup is None:
+        return score
+    score = score.copy()
+    for i in renamed:
+        track = score.tracks[i]
+        track.program = to_token[(int(track.program), _name_key(track.name))]
+    if regroup is not None:
+        group, phase = regroup
+        tpq = int(score.ticks_per_quarter)
+        times = [0, phase * tpq] if phase else [0]
+        nums = [phase, group] if phase else [group]  # the beats before the first downbeat: one short bar
+        score.time_signatures = symusic.TimeSignature.from_numpy(
+            time=np.asarray(times, np.int32), numerator=np.asarray(nums, np.uint8),
+            denominator=np.asarray([4] * len(times), np.uint8))
+    return score
+
+
+def set_options(tokenizer: MusicTokenizer, *, roles: list[dict] | None = None, metre_from_beats: bool = False
+                ) -> MusicTokenizer:
+    """Give ``tokenizer`` (in place; returned) partita's options: track ``roles``
+    (``learn_track_roles``) and ``metre_from_beats`` (``assumed_metre``). They are saved with it."""
+    params = tokenizer.config.additional_params
+    params.pop(TRACKS_KEY, None)
+    params.pop(METRE_KEY, None)
+    if roles:
+        bad = [r for r in roles if not (0 <= int(r["program"]) < 128 and 0 <= int(r["token_program"]) < 128)]
+        if bad or len({r["token_program"] for r in roles}) != len(roles):
+            raise TokenizerError(f"track roles need distinct programs 0-127, got {roles}")
+        params[TRACKS_KEY] = [{"program": int(r["program"]), "name": _name_key(r["name"]),
+                               "token_program": int(r["token_program"])} for r in roles]
+    if metre_from_beats:
+        params[METRE_KEY] = True
+    return tokenizer
+
+
+def suggest_vocab_size(base_size: int, notes: int, *, tokens_per_note: float = 4.0, per_token: int = 1000,
+                       most: int = 20000) -> tuple[int, str]:
+    """A BPE vocabulary for a corpus of ``notes`` notes, with the reason in words: one learned token
+    for every ``per_token`` base tokens of it (about ``tokens_per_note`` a note in REMI), at least
+    100 and at most ``most`` in all. A merge seen fewer times than that is too rare to learn in a
+    short run, and a bigger vocabulary makes a small corpus's sequences no easier to model."""
+    base_tokens = int(notes * tokens_per_note)
+    merges = int(min(max(round(base_tokens / per_token, -2), 100), max(most - base_size, 100)))
+    why = (f"{base_size:,} base tokens + {merges:,} merges: one per ~{per_token:,} of the ~{base_tokens:,} base tokens "
+           f"of {notes:,} notes ({tokens_per_note:g} a note)")
+    return base_size + merges, why
 
 
 # --------------------------------------------------------------------------- training
@@ -570,8 +760,8 @@ def _auto_dtype(vocab_size: int) -> np.dtype:
 
 
 def _encode_piece(tokenizer: MusicTokenizer, score: Any, bos_eos: bool, dtype: np.dtype) -> tuple | str:
-    """(ids, bars, positions) of one piece in the dtypes they are stored in, or the one-line
-    reason it cannot be encoded. (Cast where they are made: half the bytes to send back.)"""
+    """(ids, bars, positions, the metre assumed or None) of one piece, the arrays in the dtypes
+    they are stored in, or the one-line reason it cannot be encoded. (Cast where they are made: half the bytes to send back.)"""
     try:
         if callable(score) and not isinstance(score, _SCORE_TYPES):
             score = score()
@@ -583,10 +773,11 @@ def _encode_piece(tokenizer: MusicTokenizer, score: Any, bos_eos: bool, dtype: n
         if len(ids) - (2 if bos_eos else 0) <= 0:
             raise TokenizerError("no token (no note the tokenizer can represent)")
         bars, positions = token_timing(tokenizer, ids)
+        metre = assumed_metre(tokenizer, score if isinstance(score, symusic.core.ScoreTick) else score.to("tick"))
     except Exception as e:
         return f"{type(e).__name__}: {e}".splitlines()[0]
     positions = np.clip(positions, 0, np.iinfo(_POSITIONS_DTYPE).max)
-    return ids.astype(dtype), bars.astype(_BARS_DTYPE), positions.astype(_POSITIONS_DTYPE)
+    return ids.astype(dtype), bars.astype(_BARS_DTYPE), positions.astype(_POSITIONS_DTYPE), metre
 
 
 _WORKER: dict = {}  # the tokenizer of a worker process, set once by _init_encoder
@@ -680,7 +871,7 @@ def write_token_streams(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        offsets, piece_ids, skipped = [0], [], []
+        offsets, piece_ids, skipped, assumed = [0], [], [], {}
         seen: set[str] = set()
         with open(tmp / "tokens.bin", "wb") as ft, open(tmp / "bars.bin", "wb") as fb, open(
             tmp / "positions.bin", "wb"
@@ -692,7 +883,9 @@ def write_token_streams(
                 if isinstance(encoded, str):
                     skipped.append((piece_id, encoded))
                     continue
-                ids, bars, positions = encoded
+                ids, bars, positions, metre = encoded
+                if metre is not None:
+                    assumed[metre] = assumed.get(metre, 0) + 1
                 seen.add(piece_id)
                 ft.write(ids.tobytes())
                 fb.write(bars.tobytes())
@@ -717,6 +910,7 @@ def write_token_streams(
             "tokenizer": "tokenizer.json",
             "tokenizer_sha256": hashlib.sha256((tmp / "tokenizer.json").read_bytes()).hexdigest(),
             "skipped": [list(s) for s in skipped],
+            "metre_assumed": {f"1/4 read as {m}": n for m, n in sorted(assumed.items())},
         }
         (tmp / "streams.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
         if out_dir.exists():  # overwrite: swap the old folder out, then delete it
@@ -763,6 +957,8 @@ class TokenStreams:
         self.all_bars = self._open("bars.bin", self.meta["bars_dtype"], n)
         self.all_positions = self._open("positions.bin", self.meta["positions_dtype"], n)
         self.skipped = [tuple(s) for s in self.meta.get("skipped", [])]
+        #: {"1/4 read as 4/4": pieces, ...}: the metres the tokenizer assumed (``assumed_metre``)
+        self.metre_assumed: dict[str, int] = dict(self.meta.get("metre_assumed") or {})
         self._index = {pid: i for i, pid in enumerate(self.ids)}
 
     def _open(self, name: str, dtype: str, n: int) -> np.ndarray:
