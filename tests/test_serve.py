@@ -841,6 +841,57 @@ def test_infill_with_a_model_trained_for_it_keeps_every_note_outside_the_span(fi
             assert outside(original) == outside(filled)  # every note outside the span is kept
 
 
+def _soprano(tmp_path: Path) -> Path:
+    """A held-out chorale's soprano alone (the shipped chorale model never saw its tune)."""
+    from partita.generation.chorale import chorale_voices
+    from partita.io import load
+
+    score = load(ROOT / "src" / "partita" / "data" / "demo" / "bach" / "bwv397.mid")
+    keep = score.copy()
+    keep.tracks = [score.tracks[chorale_voices(score)[0]]]
+    path = tmp_path / "soprano.mid"
+    keep.dump_midi(str(path))
+    return path
+
+
+def test_accompany_adds_tracks_in_their_own_colours_and_keeps_every_note(client, tmp_path):
+    from partita.io import load
+
+    info = client.get("/api/info").json()["accompany"]
+    assert info == {"styles": ["folk", "chorale"], "models": []}  # no accompaniment model is served here
+    path = _soprano(tmp_path)
+    piece = _upload(client, path).json()
+    job = _wait(client, client.post(piece["links"]["accompany"], json={"style": "chorale", "seed": 2, "n": 2}).json())
+    assert job["state"] == "done", job
+    assert job["kind"] == "accompaniment" and job["settings"]["style"] == "chorale" and job["model"] == "chorale-harmony"
+    assert len(job["pieces"]) == 2
+    original = sorted((n.time, n.pitch, n.duration) for t in load(path).tracks for n in t.notes)
+    for p in job["pieces"]:
+        assert p["kind"] == "accompaniment" and p["parent"] == piece["id"] and p["audio_from"] == 0
+        assert set(p["settings"]["added"]) == {"Alto", "Tenor", "Bass"}
+        notes = client.get(p["links"]["notes"]).json()
+        assert [t["name"] for t in notes["new_tracks"]] == ["Alto", "Tenor", "Bass"]
+        assert notes["new"] == [int(t >= 1) for t in notes["track"]]  # the new tracks' notes, whole
+        out = load(client.get(p["links"]["midi"]).content)
+        assert sorted((n.time, n.pitch, n.duration) for n in out.tracks[0].notes) == original
+    # folk chords under a POP909 song that has a PIANO track: the new one is told apart
+    song = _upload(client, ROOT / "tests" / "fixtures" / "accompany" / "008" / "008.mid").json()
+    job = _wait(client, client.post(song["links"]["accompany"], json={"style": "folk", "pattern": "broken", "chords": "C G Am F"}).json())
+    assert job["state"] == "done", job
+    notes = client.get(job["pieces"][0]["links"]["notes"]).json()
+    assert [t["name"] for t in notes["new_tracks"]] == ["PIANO (accompaniment)"]
+
+
+def test_accompany_mistakes_are_422_in_one_line(client, tmp_path):
+    pid = _upload(client, _soprano(tmp_path)).json()["id"]
+    for settings, text in (({"style": "jazz"}, "style"), ({"style": "pop"}, "no accompaniment model"),
+                           ({"style": "chorale", "chords": "C G"}, "chords work with"), ({"melody_track": 9}, "has 1 tracks"),
+                           ({"style": "folk", "chords": "C Hm"}, "chord"), ({"pattern": "waltz"}, "pattern"),
+                           ({"style": "folk", "n": 99}, "n"), ({"style": "pop", "model": "gpt-small"}, "not an accompaniment model")):
+        body = _one_line_error(client.post(f"/api/pieces/{pid}/accompany", json=settings), 422, "invalid_request")
+        assert text in body["message"], (settings, body)
+
+
 def test_stopping_the_server_stops_a_running_continuation():
     app = create_app(pieces=[], workers=1, queue=2)
     ex = app.state.explorer

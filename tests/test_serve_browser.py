@@ -367,3 +367,38 @@ def test_infill_in_the_browser(fim_bundle, tmp_path):
             assert errors == [], errors
         finally:
             browser.close()
+
+
+def test_accompany_in_the_browser(tmp_path):
+    """The page's Accompany form: a chorale soprano harmonized, the result listed, and shown with
+    each new voice in a colour of its own (gold, teal, magenta), audible when audio is here."""
+    from test_serve import _soprano
+
+    playwright, exe = _browser()
+    with serving(pieces=[]) as (url, app), playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(accept_downloads=True)
+            page.set_default_timeout(120_000)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/", wait_until="load")
+            page.set_input_files("#file", str(_soprano(tmp_path)))
+            page.wait_for_selector("#accompany-form", timeout=60_000)
+            page.select_option("#accompany-style", "chorale")
+            page.click("#accompany")
+            page.wait_for_selector(".result a[download]", timeout=300_000)
+            assert "done: 1 version" in page.inner_text("#accompany-status")
+            assert "soprano-accompanied-1.mid" in page.inner_text("#results")
+            page.click(".result button")  # explore the accompanied piece
+            page.wait_for_function("() => document.getElementById('roll-legend').textContent.includes('Alto in gold')", timeout=60_000)
+            legend = page.inner_text("#roll-legend")
+            assert "Tenor in teal" in legend and "Bass in magenta" in legend
+            page.click("#zoom-all")
+            assert _painted(page, "notes", GOLD) > 20 and _painted(page, "notes", [31, 158, 137]) > 20
+            assert _painted(page, "notes", [194, 55, 138]) > 20
+            if app.state.explorer.audio_status()["available"]:
+                assert page.get_attribute("#player", "src").endswith("/audio")
+            assert errors == [], errors
+        finally:
+            browser.close()

@@ -14,7 +14,7 @@ import secrets
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as FPath
@@ -25,7 +25,7 @@ from pydantic import ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from partita.errors import PartitaError
-from partita.serve.core import (MAX_CANDIDATES, MAX_SAMPLES, MAX_SECONDS, MAX_BARS, MAX_TEMPERATURE, MAX_TOKENS,
+from partita.serve.core import (MAX_CANDIDATES, MAX_PIECE_TRACKS, MAX_SAMPLES, MAX_SECONDS, MAX_BARS, MAX_TEMPERATURE, MAX_TOKENS,
                                  Explorer, QueueFull, error_body, release_memory)
 
 log = logging.getLogger("partita.serve")
@@ -93,6 +93,20 @@ InfillSettings = create_model(
     n=(int, Field(1, ge=1, le=MAX_SAMPLES, description=f"How many versions (1-{MAX_SAMPLES}).")),
     candidates=(int, Field(1, ge=1, le=MAX_CANDIDATES, description=f"Middles sampled per version, the one that leads best into the music after the span kept (1-{MAX_CANDIDATES}).")),
     **sampling_fields(*_SAMPLING),
+    model=(Optional[str], Name),
+)
+
+
+AccompanySettings = create_model(
+    "AccompanySettings", __config__=STRICT,
+    __doc__="The style and settings of an accompaniment (``partita accompany``'s options).",
+    style=(Literal["pop", "folk", "chorale"], Field("folk", description="pop (a piano part by an accompaniment model), folk (chords by a rule) or chorale (alto, tenor and bass under a soprano).")),
+    pattern=(Literal["block", "broken"], Field("block", description="folk: chords struck together, or broken, one note a beat.")),
+    chords=(Optional[str], Field(None, max_length=200, description='Impose a progression, one chord per bar, repeated: "C G Am F" (pop and folk).')),
+    melody_track=(Optional[int], Field(None, ge=1, le=MAX_PIECE_TRACKS, description="The melody's track, 1-based (default: a track named MELODY, else the highest track of single notes).")),
+    density=(Optional[float], Field(None, gt=0, le=16, description="Notes a beat to aim at (pop and folk).")),
+    n=(int, Field(1, ge=1, le=MAX_SAMPLES, description=f"How many versions (1-{MAX_SAMPLES}).")),
+    **sampling_fields("temperature", "top_p", "seed"),
     model=(Optional[str], Name),
 )
 
@@ -468,6 +482,13 @@ def create_app(explorer: Optional[Explorer] = None, *, host: str = "127.0.0.1", 
     async def continue_piece(piece_id: str, settings: ContinueSettings):
         p = ex.store.get(piece_id)
         job = ex.start_continuation(p, settings.model_dump())
+        return ex.public_job(job)
+
+    @app.post("/api/pieces/{piece_id}/accompany", status_code=202,
+              summary="Write an accompaniment under the piece's melody: new tracks, every note of the piece kept (a job, like /continue)")
+    async def accompany_piece(piece_id: str, settings: AccompanySettings):
+        p = ex.store.get(piece_id)
+        job = ex.start_accompany(p, settings.model_dump())
         return ex.public_job(job)
 
     @app.post("/api/pieces/{piece_id}/infill", status_code=202,

@@ -258,6 +258,7 @@ class Piece:
                 "self": base, "notes": f"{base}/notes", "pianoroll": f"{base}/pianoroll.png", "audio": f"{base}/audio",
                 "midi": f"{base}/midi", "attribution": f"{base}/attribution", "similar": f"{base}/similar",
                 "map": f"{base}/map", "continue": f"{base}/continue", "infill": f"{base}/infill",
+                "accompany": f"{base}/accompany",
             },
         }
 
@@ -545,6 +546,8 @@ class Explorer:
             "model": self.model_option or "auto (gpt-piano for piano music, else gpt-small)",
             "audio": self.audio_status(),
             "infill": self.infill_models(),
+            "accompany": {"styles": (["pop"] if self.accompany_models() else []) + ["folk", "chorale"],
+                          "models": self.accompany_models()},
             "limits": {
                 "max_upload_mb": round(self.max_upload_bytes / 2**20, 3), "workers": self.generation.workers,
                 "analysis_workers": self.queue.workers,
@@ -579,6 +582,11 @@ class Explorer:
         notes = note_array(score, unit="second")
         bars = seconds_at(score, bar_starts(score)[: piece.bars + 1])
         new = self._new_notes(piece, notes)
+        new_tracks = None
+        if piece.kind == "accompaniment" and piece.parent is not None:  # the tracks it added, whole: in their own colours
+            first = len(self.store.score(self.store.get(piece.parent)).tracks)
+            new_tracks = [{"track": i, "name": t.name} for i, t in enumerate(score.tracks) if i >= first]
+            new = notes["track"] >= first
         r = lambda a: np.round(a.astype(np.float64), 4).tolist()  # noqa: E731
         return {
             "id": piece.id, "seconds": round(piece.seconds, 3), "count": int(len(notes)),
@@ -586,6 +594,7 @@ class Explorer:
             "onset": r(notes["onset"]), "duration": r(notes["duration"]), "pitch": notes["pitch"].tolist(),
             "velocity": notes["velocity"].tolist(), "track": notes["track"].tolist(),
             "drum": notes["is_drum"].astype(int).tolist(), "new": None if new is None else new.astype(int).tolist(),
+            "new_tracks": new_tracks,
         }
 
     #: A note of a generated piece is its parent's when the parent has a note of the same pitch
@@ -622,6 +631,8 @@ class Explorer:
             return piece.settings.get("span_seconds")
         if piece.kind == "continuation":
             return [piece.settings.get("prompt_end", 0.0), round(piece.seconds, 3)]
+        if piece.kind == "accompaniment":
+            return [0.0, round(piece.seconds, 3)]
         return None
 
     def pianoroll(self, piece: Piece) -> bytes:
@@ -904,6 +915,80 @@ class Explorer:
         options = self._sampling(s)
         shown = {"n": n, "prompt_seconds": prompt_seconds, "model": model.name, **{k: v for k, v in s.items() if v is not None}}
         return self._queue_job("continuation", piece, model, shown, self._continue, piece, model, options, n, prompt_seconds)
+
+    def accompany_models(self) -> list:
+        """The models here that write an accompaniment under a melody (``partita train gpt
+        --accompany``: their card's task)."""
+        import json
+
+        out = []
+        for name, path in sorted(self.model_paths.items()):
+            try:
+                if json.loads((path / "card.json").read_text()).get("task") == "accompany":
+                    out.append(name)
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def start_accompany(self, piece: Piece, settings: dict) -> "Job":
+        """Check the settings (the style, a model for ``pop``, the melody track, the chords), then
+        queue the accompaniment (``partita.generation.accompany``)."""
+        from partita.generation.accompany import PATTERNS, STYLES, choose_melody_track, parse_progression
+
+        s = dict(settings)
+        n = _samples(s.pop("n", 1))
+        style, pattern = s.pop("style", "folk"), s.pop("pattern", "block")
+        chords, melody_track, density = s.pop("chords", None), s.pop("melody_track", None), s.pop("density", None)
+        if density is not None and style == "chorale":
+            raise Invalid("density works with the pop and folk styles; a chorale moves one chord a beat")
+        if style not in STYLES or pattern not in PATTERNS:
+            raise Invalid(f"style must be one of {', '.join(STYLES)} and pattern one of {', '.join(PATTERNS)}")
+        if chords is not None:
+            if style == "chorale":
+                raise Invalid("chords work with the pop and folk styles; a chorale's chords are the model's")
+            try:
+                parse_progression(chords)
+            except PartitaError as e:
+                raise Invalid(str(e).replace("--", "")) from None
+        try:
+            choose_melody_track(self.store.score(piece), melody_track, name=piece.name)
+        except PartitaError as e:
+            raise Invalid(str(e).replace("--melody-track N", "melody_track").replace("--", "")) from None
+        name = s.pop("model", None)
+        if style == "pop":
+            capable = self.accompany_models()
+            if name in (None, "", "auto"):
+                if not capable:
+                    raise Invalid("no accompaniment model here (partita train gpt --accompany MELODY:PIANO); "
+                                  "start partita serve with --model such a bundle, or choose the folk or chorale style")
+                name = capable[0]
+            elif name not in capable:
+                raise Invalid(f"{str(name)[:40]!r} is not an accompaniment model here (these are: {', '.join(capable) or 'none'})")
+            model = self.model_path(piece, name)
+        elif style == "chorale":
+            from partita.pretrained import CHORALE_HARMONY, bundle_path
+
+            model = bundle_path(CHORALE_HARMONY)
+        else:
+            model = Path("rule")
+        options = self._sampling(s)
+        shown = {"n": n, "style": style, "model": model.name, "melody_track": melody_track, "density": density,
+                 **({"pattern": pattern} if style == "folk" else {}), **({"chords": chords} if chords else {}),
+                 **{k: v for k, v in s.items() if v is not None}}
+        return self._queue_job("accompaniment", piece, model, shown, self._accompany, piece, model, options, n, style,
+                               pattern, chords, melody_track, density)
+
+    def _accompany(self, progress, piece: Piece, model: Path, options: dict, n: int, style: str, pattern: str,
+                   chords: Optional[str], melody_track: Optional[int], density: Optional[float] = None) -> list:
+        from partita.generation.accompany import accompany
+
+        bundle = self.gpt(model) if style == "pop" else None if style == "folk" else str(model)
+        results = accompany(str(piece.path), style=style, model=bundle, melody_track=melody_track, chords=chords, n=n,
+                            pattern=pattern, density=density, progress=progress, **options)
+        stem = piece.name.rsplit(".", 1)[0]
+        return [(r.score, f"{stem}-accompanied-{r.index + 1}.mid",
+                 {"melody_track": r.melody_track + 1, "melody_name": r.melody_name, "added": r.added, "bars": r.bars}, 0.0)
+                for r in results]
 
     def start_infill(self, piece: Piece, settings: dict) -> "Job":
         """Check the settings, then queue the infilling (``partita.generation.infill``)."""

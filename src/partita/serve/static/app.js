@@ -159,8 +159,8 @@ function drawRoll(canvas, notes, view, position) {
     const x = X(t), w = Math.max(1.5, (d / (v1 - v0)) * PW);
     const y = Y(notes.drum[i] ? lo : notes.pitch[i]), h = Math.max(1.5, rowH - 0.5);
     if (anyNew && isNew[i]) {
-      ctx.globalAlpha = 1; ctx.fillStyle = "#e0a800"; ctx.fillRect(x, y, w, h);
-      ctx.strokeStyle = "#7a5600"; ctx.lineWidth = 1; ctx.strokeRect(x + 0.5, y + 0.5, Math.max(0.5, w - 1), Math.max(0.5, h - 1));
+      ctx.globalAlpha = 1; ctx.fillStyle = newColour(notes, notes.track[i]); ctx.fillRect(x, y, w, h);
+      ctx.strokeStyle = "#4a3a10"; ctx.lineWidth = 1; ctx.strokeRect(x + 0.5, y + 0.5, Math.max(0.5, w - 1), Math.max(0.5, h - 1));
     } else {
       ctx.fillStyle = notes.drum[i] ? "rgba(120,120,120,0.5)" : (anyNew ? "#8d97ad" : PALETTE[notes.track[i] % PALETTE.length]);
       ctx.globalAlpha = anyNew ? 0.55 : 0.35 + 0.65 * (notes.velocity[i] / 127);
@@ -172,6 +172,19 @@ function drawRoll(canvas, notes, view, position) {
     ctx.strokeStyle = "#d62728"; ctx.lineWidth = 2; ctx.beginPath(); ctx.moveTo(X(position), M.top); ctx.lineTo(X(position), M.top + PH); ctx.stroke();
   }
   ctx.restore();
+}
+
+// New notes are gold; the tracks an accompaniment added each have a colour of their own.
+const NEW_TRACK_COLOURS = ["#e0a800", "#1f9e89", "#c2378a", "#3f6fd8"];
+function newColour(notes, track) {
+  const k = (notes.new_tracks || []).findIndex((t) => t.track === track);
+  return k < 0 ? "#e0a800" : NEW_TRACK_COLOURS[k % NEW_TRACK_COLOURS.length];
+}
+function newLegend(notes) {
+  const added = notes.new_tracks || [];
+  if (!added.length) return "new notes in gold";
+  const names = ["gold", "teal", "magenta", "blue"];
+  return "new tracks: " + added.map((t, k) => `${t.name || "track " + (t.track + 1)} in ${names[k % names.length]}`).join(", ");
 }
 
 function barAt(notes, t) { let k = 0; (notes.bars || []).forEach((b, i) => { if (b <= t + 1e-9) k = i; }); return k + 1; }
@@ -187,7 +200,8 @@ function redraw(position) {
   $("view-label").textContent = whole ? `The whole piece: ${fmtTime(T)}, ${n.bars.length - 1} bars` : `Showing ${label}`;
   const fresh = (n.new || []).reduce((a, f) => a + f, 0);
   $("roll").setAttribute("aria-label", `Pianoroll of ${CURRENT.piece.name}, ${whole ? "the whole piece" : label}` +
-    (fresh ? `; ${fresh} new notes in gold` : ""));
+    (fresh ? `; ${fresh} new notes (${newLegend(n)})` : ""));
+  $("roll-legend").textContent = fresh ? `${fresh} new notes: ${newLegend(n)}.` : "";
 }
 
 function setView(v0, v1) {
@@ -245,7 +259,7 @@ function drawPieceList() {
   const list = $("piece-list");
   list.replaceChildren(...[...PIECES.values()].map(({ piece }) => {
     const li = make("li");
-    const kind = piece.kind === "upload" ? "" : piece.kind === "infill" ? " (span regenerated)" : " (continued)";
+    const kind = { upload: "", infill: " (span regenerated)", accompaniment: " (accompanied)" }[piece.kind] ?? " (continued)";
     const b = make("button", { type: "button", "data-id": piece.id, "aria-current": CURRENT && CURRENT.piece.id === piece.id ? "true" : "false" },
       piece.name + kind);
     b.addEventListener("click", () => show(piece));
@@ -265,7 +279,7 @@ async function show(piece) {
   $("piece-title").textContent = piece.name;
   const instruments = [...new Set(piece.tracks.map((t) => t.instrument))].join(", ");
   $("piece-facts").textContent = `${piece.notes} notes, ${piece.bars} bars, ${fmtTime(piece.seconds)}, ${instruments || "no instrument"}` +
-    (piece.kind !== "upload" ? ` (${piece.kind === "infill" ? "a span regenerated" : "a continuation"}; its audio starts ${piece.audio_from.toFixed(0)} s in)` : "");
+    (piece.kind !== "upload" ? ` (${{ infill: "a span regenerated", accompaniment: "accompanied: every note of its melody's file kept, new tracks added" }[piece.kind] ?? "a continuation"}; its audio starts ${piece.audio_from.toFixed(0)} s in)` : "");
   const dl = $("download");
   dl.href = piece.links.midi; dl.setAttribute("download", piece.name);
   const player = $("player");
@@ -294,7 +308,7 @@ async function show(piece) {
     if (span) $("roll").scrollIntoView({ behavior: "smooth", block: "center" });
   }).catch((e) => { $("view-label").textContent = "Pianoroll: " + e.message; });
   analyse(piece);
-  $("gen-status").textContent = ""; $("infill-status").textContent = "";
+  $("gen-status").textContent = ""; $("infill-status").textContent = ""; $("accompany-status").textContent = "";
   drawResults();
   if (piece.kind === "upload") $("main").scrollIntoView({ behavior: "smooth" });
 }
@@ -479,7 +493,7 @@ function star(ctx, x, y, R, r) {
 // ------------------------------------------------------------------ continue and infill
 const ordinal = (n) => (n === 1 ? "next" : `${n}${n === 2 ? "nd" : n === 3 ? "rd" : "th"} in line`);
 
-async function runJob(link, body, button, cancel, bar, st, what) {
+async function runJob(link, body, button, cancel, bar, st, what, unit = "tokens") {
   const parent = CURRENT.piece.id;
   button.disabled = true; bar.hidden = false; bar.removeAttribute("value"); st.textContent = "queued…"; st.className = "";
   let job = null;
@@ -493,7 +507,7 @@ async function runJob(link, body, button, cancel, bar, st, what) {
       if (job.state === "queued" && job.queue && job.queue.position) {
         st.textContent = `queued: ${ordinal(job.queue.position)}` + (job.queue.running ? ` (${job.queue.running} running)` : "");
       } else if (job.progress.total > 0) {
-        bar.max = job.progress.total; bar.value = job.progress.done; st.textContent = `sampling: ${job.progress.done} of ${job.progress.total} tokens`;
+        bar.max = job.progress.total; bar.value = job.progress.done; st.textContent = `sampling: ${job.progress.done} of ${job.progress.total} ${unit}`;
       } else if (job.state === "running") st.textContent = "reading the piece…";
       await sleep(400);
       job = await api(job.links.self, undefined, (m) => { st.textContent = m; });
@@ -528,6 +542,16 @@ function setupGenerate() {
       temperature: num(f, "temperature"), seed: num(f, "seed"), model: f.get("model") };
     runJob(CURRENT.piece.links.infill, body, $("infill"), $("infill-cancel"), $("infill-progress"), $("infill-status"), "version(s)");
   });
+  $("accompany-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (!CURRENT) return;
+    const f = new FormData(e.target);
+    const chords = (f.get("chords") || "").trim();
+    const body = { style: f.get("style"), pattern: f.get("pattern"), chords: chords || null, melody_track: num(f, "melody_track"),
+      density: num(f, "density"), n: num(f, "n"), temperature: num(f, "temperature"), seed: num(f, "seed") };
+    runJob(CURRENT.piece.links.accompany, body, $("accompany"), $("accompany-cancel"), $("accompany-progress"), $("accompany-status"),
+      "version(s)", body.style === "pop" ? "windows" : "versions");
+  });
   $("index").addEventListener("change", () => { if (CURRENT) analyse(CURRENT.piece); });
 }
 
@@ -543,11 +567,11 @@ function drawResults(fresh) {
 function resultItem(p, fresh) {
   const li = make("li", { class: "result" + (fresh ? " fresh" : "") });
   li.append(make("strong", {}, p.name), make("span", { class: "meta" }, ` ${p.notes} notes, ${fmtTime(p.seconds)}, ${p.settings.stop ? "stopped by " + p.settings.stop : ""} `));
-  const canvas = make("canvas", { width: "900", height: "180", role: "img", "aria-label": `Pianoroll of ${p.name}; the new notes in gold` });
+  const canvas = make("canvas", { width: "900", height: "180", role: "img", "aria-label": `Pianoroll of ${p.name}; the new notes in colour` });
   api(p.links.notes).then((n) => {
     const span = newSpan(n);
     drawRoll(canvas, n, newView(n));
-    if (span) canvas.setAttribute("aria-label", `Pianoroll of ${p.name} from ${newView(n)[0].toFixed(0)} s; ${n.new.reduce((a, f) => a + f, 0)} new notes in gold`);
+    if (span) canvas.setAttribute("aria-label", `Pianoroll of ${p.name} from ${newView(n)[0].toFixed(0)} s; ${n.new.reduce((a, f) => a + f, 0)} new notes (${newLegend(n)})`);
   }).catch(() => {});
   li.append(canvas);
   const row = make("div", { class: "player" });
@@ -575,6 +599,9 @@ async function start() {
     $("infill-form").hidden = INFO.infill.length === 0;
     $("infill-note").textContent = INFO.infill.length ? "" :
       "Infilling (regenerating a span inside the piece) needs a model trained for it (partita train gpt --fim 0.5); none is loaded here.";
+    if (INFO.accompany && INFO.accompany.models.length) {
+      $("accompany-style").prepend(make("option", { value: "pop" }, `pop: a piano part (${INFO.accompany.models[0]})`));
+    }
   } catch (e) { setStatus("The server does not answer: " + e.message, true); }
 }
 document.addEventListener("DOMContentLoaded", start);
