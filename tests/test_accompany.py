@@ -254,7 +254,10 @@ def test_eval_accompany_cli(tiny_bundle, tmp_path):
     assert result.exit_code == 0, result.output
     r = json.loads((tmp_path / "e.json").read_text())
     assert r["songs"] == ["009"] and r["skipped"] == ["019: no melody in the first 4 bars"]
-    assert set(r["systems"]) == {"real", "rule", "other", "model"}
+    assert set(r["systems"]) == {"real", "rule", "other", "unconditioned", "model"}
+    plain = r["per_song"]["unconditioned"]  # gpt-piano after the melody's first two bars: scored there
+    assert [row["song"] for row in plain] == ["009"] and plain[0]["notes_per_beat"] > 0
+    assert 0.0 <= r["systems"]["unconditioned"]["chord_fit"] <= 1.0
     assert r["systems"]["real"]["notes_per_beat_ratio"] == pytest.approx(1.0)
     assert 0.0 <= r["systems"]["rule"]["chord_fit"] <= 1.0 and r["systems"]["real"]["chord_fit"] > 0.9
     assert r["systems"]["model"]["notes_per_beat"] >= 0.0  # the tiny model may write no notes: no chord fit then
@@ -278,3 +281,42 @@ def test_fine_tuned_bundle_lists_no_inherited_labels(tmp_path):
                     batch_size=1, val_every=1, progress="none", seed=0)
     card = json.loads((tmp_path / "run" / "bundle" / "card.json").read_text())
     assert card["labels"] == [] and card["init"].endswith("gpt-small")
+
+
+def test_folk_density_sets_how_often_chords_are_struck(tmp_path):
+    path = _melody_file(tmp_path, [(i * 480, 460, [72, 76, 79, 76][i % 4]) for i in range(16)])
+    beats = 16.0
+
+    def rate(**kw):
+        r = accompany(str(path), style="folk", **kw)[0]
+        _same_tracks(symusic.Score(str(path)), r.score)
+        return r.score.tracks[-1].note_num() / beats
+
+    default = rate()  # a 4-note chord a half bar: 2 notes a beat
+    assert default == pytest.approx(2.0, rel=0.1)
+    assert rate(density=4) == pytest.approx(4.0, rel=0.1) and rate(density=8) == pytest.approx(8.0, rel=0.1)
+    assert rate(pattern="broken") == pytest.approx(1.0, rel=0.1)
+    assert rate(pattern="broken", density=2) == pytest.approx(2.0, rel=0.1)
+    for kw, text in (({"style": "chorale", "density": 2}, "--density works with"), ({"density": 0}, "above 0"),
+                     ({"style": "folk", "candidates": 3}, "--candidates works with --style pop")):
+        with pytest.raises(PartitaError, match=text):
+            accompany(str(path), **{"style": "folk", **kw})
+
+
+def test_candidates_keep_the_window_that_fits_the_harmony(tiny_bundle):
+    from partita.generation.accompany import _candidate_score, _harmony
+
+    score = symusic.Score(str(SONG))
+    harmony = _harmony(score, 0)
+    starts, chords = harmony
+    assert len(starts) == len(chords) > 4 and all(len(c) == 3 for c in chords)
+    inside = {"time": starts[:4], "duration": np.full(4, 480), "pitch": np.array([min(c) + 48 for c in chords[:4]])}
+    outside = {**inside, "pitch": np.array([next(p for p in range(48, 60) if p % 12 not in c) for c in chords[:4]])}
+    assert _candidate_score(inside, harmony, 8.0, None) == 1.0 and _candidate_score(outside, harmony, 8.0, None) == 0.0
+    assert _candidate_score(inside, harmony, 8.0, 0.5) > _candidate_score(inside, harmony, 8.0, 4.0)  # 4 notes in 8 beats
+    one = accompany(str(SONG), model=str(tiny_bundle), seed=5, max_new_tokens=48)[0]
+    best = accompany(str(SONG), model=str(tiny_bundle), seed=5, max_new_tokens=48, candidates=3)[0]
+    again = accompany(str(SONG), model=str(tiny_bundle), seed=5, max_new_tokens=48, candidates=3)[0]
+    _same_tracks(score, best.score)
+    np.testing.assert_array_equal(best.ids, again.ids)  # a seed gives the same choice
+    assert sum(best.stops.values()) == sum(one.stops.values())  # one kept per window

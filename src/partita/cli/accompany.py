@@ -20,6 +20,8 @@ def accompany(
     melody_track: Optional[int] = typer.Option(None, "--melody-track", help="The melody's track, 1-based (default: a track named MELODY, else the highest track of single notes)."),
     chords: Optional[str] = typer.Option(None, "--chords", help="Impose a progression, one chord per bar, repeated: --chords \"C G Am F\"."),
     pattern: str = typer.Option("block", "--pattern", help="folk: block chords, or broken (one note a beat, the bass first)."),
+    density: Optional[float] = typer.Option(None, "--density", help="Notes a beat to aim at: folk strikes chords (or moves broken ones) that often; pop keeps, of --candidates windows, the one nearest it."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="pop: windows sampled per window; the one that agrees best with the melody's harmony (and --density) is kept (default 1, 4 with --density)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="An accompaniment bundle (default: gpt-accompany; chorale: chorale-harmony)."),
     n: int = typer.Option(1, "-n", "--num-samples", help="How many versions to write (version i uses seed + i)."),
     out: Path = typer.Option(Path("accompanied"), "--out", "-o", help="Folder for FILE-accompany-000.mid, ..."),
@@ -37,6 +39,7 @@ def accompany(
     with progress_bar("accompanying", unit="windows") as update:
         results = run_accompany(str(file), style=style, model=None if model is None else str(model),
                                 melody_track=melody_track, chords=chords, n=n, device=device, progress=update, pattern=pattern,
+                                density=density, candidates=candidates,
                                 **sampling)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

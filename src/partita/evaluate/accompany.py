@@ -17,8 +17,10 @@ later is skipped and listed), and each accompaniment is measured:
 
 Systems: ``real`` (the song's own PIANO track: the upper bound), ``rule`` (diatonic block chords
 from the melody's pitch classes, ``partita.generation.accompany.rule_chords``), ``other`` (the
-next held-out song's PIANO, transposed to this song's key: the lower bound) and ``model``.
-Figures are means over songs.
+next held-out song's PIANO, transposed to this song's key: the lower bound), ``unconditioned``
+(a piano model that never learnt to accompany, ``gpt-piano`` by default, continuing the first two
+bars of the melody: what a model writes without listening to the melody; it is scored from its
+third bar on, so its figures cover two bars less) and ``model``. Figures are means over songs.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from partita.errors import PartitaError
 
 __all__ = ["CHORALE_RANGES", "SYSTEMS", "accompaniment_metrics", "chord_fit", "chorale_metrics", "evaluate_accompany", "evaluate_chorales"]
 
-SYSTEMS = ("real", "rule", "other", "model")
+SYSTEMS = ("real", "rule", "other", "unconditioned", "model")
 _KEYS = ("chord_fit", "on_beat", "notes_per_beat", "polyphony", "below_melody")
 
 
@@ -137,11 +139,33 @@ def _track(score, name: str):
     return None
 
 
+def _unconditioned(bundle: Any, cut: Any, melody_track: int, end: int, seed: int) -> tuple[Optional[dict], int]:
+    """The notes a piano model writes after the first two (4-beat) bars of the melody, through
+    ``end``, and where they start (None when the melody leaves no room)."""
+    from partita.generation import generate_samples
+    from partita.generation.accompany import melody_only
+
+    tpq = int(cut.ticks_per_quarter)
+    mel = cut.tracks[melody_track].notes.numpy()
+    start = (int(mel["time"].min()) // (4 * tpq) + 2) * 4 * tpq
+    if start >= end:
+        return None, start
+    prompt = melody_only(cut, melody_track)
+    prompt.tracks[0].notes = prompt.tracks[0].notes.filter(lambda n: n.time < start, inplace=False)
+    bars = -(-(end - start) // (4 * tpq))
+    sample = generate_samples(bundle, prompt, bars=bars, seed=seed, max_pause=None)[0]
+    parts = [t.notes.numpy() for t in sample.score.tracks if not t.is_drum]
+    n = {f: np.concatenate([p[f] for p in parts]) for f in parts[0]}
+    keep = (n["time"] >= start) & (n["time"] < end)
+    return {f: v[keep] for f, v in n.items()}, start
+
+
 def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 10, bars: Optional[int] = 32,
-                       seed: int = 0, progress: Any = None, **options: Any) -> dict:
+                       seed: int = 0, progress: Any = None, unconditioned: Any = None, **options: Any) -> dict:
     """Means over the held-out songs of ``data`` (a POP909 folder) of every system's figures
-    (module doc); ``model`` a bundle (None: no model row); ``bars``: the first bars of every song
-    (None: whole songs); sampling ``options`` as ``SamplingConfig`` fields."""
+    (module doc); ``model`` a bundle (None: no model row); ``unconditioned``: a piano bundle for
+    that row (None: none); ``bars``: the first bars of every song (None: whole songs); sampling
+    ``options`` as ``SamplingConfig`` fields."""
     from partita.generation.accompany import accompany, rule_chords
     from partita.io.midi import load, sustain_pedal
 
@@ -161,7 +185,12 @@ def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 1
         from partita.bundle import load as load_bundle
 
         bundle = load_bundle(str(model), "gpt")
-    per: dict[str, list[dict]] = {s: [] for s in SYSTEMS if s != "model" or bundle is not None}
+    plain = None
+    if unconditioned is not None:
+        from partita.bundle import load as load_bundle
+
+        plain = load_bundle(unconditioned, "gpt")
+    per: dict[str, list[dict]] = {s: [] for s in SYSTEMS if (s != "model" or bundle is not None) and (s != "unconditioned" or plain is not None)}
     skipped: list[str] = []
     scored: list[str] = []
     for i, (f, score) in enumerate(loaded):
@@ -195,9 +224,20 @@ def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 1
         if bundle is not None:
             done = accompany(cut, model=bundle, melody_track=melody_track + 1, seed=seed + i, **options)[0]
             systems["model"] = _notes(done.score.tracks[-1])
+        starts = {}
+        if plain is not None:
+            notes, starts["unconditioned"] = _unconditioned(plain, cut, melody_track, end, seed + i)
+            if notes is not None:
+                systems["unconditioned"] = notes
         real = None
         for name, notes in systems.items():
-            m = accompaniment_metrics(cut, melody, notes, chords, end=end, beats=beats)
+            if name in starts:  # scored from where it starts, against the real piano there
+                a = starts[name]
+                part = {k: v[melody["time"] >= a] for k, v in melody.items()}
+                m = accompaniment_metrics(cut, part, notes, chords, end=end, beats=beats)
+                m["notes_per_beat"] = float(len(notes["time"]) / max((end - a) / int(cut.ticks_per_quarter), 1e-9))
+            else:
+                m = accompaniment_metrics(cut, melody, notes, chords, end=end, beats=beats)
             if name == "real":
                 real = m
             for k in ("notes_per_beat", "polyphony"):

@@ -41,7 +41,7 @@ from symusic import Score
 from partita.data.accompany import PREFIX_BARS, WINDOW_BARS, SongTracks, song_files, song_split, window_layout
 from partita.errors import PartitaError
 
-__all__ = ["STYLES", "Accompanied", "accompany", "beat_phase", "choose_melody_track", "impose_chords", "parse_progression",
+__all__ = ["STYLES", "Accompanied", "accompany", "beat_phase", "choose_melody_track", "impose_chords", "melody_only", "parse_progression",
            "read_songs", "rule_chords", "track_tokens"]
 
 STYLES = ("pop", "folk", "chorale")
@@ -155,7 +155,8 @@ def choose_melody_track(score: Score, index: Optional[int] = None, *, name: str 
     return max(lines)[1]
 
 
-def _melody_only(score: Score, track: int) -> Score:
+def melody_only(score: Score, track: int) -> Score:
+    """A score of ``score.tracks[track]`` alone, with the score's tempo, metre and key."""
     one = Score(int(score.ticks_per_quarter))
     one.tracks.append(score.tracks[track].copy())
     one.tempos, one.time_signatures, one.key_signatures = score.tempos, score.time_signatures, score.key_signatures
@@ -257,13 +258,15 @@ def _voice(pcs: list[int], root: int, top: int) -> list[int]:
 
 
 def rule_chords(score: Score, melody_track: int, *, chords: Any = None, velocity: int = 70,
-                pattern: str = "block") -> symusic.core.TrackTick:
+                pattern: str = "block", every: Optional[float] = None) -> symusic.core.TrackTick:
     """The rule accompaniment (the baseline): block chords in a new "PIANO" track, one chord per half
     bar, each a bass root and the triad below the melody. Half bars start on the melody's beats
     (``beat_phase``). The chord is the diatonic triad of the melody's key (Krumhansl-Kessler) holding most of the melody's sounding duration in that half bar
     (ties: the chord before, then the tonic, IV, V first); with ``chords`` (``"C G Am F"``), those,
     one per bar. ``pattern="broken"``: the same chords broken, one note a beat (the bass on the
-    first beat of the half bar, then the chord's upper notes in turn, rising)."""
+    first beat of the half bar, then the chord's upper notes in turn, rising). ``every``: beats
+    between strikes (block: the chord struck again; broken: the next note), default the half bar
+    (block) or one beat (broken)."""
     from partita.io.timing import bar_of, bar_starts
 
     if pattern not in PATTERNS:
@@ -301,14 +304,18 @@ def rule_chords(score: Score, melody_track: int, *, chords: Any = None, velocity
         sounding = overlap > 0
         top = int(mel["pitch"][sounding].min()) if sounding.any() else 72
         voiced = list(_voice(pcs, root, top))
-        if pattern == "broken" and b - a >= 2 * beat and len(voiced) > 1:
-            onsets = list(range(int(a), int(b), beat))
+        step = max(int(round((every or 1.0) * beat)), 1)
+        if pattern == "broken" and b - a >= 2 * step and len(voiced) > 1:
+            onsets = list(range(int(a), int(b), step))
             for j, t0 in enumerate(onsets):
                 p = voiced[0] if j == 0 else voiced[1 + (j - 1) % (len(voiced) - 1)]
                 times.append(t0), durs.append((onsets[j + 1] if j + 1 < len(onsets) else int(b)) - t0), pitches.append(p)
             continue
-        for p in voiced:
-            times.append(a), durs.append(b - a), pitches.append(p)
+        onsets = list(range(int(a), int(b), step)) if every is not None and pattern == "block" else [int(a)]
+        for j, t0 in enumerate(onsets):
+            t1 = onsets[j + 1] if j + 1 < len(onsets) else int(b)
+            for p in voiced:
+                times.append(t0), durs.append(t1 - t0), pitches.append(p)
     if times:
         track.notes = symusic.Note.from_numpy(time=np.asarray(times, np.int32), duration=np.asarray(durs, np.int32),
                                               pitch=np.asarray(pitches, np.int8), velocity=np.full(len(times), velocity, np.int8))
@@ -350,9 +357,58 @@ def _windows(n_bars: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def _model_track(model, tokenizer, score: Score, melody_track: int, cfg, label, progress) -> tuple[Any, np.ndarray, dict]:
-    """The model's accompaniment of ``score``'s melody, as a "PIANO" track in the file's ticks."""
+def _harmony(score: Score, melody_track: int) -> tuple[np.ndarray, list[frozenset]]:
+    """The melody's harmony as the rule reads it: segment starts (ticks) and the pitch classes of
+    the rule's chord in each (``rule_chords``)."""
+    chords = rule_chords(score, melody_track).notes.numpy()
+    if len(chords["time"]) == 0:
+        return np.zeros(0, np.int64), []
+    starts = np.unique(chords["time"]).astype(np.int64)
+    k = np.searchsorted(starts, chords["time"])
+    return starts, [frozenset(int(p) % 12 for p in chords["pitch"][k == i]) for i in range(len(starts))]
+
+
+def _candidate_score(notes: dict, harmony: tuple, beats: float, density: Optional[float]) -> float:
+    """How well a window's new notes (file ticks) agree with the melody's harmony (the share of
+    their duration whose pitch class is in the rule's chord at their onset), less the distance of
+    their notes per beat from ``density`` (log ratio, half weight), when one is asked for."""
+    starts, chords = harmony
+    if len(notes["time"]) == 0:
+        return -1.0
+    fit = 0.5
+    if len(starts):
+        k = np.clip(np.searchsorted(starts, notes["time"], side="right") - 1, 0, len(starts) - 1)
+        hit = np.array([int(p) % 12 in chords[j] for p, j in zip(notes["pitch"], k)], float)
+        w = np.maximum(notes["duration"].astype(float), 1.0)
+        fit = float((hit * w).sum() / w.sum())
+    if density is None:
+        return fit
+    rate = len(notes["time"]) / max(beats, 1e-9)
+    return fit - 0.5 * abs(float(np.log((rate + 0.05) / (density + 0.05))))
+
+
+def _file_notes(tokenizer, written: np.ndarray, new: np.ndarray, tpq: int) -> dict:
+    """The notes ``new`` adds after ``written``, in a file of ``tpq`` ticks a quarter."""
     from partita.edit import new_notes, to_ticks
+
+    added = new_notes(tokenizer, np.concatenate([written, new]), len(written))
+    mtpq = int(added.ticks_per_quarter)
+    parts = [t.notes.numpy() for t in added.tracks if not t.is_drum]
+    if not parts:
+        return {f: np.zeros(0, np.int64) for f in ("time", "duration", "pitch", "velocity")}
+    n = {f: np.concatenate([p[f] for p in parts]) for f in parts[0]}
+    order = np.argsort(n["time"], kind="stable")
+    n = {f: v[order] for f, v in n.items()}
+    n["time"] = to_ticks(n["time"], mtpq, tpq).astype(n["time"].dtype)
+    n["duration"] = np.maximum(to_ticks(n["duration"], mtpq, tpq), 1).astype(n["duration"].dtype)
+    return n
+
+
+def _model_track(model, tokenizer, score: Score, melody_track: int, cfg, label, progress, *, candidates: int = 1,
+                 density: Optional[float] = None) -> tuple[Any, np.ndarray, dict]:
+    """The model's accompaniment of ``score``'s melody, as a "PIANO" track in the file's ticks;
+    with ``candidates`` > 1, each window is sampled that many times and the candidate that
+    agrees best with the melody's harmony (and is nearest ``density`` notes a beat) is kept."""
     from partita.generation.sampling import FillPrompt, sample
     from partita.generation.filters import held_metres
     from partita.io.timing import metres
@@ -368,9 +424,11 @@ def _model_track(model, tokenizer, score: Score, melody_track: int, cfg, label, 
     bos, eos = special_id(tokenizer, "BOS"), special_id(tokenizer, "EOS")
     written = np.array([bos], np.int64)
     if cfg.time_signatures is None:
-        cfg = cfg.replace(time_signatures=held_metres(token_tables(tokenizer), metres(_melody_only(score, melody_track))))
+        cfg = cfg.replace(time_signatures=held_metres(token_tables(tokenizer), metres(melody_only(score, melody_track))))
     windows = _windows(n_bars)
     stops: dict = {}
+    harmony = _harmony(score, melody_track) if candidates > 1 else None
+    tpq = int(score.ticks_per_quarter)
     for k, (shown, first, end) in enumerate(windows):
         wb, wp = token_timing(tokenizer, written)
         so_far = (written[1:], wb[1:].astype(np.int64), wp[1:].astype(np.int64))
@@ -381,22 +439,20 @@ def _model_track(model, tokenizer, score: Score, melody_track: int, cfg, label, 
         wcfg = cfg.replace(bars=end - first, seconds=None, prompt_read=None, allow_early_end=False,
                            seed=int(cfg.seed) * 100003 + k,
                            max_new_tokens=cfg.max_new_tokens or TOKENS_PER_BAR * (end - first))
-        r = sample(model, tokenizer, prompts=[prompt], n=1, config=wcfg, label=label, return_details=True)[0]
+        rows = sample(model, tokenizer, prompts=[prompt], n=candidates, config=wcfg, label=label, return_details=True)
+        if candidates > 1:
+            beats = 4.0 * (end - first)  # the tokenizer's bars are of 4 beats
+            rows = [max(rows, key=lambda r: _candidate_score(_file_notes(tokenizer, written, r.new_ids[r.new_ids != eos], tpq),
+                                                             harmony, beats, density))]
+        r = rows[0]
         new = r.new_ids[r.new_ids != eos]
         stops[r.stop] = stops.get(r.stop, 0) + 1
         written = np.concatenate([written, new])
         if progress is not None:
             progress(k + 1, len(windows))
-    added = new_notes(tokenizer, written, 1)
     track = symusic.core.TrackTick("PIANO", 0, False)
-    tpq, mtpq = int(score.ticks_per_quarter), int(added.ticks_per_quarter)
-    parts = [t.notes.numpy() for t in added.tracks if not t.is_drum]
-    if parts:
-        n = {f: np.concatenate([p[f] for p in parts]) for f in parts[0]}
-        order = np.argsort(n["time"], kind="stable")
-        n = {f: v[order] for f, v in n.items()}
-        n["time"] = to_ticks(n["time"], mtpq, tpq).astype(n["time"].dtype)
-        n["duration"] = np.maximum(to_ticks(n["duration"], mtpq, tpq), 1).astype(n["duration"].dtype)
+    n = _file_notes(tokenizer, written[:1], written[1:], tpq)
+    if len(n["time"]):
         track.notes = symusic.Note.from_numpy(**n)
     return track, written, stops
 
@@ -431,6 +487,8 @@ def accompany(
     device: Any = None,
     progress: Any = None,
     pattern: str = "block",
+    density: Optional[float] = None,
+    candidates: Optional[int] = None,
     **options: Any,
 ) -> list[Accompanied]:
     """``n`` accompaniments of the melody of ``midi`` (a path, bytes or ``symusic.Score``).
@@ -442,7 +500,10 @@ def accompany(
     ``chords``: a progression to impose, one chord per bar. Sampling options are
     ``SamplingConfig`` fields (``temperature``, ``top_p``, ``seed``...); version ``i`` uses seed
     ``seed + i``. Key, tempo and metre are the file's. ``pattern`` (folk): ``block`` or
-    ``broken`` chords.
+    ``broken`` chords. ``density``: notes a beat to aim at (folk: how often chords are struck,
+    or broken notes move; pop: the candidate nearest it is kept). ``candidates`` (pop): windows
+    sampled per window, the one that agrees best with the melody's harmony (and ``density``)
+    kept (default 1, or 4 with a ``density``).
     """
 
     if style not in STYLES:
@@ -451,6 +512,15 @@ def accompany(
         raise PartitaError(f"--pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
     if style == "chorale" and chords is not None:
         raise PartitaError("--chords works with --style pop and folk; a chorale's chords are the model's")
+    if style == "chorale" and density is not None:
+        raise PartitaError("--density works with --style pop and folk; a chorale moves one chord a beat")
+    if density is not None and not 0 < float(density) <= 16:
+        raise PartitaError(f"--density is notes a beat, above 0 and at most 16, not {density:g}")
+    if style != "pop" and candidates not in (None, 1):
+        raise PartitaError("--candidates works with --style pop (the model)")
+    candidates = int(candidates if candidates is not None else (4 if density is not None else 1))
+    if not 1 <= candidates <= 16:
+        raise PartitaError(f"--candidates must be 1 to 16, not {candidates}")
     score, name = _read(midi)
     track = choose_melody_track(score, melody_track, name=name)
     if chords is not None:
@@ -460,7 +530,7 @@ def accompany(
         raise PartitaError(f"-n must be >= 1, got {n}")
     out = []
     if style == "folk":
-        new = rule_chords(score, track, chords=chords, pattern=pattern)
+        new = rule_chords(score, track, chords=chords, pattern=pattern, every=_strike_every(density, pattern))
         for i in range(n):
             out.append(_result(score, track, [new.copy()], style, "rule", 0, i))
         return out
@@ -478,12 +548,24 @@ def accompany(
     cfg = (config or bundle_config).replace(**options).replace(programs="0")
     cfg = cfg.checked()
     for i in range(n):
-        new, ids, stops = _model_track(model, tokenizer, score, track, cfg.replace(seed=int(cfg.seed) + i), None, progress)
+        new, ids, stops = _model_track(model, tokenizer, score, track, cfg.replace(seed=int(cfg.seed) + i), None, progress,
+                                       candidates=candidates, density=None if density is None else float(density))
         if chords is not None:
             impose_chords(new, score, chords)
         out.append(_result(score, track, [new], style, "model", len(ids) - 1, i))
         out[-1].ids, out[-1].stops = ids, stops
     return out
+
+
+def _strike_every(density: Optional[float], pattern: str) -> Optional[float]:
+    """Beats between strikes for ``density`` notes a beat: block chords (about 4 notes each)
+    struck every 2, 1 or 1/2 beats, broken chords moving every 2, 1, 1/2 or 1/4 beats, whichever
+    comes nearest (None: the pattern's own)."""
+    if density is None:
+        return None
+    per = 4.0 if pattern == "block" else 1.0
+    choices = (2.0, 1.0, 0.5) if pattern == "block" else (2.0, 1.0, 0.5, 0.25)
+    return min(choices, key=lambda e: abs(np.log(per / e / float(density))))
 
 
 def _chorale(score: Score, track: int, model: Any, n: int, config: Any, options: dict, progress: Any) -> list[Accompanied]:
