@@ -468,7 +468,8 @@ def learn_track_roles(scores: Iterable[Score], *, min_files: int = 2) -> list[di
         if len(names) < 2:
             continue
         family = list(range(program // 8 * 8, program // 8 * 8 + 8))
-        free = [q for q in sorted(family, key=lambda q: abs(q - program)) + list(range(128)) if q not in taken]
+        order = sorted(family, key=lambda q: abs(q - program)) + list(range(128))
+        free = [q for q in dict.fromkeys(order) if q not in taken]  # nearest in the family first, each once
         for k, (name, _) in enumerate(names):
             if k == 0:
                 q = program
