@@ -17,10 +17,13 @@ Steps (each one's failure is reported in its section, not fatal to the others):
 4. interpolate between two folk melodies with the shipped 2-bar MusicVAE, and between two 16-bar
    dance tunes with the shipped hierarchical 16-bar MusicVAE;
 5. compare the generated set with the real pieces on the musical metrics;
-6. attribute real piano music with the shipped piano index: four GiantMIDI-Piano transcriptions
+6. accompany: harmonize a held-out chorale's soprano in four parts (``chorale-harmony``, whose
+   held-out figures the report quotes), put folk chords under a held-out folk tune, and, given a
+   POP909 folder (``--pop``) and an accompaniment model, a piano part under a held-out song's melody;
+7. attribute real piano music with the shipped piano index: four GiantMIDI-Piano transcriptions
    that ship in the package, and, given an ASAP folder (``--asap``), performances of works the
    piano models held out, each looking for its own score among the scores of all ASAP works;
-7. write ``OUT/index.html``: pianorolls, audio players (when a SoundFont is present), MIDI links,
+8. write ``OUT/index.html``: pianorolls, audio players (when a SoundFont is present), MIDI links,
    the map and the tables.
 """
 
@@ -64,8 +67,9 @@ class Music:
 
 def music_file(out: Path, m: Music) -> Path:
     """Where the demo writes ``m``'s MIDI: ``generated/`` (compared with the demo set by the
-    metrics) or, for the piano pieces, ``piano/``."""
-    return Path(out) / ("piano" if m.group == "piano" else "generated") / f"{m.name}.mid"
+    metrics), or for the piano pieces ``piano/``, for the accompanied melodies ``accompanied/``."""
+    folder = {"piano": "piano", "accompaniment": "accompanied"}.get(m.group, "generated")
+    return Path(out) / folder / f"{m.name}.mid"
 
 
 @dataclass
@@ -303,6 +307,51 @@ def _interpolate(rows: list[dict], steps: int, bars: int = 2) -> list[Music]:
     return out
 
 
+def _accompany(rows: list[dict], pop: Optional[Path]) -> list[Music]:
+    """Accompaniments of held-out melodies: a chorale soprano in four parts, a folk tune with
+    chords, and (with ``pop``, a POP909 folder, and the ``gpt-accompany`` model) a pop melody."""
+    import json
+
+    from partita.generation.accompany import accompany, melody_only
+    from partita.generation.chorale import chorale_voices, split_chorales
+    from partita.io.midi import load
+    from partita.pretrained import CHORALE_HARMONY, GPT_ACCOMPANY, ROOT, bundle_path
+
+    made: list[Music] = []
+    chorales = split_chorales(sorted(DEMO_SET.glob("bach/*.mid")))[0]["test"]  # tunes the model never saw
+    if chorales:
+        score = load(chorales[0])
+        soprano = melody_only(score, chorale_voices(score)[0])
+        [r] = accompany(soprano, style="chorale", seed=0)
+        fig = json.loads((bundle_path(CHORALE_HARMONY) / "card.json").read_text()).get("metrics", {}).get("test", {})
+        sysm = fig.get("systems", {})
+        note = (f" On the {fig['chorales']} held-out chorales: chord fit with Bach's own {sysm['model']['chord_fit']:.2f} "
+                f"(the naive rule's {sysm['rule']['chord_fit']:.2f}), parallel fifths and octaves "
+                f"{sysm['model']['parallels']:.1f} per 100 beats (Bach's {sysm['real']['parallels']:.1f}, the rule's "
+                f"{sysm['rule']['parallels']:.1f}).") if sysm else ""
+        made.append(Music("chorale-harmonized", f"Bach chorale {chorales[0].stem}: its soprano alone, with alto, tenor "
+                          f"and bass by chorale-harmony (a tune it never saw)." + note, r.score, "accompaniment"))
+    folk = next((r for r in rows if r["label"] == "Essen"), None)
+    if folk is not None:
+        [r] = accompany(str(folk["file"]), style="folk", pattern="broken")
+        made.append(Music("folk-accompanied", f"Essen folk tune {folk['title']}: broken chords under it by the rule "
+                          f"(one diatonic triad a half bar, from the tune's own notes)", r.score, "accompaniment"))
+    if pop is not None and (ROOT / GPT_ACCOMPANY / "config.json").exists():
+        from partita.data.accompany import song_files, song_split
+
+        song = next((f for f in song_files(pop) if song_split(f.stem) == "test"), None)
+        if song is not None:
+            score = load(song)
+            track = next(i for i, t in enumerate(score.tracks) if t.name.strip().upper() == "MELODY")
+            melody = melody_only(score, track)
+            for t in melody.tracks:
+                t.notes = t.notes.filter(lambda n: n.time < 32 * 4 * int(score.ticks_per_quarter), inplace=False)
+            [r] = accompany(melody, style="pop", seed=0)
+            made.append(Music("pop-accompanied", f"POP909 song {song.stem} (held out): the first 32 bars of its melody, "
+                              "with a piano part by gpt-accompany", r.score, "accompaniment"))
+    return made
+
+
 def _metrics(corpus: Path, generated: Path) -> dict:
     from partita.evaluate.metrics import compare_sets, load_set
 
@@ -318,10 +367,12 @@ def run_demo(
     bars: int = 8,
     workers: Optional[int] = None,
     asap: Optional[Path] = None,
+    pop: Optional[Path] = None,
     progress: Optional[Callable[[str], Callable[[int, int], None]]] = None,
 ) -> DemoResult:
     """Run the demo into ``out``; ``fast`` attributes 2 pieces per label and shortens everything;
-    ``asap``: an ASAP folder, whose held-out works the piano section then attributes and retrieves.
+    ``asap``: an ASAP folder, whose held-out works the piano section then attributes and retrieves;
+    ``pop``: a POP909 folder, one of whose held-out melodies the accompaniment section accompanies.
     ``progress(desc)`` returns a progress callback for a step (or None)."""
     from partita.data.prepare import prepare
     from partita.io.audio import have_soundfont, save_clip, clip_format
@@ -350,6 +401,7 @@ def run_demo(
     music: list[Music] = []
     music += attempt("generation", _generate, rows, 2 if fast else bars) or []
     music += attempt("piano generation", _piano_music, fast) or []
+    music += attempt("accompaniment", _accompany, rows, pop) or []
     music += attempt("composer-conditioned VAE", _tvae_sample, "Bach") or []
     music += attempt("interpolation", _interpolate, rows, 3 if fast else 7) or []
     music += attempt("interpolation", _interpolate, rows, 3 if fast else 5, 16) or []
@@ -434,6 +486,9 @@ def _write_report(res: DemoResult, files: dict, sound: bool) -> Path:
         ("piano", "Piano generation", "The shipped piano model (gpt-piano, trained on ASAP's performances) continues "
          "the opening of a real piano performance and rewrites four bars of another given what comes before and after "
          "them, both transcriptions it never saw."),
+        ("accompaniment", "Accompaniment", "Melodies the models never saw, every note of them kept, with new "
+         "tracks under them (partita accompany)." + ("" if any(m.name == "pop-accompanied" for m in res.music) else
+         " Run 'partita demo --pop PATH/TO/pop909' with an accompaniment model to also hear a pop song's melody accompanied.")),
         ("interpolation", "Interpolation", "The shipped MusicVAEs walk their latent space from one folk melody to another: 2 bars, then 16 bars (hierarchical)."),
     ):
         sec = report.section(title, intro)
@@ -443,7 +498,7 @@ def _write_report(res: DemoResult, files: dict, sound: bool) -> Path:
                 sec.item(m.caption, image=png, audio=clip, midi=midi)
         for step, why in res.problems:
             if step in {"generated": ("generation", "composer-conditioned VAE"), "piano": ("piano generation",),
-                        "interpolation": ("interpolation",)}[group]:
+                        "interpolation": ("interpolation",), "accompaniment": ("accompaniment",)}[group]:
                 sec.text(f"{step} skipped: {why}")
 
     sec = report.section("Musical metrics", "The generated set against the real held-out pieces (MGEval): "
