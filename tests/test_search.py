@@ -287,6 +287,37 @@ def test_embed_folder_into_index_add_search_and_refusals(tiny_bundle, tmp_path):
     assert not (tmp_path / "idx3" / "index.json").exists()
 
 
+def test_a_siavit_index_of_a_labelled_folder_gets_a_readout_that_names_its_pieces(tiny_bundle, tmp_path):
+    from safetensors.numpy import load_file
+
+    from partita.search import reader as R
+
+    src = tmp_path / "midi"
+    for style, label in (("low", "Low"), ("high", "High")):
+        (src / label).mkdir(parents=True)
+        for j in range(10):
+            styled_piece(style, seed=20 + j).dump_midi(str(src / label / f"{style}{j}.mid"))
+    out = tmp_path / "idx"
+    embed_into_index([src], out, model=tiny_bundle, windows=2)
+    index = Index.load(out)
+    saved = json.loads((out / "reader.json").read_text())
+    # The readout names the index's pieces instead of copying their vectors.
+    assert "embedded" not in load_file(str(out / "reader.safetensors")) and len(saved["embedded_ids"]) == 20
+    assert saved["embedder_fingerprint"] == index.model["fingerprint"]
+    readout = R.load_reader(out)
+    assert readout.labels == ["High", "Low"] and readout.fitted["novelty_from"] == ["descriptor", "embedder"]
+    new = tmp_path / "new.mid"
+    styled_piece("low", seed=77).dump_midi(str(new))
+    random_note_piece(seed=5, seconds=20).dump_midi(str(tmp_path / "random.mid"))
+    results, failures = R.attribute_files(index, readout, [new, tmp_path / "random.mid"], k=2)
+    assert not failures and results[0]["top"][0]["label"] == "Low" and set(results[0]["distances"]) == {"descriptor", "embedder"}
+    assert results[0]["novelty"] < results[1]["novelty"]
+    # An index that lacks the pieces the readout names is refused in one line.
+    lacking = Index.build(index.vectors([0, 1]), index.pieces[:2], model=index.model)
+    with pytest.raises(PartitaError, match="names pieces the index lacks"):
+        R.load_reader(out).bind(lacking)
+
+
 def test_embed_prepared_corpus_keeps_labels_and_splits(tiny_bundle, tmp_path):
     from partita.data.prepare import prepare
 

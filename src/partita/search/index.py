@@ -699,7 +699,7 @@ def _fit_reader(jobs: list, out: Path, index: "Index") -> None:
             works.setdefault(piece["label"], set()).add(_work(piece, src))
     if sum(len(w) >= 5 for w in works.values()) < 2:
         return
-    notes, labels, groups, vectors = [], [], [], []
+    notes, labels, groups, vectors, ids = [], [], [], [], []
     for piece, src in jobs:
         row = index.row_of(piece["id"])
         if piece["label"] is None or row is None:  # unlabelled, or the embedder skipped it
@@ -718,9 +718,10 @@ def _fit_reader(jobs: list, out: Path, index: "Index") -> None:
         labels.append(piece["label"])
         groups.append(_work(piece, src))
         vectors.append(index.vectors([row])[0])
-    readout = R.fit_reader(notes, labels, groups, vectors=vectors, embedder=index.model.get("fingerprint"))
+        ids.append(piece["id"])
+    readout = R.fit_reader(notes, labels, groups, vectors=vectors, embedder=index.model.get("fingerprint"), ids=ids)
     if readout is not None:
-        readout.save(out)
+        readout.save(out, index=index)  # names its pieces: their vectors are the index's
 
 
 def _work(piece: dict, src: Any) -> str:

@@ -172,6 +172,7 @@ class Readout:
     temperature: float = 1.0
     references: Optional[np.ndarray] = None  # (N, D) clipped standardised mean views of the training pieces
     embedded: Optional[np.ndarray] = None  # (N, E) the training pieces' unit vectors by the index's embedder
+    embedded_ids: Optional[list] = None  # their piece ids in the index (saved instead of the vectors: bind())
     embedder: Optional[str] = None  # that embedder's fingerprint
     length_models: dict = field(default_factory=dict)  # "descriptor" / "embedder" -> LengthModel
     threshold: Optional[float] = None  # of the novelty; None: never unknown
@@ -219,6 +220,8 @@ class Readout:
         ``NEIGHBOURS`` nearest training pieces)."""
         views = np.asarray(crops, np.float64) if whole is None else np.vstack([crops, np.atleast_2d(whole)])
         out = {"descriptor": float(_knn_distance(_mean_view(self, views)[None], self.references)[0])}
+        if self.embedded is None and self.embedded_ids:
+            raise PartitaError("this readout reads its pieces' vectors from its index: call bind(index) first")
         if self.embedded is not None:
             if vector is None:
                 raise PartitaError("this readout measures novelty with the index's embedder too: pass the piece's vector")
@@ -257,8 +260,19 @@ class Readout:
                     "features": self.explain(crops, whole, int(order[0]), int(order[1]), top=explain)} if len(order) > 1 else None,
         }
 
+    def bind(self, index) -> "Readout":
+        """Read the training pieces' vectors from the index they came from (a saved readout of an
+        index names its pieces instead of copying their vectors)."""
+        if self.embedded is None and self.embedded_ids:
+            rows = [index.row_of(i) for i in self.embedded_ids]
+            if any(r is None for r in rows):
+                raise PartitaError(f"{index.path}: the composer readout names pieces the index lacks; "
+                                   f"run 'partita embed' on the index again")
+            self.embedded = _unit(index.vectors(rows))
+        return self
+
     # ---------------------------------------------------------------- files
-    def save(self, folder) -> None:
+    def save(self, folder, index=None) -> None:
         """``reader.safetensors`` (the arrays: the references in 8 bits, the index's vectors in 16)
         and ``reader.json`` (labels, temperature,
         threshold, length models and how they were fitted) in ``folder``."""
@@ -274,7 +288,9 @@ class Readout:
                   "weight": self.weight.astype(np.float32), "bias": np.maximum(self.bias, -1e4).astype(np.float32),
                   # clipped to +-CLIP: 8 bits a value (steps of CLIP / 127 sd) lose nothing a distance notices
                   "references_int8": np.round(np.clip(self.references, -CLIP, CLIP) * (127 / CLIP)).astype(np.int8)}
-        if self.embedded is not None:
+        by_id = (self.embedded is not None and self.embedded_ids is not None and index is not None
+                 and all(index.row_of(i) is not None for i in self.embedded_ids))
+        if self.embedded is not None and not by_id:
             arrays["embedded"] = self.embedded.astype(np.float16)
         with atomic_path(folder / READER_WEIGHTS) as tmp:
             save_file(arrays, str(tmp))
@@ -284,7 +300,7 @@ class Readout:
                       "the novelty, the mean of length-normalised log-distances to the nearest training pieces (clipped "
                       "standardised descriptors" + ("; the index's embedder" if self.embedded is not None else "") + ")",
             "format": 2, "labels": self.labels, "temperature": self.temperature, "neighbours": NEIGHBOURS, "clip": CLIP,
-            "embedder_fingerprint": self.embedder,
+            "embedder_fingerprint": self.embedder, "embedded_ids": self.embedded_ids if by_id else None,
             "length_models": {k: m.to_dict() for k, m in self.length_models.items()},
             "threshold": self.threshold, "length_bins": list(LENGTH_BINS), "fitted": self.fitted}, indent=1, ensure_ascii=False) + "\n")
 
@@ -310,6 +326,7 @@ def load_reader(folder) -> Optional[Readout]:
                        temperature=float(d["temperature"]),
                        references=a["references_int8"].astype(np.float32) * np.float32(float(d.get("clip", CLIP)) / 127),
                        embedded=a["embedded"].astype(np.float32) if "embedded" in a else None,
+                       embedded_ids=None if "embedded" in a else d.get("embedded_ids"),
                        embedder=d.get("embedder_fingerprint"),
                        length_models={k: LengthModel.from_dict(m) for k, m in (d.get("length_models") or {}).items()},
                        threshold=None if d.get("threshold") is None else float(d["threshold"]),
@@ -366,8 +383,11 @@ def fit_readout(train_crops: Sequence[np.ndarray], whole: Sequence[np.ndarray], 
     clf = LogisticRegression(C=C, max_iter=3000, random_state=seed).fit((x - mean) / scale, t, sample_weight=sw)
     weight = np.zeros((n_labels, x.shape[1]))
     bias = np.full(n_labels, -1e9)
-    weight[clf.classes_] = clf.coef_
-    bias[clf.classes_] = clf.intercept_
+    coef, intercept = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:  # scikit-learn keeps one row for two classes: the logit of the second
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    weight[clf.classes_] = coef
+    bias[clf.classes_] = intercept
     return Readout(labels=labels or [str(i) for i in range(n_labels)], mean=mean, scale=scale, weight=weight, bias=bias)
 
 
@@ -378,12 +398,15 @@ def piece_views(notes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_reader(notes: Sequence[np.ndarray], labels: Sequence[Optional[str]], groups: Sequence[Optional[str]], *,
                vectors: Optional[Sequence[np.ndarray]] = None, embedder: Optional[str] = None,
+               ids: Optional[Sequence[str]] = None,
                min_works: int = 5, folds: int = 5, seed: int = 0, alpha: float = ALPHA,
                progress=None) -> Optional[Readout]:
     """A calibrated readout of the labels with at least ``min_works`` works (``groups``; a piece
     without a group is its own work), or None when fewer than 2 labels have that many.
     ``vectors``: the pieces' embeddings by the index's embedder (``embedder``: its fingerprint),
     for the second novelty distance (module doc); without them the novelty is the descriptor's.
+    ``ids``: the pieces' ids in that index, so that a saved readout names them instead of copying
+    their vectors.
 
     Temperature, length models and the "unknown" threshold come from held-out works:
     ``folds``-fold cross-fitting grouped by work (no work on both sides), and the numbers it saw
@@ -455,6 +478,7 @@ def fit_reader(notes: Sequence[np.ndarray], labels: Sequence[Optional[str]], gro
     final = fit_readout(train, whole, y, L, labels=names, seed=seed)
     final.references = _references(final, views)
     final.embedded, final.embedder = emb, (embedder if emb is not None else None)
+    final.embedded_ids = [str(ids[i]) for i in rows] if emb is not None and ids is not None else None
     final.temperature, final.length_models, final.threshold, final.fitted = float(t), models, threshold, fitted
     final.held_out = {"distances": dist, "seconds": seconds}
     return final
@@ -472,8 +496,9 @@ def attribute_files(index, readout: Readout, files: Sequence, *, k: int = 3, nea
     from partita.io import MidiError, load, note_array, preprocess
     from partita.search.index import embed_queries
 
-    if readout.embedded is not None and readout.embedder and readout.embedder != index.model.get("fingerprint"):
+    if readout.embedder and readout.embedder != index.model.get("fingerprint"):
         raise PartitaError(f"{index.path}: the composer readout belongs to another embedder; run 'partita embed' on the index again")
+    readout.bind(index)
     vecs, kept, failures = embed_queries(index, files)
     labels = index.column("label")
     results = []
