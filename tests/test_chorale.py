@@ -68,6 +68,14 @@ def test_shipped_harmonizer_keeps_the_soprano_and_the_rules(tmp_path):
     assert (np.diff(satb[sounding], axis=1) <= 0).all()  # no voice above the one over it
     errors = voice_leading_errors(satb)
     assert errors["parallel_fifths"] == 0 and errors["parallel_octaves"] == 0 and errors["crossing"] == 0
+    # on the half-beat grid too: the passing notes (a third filled in eighths) keep the rules
+    grid = read_beats(out, 0)
+    ticks = np.sort(np.r_[grid.starts, grid.starts + grid.beat // 2])
+    halves = np.stack([sounding_at(t.notes.numpy(), ticks) for t in out.tracks], axis=1)
+    onsets = np.concatenate([t.notes.numpy()["time"] for t in out.tracks[1:]]) - grid.starts[0]
+    assert (onsets % (grid.beat // 2) == 0).all() and (onsets % grid.beat != 0).any()  # some passing notes
+    errors = voice_leading_errors(halves)
+    assert errors["parallel_fifths"] == 0 and errors["parallel_octaves"] == 0 and errors["crossing"] == 0
     ranges = load_bundle(Path(__file__).resolve().parents[1] / "src/partita/pretrained/chorale-harmony").model.config.ranges
     for v, (lo, hi) in enumerate(ranges, start=1):
         assert lo <= satb[sounding, v].min() and satb[sounding, v].max() <= hi

@@ -26,7 +26,7 @@ from symusic import Score
 from partita.errors import PartitaError
 from partita.models.harmony import MODES, QUALITIES, VOICES, ChoraleHarmony, HarmonyConfig
 
-__all__ = ["Beats", "beat_voices", "chorale_files", "chorale_voices", "count_chorales", "harmonize", "read_beats", "rule_voices", "sounding_at",
+__all__ = ["Beats", "beat_voices", "chorale_files", "chorale_voices", "count_chorales", "harmonize", "read_beats", "passing_notes", "rule_voices", "sounding_at",
            "soprano_key", "split_chorales", "train_harmony", "tune_split"]
 
 #: The tones a chord's voicing must hold: its root, its third and (for a seventh chord) its seventh.
@@ -345,8 +345,59 @@ def harmonize(model: ChoraleHarmony, score: Score, track: int, *, temperature: f
     beats = read_beats(score, track)
     tonic, mode = soprano_key(score, track)
     rng = np.random.default_rng(int(seed))
-    voices = _voice_beats(beats, lambda p, x, first, last: _phrase(model, p, x, tonic, MODES.index(mode), temperature, rng, first, last))
-    return _tracks(beats, voices(), score)
+    voices = _voice_beats(beats, lambda p, x, first, last: _phrase(model, p, x, tonic, MODES.index(mode), temperature, rng, first, last))()
+    half = sounding_at(score.tracks[track].notes.numpy(), beats.starts + beats.beat // 2)
+    return _tracks(beats, voices, score, passing=passing_notes(voices, half, tonic, mode))
+
+
+#: Scale steps above the tonic a passing note may take (minor: the melodic minor, up and down).
+_SCALES = {"major": ((0, 2, 4, 5, 7, 9, 11),) * 2, "minor": ((0, 2, 3, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10))}
+
+
+def passing_notes(voices: np.ndarray, soprano_half: np.ndarray, tonic: int, mode: str) -> dict[tuple[int, int], int]:
+    """Passing notes on the half beat, as Bach fills a third in eighths: ``{(beat, voice): pitch}``.
+    Where a lower voice moves by a third from one beat to the next, the scale step between takes
+    the second half of the beat (the bass first, then tenor, alto, each given the ones before),
+    only where it makes no parallel fifth or octave with any voice (``soprano_half``: the soprano
+    sounding at each half beat) and crosses none."""
+    out: dict[tuple[int, int], int] = {}
+    for k in range(len(voices) - 1):
+        a, b = voices[k], voices[k + 1]
+        if (a < 0).any() or (b < 0).any():
+            continue
+        at_half = a.copy()
+        if soprano_half[k] >= 0:
+            at_half[0] = soprano_half[k]
+        for v in (3, 2, 1):
+            d = int(b[v] - a[v])
+            if abs(d) not in (3, 4):
+                continue
+            scale = _SCALES[mode][0 if d > 0 else 1]
+            step = [p for p in range(min(a[v], b[v]) + 1, max(a[v], b[v])) if (p - tonic) % 12 in scale]
+            if len(step) != 1:
+                continue
+            mid = at_half.copy()
+            mid[v] = step[0]
+            if not all(mid[i] >= mid[i + 1] for i in range(3)):
+                continue
+            if _parallel(a, mid) or _parallel(mid, b):
+                continue
+            out[(k, v)] = step[0]
+            at_half = mid
+    return out
+
+
+def _parallel(x: np.ndarray, y: np.ndarray) -> bool:
+    """A parallel fifth or octave between any two voices from ``x`` to ``y`` (soprano first)."""
+    for i in range(4):
+        for j in range(i + 1, 4):
+            di, dj = y[i] - x[i], y[j] - x[j]
+            if di == 0 or dj == 0 or np.sign(di) != np.sign(dj):
+                continue
+            a, b = (x[i] - x[j]) % 12, (y[i] - y[j]) % 12
+            if a == b and a in (0, 7):
+                return True
+    return False
 
 
 def _voice_beats(beats: Beats, phrase):
@@ -364,9 +415,11 @@ def _voice_beats(beats: Beats, phrase):
     return run
 
 
-def _tracks(beats: Beats, voices: np.ndarray, score: Score) -> list:
+def _tracks(beats: Beats, voices: np.ndarray, score: Score, passing: Optional[dict] = None) -> list:
     """Alto, tenor and bass tracks from a [beats, 4] array: a voice that keeps its pitch across
-    beats holds one note."""
+    beats holds one note; ``passing`` (``passing_notes``) splits a beat, the passing note second."""
+    passing = passing or {}
+    half = beats.beat // 2
     out = []
     for v, name in zip((1, 2, 3), VOICES[1:]):
         track = symusic.core.TrackTick(name, 0, False)
@@ -374,10 +427,14 @@ def _tracks(beats: Beats, voices: np.ndarray, score: Score) -> list:
         for k, p in enumerate(voices[:, v]):
             if p < 0:
                 continue
-            if pitches and pitches[-1] == p and times[-1] + durs[-1] == beats.starts[k]:
+            start = int(beats.starts[k])
+            if pitches and pitches[-1] == p and times[-1] + durs[-1] == start:
                 durs[-1] += beats.beat
-                continue
-            times.append(int(beats.starts[k])), durs.append(beats.beat), pitches.append(int(p))
+            else:
+                times.append(start), durs.append(beats.beat), pitches.append(int(p))
+            if (k, v) in passing:
+                durs[-1] -= beats.beat - half
+                times.append(start + half), durs.append(beats.beat - half), pitches.append(int(passing[(k, v)]))
         if times:
             track.notes = symusic.Note.from_numpy(time=np.asarray(times, np.int32), duration=np.asarray(durs, np.int32),
                                                   pitch=np.asarray(pitches, np.int8), velocity=np.full(len(times), 70, np.int8))
