@@ -116,6 +116,8 @@ def accompany_cmd(
                                          "chorale: a harmony bundle (default chorale-harmony)."),
     data: str = typer.Option(..., "--data", help="pop: a POP909 folder (NNN/NNN.mid with chord_midi.txt); chorale: a folder of "
                              "four-part chorales or 'bundled'. The held-out songs (chorales) are scored."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="pop: windows sampled per window, the best kept (partita accompany --candidates)."),
+    density: Optional[float] = typer.Option(None, "--density", help="pop: notes a beat to aim at (partita accompany --density)."),
     unconditioned: str = typer.Option("gpt-piano", "--unconditioned", help="pop: a piano model that never learnt to accompany, continuing the melody's first two bars (a baseline); 'none' leaves it out."),
     style: str = typer.Option("pop", "--style", help="pop (POP909 songs) or chorale (alto, tenor, bass under held-out Bach sopranos)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most this many held-out songs (default 10) or chorales (default: all)."),
@@ -134,7 +136,8 @@ def accompany_cmd(
         return _chorales(model, data, limit, seed, temperature, json_out)
     if style != "pop":
         raise PartitaError(f"--style must be pop or chorale, not {style!r}")
-    options = {k: v for k, v in {"temperature": temperature, "top_p": top_p}.items() if v is not None}
+    options = {k: v for k, v in {"temperature": temperature, "top_p": top_p, "candidates": candidates, "density": density}.items()
+               if v is not None}
     with progress_bar("accompanying", unit="songs") as update:
         results = evaluate_accompany(model, data, limit=10 if limit is None else limit, bars=bars or None, seed=seed, progress=update,
                                      unconditioned=None if unconditioned.lower() == "none" else unconditioned, **options)
