@@ -231,7 +231,7 @@ class Readout:
     def novelty(self, crops: np.ndarray, whole: Optional[np.ndarray] = None, seconds: float = 60.0,
                 vector: Optional[np.ndarray] = None) -> float:
         """How unlike every training piece a piece is, in held-out standard scores for its length
-        (module doc); None-free: a readout without length models returns the descriptor distance."""
+        (module doc); a readout without length models gives the raw descriptor distance."""
         d = self.distances(crops, whole, vector)
         if not self.length_models:
             return d["descriptor"]
