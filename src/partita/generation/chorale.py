@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import symusic
@@ -170,27 +170,17 @@ def count_chorales(files: Iterable[str | Path], *, min_share: float = 0.002, pro
     """Count the tables of ``ChoraleHarmony`` from four-part chorale MIDI files: ``(config, counts,
     report)``; the chord vocabulary is every chord of at least ``min_share`` of the beats."""
     from partita.generation.accompany import estimate_key
-    from partita.io.midi import load
 
     files = list(files)
     pieces, skipped = [], []
-    for k, f in enumerate(files):
-        try:
-            score = load(f)
-        except PartitaError as e:
-            skipped.append(f"{f}: {e}")
-            continue
-        voices = chorale_voices(score)
-        if voices is None:
-            skipped.append(f"{f}: not four voices")
-            continue
+    for k, (f, score, voices) in enumerate(four_part(files, skipped)):
         grid, satb = beat_voices(score, voices)
         notes = [score.tracks[i].notes.numpy() for i in voices]
         tonic, mode = estimate_key(np.concatenate([n["pitch"] for n in notes]),
                                    np.concatenate([n["duration"] for n in notes]).astype(float))
         pieces.append((satb, grid.context, tonic, MODES.index(mode)))
         if progress is not None:
-            progress(k + 1, len(files))
+            progress(k + 1 + len(skipped), len(files))
     if not pieces:
         raise PartitaError("no four-part chorale among the files (four tracks with notes, one a voice)")
     every = [(rel, q) for rel in range(12) for q in QUALITIES]
@@ -499,10 +489,18 @@ def chorale_files(data: str | Path, *, progress: Any = None) -> list[Path]:
 def split_chorales(files: Iterable[str | Path]) -> tuple[dict[str, list[Path]], list[str]]:
     """``({"train": [...], "test": [...]}, skipped)``: the four-part chorales among ``files``
     by ``tune_split``; the others skipped with why."""
+    out: dict[str, list[Path]] = {"train": [], "test": []}
+    skipped: list[str] = []
+    for f, score, voices in four_part(files, skipped):
+        out[tune_split(score, voices)].append(Path(f))
+    return out, skipped
+
+
+def four_part(files: Iterable[str | Path], skipped: list[str]) -> Iterator[tuple[Path, Score, list[int]]]:
+    """``(file, score, voices)`` of every four-part chorale among ``files`` (``chorale_voices``);
+    a file that cannot be read or is not in four voices is added to ``skipped`` with why."""
     from partita.io.midi import load
 
-    out: dict[str, list[Path]] = {"train": [], "test": []}
-    skipped = []
     for f in files:
         try:
             score = load(f)
@@ -513,5 +511,4 @@ def split_chorales(files: Iterable[str | Path]) -> tuple[dict[str, list[Path]], 
         if voices is None:
             skipped.append(f"{f}: not four voices")
             continue
-        out[tune_split(score, voices)].append(Path(f))
-    return out, skipped
+        yield Path(f), score, voices
