@@ -290,8 +290,9 @@ def test_the_budget_keeps_time_for_the_final_validation():
         lightning_module = Module()
 
     counted = TimeBudget(600.0, started=now)
-    counted.step_seconds = 2.0  # 40 batches of about half a 2 s step: 40 s, not 5% of the budget
-    assert counted.reserve(Counting()) == pytest.approx(1.1 * 40 + TimeBudget.EXPORT_SECONDS)
+    counted.step_seconds = 2.0  # 40 batches of about half a 2 s step: 36 s, not 5% of the budget
+    assert counted.reserve(Counting()) == pytest.approx(1.1 * 40 * 2.0 * TimeBudget.VAL_BATCH_PER_STEP
+                                                        + TimeBudget.EXPORT_SECONDS)
     assert counted.reserve(Trainer()) == pytest.approx(1.1 * 30 + TimeBudget.EXPORT_SECONDS)
     again = TimeBudget(10.0)
     again.load_state_dict(tight.state_dict())

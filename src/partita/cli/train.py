@@ -54,9 +54,11 @@ RUN_OPTIONS = [
 
 def run_config_from_options(options: dict):
     """A ``RunConfig`` from the command line's run options (durations and device counts parsed)."""
-    from partita.train.common import RunConfig, parse_duration
+    from partita.train.common import RunConfig, parse_duration, process_started
 
     values = dict(options)
+    if Path(sys.argv[0]).name in ("partita", "__main__.py"):  # the command itself, not a test calling it in-process
+        values["started"] = process_started()  # the budget counts the command's start-up and imports
     if values.get("max_time") is not None:
         values["max_time"] = parse_duration(values["max_time"])
     values["devices"] = parse_devices(values.get("devices"))
@@ -132,7 +134,7 @@ def gpt_cmd(
     run_config,
     data: Path = typer.Option(..., "--data", help="A prepared, tokenised corpus (partita data prepare, partita data tokenize)."),
     out: Path = typer.Option(Path("runs/gpt"), "--out", "-o", help="Run folder: checkpoints, logs, bundle."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="tiny, small (CPU; the default) or base (~100M, GPU); a resumed run keeps its own."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="tiny, mini (a CPU run of minutes), small (CPU) or base (~100M, GPU); default: chosen from the corpus, the machine and --max-time (said on the first line); a resumed run keeps its own."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of GPTConfig fields."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set n_layer=8 (repeatable)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per segment (default: the context)."),

@@ -198,6 +198,12 @@ class SongStream:
             "piece": torch.from_numpy(label),  # position in ``pieces`` of each row's song, -1 idle
         }
 
+    def batches_once(self) -> int:
+        """How many batches this process's rows take to play every piece once (exact for a
+        finite stream from its start: the row with the most segments sets it)."""
+        seg = np.maximum(np.ceil((self.lengths - 1) / (self.T - 1)), 1).astype(np.int64)
+        return int(max((seg[self._row_list(b, 0)].sum() for b in range(self.B)), default=0))
+
     def batches_per_epoch(self) -> int:
         """About how many batches one pass over every piece takes (for schedules and logs)."""
         segments = np.ceil((self.lengths - 1) / (self.T - 1)).sum()

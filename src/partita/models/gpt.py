@@ -128,12 +128,15 @@ class GPTConfig(ModelConfig):
         return i % self.n_layer
 
 
-#: Named configurations. ``tiny``: tests (< 1M parameters). ``small``: trains on a CPU in under an
+#: Named configurations. ``tiny``: tests (< 1M parameters). ``mini``: ~2-3M parameters, context
+#: 256, for a CPU run of minutes. ``small``: trains on a CPU in under an
 #: hour on a small corpus (~5M parameters, context 512). ``base``: a GPU model like TchAIkovsky's
 #: released one (~85M parameters without embeddings, ~100M with a 20k BPE vocabulary).
 PRESETS: dict[str, GPTConfig] = {
     "tiny": GPTConfig(context=64, n_layer=2, n_head=2, d_model=64, max_bars=16, positions_per_bar=64, gelu="tanh"),
     "small": GPTConfig(context=512, n_layer=6, n_head=4, d_model=256, dropout=0.1, gelu="tanh"),
+    # a CPU run in a short budget: ~2.5x the steps of small in the same time (partita.train.gpt.choose_preset)
+    "mini": GPTConfig(context=256, n_layer=4, n_head=4, d_model=192, dropout=0.1, gelu="tanh"),
     "base": GPTConfig(vocab_size=20000, context=1024, n_layer=12, n_head=12, d_model=768, dropout=0.1,
                       block="parallel", gelu="tanh"),
 }

@@ -588,12 +588,14 @@ def set_options(tokenizer: MusicTokenizer, *, roles: list[dict] | None = None, m
     return tokenizer
 
 
-def suggest_vocab_size(base_size: int, notes: int, *, tokens_per_note: float = 4.0, per_token: int = 1000,
+def suggest_vocab_size(base_size: int, notes: int, *, tokens_per_note: float = 4.0, per_token: int = 10000,
                        most: int = 20000) -> tuple[int, str]:
     """A BPE vocabulary for a corpus of ``notes`` notes, with the reason in words: one learned token
     for every ``per_token`` base tokens of it (about ``tokens_per_note`` a note in REMI), at least
-    100 and at most ``most`` in all. A merge seen fewer times than that is too rare to learn in a
-    short run, and a bigger vocabulary makes a small corpus's sequences no easier to model."""
+    100 and at most ``most`` in all. A rarer merge is too rare to learn in a short run: on POP909
+    (~4.4M base tokens) one per 1,000 gave 4,917 tokens, and a 10-minute CPU run of the small model
+    stayed at 11.1 bits/token, above the 5-gram's 9.7 on those tokens (RESULTS.md, "Training in a
+    budget"); one per 10,000 gives 917."""
     base_tokens = int(notes * tokens_per_note)
     merges = int(min(max(round(base_tokens / per_token, -2), 100), max(most - base_size, 100)))
     why = (f"{base_size:,} base tokens + {merges:,} merges: one per ~{per_token:,} of the ~{base_tokens:,} base tokens "

@@ -49,6 +49,78 @@ RUN_DEFAULTS = dict(batch_size=16, max_steps=2000, lr=3e-4, weight_decay=0.1, wa
                     val_every=200, checkpoint_every=500)
 
 
+#: The run defaults of a fresh run from each preset, on top of ``RUN_DEFAULTS`` (a run from
+#: ``--init`` or a resumed one keeps ``RUN_DEFAULTS`` / its own). The warmup and the cosine are
+#: shares of the run (``warmup_fraction``: of --max-steps or --max-time, whichever ends it first),
+#: so a 10-minute run on a CPU reaches its peak learning rate and decays to its end; ``small``
+#: takes 8 songs a step at 1e-3 (measured on a CPU to beat the 5-gram in 10 minutes: RESULTS.md
+#: "Training in a budget"); ``base`` the GPT-2-like 16 x 3e-4 of a GPU run.
+PRESET_RUN_DEFAULTS: dict[str, dict] = {
+    "tiny": dict(batch_size=16, lr=1e-3, warmup_fraction=0.1),
+    "mini": dict(batch_size=8, lr=1e-3, warmup_fraction=0.1),
+    "small": dict(batch_size=8, lr=1e-3, warmup_fraction=0.1),
+    "base": dict(batch_size=16, lr=3e-4, warmup_fraction=0.05),
+}
+
+#: Training tokens from which ``choose_preset`` takes ``base`` on a GPU (~100M parameters want
+#: tens of millions of tokens; below that ``small`` overfits less and trains faster), and below
+#: which it takes ``tiny`` (a corpus this small is a test or a toy: the small model memorises it).
+BASE_FROM_TOKENS = 50_000_000
+TINY_BELOW_TOKENS = 20_000
+
+#: A fresh run with a --max-time under this (and no --val-every) validates once, at its end: on a
+#: CPU one validation of a corpus such as POP909's (80 songs, ~600k tokens) takes 2-5 minutes,
+#: which a 10-minute run cannot spend twice.
+SHORT_RUN_SECONDS = 3600.0
+#: ... and validates on whole validation songs of at most this many tokens in all (the same songs
+#: at every validation; ``validation_pieces``): ~25 batches of 8 x 512, under a minute on a CPU.
+SHORT_RUN_VAL_TOKENS = 100_000
+
+
+def validation_pieces(streams, pieces: list[int], max_tokens: int | None) -> list[int]:
+    """Whole pieces of ``pieces`` (in a fixed, seeded order) up to ``max_tokens`` tokens in all,
+    at least one; every piece when ``max_tokens`` is None or they all fit. Returned in the
+    order of ``pieces``."""
+    if not max_tokens or not pieces:
+        return list(pieces)
+    lengths = np.asarray([int(streams.lengths[p]) for p in pieces])
+    if lengths.sum() <= max_tokens:
+        return list(pieces)
+    order = np.random.default_rng(0).permutation(len(pieces))
+    keep, total = [], 0
+    for k in order:
+        if keep and total + lengths[k] > max_tokens:
+            continue
+        keep.append(int(k))
+        total += int(lengths[k])
+    return [pieces[k] for k in sorted(keep)]
+
+
+def choose_preset(train_tokens: int, *, gpu: bool, max_time: float | None = None) -> tuple[str, str]:
+    """The preset of a run that names none, from the corpus's training tokens, the machine and
+    the time budget, with the reason in words (the run prints it)."""
+    size = f"{train_tokens:,} training tokens"
+    if train_tokens < TINY_BELOW_TOKENS:
+        return "tiny", f"{size} (under {TINY_BELOW_TOKENS:,}: the small model would memorise them)"
+    if gpu and train_tokens >= BASE_FROM_TOKENS:
+        return "base", f"{size} and a GPU"
+    if gpu:
+        return "small", f"{size} (base wants {BASE_FROM_TOKENS:,} or more, even on a GPU)"
+    if max_time is not None and max_time < SHORT_RUN_SECONDS:
+        return "mini", (f"{size} on a CPU in a budget under {SHORT_RUN_SECONDS / 3600:.0f}h "
+                        f"(small makes too few steps in it; base wants a GPU)")
+    return "small", f"{size} on a CPU (base, ~100M parameters, wants a GPU)"
+
+
+def _gpu_run(run_config: RunConfig | None, options: dict) -> bool:
+    """Whether the run will train on a GPU (its --accelerator / --devices, and what torch sees)."""
+    accelerator = (run_config.accelerator if run_config is not None else options.get("accelerator")) or "auto"
+    devices = run_config.devices if run_config is not None else options.get("devices")
+    if accelerator == "cpu":
+        return False
+    return bool(torch.cuda.is_available()) or isinstance(devices, list)
+
+
 class GPTModule(RunModule):
     """The transformer under a ``run`` (a ``RunConfig``: batch, schedule, seed, ...); ``seq_len``
     tokens per segment (default: the context), ``fim_rate`` of training segments rearranged for
@@ -63,7 +135,7 @@ class GPTModule(RunModule):
         return int(batch["ids"].numel())
 
     def __init__(self, config: dict, run: RunConfig | dict | None = None, *, seq_len: int | None = None,
-                 fim_rate: float = 0.0):
+                 fim_rate: float = 0.0, val_tokens: int | None = None):
         super().__init__(run)
         self.save_hyperparameters()
         self.model = GPT(GPTConfig.from_dict(config))
@@ -87,6 +159,8 @@ class GPTModule(RunModule):
         """Training (``loop``) rearranges ``fim_rate`` of its segments for infilling; validation
         plays every piece in order (continuation bits per token)."""
         pieces = self.data.split.get(split, [])
+        if split == "valid" and self.hparams.get("val_tokens"):
+            pieces = validation_pieces(self.streams, pieces, self.hparams.val_tokens)
         if not pieces:
             raise PartitaError(f"the corpus has no {split} pieces with tokens")
         return SongStream(
@@ -117,6 +191,10 @@ class GPTModule(RunModule):
         # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
         # run's dropout would differ from an uninterrupted one.
         return torch.utils.data.DataLoader(Train(), batch_size=None, generator=torch.Generator())
+
+    def val_batches(self) -> int:
+        """Batches of one validation (what the time budget keeps for the final one)."""
+        return self._stream("valid", loop=False).batches_once()
 
     def val_dataloader(self):
         module = self
@@ -262,7 +340,27 @@ def train_gpt(
     With ``resume``, the run goes on with its own settings (``RUN/run.json``): ``preset``,
     ``overrides`` and ``init`` may only repeat them; ``seq_len`` and ``fim`` (and the run options)
     that differ are an error unless ``override``. ``preset`` defaults to ``small``, ``fim`` to 0."""
-    config_run, out = start_run(out, run_config, run_options, RUN_DEFAULTS)
+    import time
+
+    started = run_config.started if run_config is not None and run_config.started is not None else time.monotonic()
+    resuming = bool(run_config.resume if run_config is not None else run_options.get("resume"))
+    corpus = Corpus(corpus_dir)
+    streams = token_streams(corpus)
+    data = SongData(corpus, streams)
+    defaults = RUN_DEFAULTS
+    if not resuming and init is None:
+        if preset is None:
+            train_tokens = int(sum(int(streams.lengths[p]) for p in data.split.get("train", [])))
+            max_time = run_config.max_time if run_config is not None else run_options.get("max_time")
+            preset, why = choose_preset(train_tokens, gpu=_gpu_run(run_config, run_options), max_time=max_time)
+            print(f"preset {preset} (none given): {why}; --preset tiny|mini|small|base to choose", flush=True)
+        defaults = {**RUN_DEFAULTS, **PRESET_RUN_DEFAULTS.get(preset, {})}
+        given = run_config if run_config is not None else RunConfig.from_options(**run_options)
+        if given.max_time is not None and given.max_time < SHORT_RUN_SECONDS and given.val_every is None:
+            # one validation of a corpus costs minutes on a CPU: a short budget spends them once, at the end
+            defaults["val_every"] = given.max_steps or defaults["max_steps"]
+    config_run, out = start_run(out, run_config, run_options, defaults)
+    config_run.started = started
     stored = None
     if config_run.resume:
         given = {"preset": preset, "init": _init_name(out, init), "seq_len": seq_len, "fim": fim}
@@ -273,9 +371,6 @@ def train_gpt(
         _check_model_overrides(out, GPTConfig.from_dict(stored["model"]), overrides)
     preset = "small" if preset is None else preset
     fim = 0.0 if fim is None else fim
-    corpus = Corpus(corpus_dir)
-    streams = token_streams(corpus)
-    data = SongData(corpus, streams)
     tokenizer = streams.tokenizer()
     start = _init_bundle(init, streams, data.labels) if init is not None else None
     if stored is not None:
@@ -292,10 +387,14 @@ def train_gpt(
         raise PartitaError(f"--fim is a fraction of training segments in [0, 1], got {fim}")
     if config.vocab_size != len(tokenizer):
         raise PartitaError(f"vocab_size {config.vocab_size} does not match the tokenizer's {len(tokenizer)} tokens")
-    val_notes = _count_notes(tokenizer, streams, data.split.get("valid", []))
+    # a short budget validates on whole songs up to SHORT_RUN_VAL_TOKENS, not every validation song
+    short = config_run.max_time is not None and config_run.max_time < SHORT_RUN_SECONDS
+    val_tokens = SHORT_RUN_VAL_TOKENS if short else None
+    val_pieces = validation_pieces(streams, data.split.get("valid", []), val_tokens)
+    val_notes = _count_notes(tokenizer, streams, val_pieces)
 
     def make_module(r: RunConfig) -> GPTModule:
-        module = GPTModule(config.to_dict(), r, seq_len=seq_len, fim_rate=fim)
+        module = GPTModule(config.to_dict(), r, seq_len=seq_len, fim_rate=fim, val_tokens=val_tokens)
         if start is not None and not r.resume:
             _load_initial(module.model, start.model)
         module.attach(streams, data, val_notes)
@@ -315,6 +414,9 @@ def train_gpt(
         "preset": stored["preset"] if stored is not None else None if start is not None else preset,
         "init": stored.get("init") if stored is not None else None if start is None else str(start.path),
         "fim": fim,
+        **({"valid_pieces": f"{len(val_pieces)} of {len(data.split.get('valid', []))} (a run under "
+                            f"{SHORT_RUN_SECONDS / 3600:.0f}h validates on at most {val_tokens:,} tokens of whole songs)"}
+           if val_tokens else {}),
         "parameters": GPT(config).num_parameters(),
         "notes": "metrics are on the corpus's validation split; see 'partita eval gpt' for test-split numbers",
     }
