@@ -320,3 +320,11 @@ def test_candidates_keep_the_window_that_fits_the_harmony(tiny_bundle):
     _same_tracks(score, best.score)
     np.testing.assert_array_equal(best.ids, again.ids)  # a seed gives the same choice
     assert sum(best.stops.values()) == sum(one.stops.values())  # one kept per window
+
+
+def test_default_style_is_folk_without_a_model(tmp_path):
+    result = runner.invoke(app, ["accompany", str(SONG), "--out", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "r.json").read_text())["samples"][0]
+    assert row["style"] == "folk" and row["method"] == "rule"
+    assert accompany(str(SONG))[0].style == "folk"

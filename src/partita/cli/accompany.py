@@ -16,7 +16,7 @@ from partita.errors import PartitaError
 @sampling_options(exclude=("bars", "seconds", "max_new_tokens", "allow_early_end", "programs", "max_pause"))
 def accompany(
     file: Path = typer.Argument(..., help="The MIDI file with the melody."),
-    style: str = typer.Option("pop", "--style", help="pop (POP909-style piano, the model), folk (block chords, the rule) or chorale (alto, tenor, bass under a soprano)."),
+    style: Optional[str] = typer.Option(None, "--style", help="pop (POP909-style piano, the model), folk (block chords, the rule) or chorale (alto, tenor, bass under a soprano); default pop with --model, else folk."),
     melody_track: Optional[int] = typer.Option(None, "--melody-track", help="The melody's track, 1-based (default: a track named MELODY, else the highest track of single notes)."),
     chords: Optional[str] = typer.Option(None, "--chords", help="Impose a progression, one chord per bar, repeated: --chords \"C G Am F\"."),
     pattern: str = typer.Option("block", "--pattern", help="folk: block chords, or broken (one note a beat, the bass first)."),

@@ -3,7 +3,7 @@
 ::
 
     import partita
-    result = partita.accompany("melody.mid", style="pop", seed=0)[0]
+    result = partita.accompany("melody.mid", style="folk", seed=0)[0]
     result.score  # the user's file, every note as it was, plus a new track "PIANO"
 
 The user's tracks are kept exactly (every note, in ticks, every meta event; a copy of the
@@ -478,7 +478,7 @@ def _read(midi: Any) -> tuple[Score, str]:
 def accompany(
     midi: Any,
     *,
-    style: str = "pop",
+    style: Optional[str] = None,
     model: Any = None,
     melody_track: Optional[int] = None,
     chords: Any = None,
@@ -494,7 +494,8 @@ def accompany(
     """``n`` accompaniments of the melody of ``midi`` (a path, bytes or ``symusic.Score``).
 
     ``style``: ``pop`` (the model; ``model``: a bundle folder, a ``Bundle`` or a shipped name,
-    default ``gpt-accompany``), ``folk`` (the rule's block chords) or ``chorale`` (alto, tenor and
+    default ``gpt-accompany``; the default style when a model is given or that one is installed,
+    else ``folk``), ``folk`` (the rule's block chords) or ``chorale`` (alto, tenor and
     bass; ``model``: a harmony bundle, default ``chorale-harmony``).
     ``melody_track``: the melody's track, 1-based (default: chosen, ``choose_melody_track``).
     ``chords``: a progression to impose, one chord per bar. Sampling options are
@@ -506,6 +507,10 @@ def accompany(
     kept (default 1, or 4 with a ``density``).
     """
 
+    if style is None:
+        from partita.pretrained import GPT_ACCOMPANY, ROOT
+
+        style = "pop" if model is not None or (ROOT / GPT_ACCOMPANY / "config.json").exists() else "folk"
     if style not in STYLES:
         raise PartitaError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
     if pattern not in PATTERNS:
