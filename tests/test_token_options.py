@@ -140,3 +140,13 @@ def test_the_commands_say_what_they_chose(tmp_path):
     assert track_roles(plain) == [] and assumed_metre(plain, _scores()[0]) is None
     bad = runner.invoke(app, ["data", "tokenizer", "train", str(corpus), "--tracks", "some"])
     assert bad.exit_code != 0 and "--tracks must be keep or merge" in str(bad.exception)
+
+
+def test_generation_decodes_the_roles_back_to_named_tracks():
+    from partita.generation.repair import decode_tokens
+
+    tok = _options()
+    song = symusic.Score(str(SONGS[2]))
+    tokens = [tok[int(i)] for i in encode(tok, song)]  # the token strings generation decodes
+    back = decode_tokens(tok, tokens)
+    assert sorted((t.name, t.program) for t in back.tracks) == [("BRIDGE", 0), ("MELODY", 0), ("PIANO", 0)]

@@ -75,7 +75,10 @@ def repair_tokens(tokenizer: Any, ids: Any) -> list[str]:
 
 
 def decode_tokens(tokenizer: Any, tokens: list[str]) -> Score:
-    score = tokenizer.decode(TokSequence(tokens=list(tokens))) if tokens else Score(tokenizer.time_division)
+    from partita.represent.tokens import restore_tracks
+
+    # a tokenizer's track roles (same-program tracks kept apart) get their programs and names back
+    score = restore_tracks(tokenizer, tokenizer.decode(TokSequence(tokens=list(tokens)))) if tokens else Score(tokenizer.time_division)
     if len(score.tempos) == 0:
         score.tempos.append(Tempo(0, float(tokenizer.default_tempo)))
     if len(score.time_signatures) == 0:
