@@ -133,3 +133,15 @@ def test_a_short_run_validates_on_whole_songs_up_to_its_token_cap():
     assert validation_pieces(Streams, pieces, None) == pieces
     assert validation_pieces(Streams, pieces, 10**6) == pieces
     assert len(validation_pieces(Streams, [5], 10)) == 1  # at least one song, even over the cap
+
+
+def test_a_resumed_run_keeps_the_preset_it_chose(corpus, tmp_path, capsys):
+    from partita.train.gpt import train_gpt
+
+    out = tmp_path / "r"
+    first = train_gpt(corpus, out, seq_len=32, max_steps=2, progress="none")
+    assert "preset tiny (none given)" in capsys.readouterr().out
+    card = train_gpt(corpus, out, resume=True, max_steps=3, override=True, progress="none")
+    assert card["preset"] == first["preset"] == "tiny" and card["steps"] == 3
+    assert "none given" not in capsys.readouterr().out  # nothing is chosen again
+    assert card["run"]["batch_size"] == first["run"]["batch_size"] and card["run"]["lr"] == first["run"]["lr"]
