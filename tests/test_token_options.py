@@ -150,3 +150,14 @@ def test_generation_decodes_the_roles_back_to_named_tracks():
     tokens = [tok[int(i)] for i in encode(tok, song)]  # the token strings generation decodes
     back = decode_tokens(tok, tokens)
     assert sorted((t.name, t.program) for t in back.tracks) == [("BRIDGE", 0), ("MELODY", 0), ("PIANO", 0)]
+
+
+def test_a_notated_one_beat_bar_is_not_a_metre():
+    tok = _options()
+    song = symusic.Score(str(POP / "POP909_331.mid"))  # 4/4 throughout
+    assert assumed_metre(tok, song) is None
+    pickup = song.copy()
+    tpq = pickup.ticks_per_quarter
+    pickup.time_signatures = symusic.TimeSignature.from_numpy(
+        time=np.array([0, tpq], np.int32), numerator=np.array([1, 4], np.uint8), denominator=np.array([4, 4], np.uint8))
+    assert assumed_metre(tok, pickup) is None  # a one-beat pickup, then 4/4: as written

@@ -27,6 +27,17 @@ Defaults (``PARTITA_DEFAULTS``) and why:
 * ``encode_ids_split="bar"``: BPE merges never cross a bar line, so a merged token always lies
   inside one bar.
 
+partita's own options (``set_options``; saved in tokenizer.json's ``additional_params``, so a
+tokenizer without them, as the shipped models have, tokenizes as before; ``partita data tokenizer
+train`` sets both by default):
+
+* track roles (``learn_track_roles``, ``track_roles``): named tracks that share a program with
+  another track (POP909's MELODY, BRIDGE, PIANO) are written with programs of their own and
+  ``decode``/``restore_tracks`` give them back their program and name, so they stay apart in the
+  one stream where miditok would merge them;
+* the metre read from the beats (``assumed_metre``): a file written in 1/4 is read in bars of its
+  beats' grouping (4, or 3).
+
 Canonical form. miditok quantizes (time grid, duration and velocity bins, tempo bins) and then
 orders simultaneous events by track order and note order. Some scores would not come back
 identical from a MIDI file, so ``encode`` fixes an order and removes what MIDI cannot carry
@@ -504,7 +515,8 @@ def restore_tracks(tokenizer: MusicTokenizer, score: Score) -> Score:
 def assumed_metre(tokenizer: MusicTokenizer, score: Score) -> str | None:
     """What the tokenizer assumes of ``score``'s metre (``METRE_KEY`` on): a file written in 1/4 (a
     sequencer's "one beat a bar", as 593 of the 808 POP909 files here write, 524 of them throughout,
-    the others among 4/4 or 2/4 bars) is read in
+    the others among 4/4 or 2/4 bars) for at least half of its length (a notated 1/4 bar, as 38 of
+    ASAP's scores have for a pickup or a short bar, is not a metre) is read in
     bars of the beats' own grouping, 4 (or 3 where its harmony changes every third beat), from the
     beat where the harmony changes most often (on POP909's annotated downbeats this finds the
     bar's first beat in about half of the files, against a quarter by chance); ``"4/4"`` or ``"3/4"``, None when nothing is assumed."""
@@ -517,8 +529,15 @@ def _regrouped(tokenizer: MusicTokenizer, score: Score) -> tuple[int, int] | Non
     if not tokenizer.config.additional_params.get(METRE_KEY) or len(score.time_signatures) == 0:
         return None
     ts = score.time_signatures.numpy()
-    # 1/4 throughout, or 1/4 bars among 2/4 and 4/4 ones (a sequencer's grid, not a notated metre)
+    # 1/4 throughout, or 1/4 bars among 2/4 and 4/4 ones (a sequencer's grid, not a notated metre),
+    # 1/4 for at least half of the music: a score's notated 1/4 bar (a pickup, a bar of rest) is kept
     if not (np.any(ts["numerator"] == 1) and np.all(ts["denominator"] == 4) and np.all(np.isin(ts["numerator"], (1, 2, 4)))):
+        return None
+    end = max(int(score.end()), 1)
+    order = np.argsort(ts["time"], kind="stable")
+    times, nums = ts["time"][order].astype(np.int64), ts["numerator"][order]
+    spans = np.diff(np.r_[np.minimum(times, end), end])
+    if spans[nums == 1].sum() < 0.5 * end:
         return None
     tpq = int(score.ticks_per_quarter)
     notes = [t.notes.numpy() for t in score.tracks if not t.is_drum and t.note_num() > 0]
