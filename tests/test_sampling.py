@@ -88,7 +88,8 @@ def test_decoding_step_computes_what_the_blocks_compute(options):
 
 def test_the_step_leaves_the_model_as_it_was():
     """Building a step copies weights into its own object: the model's modules, parameters and
-    attributes are untouched, and a model with learned positions gets no step."""
+    attributes are untouched, and a model with learned positions gets no step. The step is kept
+    per model while its weights stay as they are."""
     model = tiny_gpt(40)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     attrs = set(vars(model))
@@ -96,6 +97,14 @@ def test_the_step_leaves_the_model_as_it_was():
     assert step is not None and set(vars(model)) == attrs
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert DecodeStep.of(tiny_gpt(40, positions="learned")) is None
+
+    # made once per model and kept while its weights stay; a changed weight makes a new one
+    assert DecodeStep.of(model) is step
+    with torch.no_grad():
+        model.wte.weight.mul_(2.0)
+    again = DecodeStep.of(model)
+    assert again is not step and torch.equal(again.head_t, DecodeStep(model).head_t)
+    assert DecodeStep.of(tiny_gpt(40)) is not again  # another model, its own
 
 
 def test_two_generations_on_one_model_at_once_get_their_own_tokens(tok):

@@ -16,6 +16,7 @@ once.
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -26,6 +27,9 @@ from partita.nn.attention import KNNMemory, KVCache
 from partita.nn.linear import FEW_ROWS, decode_weight, rows_linear
 
 __all__ = ["DecodeStep", "ThreadChooser"]
+
+
+_STEPS: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 
 
 class DecodeStep:
@@ -42,7 +46,16 @@ class DecodeStep:
             return None
         if model.wte.weight.device.type != "cpu" or model.rotary is None or c.bias:
             return None
-        return cls(model)
+        # The decoding layout of the weights is made once per model and kept while they do not
+        # change (their version counters): a run of many short samples (accompaniment windows,
+        # infilling candidates) would otherwise copy every weight again for each. It holds only
+        # weights, no state of a run, so runs in several threads share it.
+        version = tuple(p._version for p in model.parameters())
+        made = _STEPS.get(model)
+        if made is None or made[0] != version:
+            made = (version, cls(model))
+            _STEPS[model] = made
+        return made[1]
 
     def __init__(self, model: Any):
         self.model = model
