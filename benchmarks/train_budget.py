@@ -10,6 +10,7 @@ them into the RESULTS.md section.
 
     OMP_NUM_THREADS=1 python benchmarks/train_budget.py run --name pop909 --source ../shared/data/pop909 --work /tmp/tb
     OMP_NUM_THREADS=1 python benchmarks/train_budget.py run --name bundled --source bundled --work /tmp/tb
+    OMP_NUM_THREADS=1 python benchmarks/train_budget.py run --name asap-scores --source ../shared/data/asap --prepare "--kind scores" --work /tmp/tb
     python benchmarks/train_budget.py write /tmp/tb/pop909.json /tmp/tb/bundled.json
 """
 
@@ -36,12 +37,13 @@ def _run(args: list[str], log: Path) -> tuple[float, str]:
     return took, done.stdout + done.stderr
 
 
-def run(name: str, source: str, work: Path, budget: str) -> Path:
+def run(name: str, source: str, work: Path, budget: str, prepare_options: list[str] = ()) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     corpus, log = work / name, work / f"{name}.log"
     steps: dict = {}
     if not (corpus / "corpus.json").exists():
-        steps["prepare_s"], _ = _run(["data", "prepare", source, "--out", str(corpus), "-j", "1"], log)
+        steps["prepare_s"], _ = _run(["data", "prepare", source, "--out", str(corpus), "-j", "1", *prepare_options], log)
+        steps["prepare_options"] = list(prepare_options)
     if not (corpus / "tokens" / "streams.json").exists():
         steps["tokenizer_s"], said = _run(["data", "tokenizer", "train", str(corpus)], log)
         steps["tokenizer_said"] = [line for line in said.splitlines() if line.startswith(("vocabulary", "tracks", "tokenizer:"))]
@@ -136,12 +138,13 @@ def main() -> None:
     r.add_argument("--source", required=True)
     r.add_argument("--work", type=Path, required=True)
     r.add_argument("--budget", default="10m")
+    r.add_argument("--prepare", default="", help="extra options of partita data prepare, e.g. '--kind scores'")
     w = sub.add_parser("write")
     w.add_argument("paths", nargs="+", type=Path)
     w.add_argument("--note", default="")
     args = parser.parse_args()
     if args.what == "run":
-        print(run(args.name, args.source, args.work, args.budget))
+        print(run(args.name, args.source, args.work, args.budget, args.prepare.split()))
     else:
         write(args.paths, args.note)
 
