@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import symusic
 
 from partita.bundle import load_bundle, save_bundle
 from partita.generation.accompany import accompany
@@ -143,3 +144,24 @@ def test_cli_chorale(tmp_path):
     assert [t.name for t in written.tracks][-3:] == ["Alto", "Tenor", "Bass"]
     main(["train", "chorale", "--data", str(DEMO), "--out", str(tmp_path / "h"), "--no-eval"])
     assert load_bundle(tmp_path / "h").card["train_chorales"] > 0
+
+
+def test_melodies_higher_or_lower_than_a_soprano_are_harmonized_under_them(tmp_path):
+    """A fiddle tune reaching C#6 and a chorale tune two octaves down: voices found for every
+    beat, under the melody, keeping the rules."""
+    from partita.generation.accompany import accompany as run
+
+    tune = DEMO.parent / "oneills" / "0401.mid"
+    low = load(_soprano_only(tmp_path))
+    for t in low.tracks:
+        n = t.notes.numpy()
+        n["pitch"] = (n["pitch"] - 24).astype(np.int8)
+        t.notes = symusic.Note.from_numpy(**n)
+    for source in (load(tune), low):
+        out = run(source, style="chorale", seed=0)[0].score
+        satb = _on_grid(out, 0, out.tracks[-3:])
+        sounding = (satb >= 0).all(axis=1)
+        assert sounding.sum() == (satb[:, 0] >= 0).sum()
+        assert (np.diff(satb[sounding], axis=1) <= 0).all()
+        errors = voice_leading_errors(satb)
+        assert errors["parallel_fifths"] == 0 and errors["parallel_octaves"] == 0

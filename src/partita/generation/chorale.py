@@ -32,6 +32,7 @@ __all__ = ["Beats", "beat_voices", "chorale_files", "chorale_voices", "count_cho
 #: The tones a chord's voicing must hold: its root, its third and (for a seventh chord) its seventh.
 _REQUIRED = {q: (iv[0], iv[1]) + ((iv[3],) if len(iv) > 3 else ()) for q, iv in QUALITIES.items()}
 PARALLEL_COST = 12.0  # a parallel fifth or octave between any two voices
+SOPRANO_MEDIAN = 67  # about the median pitch of a Bach chorale's soprano (G4)
 
 
 @dataclass
@@ -230,11 +231,13 @@ def train_harmony(files: Iterable[str | Path], *, progress: Any = None) -> tuple
 
 # --------------------------------------------------------------------------- the search
 
-def _states(model: ChoraleHarmony, s: int, context: int, tonic: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _states(model: ChoraleHarmony, s: int, context: int, tonic: int, m: int, move: int = 0
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every voicing of a beat whose soprano is ``s``: ``(chord index [n], voices [n, 4] soprano
-    first, static cost [n])``."""
+    first, static cost [n])``; ``move``: semitones the voices' ranges move (for a melody note
+    too high or too low for them)."""
     emit, bass_lp = model.emit[m].numpy(), model.bass[m].numpy()
-    (alo, ahi), (tlo, thi), (blo, bhi) = model.config.ranges
+    (alo, ahi), (tlo, thi), (blo, bhi) = (np.asarray(model.config.ranges) + int(move)).tolist()
     lt = (tonic + 11) % 12
     chords, voicings, costs = [], [], []
     options = list(enumerate(model.config.chords))
@@ -299,10 +302,16 @@ def _phrase(model: ChoraleHarmony, pitches: np.ndarray, context: np.ndarray, ton
             rng: np.random.Generator, first: bool, last: bool) -> np.ndarray:
     """A [beats, 4] voicing of one phrase (soprano first): forward filtering, backward sampling
     (``temperature`` 0: the best path)."""
-    states = [_states(model, int(s), int(x), tonic, m) for s, x in zip(pitches, context)]
-    for k, (c, v, _) in enumerate(states):
-        if len(c) == 0:
-            raise PartitaError(f"no voicing fits a soprano note of pitch {int(pitches[k])} (outside the voices' ranges?)")
+    states = []
+    for s, x in zip(pitches, context):
+        # a note above or below every voicing of the voices' ranges moves them an octave (two)
+        for t in (0, -12, 12, -24, 24):
+            made = _states(model, int(s), int(x), tonic, m, move=t)
+            if len(made[0]):
+                break
+        if len(made[0]) == 0:
+            raise PartitaError(f"no voicing fits a melody note of pitch {int(s)}")
+        states.append(made)
     tau = max(float(temperature), 1e-9)
     greedy = float(temperature) <= 0
     c0, _, s0 = states[0]
@@ -335,9 +344,17 @@ def harmonize(model: ChoraleHarmony, score: Score, track: int, *, temperature: f
     beats = read_beats(score, track)
     tonic, mode = soprano_key(score, track)
     rng = np.random.default_rng(int(seed))
-    voices = _voice_beats(beats, lambda p, x, first, last: _phrase(model, p, x, tonic, MODES.index(mode), temperature, rng, first, last))()
+    # A melody that lies far higher or lower than a chorale's soprano (whose median is about G4)
+    # is harmonized octaves away, and the voices are moved back under it.
+    sung = beats.pitch[beats.pitch >= 0]
+    median = float(np.median(sung)) if len(sung) else SOPRANO_MEDIAN
+    shift = 0 if abs(median - SOPRANO_MEDIAN) <= 9 else 12 * int(np.round((SOPRANO_MEDIAN - median) / 12))
+    moved = Beats(beats.starts, np.where(beats.pitch >= 0, beats.pitch + shift, -1), beats.beat, beats.context)
+    voices = _voice_beats(moved, lambda p, x, first, last: _phrase(model, p, x, tonic, MODES.index(mode), temperature, rng, first, last))()
     half = sounding_at(score.tracks[track].notes.numpy(), beats.starts + beats.beat // 2)
-    return _tracks(beats, voices, score, passing=passing_notes(voices, half, tonic, mode))
+    passing = passing_notes(voices, np.where(half >= 0, half + shift, -1), tonic, mode)
+    voices = np.where(voices >= 0, voices - shift, -1)
+    return _tracks(beats, voices, score, passing={k: p - shift for k, p in passing.items()})
 
 
 #: Scale steps above the tonic a passing note may take (minor: the melodic minor, up and down).
