@@ -328,3 +328,16 @@ def test_default_style_is_folk_without_a_model(tmp_path):
     row = json.loads((tmp_path / "r.json").read_text())["samples"][0]
     assert row["style"] == "folk" and row["method"] == "rule"
     assert accompany(str(SONG))[0].style == "folk"
+
+
+def test_folk_tunes_with_long_ties_and_double_stops_are_melodies():
+    """O'Neill's 0575 holds one note through the next bars (a tie read long) and 0873 has double
+    stops: both are lines; a piano performance is not."""
+    demo = Path(__file__).resolve().parents[1] / "src" / "partita" / "data" / "demo" / "oneills"
+    for name in ("0575.mid", "0873.mid"):
+        score = symusic.Score(str(demo / name))
+        assert choose_melody_track(score) == 0
+        assert accompany(str(demo / name), style="folk")[0].added["PIANO"] > 0
+    piano = symusic.Score(str(Path(__file__).parent / "fixtures" / "midi" / "performance" / "Maestro_1.mid"))
+    with pytest.raises(PartitaError, match="no melody-like track"):
+        choose_melody_track(piano)

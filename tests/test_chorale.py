@@ -165,3 +165,15 @@ def test_melodies_higher_or_lower_than_a_soprano_are_harmonized_under_them(tmp_p
         assert (np.diff(satb[sounding], axis=1) <= 0).all()
         errors = voice_leading_errors(satb)
         assert errors["parallel_fifths"] == 0 and errors["parallel_octaves"] == 0
+
+
+def test_a_stray_note_far_out_of_range_is_voiced(tmp_path):
+    from partita.generation.accompany import accompany as run
+
+    score = load(_soprano_only(tmp_path))
+    n = score.tracks[0].notes.numpy()
+    n["pitch"][3] = 0  # a C-1, as a broken file may hold
+    score.tracks[0].notes = symusic.Note.from_numpy(**n)
+    out = run(score, style="chorale", seed=0)[0].score
+    assert all(t.note_num() > 0 for t in out.tracks[-3:])
+    assert min(int(p) for t in out.tracks[-3:] for p in t.notes.numpy()["pitch"]) >= 0

@@ -304,9 +304,11 @@ def _phrase(model: ChoraleHarmony, pitches: np.ndarray, context: np.ndarray, ton
     (``temperature`` 0: the best path)."""
     states = []
     for s, x in zip(pitches, context):
-        # a note above or below every voicing of the voices' ranges moves them an octave (two)
-        for t in (0, -12, 12, -24, 24):
-            made = _states(model, int(s), int(x), tonic, m, move=t)
+        # a note above or below every voicing of the voices' ranges moves them an octave (two);
+        # a note further out (a stray C-1) is voiced as if it were octaves nearer
+        tries = [(0, t) for t in (0, -12, 12, -24, 24)] + [(t, 0) for t in (12, -12, 24, -24, 36, -36, 48, -48, 60, -60)]
+        for lift, move in tries:
+            made = _states(model, int(s) + lift, int(x), tonic, m, move=move)
             if len(made[0]):
                 break
         if len(made[0]) == 0:
