@@ -236,14 +236,15 @@ def test_tiny_model_keeps_the_melody_and_repeats_for_a_seed(tiny_bundle):
     assert not np.array_equal(other.ids, runs[0].ids)
 
 
-def test_imposed_chords_move_notes_to_chord_tones(tmp_path):
-    from partita.generation.accompany import impose_chords
+def test_notes_snap_to_the_chords_of_a_plan(tmp_path):
+    from partita.generation.accompany import rule_plan, snap_to_plan
 
-    score = symusic.Score(480)  # 4/4: a bar is 1920 ticks
+    path = _melody_file(tmp_path, [(i * 480, 480, 72) for i in range(12)])  # 4/4: a bar is 1920 ticks
+    score = symusic.Score(str(path))
     track = symusic.core.TrackTick("PIANO", 0, False)
     for t, p in [(0, 61), (480, 62), (1920, 66), (2400, 70), (3840, 63)]:
         track.notes.append(symusic.core.NoteTick(t, 240, p, 80))
-    impose_chords(track, score, "C G")
+    snap_to_plan(track, rule_plan(score, 0, chords="C G"))
     # bar 1 C: 61 -> 60, 62 -> 62 ± 2 (ties down: 60); bar 2 G: 66 -> 67 (F# is a semitone from G), 70 -> 71; bar 3 C: 63 -> 64
     assert [int(n.pitch) for n in track.notes] == [60, 60, 67, 71, 64]
 
@@ -254,7 +255,7 @@ def test_eval_accompany_cli(tiny_bundle, tmp_path):
     assert result.exit_code == 0, result.output
     r = json.loads((tmp_path / "e.json").read_text())
     assert r["songs"] == ["009"] and r["skipped"] == ["019: no melody in the first 4 bars"]
-    assert set(r["systems"]) == {"real", "rule", "other", "unconditioned", "model"}
+    assert set(r["systems"]) == {"real", "rule", "tagged", "pop", "other", "unconditioned", "model"}
     plain = r["per_song"]["unconditioned"]  # gpt-piano after the melody's first two bars: scored there
     assert [row["song"] for row in plain] == ["009"] and plain[0]["notes_per_beat"] > 0
     assert 0.0 <= r["systems"]["unconditioned"]["chord_fit"] <= 1.0
@@ -298,16 +299,17 @@ def test_folk_density_sets_how_often_chords_are_struck(tmp_path):
     assert rate(pattern="broken") == pytest.approx(1.0, rel=0.1)
     assert rate(pattern="broken", density=2) == pytest.approx(2.0, rel=0.1)
     for kw, text in (({"style": "chorale", "density": 2}, "--density works with"), ({"density": 0}, "above 0"),
-                     ({"style": "folk", "candidates": 3}, "--candidates works with --style pop")):
+                     ({"style": "folk", "candidates": 3}, "--candidates works with --style pop"),
+                     ({"style": "pop", "candidates": 3}, "--candidates works with --style pop and a --model")):
         with pytest.raises(PartitaError, match=text):
             accompany(str(path), **{"style": "folk", **kw})
 
 
 def test_candidates_keep_the_window_that_fits_the_harmony(tiny_bundle):
-    from partita.generation.accompany import _candidate_score, _harmony
+    from partita.generation.accompany import _candidate_score, _harmony, rule_plan
 
     score = symusic.Score(str(SONG))
-    harmony = _harmony(score, 0)
+    harmony = _harmony(rule_plan(score, 0))
     starts, chords = harmony
     assert len(starts) == len(chords) > 4 and all(len(c) == 3 for c in chords)
     inside = {"time": starts[:4], "duration": np.full(4, 480), "pitch": np.array([min(c) + 48 for c in chords[:4]])}
@@ -322,12 +324,15 @@ def test_candidates_keep_the_window_that_fits_the_harmony(tiny_bundle):
     assert sum(best.stops.values()) == sum(one.stops.values())  # one kept per window
 
 
-def test_default_style_is_folk_without_a_model(tmp_path):
+def test_default_is_pop_with_the_shipped_chord_tagger(tmp_path):
     result = runner.invoke(app, ["accompany", str(SONG), "--out", str(tmp_path), "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
+    assert "pop: the tagged chords, arpeggio" in result.output
     row = json.loads((tmp_path / "r.json").read_text())["samples"][0]
-    assert row["style"] == "folk" and row["method"] == "rule"
-    assert accompany(str(SONG))[0].style == "folk"
+    assert row["style"] == "pop" and row["method"] == "chords" and row["pattern"] == "arpeggio"
+    saved = symusic.Score(str(tmp_path / "008-accompany-000.mid"))
+    _same_tracks(symusic.Score(str(SONG)), saved)
+    assert accompany(str(SONG), pattern="block")[0].method == "chords"
 
 
 def test_folk_tunes_with_long_ties_and_double_stops_are_melodies():
@@ -341,3 +346,19 @@ def test_folk_tunes_with_long_ties_and_double_stops_are_melodies():
     piano = symusic.Score(str(Path(__file__).parent / "fixtures" / "midi" / "performance" / "Maestro_1.mid"))
     with pytest.raises(PartitaError, match="no melody-like track"):
         choose_melody_track(piano)
+
+
+def test_model_notes_move_to_the_tagged_chords():
+    """gpt-piano (fill-in-the-middle, never taught to accompany) writes notes in the windows; each
+    is moved to the tagged chord at its onset."""
+    from partita.generation.accompany import load_tagger, tagged_plan
+
+    score = symusic.Score(str(SONG))
+    plan = tagged_plan(score, 0, load_tagger())
+    starts = np.array([c[0] for c in plan])
+    r = accompany(str(SONG), model="gpt-piano", seed=2, max_new_tokens=64)[0]
+    n = r.score.tracks[-1].notes.numpy()
+    inside = [(t, p) for t, p in zip(n["time"], n["pitch"]) if plan[0][0] <= t < plan[-1][1]]
+    assert inside  # the tiny model writes notes under the melody
+    for t, p in inside:
+        assert int(p) % 12 in plan[int(np.searchsorted(starts, t, side="right")) - 1][3]

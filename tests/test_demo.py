@@ -45,9 +45,10 @@ def test_demo_does_every_step(demo):
     assert "Piano music" in html and "Hungarian Rhapsody" in html and "Liszt" in html
     assert "Piano generation" in html and "bars 5-6 rewritten by gpt-piano" in html
     accompanied = {p.name: load(p) for p in (out / "accompanied").glob("*.mid")}
-    assert set(accompanied) == {"chorale-harmonized.mid", "folk-accompanied.mid"}
+    assert set(accompanied) == {"chorale-harmonized.mid", "folk-accompanied.mid", "folk-pop-accompanied.mid"}
     assert [t.name for t in accompanied["chorale-harmonized.mid"].tracks][-3:] == ["Alto", "Tenor", "Bass"]
     assert "Accompaniment" in html and "chorale-harmony" in html and "parallel fifths and octaves" in html
+    assert "the chords pop-chords (a tagger trained on POP909) hears in it" in html and "held-out POP909 songs" in html
 
 
 def test_piano_demo_finds_held_out_performances_scores(tmp_path):

@@ -858,7 +858,7 @@ def test_accompany_adds_tracks_in_their_own_colours_and_keeps_every_note(client,
     from partita.io import load
 
     info = client.get("/api/info").json()["accompany"]
-    assert info == {"styles": ["folk", "chorale"], "models": []}  # no accompaniment model is served here
+    assert info == {"styles": ["pop", "folk", "chorale"], "models": []}  # pop needs no model: the shipped chord tagger
     path = _soprano(tmp_path)
     piece = _upload(client, path).json()
     job = _wait(client, client.post(piece["links"]["accompany"], json={"style": "chorale", "seed": 2, "n": 2}).json())
@@ -880,11 +880,17 @@ def test_accompany_adds_tracks_in_their_own_colours_and_keeps_every_note(client,
     assert job["state"] == "done", job
     notes = client.get(job["pieces"][0]["links"]["notes"]).json()
     assert [t["name"] for t in notes["new_tracks"]] == ["PIANO (accompaniment)"]
+    # the default style: pop, the tagger's chords as arpeggios, without a model
+    job = _wait(client, client.post(song["links"]["accompany"], json={}).json())
+    assert job["state"] == "done", job
+    assert job["settings"]["style"] == "pop" and job["settings"]["pattern"] == "arpeggio" and job["model"] == "pop-chords"
+    notes = client.get(job["pieces"][0]["links"]["notes"]).json()
+    assert [t["name"] for t in notes["new_tracks"]] == ["PIANO (accompaniment)"] and sum(notes["new"]) > 100
 
 
 def test_accompany_mistakes_are_422_in_one_line(client, tmp_path):
     pid = _upload(client, _soprano(tmp_path)).json()["id"]
-    for settings, text in (({"style": "jazz"}, "style"), ({"style": "pop"}, "no accompaniment model"),
+    for settings, text in (({"style": "jazz"}, "style"), ({"style": "pop", "model": "nothing"}, "not an accompaniment model"),
                            ({"style": "chorale", "chords": "C G"}, "chords work with"), ({"melody_track": 9}, "has 1 tracks"),
                            ({"style": "folk", "chords": "C Hm"}, "chord"), ({"pattern": "waltz"}, "pattern"),
                            ({"style": "folk", "n": 99}, "n"), ({"style": "pop", "model": "gpt-small"}, "not an accompaniment model")):

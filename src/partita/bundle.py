@@ -48,13 +48,14 @@ FAMILIES: dict[str, Any] = {
     "tvae": "partita.models.tvae:TVAE",
     "classifier": "partita.models.classifier:GRUClassifier",
     "harmony": "partita.models.harmony:ChoraleHarmony",
+    "chords": "partita.models.chords:ChordTagger",
 }
 
 #: family name -> the command that trains one (said when a bundle of another family is passed).
 TRAIN_COMMANDS = {
     "gpt": "partita train gpt", "siavit": "partita train embedder", "featnet": "partita train featnet",
     "musicvae": "partita train vae", "tvae": "partita train tvae", "classifier": "partita train classifier",
-    "harmony": "partita train chorale",
+    "harmony": "partita train chorale", "chords": "partita train chords",
 }
 
 PathLike = Union[str, os.PathLike]

@@ -17,7 +17,7 @@ def demo(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (default: all cores)."),
     bars: int = typer.Option(8, "--bars", help="Bars generated after each prompt."),
     asap: Optional[Path] = typer.Option(None, "--asap", help="An ASAP folder: also attribute performances of held-out works and find their scores."),
-    pop: Optional[Path] = typer.Option(None, "--pop", help="A POP909 folder: also accompany a held-out song's melody (needs the gpt-accompany model)."),
+    pop: Optional[Path] = typer.Option(None, "--pop", help="A POP909 folder: also accompany a held-out song's melody."),
 ) -> None:
     """Attribute held-out pieces, generate, interpolate, measure, and write OUT/index.html."""
     from contextlib import ExitStack

@@ -118,6 +118,7 @@ def accompany_cmd(
                              "four-part chorales or 'bundled'. The held-out songs (chorales) are scored."),
     candidates: Optional[int] = typer.Option(None, "--candidates", help="pop: windows sampled per window, the best kept (partita accompany --candidates)."),
     density: Optional[float] = typer.Option(None, "--density", help="pop: notes a beat to aim at (partita accompany --density)."),
+    chord_model: Optional[Path] = typer.Option(None, "--chord-model", help="pop: the chord tagger of the tagged and pop rows (default pop-chords)."),
     unconditioned: str = typer.Option("gpt-piano", "--unconditioned", help="pop: a piano model that never learnt to accompany, continuing the melody's first two bars (a baseline); 'none' leaves it out."),
     style: str = typer.Option("pop", "--style", help="pop (POP909 songs) or chorale (alto, tenor, bass under held-out Bach sopranos)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most this many held-out songs (default 10) or chorales (default: all)."),
@@ -128,7 +129,8 @@ def accompany_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results (per song too) as JSON here."),
 ) -> None:
     """Chord fit, beats, density, polyphony and register of accompaniments of held-out melodies:
-    the model next to the real accompaniment, the rule (diatonic block chords) and another song's."""
+    the chord tagger's and the model's next to the real accompaniment, the rule (diatonic block
+    chords) and another song's."""
     from partita.cli.common import progress_bar
     from partita.evaluate.accompany import evaluate_accompany
 
@@ -140,7 +142,8 @@ def accompany_cmd(
                if v is not None}
     with progress_bar("accompanying", unit="songs") as update:
         results = evaluate_accompany(model, data, limit=10 if limit is None else limit, bars=bars or None, seed=seed, progress=update,
-                                     unconditioned=None if unconditioned.lower() == "none" else unconditioned, **options)
+                                     unconditioned=None if unconditioned.lower() == "none" else unconditioned,
+                                     chord_model=None if chord_model is None else str(chord_model), **options)
     table = Table(title=f"{len(results['songs'])} held-out songs, first {results['bars'] or 'all'} bars", title_justify="left")
     cols = ("chord_fit", "on_beat", "notes_per_beat", "notes_per_beat_ratio", "polyphony", "polyphony_ratio", "below_melody")
     table.add_column("system")

@@ -16,11 +16,16 @@ later is skipped and listed), and each accompaniment is measured:
   highest note is below the melody's lowest.
 
 Systems: ``real`` (the song's own PIANO track: the upper bound), ``rule`` (diatonic block chords
-from the melody's pitch classes, ``partita.generation.accompany.rule_chords``), ``other`` (the
+from the melody's pitch classes, ``partita.generation.accompany.rule_chords``), ``tagged`` (the
+chord tagger's chords, ``pop-chords`` or ``chord_model``, played as the rule plays its own: the
+tagger's harmony alone), ``pop`` (what ``partita accompany`` writes without a model: the tagger's
+chords as arpeggios), ``other`` (the
 next held-out song's PIANO, transposed to this song's key: the lower bound), ``unconditioned``
 (a piano model that never learnt to accompany, ``gpt-piano`` by default, continuing the first two
 bars of the melody: what a model writes without listening to the melody; it is scored from its
-third bar on, so its figures cover two bars less) and ``model``. Figures are means over songs.
+third bar on, so its figures cover two bars less) and ``model`` (a transformer trained with
+``partita train gpt --accompany``, its notes moved to the tagger's chords, as ``partita
+accompany --model`` writes them). Figures are means over songs.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from partita.errors import PartitaError
 
 __all__ = ["CHORALE_RANGES", "SYSTEMS", "accompaniment_metrics", "chord_fit", "chorale_metrics", "evaluate_accompany", "evaluate_chorales"]
 
-SYSTEMS = ("real", "rule", "other", "unconditioned", "model")
+SYSTEMS = ("real", "rule", "tagged", "pop", "other", "unconditioned", "model")
 _KEYS = ("chord_fit", "on_beat", "notes_per_beat", "polyphony", "below_melody")
 
 
@@ -161,12 +166,13 @@ def _unconditioned(bundle: Any, cut: Any, melody_track: int, end: int, seed: int
 
 
 def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 10, bars: Optional[int] = 32,
-                       seed: int = 0, progress: Any = None, unconditioned: Any = None, **options: Any) -> dict:
+                       seed: int = 0, progress: Any = None, unconditioned: Any = None, chord_model: Any = None,
+                       **options: Any) -> dict:
     """Means over the held-out songs of ``data`` (a POP909 folder) of every system's figures
     (module doc); ``model`` a bundle (None: no model row); ``unconditioned``: a piano bundle for
-    that row (None: none); ``bars``: the first bars of every song (None: whole songs); sampling
-    ``options`` as ``SamplingConfig`` fields."""
-    from partita.generation.accompany import accompany, rule_chords
+    that row (None: none); ``chord_model``: the chord tagger (default ``pop-chords``); ``bars``: the
+    first bars of every song (None: whole songs); sampling ``options`` as ``SamplingConfig`` fields."""
+    from partita.generation.accompany import accompany, load_tagger, render_plan, rule_chords, tagged_plan
     from partita.io.midi import load, sustain_pedal
 
     files = [f for f in song_files(data) if song_split(f.stem) == "test" and (f.parent / "chord_midi.txt").exists()]
@@ -190,6 +196,7 @@ def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 1
         from partita.bundle import load as load_bundle
 
         plain = load_bundle(unconditioned, "gpt")
+    tagger = load_tagger(chord_model)
     per: dict[str, list[dict]] = {s: [] for s in SYSTEMS if (s != "model" or bundle is not None) and (s != "unconditioned" or plain is not None)}
     skipped: list[str] = []
     scored: list[str] = []
@@ -213,6 +220,9 @@ def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 1
         # the real and the other song's piano with their sustain pedal in the durations, as the
         # model reads (partita.edit.prompt_view) and writes them
         systems = {"real": _notes(_track(sustain_pedal(cut), "PIANO")), "rule": _notes(rule_chords(cut, melody_track))}
+        plan = tagged_plan(cut, melody_track, tagger)
+        systems["tagged"] = _notes(render_plan(cut, melody_track, plan, pattern="block"))
+        systems["pop"] = _notes(render_plan(cut, melody_track, plan, pattern="arpeggio"))
         of, other = loaded[(i + 1) % len(loaded)]
         o = _notes(_track(sustain_pedal(other), "PIANO"))
         o["time"] = np.round(o["time"] * score.ticks_per_quarter / other.ticks_per_quarter).astype(o["time"].dtype)
@@ -222,7 +232,7 @@ def evaluate_accompany(model: Any, data: str | Path, *, limit: Optional[int] = 1
         o["pitch"] = np.clip(o["pitch"].astype(np.int64) + shift, 0, 127)
         systems["other"] = o
         if bundle is not None:
-            done = accompany(cut, model=bundle, melody_track=melody_track + 1, seed=seed + i, **options)[0]
+            done = accompany(cut, model=bundle, melody_track=melody_track + 1, seed=seed + i, chord_model=chord_model, **options)[0]
             systems["model"] = _notes(done.score.tracks[-1])
         starts = {}
         if plain is not None:

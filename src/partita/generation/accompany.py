@@ -7,24 +7,27 @@
     result.score  # the user's file, every note as it was, plus a new track "PIANO"
 
 The user's tracks are kept exactly (every note, in ticks, every meta event; a copy of the
-``Score`` as symusic read it) and the new notes go into a new named track. Styles:
+``Score`` as symusic read it) and the new notes go into a new named track. Every style but the
+chorale first makes a chord *plan* (``(start, end, bass, pitch classes)`` a chord) and then plays
+it. Styles:
 
-* ``pop``: a GPT trained to write POP909's PIANO track under its MELODY (``gpt-accompany``;
-  ``partita train gpt --accompany MELODY:PIANO``). The melody is read window by window
-  (``partita.data.accompany``: ``[SUFFIX, melody bars, MIDDLE, piano bars]``): the first window
-  writes ``WINDOW_BARS`` bars, every later one ``WINDOW_BARS - PREFIX_BARS`` new bars after the last
-  ``PREFIX_BARS`` bars it wrote, so a melody of any length is accompanied; the sampler's bar stop
-  (``FillPrompt.end_bar``) ends each window.
-* ``folk``: block chords, one diatonic triad per half bar chosen from the melody's pitch classes
-  (``rule_chords``): the rule baseline of ``partita eval accompany``, given as a style of its own
-  until a folk model is trained.
+* ``pop`` (the default): the chords ``pop-chords`` hears in the melody (``tagged_plan``: a chord
+  tagger trained on POP909's annotations, ``partita.models.chords``), played as arpeggios over a
+  bass (``render_plan``; ``pattern`` block or broken too). With ``model``, a GPT trained to write
+  POP909's PIANO track under its MELODY (``partita train gpt --accompany MELODY:PIANO``) writes
+  the texture instead and its notes are moved to the plan's chords (``snap_to_plan``). The
+  melody is read window by window (``partita.data.accompany``: ``[SUFFIX, melody bars, MIDDLE,
+  piano bars]``): the first window writes ``WINDOW_BARS`` bars, every later one ``WINDOW_BARS -
+  PREFIX_BARS`` new bars after the last ``PREFIX_BARS`` bars it wrote, so a melody of any length
+  is accompanied; the sampler's bar stop (``FillPrompt.end_bar``) ends each window.
+* ``folk``: one diatonic triad per half bar chosen from the melody's pitch classes
+  (``rule_plan``), block chords by default: the rule baseline of ``partita eval accompany``.
 * ``chorale``: alto, tenor and bass under a soprano (``partita.generation.chorale``: a chord model
   counted from Bach's chorales, ``chorale-harmony``, with a voice-leading search), three named
   tracks.
 
-``chords="C G Am F"`` imposes a progression, one chord per bar, repeated: the rule voices it; with
-the model, each new note's pitch moves to the nearest tone of its bar's chord (the model's rhythm
-and texture, the user's harmony).
+``chords="C G Am F"`` imposes a progression, one chord per bar, repeated, in place of the plan
+(pop and folk).
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ from symusic import Score
 from partita.data.accompany import PREFIX_BARS, WINDOW_BARS, SongTracks, song_files, song_split, window_layout
 from partita.errors import PartitaError
 
-__all__ = ["STYLES", "Accompanied", "accompany", "beat_phase", "choose_melody_track", "impose_chords", "melody_only", "parse_progression",
-           "read_songs", "rule_chords", "track_tokens"]
+__all__ = ["PATTERNS", "STYLES", "Accompanied", "accompany", "beat_phase", "choose_melody_track", "load_tagger", "melody_only",
+           "parse_progression", "read_songs", "render_plan", "rule_chords", "rule_plan", "snap_to_plan", "tagged_plan", "track_tokens"]
 
 STYLES = ("pop", "folk", "chorale")
-PATTERNS = ("block", "broken")  # folk: chords struck together, or broken one note a beat
+PATTERNS = ("block", "broken", "arpeggio")  # chords struck together, broken one note a beat, or in eighths over a bass
 #: At most this many tokens a bar per window (POP909's piano has about 22; 4x that is a model
 #: that does not end its bars, cut short).
 TOKENS_PER_BAR = 96
@@ -62,7 +65,8 @@ class Accompanied:
     melody_name: str
     added: dict = field(default_factory=dict)  # new track name -> notes in it
     style: str = "pop"
-    method: str = "model"  # "model" | "rule"
+    method: str = "model"  # "model" (a transformer's notes), "chords" (the chord tagger's chords played) or "rule"
+    pattern: Optional[str] = None  # how the chords were played, without a model
     bars: int = 0  # bars accompanied
     tokens: int = 0  # tokens the model wrote
     ids: Any = None  # the tokens the model wrote (BOS first), None for the rule
@@ -220,7 +224,7 @@ def _segments(score: Score, end: int) -> np.ndarray:
 
     starts = bar_starts(score, end)
     tpq = int(score.ticks_per_quarter)
-    if len(starts) > 1 and np.min(np.diff(starts)) < 2 * tpq:
+    if _short_bars(score, end):
         return np.arange(0, int(starts[-1]) + 2 * tpq, 2 * tpq, dtype=np.int64)
     out = []
     for a, b in zip(starts[:-1], starts[1:]):
@@ -230,6 +234,15 @@ def _segments(score: Score, end: int) -> np.ndarray:
             out.append(a + (b - a) // 2)
     out.append(starts[-1])
     return np.asarray(out, np.int64)
+
+
+def _short_bars(score: Score, end: int) -> bool:
+    """Whether the file has bars shorter than 2 beats through ``end`` (POP909's 1/4): its bar
+    lines say nothing of its harmony's rhythm."""
+    from partita.io.timing import bar_starts
+
+    starts = bar_starts(score, end)
+    return bool(len(starts) > 1 and np.min(np.diff(starts)) < 2 * int(score.ticks_per_quarter))
 
 
 def beat_phase(onsets: np.ndarray, tpq: int) -> int:
@@ -259,84 +272,169 @@ def _voice(pcs: list[int], root: int, top: int) -> list[int]:
     return sorted(set(notes))
 
 
-def rule_chords(score: Score, melody_track: int, *, chords: Any = None, velocity: int = 70,
-                pattern: str = "block", every: Optional[float] = None) -> symusic.core.TrackTick:
-    """The rule accompaniment (the baseline): block chords in a new "PIANO" track, one chord per half
-    bar, each a bass root and the triad below the melody. Half bars start on the melody's beats
-    (``beat_phase``). The chord is the diatonic triad of the melody's key (Krumhansl-Kessler) holding most of the melody's sounding duration in that half bar
-    (ties: the chord before, then the tonic, IV, V first); with ``chords`` (``"C G Am F"``), those,
-    one per bar. ``pattern="broken"``: the same chords broken, one note a beat (the bass on the
-    first beat of the half bar, then the chord's upper notes in turn, rising). ``every``: beats
-    between strikes (block: the chord struck again; broken: the next note), default the half bar
-    (block) or one beat (broken)."""
+#: A chord plan: ``(start tick, end tick, bass pitch class, pitch classes)`` a chord, in order.
+Plan = list
+
+
+def _rule_choice(weights: np.ndarray, tonic: int, mode: str) -> list[tuple[int, frozenset]]:
+    """The rule's chord of every segment: ``weights`` [segments, 12] (the melody's duration per pitch
+    class there) -> ``(root, pitch classes)`` of the diatonic triad holding most of it (ties: the
+    chord before, then the tonic, IV, V first); a silent segment keeps the chord before."""
+    triads = _diatonic_triads(tonic, mode)
+    roots = [(tonic + d) % 12 for d in ([0, 2, 4, 5, 7, 9] if mode == "major" else [0, 3, 5, 7, 8, 10])]
+    prior = np.array([0.03, 0.0, 0.0, 0.02, 0.02, 0.01])
+    prev, out = 0, []
+    for w in np.asarray(weights, float):
+        total = float(w.sum())
+        if total > 0:
+            w = w / total
+            prev = int(np.argmax([sum(w[p] for p in t) + prior[k] + (0.05 if k == prev else 0.0) for k, t in enumerate(triads)]))
+        out.append((roots[prev], triads[prev]))
+    return out
+
+
+def _melody_span(score: Score, melody_track: int) -> tuple[dict, int, np.ndarray]:
+    """The melody's notes, its end tick and the segment starts (half bars from its beat phase)."""
+    mel = score.tracks[melody_track].notes.numpy()
+    end = int((mel["time"] + mel["duration"]).max()) if len(mel["time"]) else 0
+    seg = _segments(score, end) + beat_phase(mel["time"], int(score.ticks_per_quarter)) if end else np.zeros(1, np.int64)
+    return mel, end, seg
+
+
+def _overlaps(mel: dict, a: int, b: int) -> np.ndarray:
+    return np.clip(np.minimum(mel["time"] + mel["duration"], b) - np.maximum(mel["time"], a), 0, None).astype(float)
+
+
+def rule_plan(score: Score, melody_track: int, *, chords: Any = None) -> Plan:
+    """The rule's chords: one per half bar (``_segments``, from the melody's beats), the diatonic
+    triad of the melody's key (Krumhansl-Kessler) holding most of its sounding duration there
+    (``_rule_choice``); with ``chords`` (``"C G Am F"``), those, one per bar, repeated."""
     from partita.io.timing import bar_of, bar_starts
 
+    mel, end, seg = _melody_span(score, melody_track)
+    if not end:
+        return []
+    spans = []
+    for a, b in zip(seg[:-1], seg[1:]):
+        if a >= end:
+            break
+        spans.append((int(a), int(b)))
+    if chords is not None:
+        progression = parse_progression(chords)
+        starts = bar_starts(score, end)
+        plan = []
+        for a, b in spans:
+            root, intervals, bass = progression[int(bar_of(starts, a)) % len(progression)]
+            plan.append((a, b, (bass if bass is not None else root) % 12, _chord_set((root, intervals, None))))
+        return plan
+    weights = np.stack([np.bincount(mel["pitch"] % 12, weights=_overlaps(mel, a, b), minlength=12) for a, b in spans])
+    tonic, mode = estimate_key(mel["pitch"], mel["duration"])
+    return [(a, b, root, pcs) for (a, b), (root, pcs) in zip(spans, _rule_choice(weights, tonic, mode))]
+
+
+def tagged_plan(score: Score, melody_track: int, tagger: Any) -> Plan:
+    """The chord tagger's chords (``partita.models.chords``), one a half bar: every beat from the
+    first (the melody's beat phase) to the melody's last tagged, then one chord chosen for each
+    half bar of the file (``_segments``; where its bars are shorter than 2 beats, the pairing of
+    beats the tagger finds likelier, ``decode_half_bars``) with the tagger's change cost; a chord
+    lasts until the next. As the rule does, a silent opening gets chords too."""
+    from partita.models.chords import beat_features, chord_tones, decode_half_bars, decode_segments
+
+    mel, end, seg = _melody_span(score, melody_track)
+    if not end:
+        return []
+    tpq = int(score.ticks_per_quarter)
+    phase = beat_phase(mel["time"], tpq)
+    x = beat_features(mel, tpq, phase)
+    last = int(np.flatnonzero(x[:, 36] == 0)[-1]) + 1
+    lp = tagger.scores(x)[:last]
+    change = float(tagger.config.change)
+    if _short_bars(score, end):
+        path = decode_half_bars(lp, change)
+    else:
+        cuts = np.clip(np.round((seg - phase) / tpq).astype(np.int64), 0, last)
+        path, _ = decode_segments(lp, np.unique(np.concatenate([[0], cuts, [last]])), change)
+    plan: Plan = []
+    for k in range(last):
+        if k and path[k] == path[k - 1]:
+            a, _, root, pcs = plan[-1]
+            plan[-1] = (a, phase + (k + 1) * tpq, root, pcs)
+            continue
+        root, pcs = chord_tones(int(path[k]), tagger.config.qualities)
+        plan.append((max(phase + k * tpq, 0), phase + (k + 1) * tpq, root, frozenset(pcs)))
+    return plan
+
+
+def render_plan(score: Score, melody_track: int, plan: Plan, *, pattern: str = "block", every: Optional[float] = None,
+                velocity: int = 70) -> symusic.core.TrackTick:
+    """A "PIANO" track playing ``plan`` under the melody, every chord struck again at each half bar
+    (``_segments``) it crosses: ``block``: a bass root (36-47) and the chord in close position below
+    the melody, struck every ``every`` beats (default once a half bar); ``broken``: one note every
+    ``every`` beats (default 1), the bass first, then the upper notes in turn, rising;
+    ``arpeggio``: the bass held through the half bar and the upper notes in eighths (every
+    ``every`` beats) held on as a sustain pedal holds them: 1, 2, 3, 2 of the notes above the bass."""
     if pattern not in PATTERNS:
         raise PartitaError(f"--pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
     beat = int(score.ticks_per_quarter)
-    mel = score.tracks[melody_track].notes.numpy()
+    mel, end, seg = _melody_span(score, melody_track)
     track = symusic.core.TrackTick("PIANO", 0, False)
-    if len(mel["time"]) == 0:
-        return track
-    end = int((mel["time"] + mel["duration"]).max())
-    seg = _segments(score, end) + beat_phase(mel["time"], int(score.ticks_per_quarter))
-    progression = parse_progression(chords) if chords is not None else None
-    tonic, mode = estimate_key(mel["pitch"], mel["duration"])
-    triads = _diatonic_triads(tonic, mode)
-    prior = np.array([0.03, 0.0, 0.0, 0.02, 0.02, 0.01])
-    starts = bar_starts(score, end)
     times, durs, pitches = [], [], []
-    prev = 0
-    m_on, m_off = mel["time"], mel["time"] + mel["duration"]
-    for a, b in zip(seg[:-1], seg[1:]):
-        overlap = np.clip(np.minimum(m_off, b) - np.maximum(m_on, a), 0, None).astype(float)
-        if overlap.sum() == 0 and a >= end:
-            break
-        if progression is not None:
-            root, intervals, bass = progression[int(bar_of(starts, a)) % len(progression)]
-            pcs = sorted(_chord_set((root, intervals, None)))
-            root = (bass if bass is not None else root) % 12
-        else:
-            w = np.bincount(mel["pitch"] % 12, weights=overlap, minlength=12) / max(float(overlap.sum()), 1.0)
-            scores = [sum(w[p] for p in t) + prior[k] + (0.05 if k == prev else 0.0) for k, t in enumerate(triads)]
-            prev = int(np.argmax(scores)) if overlap.sum() > 0 else prev
-            t = triads[prev]
-            root = (tonic + ([0, 2, 4, 5, 7, 9] if mode == "major" else [0, 3, 5, 7, 8, 10])[prev]) % 12
-            pcs = sorted(t)
-        sounding = overlap > 0
-        top = int(mel["pitch"][sounding].min()) if sounding.any() else 72
-        voiced = list(_voice(pcs, root, top))
-        step = max(int(round((every or 1.0) * beat)), 1)
-        if pattern == "broken" and b - a >= 2 * step and len(voiced) > 1:
-            onsets = list(range(int(a), int(b), step))
+    for a0, b0, root, chord in plan:
+        cuts = [int(a0)] + [int(t) for t in seg if a0 < t < b0] + [int(b0)]
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            sounding = _overlaps(mel, a, b) > 0
+            top = int(mel["pitch"][sounding].min()) if sounding.any() else 72
+            voiced = list(_voice(sorted(chord), root, top))
+            if pattern == "arpeggio":
+                step = max(int(round((every or 0.5) * beat)), 1)
+                upper = voiced[1:] or voiced
+                order = [0, 1, 2, 1] if len(upper) >= 3 else [0, 1] if len(upper) == 2 else [0]
+                times.append(a), durs.append(b - a), pitches.append(voiced[0])
+                for j, t0 in enumerate(range(a, b, step)):
+                    times.append(t0), durs.append(b - t0), pitches.append(upper[order[j % len(order)]])
+                continue
+            step = max(int(round((every or 1.0) * beat)), 1)
+            if pattern == "broken" and b - a >= 2 * step and len(voiced) > 1:
+                onsets = list(range(a, b, step))
+                for j, t0 in enumerate(onsets):
+                    p = voiced[0] if j == 0 else voiced[1 + (j - 1) % (len(voiced) - 1)]
+                    times.append(t0), durs.append((onsets[j + 1] if j + 1 < len(onsets) else b) - t0), pitches.append(p)
+                continue
+            onsets = list(range(a, b, step)) if every is not None and pattern == "block" else [a]
             for j, t0 in enumerate(onsets):
-                p = voiced[0] if j == 0 else voiced[1 + (j - 1) % (len(voiced) - 1)]
-                times.append(t0), durs.append((onsets[j + 1] if j + 1 < len(onsets) else int(b)) - t0), pitches.append(p)
-            continue
-        onsets = list(range(int(a), int(b), step)) if every is not None and pattern == "block" else [int(a)]
-        for j, t0 in enumerate(onsets):
-            t1 = onsets[j + 1] if j + 1 < len(onsets) else int(b)
-            for p in voiced:
-                times.append(t0), durs.append(t1 - t0), pitches.append(p)
+                t1 = onsets[j + 1] if j + 1 < len(onsets) else b
+                for p in voiced:
+                    times.append(t0), durs.append(t1 - t0), pitches.append(p)
     if times:
-        track.notes = symusic.Note.from_numpy(time=np.asarray(times, np.int32), duration=np.asarray(durs, np.int32),
-                                              pitch=np.asarray(pitches, np.int8), velocity=np.full(len(times), velocity, np.int8))
+        order = np.argsort(np.asarray(times), kind="stable")
+        track.notes = symusic.Note.from_numpy(time=np.asarray(times, np.int32)[order], duration=np.asarray(durs, np.int32)[order],
+                                              pitch=np.asarray(pitches, np.int8)[order], velocity=np.full(len(times), velocity, np.int8))
     return track
 
 
-def impose_chords(track, score: Score, chords: Any) -> None:
-    """Move every note of ``track`` (in place) to the nearest tone of its bar's chord (``chords``,
-    one per bar, repeated; ties go down)."""
-    from partita.io.timing import bar_of, bar_starts
+def rule_chords(score: Score, melody_track: int, *, chords: Any = None, velocity: int = 70,
+                pattern: str = "block", every: Optional[float] = None) -> symusic.core.TrackTick:
+    """The rule accompaniment (the baseline): ``rule_plan``'s chords (one diatonic triad per half
+    bar, or ``chords``) played by ``render_plan`` in a new "PIANO" track."""
+    if pattern not in PATTERNS:
+        raise PartitaError(f"--pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
+    return render_plan(score, melody_track, rule_plan(score, melody_track, chords=chords), pattern=pattern, every=every,
+                       velocity=velocity)
 
-    progression = [_chord_set(c) for c in parse_progression(chords)]
+
+def snap_to_plan(track, plan: Plan) -> None:
+    """Move every note of ``track`` (in place) to the nearest tone of the chord of ``plan`` at its
+    onset (ties go down; notes outside the plan stay)."""
     n = track.notes.numpy()
-    if len(n["time"]) == 0:
+    if len(n["time"]) == 0 or not plan:
         return
-    bars = bar_of(bar_starts(score, int(n["time"].max())), n["time"])
+    starts = np.array([c[0] for c in plan], np.int64)
+    k = np.searchsorted(starts, n["time"], side="right") - 1
     pitch = n["pitch"].astype(np.int64)
     for i in range(len(pitch)):
-        pcs = progression[int(bars[i]) % len(progression)]
+        if k[i] < 0 or n["time"][i] >= plan[k[i]][1]:
+            continue
+        pcs = plan[k[i]][3]
         for d in (0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, -6):
             if (pitch[i] + d) % 12 in pcs and 0 <= pitch[i] + d <= 127:
                 pitch[i] += d
@@ -359,20 +457,14 @@ def _windows(n_bars: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def _harmony(score: Score, melody_track: int) -> tuple[np.ndarray, list[frozenset]]:
-    """The melody's harmony as the rule reads it: segment starts (ticks) and the pitch classes of
-    the rule's chord in each (``rule_chords``)."""
-    chords = rule_chords(score, melody_track).notes.numpy()
-    if len(chords["time"]) == 0:
-        return np.zeros(0, np.int64), []
-    starts = np.unique(chords["time"]).astype(np.int64)
-    k = np.searchsorted(starts, chords["time"])
-    return starts, [frozenset(int(p) % 12 for p in chords["pitch"][k == i]) for i in range(len(starts))]
+def _harmony(plan: Plan) -> tuple[np.ndarray, list[frozenset]]:
+    """A plan's chord starts (ticks) and pitch classes, as ``_candidate_score`` reads them."""
+    return np.array([c[0] for c in plan], np.int64), [frozenset(c[3]) for c in plan]
 
 
 def _candidate_score(notes: dict, harmony: tuple, beats: float, density: Optional[float]) -> float:
     """How well a window's new notes (file ticks) agree with the melody's harmony (the share of
-    their duration whose pitch class is in the rule's chord at their onset), less the distance of
+    their duration whose pitch class is in the plan's chord at their onset), less the distance of
     their notes per beat from ``density`` (log ratio, half weight), when one is asked for."""
     starts, chords = harmony
     if len(notes["time"]) == 0:
@@ -407,10 +499,10 @@ def _file_notes(tokenizer, written: np.ndarray, new: np.ndarray, tpq: int) -> di
 
 
 def _model_track(model, tokenizer, score: Score, melody_track: int, cfg, label, progress, *, candidates: int = 1,
-                 density: Optional[float] = None) -> tuple[Any, np.ndarray, dict]:
+                 density: Optional[float] = None, plan: Optional[Plan] = None) -> tuple[Any, np.ndarray, dict]:
     """The model's accompaniment of ``score``'s melody, as a "PIANO" track in the file's ticks;
     with ``candidates`` > 1, each window is sampled that many times and the candidate that
-    agrees best with the melody's harmony (and is nearest ``density`` notes a beat) is kept."""
+    agrees best with ``plan``'s chords (and is nearest ``density`` notes a beat) is kept."""
     from partita.generation.sampling import FillPrompt, sample
     from partita.generation.filters import held_metres
     from partita.io.timing import metres
@@ -429,7 +521,7 @@ def _model_track(model, tokenizer, score: Score, melody_track: int, cfg, label, 
         cfg = cfg.replace(time_signatures=held_metres(token_tables(tokenizer), metres(melody_only(score, melody_track))))
     windows = _windows(n_bars)
     stops: dict = {}
-    harmony = _harmony(score, melody_track) if candidates > 1 else None
+    harmony = _harmony(plan or rule_plan(score, melody_track)) if candidates > 1 else None
     tpq = int(score.ticks_per_quarter)
     for k, (shown, first, end) in enumerate(windows):
         wb, wp = token_timing(tokenizer, written)
@@ -488,44 +580,46 @@ def accompany(
     config: Any = None,
     device: Any = None,
     progress: Any = None,
-    pattern: str = "block",
+    pattern: Optional[str] = None,
     density: Optional[float] = None,
     candidates: Optional[int] = None,
+    chord_model: Any = None,
     **options: Any,
 ) -> list[Accompanied]:
     """``n`` accompaniments of the melody of ``midi`` (a path, bytes or ``symusic.Score``).
 
-    ``style``: ``pop`` (the model; ``model``: a bundle folder, a ``Bundle`` or a shipped name,
-    default ``gpt-accompany``; the default style when a model is given or that one is installed,
-    else ``folk``), ``folk`` (the rule's block chords) or ``chorale`` (alto, tenor and
-    bass; ``model``: a harmony bundle, default ``chorale-harmony``).
+    ``style``: ``pop`` (the default: the chords of ``chord_model``, a chord tagger bundle, default
+    ``pop-chords``, played by ``pattern``; with ``model``, a GPT accompaniment bundle, its notes
+    on those chords), ``folk`` (the rule's chords) or ``chorale`` (alto, tenor and bass;
+    ``model``: a harmony bundle, default ``chorale-harmony``).
     ``melody_track``: the melody's track, 1-based (default: chosen, ``choose_melody_track``).
     ``chords``: a progression to impose, one chord per bar. Sampling options are
     ``SamplingConfig`` fields (``temperature``, ``top_p``, ``seed``...); version ``i`` uses seed
-    ``seed + i``. Key, tempo and metre are the file's. ``pattern`` (folk): ``block`` or
-    ``broken`` chords. ``density``: notes a beat to aim at (folk: how often chords are struck,
-    or broken notes move; pop: the candidate nearest it is kept). ``candidates`` (pop): windows
-    sampled per window, the one that agrees best with the melody's harmony (and ``density``)
-    kept (default 1, or 4 with a ``density``).
+    ``seed + i``. Key, tempo and metre are the file's. ``pattern`` (without a model):
+    ``arpeggio`` (pop's default), ``block`` (folk's) or ``broken``. ``density``: notes a beat to
+    aim at (how often chords are struck or move; with a model, the candidate nearest it is
+    kept). ``candidates`` (with a model): windows sampled per window, the one that agrees best
+    with the chords (and ``density``) kept (default 1, or 4 with a ``density``).
     """
 
-    if style is None:
-        from partita.pretrained import GPT_ACCOMPANY, ROOT
-
-        style = "pop" if model is not None or (ROOT / GPT_ACCOMPANY / "config.json").exists() else "folk"
+    style = style or "pop"
     if style not in STYLES:
         raise PartitaError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
-    if pattern not in PATTERNS:
+    if pattern is not None and pattern not in PATTERNS:
         raise PartitaError(f"--pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
     if style == "chorale" and chords is not None:
         raise PartitaError("--chords works with --style pop and folk; a chorale's chords are the model's")
     if style == "chorale" and density is not None:
         raise PartitaError("--density works with --style pop and folk; a chorale moves one chord a beat")
+    if style == "chorale" and chord_model is not None:
+        raise PartitaError("--chord-model works with --style pop; a chorale's chords are chorale-harmony's")
     if density is not None and not 0 < float(density) <= 16:
         raise PartitaError(f"--density is notes a beat, above 0 and at most 16, not {density:g}")
-    if style != "pop" and candidates not in (None, 1):
-        raise PartitaError("--candidates works with --style pop (the model)")
-    candidates = int(candidates if candidates is not None else (4 if density is not None else 1))
+    if (style != "pop" or model is None) and candidates not in (None, 1):
+        raise PartitaError("--candidates works with --style pop and a --model (a transformer)")
+    if style == "pop" and model is not None and pattern is not None:
+        raise PartitaError("--pattern plays the chords without a model; with --model the texture is the model's")
+    candidates = int(candidates if candidates is not None else (4 if density is not None and model is not None else 1))
     if not 1 <= candidates <= 16:
         raise PartitaError(f"--candidates must be 1 to 16, not {candidates}")
     score, name = _read(midi)
@@ -536,19 +630,21 @@ def accompany(
     if n < 1:
         raise PartitaError(f"-n must be >= 1, got {n}")
     out = []
-    if style == "folk":
-        new = rule_chords(score, track, chords=chords, pattern=pattern, every=_strike_every(density, pattern))
-        for i in range(n):
-            out.append(_result(score, track, [new.copy()], style, "rule", 0, i))
-        return out
     if style == "chorale":
         return _chorale(score, track, model, n, config, options, progress)
+    if style == "folk" or chords is not None:
+        plan, method = rule_plan(score, track, chords=chords), "rule"
+    else:
+        plan, method = tagged_plan(score, track, load_tagger(chord_model)), "chords"
+    if style == "folk" or model is None:
+        pattern = pattern or ("block" if style == "folk" else "arpeggio")
+        new = render_plan(score, track, plan, pattern=pattern, every=_strike_every(density, pattern))
+        for i in range(n):
+            out.append(_result(score, track, [new.copy()], style, method, 0, i))
+            out[-1].pattern = pattern
+        return out
     from partita.generation import resolve_model
 
-    if model is None:
-        from partita.pretrained import GPT_ACCOMPANY, bundle_path
-
-        model = str(bundle_path(GPT_ACCOMPANY))
     model, tokenizer, _, bundle_config = resolve_model(model, device=device or "cpu")
     if not getattr(model.config, "fim", False):
         raise PartitaError("this model has no fill-in-the-middle markers: train it with 'partita train gpt --accompany MELODY:PIANO'")
@@ -556,12 +652,19 @@ def accompany(
     cfg = cfg.checked()
     for i in range(n):
         new, ids, stops = _model_track(model, tokenizer, score, track, cfg.replace(seed=int(cfg.seed) + i), None, progress,
-                                       candidates=candidates, density=None if density is None else float(density))
-        if chords is not None:
-            impose_chords(new, score, chords)
+                                       candidates=candidates, density=None if density is None else float(density), plan=plan)
+        snap_to_plan(new, plan)
         out.append(_result(score, track, [new], style, "model", len(ids) - 1, i))
         out[-1].ids, out[-1].stops = ids, stops
     return out
+
+
+def load_tagger(chord_model: Any = None) -> Any:
+    """The chord tagger of a bundle (a folder, a ``Bundle`` or a shipped name; default ``pop-chords``)."""
+    from partita.bundle import load as load_bundle
+    from partita.pretrained import POP_CHORDS
+
+    return load_bundle(chord_model, "chords", default=POP_CHORDS).model
 
 
 def _strike_every(density: Optional[float], pattern: str) -> Optional[float]:
@@ -570,6 +673,8 @@ def _strike_every(density: Optional[float], pattern: str) -> Optional[float]:
     comes nearest (None: the pattern's own)."""
     if density is None:
         return None
+    if pattern == "arpeggio":  # a bass every half bar (1/2 a beat) and upper notes every e beats
+        return min((1.0, 0.5, 0.25), key=lambda e: abs(np.log((0.5 + 1 / e) / float(density))))
     per = 4.0 if pattern == "block" else 1.0
     choices = (2.0, 1.0, 0.5) if pattern == "block" else (2.0, 1.0, 0.5, 0.25)
     return min(choices, key=lambda e: abs(np.log(per / e / float(density))))

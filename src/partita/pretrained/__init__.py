@@ -14,7 +14,7 @@ from partita.errors import PartitaError
 ROOT = Path(__file__).resolve().parent
 GPT = "gpt-small"
 GPT_PIANO = "gpt-piano"
-GPT_ACCOMPANY = "gpt-accompany"  # writes POP909-style piano under a melody (partita accompany)
+POP_CHORDS = "pop-chords"  # the chords under a melody, learnt from POP909 (partita accompany --style pop)
 CHORALE_HARMONY = "chorale-harmony"  # alto, tenor and bass under a soprano (accompany --style chorale)
 CLASSIFIER = "classifier-small"
 TVAE = "tvae-small"

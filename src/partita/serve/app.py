@@ -100,8 +100,8 @@ InfillSettings = create_model(
 AccompanySettings = create_model(
     "AccompanySettings", __config__=STRICT,
     __doc__="The style and settings of an accompaniment (``partita accompany``'s options).",
-    style=(Literal["pop", "folk", "chorale"], Field("folk", description="pop (a piano part by an accompaniment model), folk (chords by a rule) or chorale (alto, tenor and bass under a soprano).")),
-    pattern=(Literal["block", "broken"], Field("block", description="folk: chords struck together, or broken, one note a beat.")),
+    style=(Literal["pop", "folk", "chorale"], Field("pop", description="pop (the chords a tagger learnt from POP909, played as a piano part; with model, an accompaniment model's piano part on them), folk (diatonic chords by a rule) or chorale (alto, tenor and bass under a soprano).")),
+    pattern=(Optional[Literal["block", "broken", "arpeggio"]], Field(None, description="How the chords are played (pop without a model, folk): struck together, broken one note a beat, or a bass and eighths above it; default arpeggio (pop), block (folk).")),
     chords=(Optional[str], Field(None, max_length=200, description='Impose a progression, one chord per bar, repeated: "C G Am F" (pop and folk).')),
     melody_track=(Optional[int], Field(None, ge=1, le=MAX_PIECE_TRACKS, description="The melody's track, 1-based (default: a track named MELODY, else the highest track of single notes).")),
     density=(Optional[float], Field(None, gt=0, le=16, description="Notes a beat to aim at (pop and folk).")),

@@ -546,8 +546,7 @@ class Explorer:
             "model": self.model_option or "auto (gpt-piano for piano music, else gpt-small)",
             "audio": self.audio_status(),
             "infill": self.infill_models(),
-            "accompany": {"styles": (["pop"] if self.accompany_models() else []) + ["folk", "chorale"],
-                          "models": self.accompany_models()},
+            "accompany": {"styles": ["pop", "folk", "chorale"], "models": self.accompany_models()},
             "limits": {
                 "max_upload_mb": round(self.max_upload_bytes / 2**20, 3), "workers": self.generation.workers,
                 "analysis_workers": self.queue.workers,
@@ -931,17 +930,17 @@ class Explorer:
         return out
 
     def start_accompany(self, piece: Piece, settings: dict) -> "Job":
-        """Check the settings (the style, a model for ``pop``, the melody track, the chords), then
-        queue the accompaniment (``partita.generation.accompany``)."""
+        """Check the settings (the style, a model for ``pop`` if one is asked for, the melody track,
+        the chords), then queue the accompaniment (``partita.generation.accompany``)."""
         from partita.generation.accompany import PATTERNS, STYLES, choose_melody_track, parse_progression
 
         s = dict(settings)
         n = _samples(s.pop("n", 1))
-        style, pattern = s.pop("style", "folk"), s.pop("pattern", "block")
+        style, pattern = s.pop("style", "pop"), s.pop("pattern", None)
         chords, melody_track, density = s.pop("chords", None), s.pop("melody_track", None), s.pop("density", None)
         if density is not None and style == "chorale":
             raise Invalid("density works with the pop and folk styles; a chorale moves one chord a beat")
-        if style not in STYLES or pattern not in PATTERNS:
+        if style not in STYLES or pattern not in (None, *PATTERNS):
             raise Invalid(f"style must be one of {', '.join(STYLES)} and pattern one of {', '.join(PATTERNS)}")
         if chords is not None:
             if style == "chorale":
@@ -955,16 +954,18 @@ class Explorer:
         except PartitaError as e:
             raise Invalid(str(e).replace("--melody-track N", "melody_track").replace("--", "")) from None
         name = s.pop("model", None)
-        if style == "pop":
+        if style == "pop" and name not in (None, "", "auto"):
             capable = self.accompany_models()
-            if name in (None, "", "auto"):
-                if not capable:
-                    raise Invalid("no accompaniment model here (partita train gpt --accompany MELODY:PIANO); "
-                                  "start partita serve with --model such a bundle, or choose the folk or chorale style")
-                name = capable[0]
-            elif name not in capable:
-                raise Invalid(f"{str(name)[:40]!r} is not an accompaniment model here (these are: {', '.join(capable) or 'none'})")
+            if name not in capable:
+                raise Invalid(f"{str(name)[:40]!r} is not an accompaniment model here (these are: {', '.join(capable) or 'none'}; "
+                              "without a model, pop plays the tagged chords)")
+            if pattern is not None:
+                raise Invalid("pattern plays the chords without a model; with a model the texture is the model's")
             model = self.model_path(piece, name)
+        elif style == "pop":
+            from partita.pretrained import POP_CHORDS, bundle_path
+
+            model = bundle_path(POP_CHORDS)
         elif style == "chorale":
             from partita.pretrained import CHORALE_HARMONY, bundle_path
 
@@ -973,7 +974,8 @@ class Explorer:
             model = Path("rule")
         options = self._sampling(s)
         shown = {"n": n, "style": style, "model": model.name, "melody_track": melody_track, "density": density,
-                 **({"pattern": pattern} if style == "folk" else {}), **({"chords": chords} if chords else {}),
+                 **({"pattern": pattern or ("block" if style == "folk" else "arpeggio")} if model.name in ("rule", "pop-chords") else {}),
+                 **({"chords": chords} if chords else {}),
                  **{k: v for k, v in s.items() if v is not None}}
         return self._queue_job("accompaniment", piece, model, shown, self._accompany, piece, model, options, n, style,
                                pattern, chords, melody_track, density)
@@ -982,7 +984,10 @@ class Explorer:
                    chords: Optional[str], melody_track: Optional[int], density: Optional[float] = None) -> list:
         from partita.generation.accompany import accompany
 
-        bundle = self.gpt(model) if style == "pop" else None if style == "folk" else str(model)
+        from partita.pretrained import POP_CHORDS
+
+        tagger_only = style == "folk" or model.name == POP_CHORDS
+        bundle = None if tagger_only else self.gpt(model) if style == "pop" else str(model)
         results = accompany(str(piece.path), style=style, model=bundle, melody_track=melody_track, chords=chords, n=n,
                             pattern=pattern, density=density, progress=progress, **options)
         stem = piece.name.rsplit(".", 1)[0]

@@ -547,10 +547,13 @@ function setupGenerate() {
     if (!CURRENT) return;
     const f = new FormData(e.target);
     const chords = (f.get("chords") || "").trim();
-    const body = { style: f.get("style"), pattern: f.get("pattern"), chords: chords || null, melody_track: num(f, "melody_track"),
+    const body = { style: f.get("style"), pattern: f.get("pattern") || null, chords: chords || null, melody_track: num(f, "melody_track"),
       density: num(f, "density"), n: num(f, "n"), temperature: num(f, "temperature"), seed: num(f, "seed") };
+    const chosen = $("accompany-style").selectedOptions[0];
+    body.model = (chosen && chosen.getAttribute("data-model")) || null;
+    if (body.model) body.pattern = null;  // a model writes its own texture
     runJob(CURRENT.piece.links.accompany, body, $("accompany"), $("accompany-cancel"), $("accompany-progress"), $("accompany-status"),
-      "version(s)", body.style === "pop" ? "windows" : "versions");
+      "version(s)", body.model ? "windows" : "versions");
   });
   $("index").addEventListener("change", () => { if (CURRENT) analyse(CURRENT.piece); });
 }
@@ -599,8 +602,9 @@ async function start() {
     $("infill-form").hidden = INFO.infill.length === 0;
     $("infill-note").textContent = INFO.infill.length ? "" :
       "Infilling (regenerating a span inside the piece) needs a model trained for it (partita train gpt --fim 0.5); none is loaded here.";
-    if (INFO.accompany && INFO.accompany.models.length) {
-      $("accompany-style").prepend(make("option", { value: "pop" }, `pop: a piano part (${INFO.accompany.models[0]})`));
+    if (INFO.accompany && INFO.accompany.models.length) {  // an accompaniment model served: pop by it, its notes on the learnt chords
+      const m = INFO.accompany.models[0];
+      $("accompany-style").prepend(make("option", { value: "pop", "data-model": m }, `pop: a piano part by ${m}`));
     }
   } catch (e) { setStatus("The server does not answer: " + e.message, true); }
 }
