@@ -140,3 +140,13 @@ def test_pattern_is_for_chords_played_without_a_model(tmp_path):
         accompany(str(SONG), model="gpt-small", pattern="block")
     with pytest.raises(PartitaError, match="--chord-model works with --style pop"):
         accompany(str(SONG), style="chorale", chord_model="pop-chords")
+
+
+def test_arpeggio_notes_never_overlap_themselves_and_sit_under_the_bass():
+    plan = tagged_plan(symusic.Score(str(SONG)), 0, load_tagger())
+    n = render_plan(symusic.Score(str(SONG)), 0, plan, pattern="arpeggio").notes.numpy()
+    for p in np.unique(n["pitch"]):  # a note ends before the same pitch starts again
+        on, off = n["time"][n["pitch"] == p], (n["time"] + n["duration"])[n["pitch"] == p]
+        assert np.all(off[:-1] <= on[1:])
+    bass = n["velocity"] == n["velocity"].max()
+    assert bass.any() and (~bass).any() and np.all(n["velocity"][~bass] == n["velocity"].max() - 10)

@@ -45,7 +45,7 @@ from partita.data.accompany import PREFIX_BARS, WINDOW_BARS, SongTracks, song_fi
 from partita.errors import PartitaError
 
 __all__ = ["PATTERNS", "STYLES", "Accompanied", "accompany", "beat_phase", "choose_melody_track", "load_tagger", "melody_only",
-           "parse_progression", "read_songs", "render_plan", "rule_chords", "rule_plan", "snap_to_plan", "tagged_plan", "track_tokens"]
+           "parse_progression", "read_songs", "render_plan", "rule_choice", "rule_chords", "rule_plan", "snap_to_plan", "tagged_plan", "track_tokens"]
 
 STYLES = ("pop", "folk", "chorale")
 PATTERNS = ("block", "broken", "arpeggio")  # chords struck together, broken one note a beat, or in eighths over a bass
@@ -276,7 +276,7 @@ def _voice(pcs: list[int], root: int, top: int) -> list[int]:
 Plan = list
 
 
-def _rule_choice(weights: np.ndarray, tonic: int, mode: str) -> list[tuple[int, frozenset]]:
+def rule_choice(weights: np.ndarray, tonic: int, mode: str) -> list[tuple[int, frozenset]]:
     """The rule's chord of every segment: ``weights`` [segments, 12] (the melody's duration per pitch
     class there) -> ``(root, pitch classes)`` of the diatonic triad holding most of it (ties: the
     chord before, then the tonic, IV, V first); a silent segment keeps the chord before."""
@@ -308,7 +308,7 @@ def _overlaps(mel: dict, a: int, b: int) -> np.ndarray:
 def rule_plan(score: Score, melody_track: int, *, chords: Any = None) -> Plan:
     """The rule's chords: one per half bar (``_segments``, from the melody's beats), the diatonic
     triad of the melody's key (Krumhansl-Kessler) holding most of its sounding duration there
-    (``_rule_choice``); with ``chords`` (``"C G Am F"``), those, one per bar, repeated."""
+    (``rule_choice``); with ``chords`` (``"C G Am F"``), those, one per bar, repeated."""
     from partita.io.timing import bar_of, bar_starts
 
     mel, end, seg = _melody_span(score, melody_track)
@@ -329,7 +329,7 @@ def rule_plan(score: Score, melody_track: int, *, chords: Any = None) -> Plan:
         return plan
     weights = np.stack([np.bincount(mel["pitch"] % 12, weights=_overlaps(mel, a, b), minlength=12) for a, b in spans])
     tonic, mode = estimate_key(mel["pitch"], mel["duration"])
-    return [(a, b, root, pcs) for (a, b), (root, pcs) in zip(spans, _rule_choice(weights, tonic, mode))]
+    return [(a, b, root, pcs) for (a, b), (root, pcs) in zip(spans, rule_choice(weights, tonic, mode))]
 
 
 def tagged_plan(score: Score, melody_track: int, tagger: Any) -> Plan:
@@ -372,13 +372,14 @@ def render_plan(score: Score, melody_track: int, plan: Plan, *, pattern: str = "
     the melody, struck every ``every`` beats (default once a half bar); ``broken``: one note every
     ``every`` beats (default 1), the bass first, then the upper notes in turn, rising;
     ``arpeggio``: the bass held through the half bar and the upper notes in eighths (every
-    ``every`` beats) held on as a sustain pedal holds them: 1, 2, 3, 2 of the notes above the bass."""
+    ``every`` beats), 1, 2, 3, 2 of the notes above the bass, each held on as a sustain pedal
+    holds it (to the half bar's end, or to the same note's next onset), softer than the bass."""
     if pattern not in PATTERNS:
         raise PartitaError(f"--pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
     beat = int(score.ticks_per_quarter)
     mel, end, seg = _melody_span(score, melody_track)
     track = symusic.core.TrackTick("PIANO", 0, False)
-    times, durs, pitches = [], [], []
+    times, durs, pitches, louds = [], [], [], []
     for a0, b0, root, chord in plan:
         cuts = [int(a0)] + [int(t) for t in seg if a0 < t < b0] + [int(b0)]
         for a, b in zip(cuts[:-1], cuts[1:]):
@@ -389,9 +390,12 @@ def render_plan(score: Score, melody_track: int, plan: Plan, *, pattern: str = "
                 step = max(int(round((every or 0.5) * beat)), 1)
                 upper = voiced[1:] or voiced
                 order = [0, 1, 2, 1] if len(upper) >= 3 else [0, 1] if len(upper) == 2 else [0]
-                times.append(a), durs.append(b - a), pitches.append(voiced[0])
-                for j, t0 in enumerate(range(a, b, step)):
-                    times.append(t0), durs.append(b - t0), pitches.append(upper[order[j % len(order)]])
+                times.append(a), durs.append(b - a), pitches.append(voiced[0]), louds.append(velocity)
+                onsets = list(range(a, b, step))
+                notes = [upper[order[j % len(order)]] for j in range(len(onsets))]
+                for j, (t0, p) in enumerate(zip(onsets, notes)):
+                    again = next((t for t, q in zip(onsets[j + 1:], notes[j + 1:]) if q == p), b)
+                    times.append(t0), durs.append(again - t0), pitches.append(p), louds.append(velocity - 10)
                 continue
             step = max(int(round((every or 1.0) * beat)), 1)
             if pattern == "broken" and b - a >= 2 * step and len(voiced) > 1:
@@ -399,16 +403,18 @@ def render_plan(score: Score, melody_track: int, plan: Plan, *, pattern: str = "
                 for j, t0 in enumerate(onsets):
                     p = voiced[0] if j == 0 else voiced[1 + (j - 1) % (len(voiced) - 1)]
                     times.append(t0), durs.append((onsets[j + 1] if j + 1 < len(onsets) else b) - t0), pitches.append(p)
+                    louds.append(velocity)
                 continue
             onsets = list(range(a, b, step)) if every is not None and pattern == "block" else [a]
             for j, t0 in enumerate(onsets):
                 t1 = onsets[j + 1] if j + 1 < len(onsets) else b
                 for p in voiced:
-                    times.append(t0), durs.append(t1 - t0), pitches.append(p)
+                    times.append(t0), durs.append(t1 - t0), pitches.append(p), louds.append(velocity)
     if times:
         order = np.argsort(np.asarray(times), kind="stable")
         track.notes = symusic.Note.from_numpy(time=np.asarray(times, np.int32)[order], duration=np.asarray(durs, np.int32)[order],
-                                              pitch=np.asarray(pitches, np.int8)[order], velocity=np.full(len(times), velocity, np.int8))
+                                              pitch=np.asarray(pitches, np.int8)[order],
+                                              velocity=np.clip(np.asarray(louds), 1, 127).astype(np.int8)[order])
     return track
 
 

@@ -167,14 +167,14 @@ def beat_fit(chords: list, song: TaggedSong) -> list[float]:
 
 
 def rule_beats(song: TaggedSong) -> list:
-    """The rule baseline's chord at every beat (``partita.generation.accompany._rule_choice``: the
+    """The rule baseline's chord at every beat (``partita.generation.accompany.rule_choice``: the
     diatonic triad of the melody's key holding most of its duration, a chord per 2 beats)."""
-    from partita.generation.accompany import _rule_choice, estimate_key
+    from partita.generation.accompany import rule_choice, estimate_key
 
     d = song.features[:, :12]
     tonic, mode = estimate_key(np.arange(12), d.sum(axis=0))
     pairs = [d[k:k + 2].sum(axis=0) for k in range(0, len(d), 2)]
-    chosen = _rule_choice(np.stack(pairs), tonic, mode) if pairs else []
+    chosen = rule_choice(np.stack(pairs), tonic, mode) if pairs else []
     return [tuple(chosen[k // 2][1]) for k in range(len(d))]
 
 
