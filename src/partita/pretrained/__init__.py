@@ -1,5 +1,6 @@
 """Bundles that ship inside the package, trained by partita's own commands on the bundled corpus
-(music21's) or on ASAP (real piano performances and scores; the piano models, CC BY-NC-SA 4.0 data).
+(music21's), on ASAP (real piano performances and scores; the piano models, CC BY-NC-SA 4.0 data)
+or on POP909 (the chord tagger ``pop-chords``, MIT data).
 
 Each folder is a bundle (``config.json``, ``model.safetensors``, ``tokenizer.json``,
 ``card.json``); its card records the commands that made it and its test-split metrics.
