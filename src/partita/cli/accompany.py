@@ -96,7 +96,7 @@ def train_chorale(
 @with_run_options
 def train_chords_cmd(
     run_config,
-    data: Path = typer.Option(..., "--data", help="A folder of songs with chord annotations in POP909's layout (NNN/NNN.mid with NNN/chord_midi.txt), e.g. ../shared/data/pop909."),
+    data: Path = typer.Option(..., "--data", help="A folder of songs with chord annotations in POP909's layout (NNN/NNN.mid with NNN/chord_midi.txt), such as a copy of POP909."),
     out: Path = typer.Option(Path("runs/chords"), "--out", "-o", help="Run folder: checkpoints, logs, bundle."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set d_hidden=64 (repeatable)."),
 ) -> None:
