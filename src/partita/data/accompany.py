@@ -221,20 +221,28 @@ def _degree(text: str) -> Optional[int]:
     return _DEGREES[m.group(2)] + m.group(1).count("#") - m.group(1).count("b")
 
 
+def harte_parts(label: str) -> Optional[tuple[int, Optional[str], Optional[str], Optional[str]]]:
+    """``(root pitch class, quality, added or left-out degrees, bass degree)`` of a Harte label as
+    POP909 writes it (``Bb:maj/5`` -> ``(10, "maj", None, "5")``; the quality is None without a
+    colon, as in ``C`` or ``C(1)``); None for no chord (``N``, ``X``) or a label it cannot read."""
+    m = re.fullmatch(r"([A-G])([b#]*)(?::([^/(]*))?(?:\(([^)]*)\))?(?:/(.+))?", label.strip())
+    if not m:
+        return None
+    return (_ROOTS[m.group(1)] + m.group(2).count("#") - m.group(2).count("b")) % 12, m.group(3), m.group(4), m.group(5)
+
+
 def chord_pitch_classes(label: str) -> Optional[frozenset[int]]:
     """Pitch classes of a Harte chord label as POP909 writes them (``C:maj``, ``A:min7``,
     ``Bb:maj/5``, ``D:sus4(b7)``, ``G:7(*5)``); None for no chord (``N``, ``X``) or a label it
     cannot read."""
-    label = label.strip()
-    m = re.fullmatch(r"([A-G])([b#]*)(?::([^/(]*))?(?:\(([^)]*)\))?(?:/(.+))?", label)
-    if not m:
+    parts = harte_parts(label)
+    if parts is None:
         return None
-    root = (_ROOTS[m.group(1)] + m.group(2).count("#") - m.group(2).count("b")) % 12
-    quality = m.group(3) or ""
-    if quality not in _HARTE:
+    root, quality, added, bass = parts
+    if (quality or "") not in _HARTE:
         return None
-    pcs = set(_HARTE[quality]) if m.group(3) is not None or not m.group(4) else {0}
-    for ext in (m.group(4) or "").split(","):
+    pcs = set(_HARTE[quality or ""]) if quality is not None or not added else {0}
+    for ext in (added or "").split(","):
         ext = ext.strip()
         if not ext:
             continue
@@ -242,8 +250,8 @@ def chord_pitch_classes(label: str) -> Optional[frozenset[int]]:
         if d is None:
             return None
         (pcs.discard if ext.startswith("*") else pcs.add)(d % 12)
-    if m.group(5):
-        d = _degree(m.group(5))
+    if bass:
+        d = _degree(bass)
         if d is not None:
             pcs.add(d % 12)
     return frozenset((root + p) % 12 for p in pcs)

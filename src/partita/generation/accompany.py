@@ -44,7 +44,8 @@ from symusic import Score
 from partita.data.accompany import PREFIX_BARS, WINDOW_BARS, SongTracks, song_files, song_split, window_layout
 from partita.errors import PartitaError
 
-__all__ = ["PATTERNS", "STYLES", "Accompanied", "accompany", "beat_phase", "choose_melody_track", "load_tagger", "melody_only",
+__all__ = ["PATTERNS", "STYLES", "Accompanied", "accompany", "beat_phase", "choose_melody_track", "default_pattern", "load_tagger",
+           "melody_only",
            "parse_progression", "read_songs", "render_plan", "rule_choice", "rule_chords", "rule_plan", "snap_to_plan", "tagged_plan", "track_tokens"]
 
 STYLES = ("pop", "folk", "chorale")
@@ -422,8 +423,6 @@ def rule_chords(score: Score, melody_track: int, *, chords: Any = None, velocity
                 pattern: str = "block", every: Optional[float] = None) -> symusic.core.TrackTick:
     """The rule accompaniment (the baseline): ``rule_plan``'s chords (one diatonic triad per half
     bar, or ``chords``) played by ``render_plan`` in a new "PIANO" track."""
-    if pattern not in PATTERNS:
-        raise PartitaError(f"--pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
     return render_plan(score, melody_track, rule_plan(score, melody_track, chords=chords), pattern=pattern, every=every,
                        velocity=velocity)
 
@@ -505,7 +504,7 @@ def _file_notes(tokenizer, written: np.ndarray, new: np.ndarray, tpq: int) -> di
 
 
 def _model_track(model, tokenizer, score: Score, melody_track: int, cfg, label, progress, *, candidates: int = 1,
-                 density: Optional[float] = None, plan: Optional[Plan] = None) -> tuple[Any, np.ndarray, dict]:
+                 density: Optional[float] = None, plan: Plan) -> tuple[Any, np.ndarray, dict]:
     """The model's accompaniment of ``score``'s melody, as a "PIANO" track in the file's ticks;
     with ``candidates`` > 1, each window is sampled that many times and the candidate that
     agrees best with ``plan``'s chords (and is nearest ``density`` notes a beat) is kept."""
@@ -527,7 +526,7 @@ def _model_track(model, tokenizer, score: Score, melody_track: int, cfg, label, 
         cfg = cfg.replace(time_signatures=held_metres(token_tables(tokenizer), metres(melody_only(score, melody_track))))
     windows = _windows(n_bars)
     stops: dict = {}
-    harmony = _harmony(plan or rule_plan(score, melody_track)) if candidates > 1 else None
+    harmony = _harmony(plan) if candidates > 1 else None
     tpq = int(score.ticks_per_quarter)
     for k, (shown, first, end) in enumerate(windows):
         wb, wp = token_timing(tokenizer, written)
@@ -643,7 +642,7 @@ def accompany(
     else:
         plan, method = tagged_plan(score, track, load_tagger(chord_model)), "chords"
     if style == "folk" or model is None:
-        pattern = pattern or ("block" if style == "folk" else "arpeggio")
+        pattern = pattern or default_pattern(style)
         new = render_plan(score, track, plan, pattern=pattern, every=_strike_every(density, pattern))
         for i in range(n):
             out.append(_result(score, track, [new.copy()], style, method, 0, i))
@@ -663,6 +662,11 @@ def accompany(
         out.append(_result(score, track, [new], style, "model", len(ids) - 1, i))
         out[-1].ids, out[-1].stops = ids, stops
     return out
+
+
+def default_pattern(style: str) -> str:
+    """How a style plays its chords when no pattern is asked for: folk in block chords, pop in arpeggios."""
+    return "block" if style == "folk" else "arpeggio"
 
 
 def load_tagger(chord_model: Any = None) -> Any:

@@ -24,7 +24,6 @@ chose chords below a rule's; chord labels are a far smaller target that 800 song
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -45,7 +44,6 @@ QUALITIES = {
 #: POP909's (Harte) qualities read as the nearest of ``QUALITIES``.
 _NEAREST = {"hdim7": "dim", "dim7": "dim", "maj6": "maj", "min6": "min", "minmaj7": "min", "9": "7", "maj9": "maj7",
             "min9": "min7", "11": "7", "min11": "min7", "13": "7", "maj13": "maj7", "min13": "min7", "5": "maj", "1": "maj", "": "maj"}
-_ROOTS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 #: Features a beat: duration per pitch class in the beat (beats), in its first half, an onset on
 #: the beat per pitch class (0/1), and a silent beat (0/1).
 FEATURES = 37
@@ -70,11 +68,12 @@ def label_class(label: str, qualities: list) -> int:
     """The class (``root * len(qualities) + quality``) of a Harte label as POP909 writes it (``C:maj``,
     ``A:min7/b7``, ``D:sus4(b7)``; the bass and added tones are left out); -1 for no chord (``N``)
     or a label it cannot read."""
-    m = re.fullmatch(r"([A-G])([b#]*)(?::([^/(]*))?(?:\(([^)]*)\))?(?:/(.+))?", label.strip())
-    if not m:
+    from partita.data.accompany import harte_parts
+
+    parts = harte_parts(label)
+    if parts is None:
         return -1
-    root = (_ROOTS[m.group(1)] + m.group(2).count("#") - m.group(2).count("b")) % 12
-    quality = m.group(3) or ""
+    root, quality = parts[0], parts[1] or ""
     quality = quality if quality in qualities else _NEAREST.get(quality)
     if quality not in qualities:
         return -1

@@ -932,7 +932,8 @@ class Explorer:
     def start_accompany(self, piece: Piece, settings: dict) -> "Job":
         """Check the settings (the style, a model for ``pop`` if one is asked for, the melody track,
         the chords), then queue the accompaniment (``partita.generation.accompany``)."""
-        from partita.generation.accompany import PATTERNS, STYLES, choose_melody_track, parse_progression
+        from partita.generation.accompany import PATTERNS, STYLES, choose_melody_track, default_pattern, parse_progression
+        from partita.pretrained import POP_CHORDS
 
         s = dict(settings)
         n = _samples(s.pop("n", 1))
@@ -963,7 +964,7 @@ class Explorer:
                 raise Invalid("pattern plays the chords without a model; with a model the texture is the model's")
             model = self.model_path(piece, name)
         elif style == "pop":
-            from partita.pretrained import POP_CHORDS, bundle_path
+            from partita.pretrained import bundle_path
 
             model = bundle_path(POP_CHORDS)
         elif style == "chorale":
@@ -974,7 +975,7 @@ class Explorer:
             model = Path("rule")
         options = self._sampling(s)
         shown = {"n": n, "style": style, "model": model.name, "melody_track": melody_track, "density": density,
-                 **({"pattern": pattern or ("block" if style == "folk" else "arpeggio")} if model.name in ("rule", "pop-chords") else {}),
+                 **({"pattern": pattern or default_pattern(style)} if model.name in ("rule", POP_CHORDS) else {}),
                  **({"chords": chords} if chords else {}),
                  **{k: v for k, v in s.items() if v is not None}}
         return self._queue_job("accompaniment", piece, model, shown, self._accompany, piece, model, options, n, style,
@@ -983,11 +984,10 @@ class Explorer:
     def _accompany(self, progress, piece: Piece, model: Path, options: dict, n: int, style: str, pattern: str,
                    chords: Optional[str], melody_track: Optional[int], density: Optional[float] = None) -> list:
         from partita.generation.accompany import accompany
-
         from partita.pretrained import POP_CHORDS
 
-        tagger_only = style == "folk" or model.name == POP_CHORDS
-        bundle = None if tagger_only else self.gpt(model) if style == "pop" else str(model)
+        chords_played = model.name in ("rule", POP_CHORDS)  # no model writes the notes: the chords are played
+        bundle = None if chords_played else self.gpt(model) if style == "pop" else str(model)
         results = accompany(str(piece.path), style=style, model=bundle, melody_track=melody_track, chords=chords, n=n,
                             pattern=pattern, density=density, progress=progress, **options)
         stem = piece.name.rsplit(".", 1)[0]
